@@ -1,0 +1,42 @@
+// engine/main.c: the `ferry` command line. Dispatches subcommands; only this file exits.
+#include <stdio.h>
+#include <string.h>
+
+#include "base/base.h"
+#include "engine/cli.h"
+
+static void usage(FILE *o) {
+  fprintf(o,
+          "usage: ferry <command> [options]\n"
+          "commands:\n"
+          "  run       generate text from a prompt\n"
+          "  score     teacher-forced log-probabilities of a token sequence\n"
+          "  tokenize  print the token ids of a text\n"
+          "  info      model dimensions, sizes and the placement plan\n"
+          "  bench     compare modes side by side\n"
+          "  synth     write a synthetic model with random weights\n"
+          "run 'ferry <command> --help' for its options\n");
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
+  }
+  const char *cmd = argv[1];
+  if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+    usage(stdout);
+    return 0;
+  }
+  for (const struct ferry_cmd *c = ferry_cmds; c->name; c++)
+    if (!strcmp(c->name, cmd)) {
+      int rc = c->fn(argc - 1, argv + 1);
+      if (rc < 0) {
+        fprintf(stderr, "ferry %s: error: %s\n", cmd, ferry_errmsg());
+        return 1;
+      }
+      return rc;
+    }
+  fprintf(stderr, "ferry: error: unknown command '%s' (try 'ferry --help')\n", cmd);
+  return 2;
+}

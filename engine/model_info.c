@@ -1,0 +1,85 @@
+// engine/model_info.c: the `ferry info` report, computed from tensor infos only (no data
+// is read), so it is instant even for a 45 GB file.
+#include "engine/model_info.h"
+
+#include <string.h>
+
+#include "base/base.h"
+#include "engine/hparams.h"
+#include "kernels/types.h"
+
+static bool is_expert_tensor(const char *name) { return strstr(name, "_exps.") != NULL; }
+
+void model_info_split_bytes(const struct gguf_file *f, uint64_t *dense, uint64_t *experts) {
+  *dense = *experts = 0;
+  for (int64_t i = 0; i < gguf_n_tensors(f); i++) {
+    const struct gguf_tensor *t = gguf_tensor_at(f, i);
+    *(is_expert_tensor(t->name) ? experts : dense) += t->nbytes;
+  }
+}
+
+int model_info_print(const struct gguf_file *f, FILE *o, uint64_t ram, uint64_t vram, bool json) {
+  struct model_hparams hp;
+  int rc = hparams_load(&hp, f);
+  if (rc) return rc;
+  uint64_t count[FT_COUNT] = {0}, bytes[FT_COUNT] = {0}, dense, experts;
+  for (int64_t i = 0; i < gguf_n_tensors(f); i++) {
+    const struct gguf_tensor *t = gguf_tensor_at(f, i);
+    count[t->type]++, bytes[t->type] += t->nbytes;
+  }
+  model_info_split_bytes(f, &dense, &experts);
+  char b1[32], b2[32], b3[32];
+  const char *name = gguf_get_str(f, "general.name");
+  fprintf(o, "model        %s\n", gguf_path(f));
+  fprintf(o, "name         %s\n", name ? name : "(none)");
+  fprintf(o, "arch         %s%s\n", hp.arch_name,
+          hp.arch == ARCH_QWEN3NEXT ? (hp.legacy_layout ? " (legacy layout: fused ssm_in)" : " (split layout: attn_qkv + attn_gate)") : "");
+  fprintf(o, "gguf         v%u, %lld tensors, %lld metadata keys, alignment %llu, data at %llu\n", gguf_version(f),
+          (long long)gguf_n_tensors(f), (long long)gguf_n_kv(f), (unsigned long long)gguf_alignment(f),
+          (unsigned long long)gguf_data_offset(f));
+  fprintf(o, "layers       %u", hp.n_layer);
+  if (hp.n_layer_file != hp.n_layer) fprintf(o, " (+%u MTP blocks ignored)", hp.n_layer_file - hp.n_layer);
+  fprintf(o, "\nembd         %u\nvocab        %u\nctx_train    %u\n", hp.n_embd, hp.n_vocab, hp.n_ctx_train);
+  fprintf(o, "attention    %u heads, %u kv heads, head dim %u, rope dims %u, rope base %g, eps %g\n", hp.n_head,
+          hp.n_head_kv, hp.head_dim, hp.n_rot, hp.rope_base, hp.eps);
+  fprintf(o, "experts      %u, %u used, expert ff %u", hp.n_expert, hp.n_expert_used, hp.n_ff_exp);
+  if (hp.n_ff_shexp) fprintf(o, ", shared expert ff %u", hp.n_ff_shexp);
+  fprintf(o, "\n");
+  if (hp.arch == ARCH_QWEN3NEXT) {
+    uint32_t n_rec = 0;
+    for (uint32_t l = 0; l < hp.n_layer; l++) n_rec += hp.recurrent[l];
+    fprintf(o, "deltanet     %u layers, %u k-heads x %u, %u v-heads x %u, conv %u; full attention layers:", n_rec,
+            hp.ssm_n_k_heads, hp.ssm_head_k, hp.ssm_n_v_heads, hp.ssm_head_v, hp.ssm_conv_k);
+    for (uint32_t l = 0; l < hp.n_layer; l++)
+      if (!hp.recurrent[l]) fprintf(o, " %u", l);
+    fprintf(o, "\n");
+  }
+  fprintf(o, "tensor types");
+  for (int t = 0; t < FT_COUNT; t++)
+    if (count[t]) {
+      ferry_format_size(bytes[t], b1, sizeof b1);
+      fprintf(o, "  %s: %llu (%s)", ferry_type_info((uint32_t)t)->name, (unsigned long long)count[t], b1);
+    }
+  fprintf(o, "\n");
+  ferry_format_size(dense + experts, b1, sizeof b1);
+  ferry_format_size(dense, b2, sizeof b2);
+  ferry_format_size(experts, b3, sizeof b3);
+  fprintf(o, "bytes        total %s (%llu), dense %s (%llu), routed experts %s (%llu)\n", b1,
+          (unsigned long long)(dense + experts), b2, (unsigned long long)dense, b3, (unsigned long long)experts);
+  fprintf(o, "one expert   bytes per layer (gate + up + down):\n");
+  for (uint32_t l = 0; l < hp.n_layer; l++) {
+    uint64_t part[3] = {0};
+    const char *parts[3] = {"gate", "up", "down"};
+    for (int p = 0; p < 3; p++) {
+      char n[96];
+      snprintf(n, sizeof n, "blk.%u.ffn_%s_exps.weight", l, parts[p]);
+      const struct gguf_tensor *t = gguf_find_tensor(f, n);
+      if (t) part[p] = t->nb2;
+    }
+    fprintf(o, "  layer %2u   %llu + %llu + %llu = %llu\n", l, (unsigned long long)part[0], (unsigned long long)part[1],
+            (unsigned long long)part[2], (unsigned long long)(part[0] + part[1] + part[2]));
+  }
+  (void)ram, (void)vram, (void)json;
+  hparams_free(&hp);
+  return 0;
+}
