@@ -1,0 +1,295 @@
+// kernels/cpu/quants_avx2.c: AVX2 (+FMA, F16C) dot products, compiled per function with
+// target attributes so the rest of the build stays baseline x86-64; quants.c only installs
+// them after checking the CPU. K-quant paths compute the same exact integer sums per
+// 256-block as the scalar reference and then the same float operations, so they agree with
+// it bit for bit; Q8_0/Q4_0 and the float types accumulate in float vectors (rounding-level
+// differences, like llama.cpp's own SIMD paths).
+#include "base/base.h"
+#include "kernels/cpu/quants_impl.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+
+#define TGT __attribute__((target("avx2,fma,f16c")))
+
+TGT static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+
+TGT static inline float hsum_ps(__m256 v) {
+  __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_add_ss(x, _mm_movehdup_ps(x));
+  return _mm_cvtss_f32(x);
+}
+
+TGT static inline int hsum_epi32(__m256i v) {
+  __m128i x = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  x = _mm_add_epi32(x, _mm_shuffle_epi32(x, 0x4E));
+  x = _mm_add_epi32(x, _mm_shuffle_epi32(x, 0xB1));
+  return _mm_cvtsi128_si32(x);
+}
+
+// Σ pairs of u8·s8 products scaled by int16 factors: 8 int32 lanes. q ≤ 63 keeps the
+// maddubs pair sums (≤ 2·63·127) clear of int16 saturation.
+TGT static inline __m256i dot_u8s8(__m256i q, __m256i a, __m256i sc16) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), sc16);
+}
+
+// Scale vector for 32 elements made of two 16-element groups.
+TGT static inline __m256i sc_pair(int lo, int hi) {
+  return _mm256_set_m128i(_mm_set1_epi16((short)hi), _mm_set1_epi16((short)lo));
+}
+
+// ---------------------------------------------------------------- float types
+
+TGT static float dot_f32_avx2(int64_t n, const void *w, const void *xq) {
+  const float *a = w, *b = xq;
+  __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+    s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+  }
+  float s = hsum_ps(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+  for (; i < n; i++) s += a[i] * b[i];
+  return s;
+}
+
+TGT static inline __m256 ld_f16(const uint16_t *p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+TGT static inline __m256 ld_bf16(const uint16_t *p) {
+  __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
+#define FLOAT16_DOT(NAME, LD, CVT)                                                        \
+  TGT static float NAME(int64_t n, const void *w, const void *xq) {                       \
+    const uint16_t *a = w, *b = xq;                                                       \
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;                           \
+    int64_t i = 0;                                                                        \
+    for (; i + 32 <= n; i += 32) {                                                        \
+      s0 = _mm256_fmadd_ps(LD(a + i), LD(b + i), s0);                                     \
+      s1 = _mm256_fmadd_ps(LD(a + i + 8), LD(b + i + 8), s1);                             \
+      s2 = _mm256_fmadd_ps(LD(a + i + 16), LD(b + i + 16), s2);                           \
+      s3 = _mm256_fmadd_ps(LD(a + i + 24), LD(b + i + 24), s3);                           \
+    }                                                                                     \
+    float s = hsum_ps(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));       \
+    for (; i < n; i++) s += CVT(a[i]) * CVT(b[i]);                                        \
+    return s;                                                                             \
+  }
+
+
+FLOAT16_DOT(dot_f16_avx2, ld_f16, h2f)
+FLOAT16_DOT(dot_bf16_avx2, ld_bf16, ferry_bf16_to_f32)
+
+// ---------------------------------------------------------------- Q8_0 / Q4_0
+
+// Signed·signed int8 dot via maddubs: |w| (unsigned) times x carrying w's sign.
+TGT static inline __m256 dot_s8_ps(__m256i w, __m256i x) {
+  __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+  return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+
+TGT static float dot_q8_0_avx2(int64_t n, const void *w, const void *xq) {
+  const block_q8_0 *a = w, *b = xq;
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+  int64_t nb = n / 32, i = 0;
+  for (; i + 2 <= nb; i += 2) {
+    __m256 p0 = dot_s8_ps(_mm256_loadu_si256((const __m256i *)a[i].qs),
+                          _mm256_loadu_si256((const __m256i *)b[i].qs));
+    __m256 p1 = dot_s8_ps(_mm256_loadu_si256((const __m256i *)a[i + 1].qs),
+                          _mm256_loadu_si256((const __m256i *)b[i + 1].qs));
+    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(a[i].d) * h2f(b[i].d)), p0, acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(a[i + 1].d) * h2f(b[i + 1].d)), p1, acc1);
+  }
+  for (; i < nb; i++) {
+    __m256 p0 = dot_s8_ps(_mm256_loadu_si256((const __m256i *)a[i].qs),
+                          _mm256_loadu_si256((const __m256i *)b[i].qs));
+    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(a[i].d) * h2f(b[i].d)), p0, acc0);
+  }
+  return hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+TGT static float dot_q4_0_avx2(int64_t n, const void *w, const void *xq) {
+  const block_q4_0 *a = w;
+  const block_q8_0 *b = xq;
+  const __m128i m4 = _mm_set1_epi8(15);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n / 32; i++) {
+    __m128i q = _mm_loadu_si128((const __m128i *)a[i].qs);
+    __m256i qw = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
+    qw = _mm256_sub_epi8(qw, _mm256_set1_epi8(8));
+    __m256 p = dot_s8_ps(qw, _mm256_loadu_si256((const __m256i *)b[i].qs));
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(a[i].d) * h2f(b[i].d)), p, acc);
+  }
+  return hsum_ps(acc);
+}
+
+// ---------------------------------------------------------------- K-quants
+
+TGT static float dot_q4_K_avx2(int64_t n, const void *w, const void *xq) {
+  const block_q4_K *a = w;
+  const block_q8_K *b = xq;
+  const __m256i m4 = _mm256_set1_epi8(15);
+  float s = 0;
+  for (int64_t i = 0; i < n / 256; i++) {
+    uint8_t sc[8], m[8];
+    cpu_unpack_k4_scales(a[i].scales, sc, m);
+    __m256i v = _mm256_setzero_si256();
+    for (int c = 0; c < 4; c++) {
+      __m256i q = _mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * c));
+      __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+      v = _mm256_add_epi32(v, dot_u8s8(lo, _mm256_loadu_si256((const __m256i *)(b[i].qs + 64 * c)),
+                                       _mm256_set1_epi16(sc[2 * c])));
+      v = _mm256_add_epi32(v, dot_u8s8(hi, _mm256_loadu_si256((const __m256i *)(b[i].qs + 64 * c + 32)),
+                                       _mm256_set1_epi16(sc[2 * c + 1])));
+    }
+    int summ = 0;
+    for (int j = 0; j < 8; j++) summ += m[j] * (b[i].bsums[2 * j] + b[i].bsums[2 * j + 1]);
+    int sumi = hsum_epi32(v);
+    s += b[i].d * (h2f(a[i].d) * (float)sumi - h2f(a[i].dmin) * (float)summ);
+  }
+  return s;
+}
+
+TGT static float dot_q5_K_avx2(int64_t n, const void *w, const void *xq) {
+  const block_q5_K *a = w;
+  const block_q8_K *b = xq;
+  const __m256i m4 = _mm256_set1_epi8(15), b4 = _mm256_set1_epi8(16);
+  float s = 0;
+  for (int64_t i = 0; i < n / 256; i++) {
+    uint8_t sc[8], m[8];
+    cpu_unpack_k4_scales(a[i].scales, sc, m);
+    __m256i qh = _mm256_loadu_si256((const __m256i *)a[i].qh);
+    __m256i v = _mm256_setzero_si256();
+    for (int c = 0; c < 4; c++) {
+      __m256i q = _mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * c));
+      __m256i bl = _mm256_set1_epi8((char)(1 << (2 * c))), bh = _mm256_set1_epi8((char)(1 << (2 * c + 1)));
+      __m256i hl = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bl), bl), b4);
+      __m256i hh = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bh), bh), b4);
+      __m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4), hl);
+      __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), hh);
+      v = _mm256_add_epi32(v, dot_u8s8(lo, _mm256_loadu_si256((const __m256i *)(b[i].qs + 64 * c)),
+                                       _mm256_set1_epi16(sc[2 * c])));
+      v = _mm256_add_epi32(v, dot_u8s8(hi, _mm256_loadu_si256((const __m256i *)(b[i].qs + 64 * c + 32)),
+                                       _mm256_set1_epi16(sc[2 * c + 1])));
+    }
+    int summ = 0;
+    for (int j = 0; j < 8; j++) summ += m[j] * (b[i].bsums[2 * j] + b[i].bsums[2 * j + 1]);
+    int sumi = hsum_epi32(v);
+    s += b[i].d * (h2f(a[i].d) * (float)sumi - h2f(a[i].dmin) * (float)summ);
+  }
+  return s;
+}
+
+TGT static float dot_q6_K_avx2(int64_t n, const void *w, const void *xq) {
+  const block_q6_K *a = w;
+  const block_q8_K *b = xq;
+  const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
+  float s = 0;
+  for (int64_t i = 0; i < n / 256; i++) {
+    const int8_t *sc = a[i].scales;
+    __m256i v = _mm256_setzero_si256();
+    for (int h = 0; h < 2; h++) {
+      __m256i ql0 = _mm256_loadu_si256((const __m256i *)(a[i].ql + 64 * h));
+      __m256i ql1 = _mm256_loadu_si256((const __m256i *)(a[i].ql + 64 * h + 32));
+      __m256i qh = _mm256_loadu_si256((const __m256i *)(a[i].qh + 32 * h));
+      __m256i q0 = _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
+      __m256i q1 = _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
+      __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m30));
+      __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                                   _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
+      const int8_t *x = b[i].qs + 128 * h;
+      const int8_t *g = sc + 8 * h;
+      v = _mm256_add_epi32(v, dot_u8s8(q0, _mm256_loadu_si256((const __m256i *)x), sc_pair(g[0], g[1])));
+      v = _mm256_add_epi32(v, dot_u8s8(q1, _mm256_loadu_si256((const __m256i *)(x + 32)), sc_pair(g[2], g[3])));
+      v = _mm256_add_epi32(v, dot_u8s8(q2, _mm256_loadu_si256((const __m256i *)(x + 64)), sc_pair(g[4], g[5])));
+      v = _mm256_add_epi32(v, dot_u8s8(q3, _mm256_loadu_si256((const __m256i *)(x + 96)), sc_pair(g[6], g[7])));
+    }
+    // The stored quants are q+32: remove 32·Σ_g sc_g·Σ_{p∈g} x_p using the bsums.
+    __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
+    __m256i off = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)b[i].bsums), sc16);
+    v = _mm256_sub_epi32(v, _mm256_slli_epi32(off, 5));
+    int sumi = hsum_epi32(v);
+    s += b[i].d * h2f(a[i].d) * (float)sumi;
+  }
+  return s;
+}
+
+TGT static float dot_q3_K_avx2(int64_t n, const void *w, const void *xq) {
+  const block_q3_K *a = w;
+  const block_q8_K *b = xq;
+  const __m256i m3 = _mm256_set1_epi8(3), b2 = _mm256_set1_epi8(4);
+  float s = 0;
+  for (int64_t i = 0; i < n / 256; i++) {
+    int8_t sc[16];
+    cpu_unpack_q3_scales(a[i].scales, sc);
+    __m256i hm = _mm256_loadu_si256((const __m256i *)a[i].hmask);
+    __m256i v = _mm256_setzero_si256();
+    for (int h = 0; h < 2; h++) {
+      __m256i q = _mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * h));
+      for (int j = 0; j < 4; j++) {
+        int sb = 4 * h + j;
+        __m256i bit = _mm256_set1_epi8((char)(1 << sb));
+        __m256i hb = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), bit), b2);
+        __m256i lo = _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * j)), m3);
+        __m256i x = _mm256_loadu_si256((const __m256i *)(b[i].qs + 32 * sb));
+        v = _mm256_add_epi32(v, dot_u8s8(_mm256_or_si256(lo, hb), x, sc_pair(sc[2 * sb], sc[2 * sb + 1])));
+      }
+    }
+    // Stored levels are q+4: remove 4·Σ_g sc_g·bsums_g.
+    __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
+    __m256i off = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)b[i].bsums), sc16);
+    v = _mm256_sub_epi32(v, _mm256_slli_epi32(off, 2));
+    int sumi = hsum_epi32(v);
+    s += b[i].d * h2f(a[i].d) * (float)sumi;
+  }
+  return s;
+}
+
+TGT static float dot_q2_K_avx2(int64_t n, const void *w, const void *xq) {
+  const block_q2_K *a = w;
+  const block_q8_K *b = xq;
+  const __m256i m3 = _mm256_set1_epi8(3);
+  float s = 0;
+  for (int64_t i = 0; i < n / 256; i++) {
+    const uint8_t *scb = a[i].scales;
+    __m256i v = _mm256_setzero_si256();
+    for (int h = 0; h < 2; h++) {
+      __m256i q = _mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * h));
+      for (int j = 0; j < 4; j++) {
+        int sb = 4 * h + j;
+        __m256i lo = _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * j)), m3);
+        __m256i x = _mm256_loadu_si256((const __m256i *)(b[i].qs + 32 * sb));
+        v = _mm256_add_epi32(v, dot_u8s8(lo, x, sc_pair(scb[2 * sb] & 15, scb[2 * sb + 1] & 15)));
+      }
+    }
+    __m128i s8 = _mm_loadu_si128((const __m128i *)scb);
+    __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s8, 4), _mm_set1_epi8(15)));
+    int summ = hsum_epi32(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)b[i].bsums), mins));
+    int sumi = hsum_epi32(v);
+    s += b[i].d * (h2f(a[i].d) * (float)sumi - h2f(a[i].dmin) * (float)summ);
+  }
+  return s;
+}
+
+void cpu_quants_fill_avx2(cpu_vec_dot_fn tab[FT_COUNT]) {
+  tab[FT_F32] = dot_f32_avx2;
+  tab[FT_F16] = dot_f16_avx2;
+  tab[FT_BF16] = dot_bf16_avx2;
+  tab[FT_Q8_0] = dot_q8_0_avx2;
+  tab[FT_Q4_0] = dot_q4_0_avx2;
+  tab[FT_Q2_K] = dot_q2_K_avx2;
+  tab[FT_Q3_K] = dot_q3_K_avx2;
+  tab[FT_Q4_K] = dot_q4_K_avx2;
+  tab[FT_Q5_K] = dot_q5_K_avx2;
+  tab[FT_Q6_K] = dot_q6_K_avx2;
+}
+
+#else // not x86: the scalar table stays
+
+void cpu_quants_fill_avx2(cpu_vec_dot_fn tab[FT_COUNT]) { (void)tab; }
+
+#endif
