@@ -1,0 +1,516 @@
+// kernels/cpu/deltanet.c: Gated DeltaNet CPU kernels (see deltanet.h for the contract).
+//
+// The recurrence is L2/L1-bound (the state of one v-head is dk*dv floats, 64 KiB at the
+// real shape), so each v-head runs all its tokens while its state is hot, with the value
+// dim tiled into register accumulators (two passes over S per token: retrieve, then
+// update + output). The chunked WY form turns the same work into small matrix products
+// (see cpu_delta_chunked). Hot functions are compiled twice (AVX2+FMA and baseline) with
+// target_clones and picked at load time, so the default build stays portable x86-64.
+#include "kernels/cpu/deltanet.h"
+
+#include <errno.h>
+#include <math.h>
+#include <string.h>
+
+#include "base/base.h"
+#include "numa/pool.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define DN_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#else
+#define DN_CLONES
+#endif
+#define DN_INLINE static inline __attribute__((always_inline))
+
+// 8-float vectors via GCC vector extensions: AVX registers in the haswell clone, pairs of
+// SSE registers in the baseline one. Unaligned loads/stores go through memcpy.
+// (Macros rather than functions: a 32-byte vector argument trips GCC's psabi note in
+// the baseline clone.)
+typedef float v8f __attribute__((vector_size(32)));
+#define ld8(p)                                                                            \
+  ({                                                                                      \
+    v8f v_;                                                                               \
+    memcpy(&v_, (p), sizeof v_);                                                          \
+    v_;                                                                                   \
+  })
+#define st8(p, x)                                                                         \
+  do {                                                                                    \
+    v8f x_ = (x);                                                                         \
+    memcpy((p), &x_, sizeof x_);                                                          \
+  } while (0)
+
+static inline float silu_f(float x) { return x / (1.0f + expf(-x)); }
+
+// ---------------------------------------------------------------------------------------
+// conv1d
+// ---------------------------------------------------------------------------------------
+
+#define DN_MAX_CONV_K 16
+
+// One output of channel c over the K input rows (rows[K-1] = current). Both the step and
+// the prefill go through this function so that they round identically.
+static inline float conv_chan(const float *wc, const float *const *rows, int64_t c, int64_t K) {
+  float acc = wc[0] * rows[0][c];
+  for (int64_t r = 1; r < K; r++) acc += wc[r] * rows[r][c];
+  return acc;
+}
+
+void cpu_ssm_conv_step(float *y, float *state, const float *u, const float *w, int64_t C,
+                       int64_t K, int apply_silu) {
+  FERRY_ASSERT(C > 0 && K >= 1 && K <= DN_MAX_CONV_K);
+  const float *rows[DN_MAX_CONV_K];
+  for (int64_t r = 0; r < K - 1; r++) rows[r] = state + r * C;
+  rows[K - 1] = u;
+  for (int64_t c = 0; c < C; c++) {
+    float acc = conv_chan(w + c * K, rows, c, K);
+    float uc = u[c]; // read before y[c] is written (y may alias u)
+    for (int64_t r = 0; r + 1 < K - 1; r++) state[r * C + c] = state[(r + 1) * C + c];
+    if (K > 1) state[(K - 2) * C + c] = uc;
+    y[c] = apply_silu ? silu_f(acc) : acc;
+  }
+}
+
+void cpu_ssm_conv_rows(float *y, float *state, const float *u, const float *w, int64_t T,
+                       int64_t C, int64_t K, int apply_silu) {
+  FERRY_ASSERT(C > 0 && K >= 1 && K <= DN_MAX_CONV_K && T >= 0);
+  const int64_t P = K - 1; // state rows
+  const float *rows[DN_MAX_CONV_K];
+  for (int64_t t = 0; t < T; t++) {
+    // Input r of the window of token t is overall index t - P + r of [state, u].
+    for (int64_t r = 0; r < K; r++) {
+      int64_t idx = t - P + r;
+      rows[r] = idx < 0 ? state + (P + idx) * C : u + idx * C;
+    }
+    float *yt = y + t * C;
+    for (int64_t c = 0; c < C; c++) {
+      float acc = conv_chan(w + c * K, rows, c, K);
+      yt[c] = apply_silu ? silu_f(acc) : acc;
+    }
+  }
+  if (P == 0 || T == 0) return;
+  if (T >= P) {
+    memcpy(state, u + (T - P) * C, (size_t)(P * C) * sizeof(float));
+  } else {
+    memmove(state, state + T * C, (size_t)((P - T) * C) * sizeof(float));
+    memcpy(state + (P - T) * C, u, (size_t)(T * C) * sizeof(float));
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// norms and gates
+// ---------------------------------------------------------------------------------------
+
+void cpu_l2norm_heads(float *x, int64_t n_heads, int64_t d, float eps, float scale) {
+  FERRY_ASSERT(n_heads >= 0 && d > 0);
+  for (int64_t h = 0; h < n_heads; h++) {
+    float *xh = x + h * d;
+    double ss = 0.0;
+    for (int64_t i = 0; i < d; i++) ss += (double)xh[i] * xh[i];
+    float f = (float)((double)scale / sqrt(ss + (double)eps));
+    for (int64_t i = 0; i < d; i++) xh[i] *= f;
+  }
+}
+
+static inline float softplus_f(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+void cpu_delta_gates(float *beta, float *g, float *decay, const float *b, const float *a,
+                     const float *ssm_a, const float *dt_bias, int64_t T, int64_t Hv) {
+  FERRY_ASSERT(T >= 0 && Hv > 0);
+  for (int64_t t = 0; t < T; t++) {
+    for (int64_t h = 0; h < Hv; h++) {
+      int64_t i = t * Hv + h;
+      beta[i] = 1.0f / (1.0f + expf(-b[i]));
+      float gi = ssm_a[h] * softplus_f(a[i] + dt_bias[h]);
+      if (g) g[i] = gi;
+      if (decay) decay[i] = expf(gi);
+    }
+  }
+}
+
+void cpu_gated_rmsnorm_heads(float *y, const float *o, const float *z, const float *w,
+                             int64_t n_heads, int64_t d, float eps) {
+  FERRY_ASSERT(n_heads >= 0 && d > 0);
+  for (int64_t h = 0; h < n_heads; h++) {
+    const float *oh = o + h * d, *zh = z + h * d;
+    float *yh = y + h * d;
+    double ss = 0.0;
+    for (int64_t i = 0; i < d; i++) ss += (double)oh[i] * oh[i];
+    float inv = (float)(1.0 / sqrt(ss / (double)d + (double)eps));
+    for (int64_t i = 0; i < d; i++) yh[i] = (oh[i] * inv) * w[i] * silu_f(zh[i]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// recurrent delta rule
+// ---------------------------------------------------------------------------------------
+
+// Pass 1 for value columns [j, j + 8*nv): m = S^T k.
+DN_INLINE void retrieve_tile(float *m, const float *S, const float *k, int64_t dk, int64_t dv,
+                             int64_t j, int nv) {
+  v8f acc[4];
+  memset(acc, 0, sizeof acc);
+  for (int64_t i = 0; i < dk; i++) {
+    const float *row = S + i * dv + j;
+    float ki = k[i];
+#pragma GCC unroll 4
+    for (int u = 0; u < nv; u++) acc[u] += ld8(row + 8 * u) * ki;
+  }
+#pragma GCC unroll 4
+  for (int u = 0; u < nv; u++) st8(m + j + 8 * u, acc[u]);
+}
+
+// Pass 2 for value columns [j, j + 8*nv): S = decay*S + k delta^T, o = S^T q.
+DN_INLINE void update_tile(float *o, float *S, const float *q, const float *k,
+                           const float *delta, float decay, int64_t dk, int64_t dv, int64_t j,
+                           int nv) {
+  v8f acc[4], dl[4];
+  memset(acc, 0, sizeof acc);
+#pragma GCC unroll 4
+  for (int u = 0; u < nv; u++) dl[u] = ld8(delta + j + 8 * u);
+  for (int64_t i = 0; i < dk; i++) {
+    float *row = S + i * dv + j;
+    float ki = k[i], qi = q[i];
+#pragma GCC unroll 4
+    for (int u = 0; u < nv; u++) {
+      v8f s = ld8(row + 8 * u) * decay + dl[u] * ki;
+      st8(row + 8 * u, s);
+      acc[u] += s * qi;
+    }
+  }
+#pragma GCC unroll 4
+  for (int u = 0; u < nv; u++) st8(o + j + 8 * u, acc[u]);
+}
+
+// One token of one v-head. Retrieval is decay * (S^T k), which equals (decay*S)^T k of
+// §5.6 up to rounding and saves a pass over S.
+DN_INLINE void head_step(float *o, float *S, const float *q, const float *k, const float *v,
+                         float beta, float decay, int64_t dk, int64_t dv) {
+  float delta[CPU_DELTA_MAX_HEAD_DIM];
+  int64_t j = 0;
+  for (; j + 32 <= dv; j += 32) retrieve_tile(delta, S, k, dk, dv, j, 4);
+  for (; j + 8 <= dv; j += 8) retrieve_tile(delta, S, k, dk, dv, j, 1);
+  for (; j < dv; j++) {
+    float acc = 0.0f;
+    for (int64_t i = 0; i < dk; i++) acc += S[i * dv + j] * k[i];
+    delta[j] = acc;
+  }
+  for (j = 0; j < dv; j++) delta[j] = beta * (v[j] - decay * delta[j]);
+  j = 0;
+  for (; j + 32 <= dv; j += 32) update_tile(o, S, q, k, delta, decay, dk, dv, j, 4);
+  for (; j + 8 <= dv; j += 8) update_tile(o, S, q, k, delta, decay, dk, dv, j, 1);
+  for (; j < dv; j++) {
+    float acc = 0.0f;
+    for (int64_t i = 0; i < dk; i++) {
+      float s = S[i * dv + j] * decay + delta[j] * k[i];
+      S[i * dv + j] = s;
+      acc += s * q[i];
+    }
+    o[j] = acc;
+  }
+}
+
+struct dn_args {
+  float *o;
+  int64_t ldo;
+  float *S;
+  const float *q, *k, *v;
+  int64_t ldq, ldk, ldv;
+  const float *beta, *gd; // gd: decay (recurrent) or g (chunked)
+  int64_t T, Hk, Hv, dk, dv, chunk;
+  float *scratch;         // chunked: one slice of scratch_floats per worker
+  int64_t scratch_floats;
+};
+
+DN_CLONES static void recurrent_heads(void *ctx, int64_t h0, int64_t h1, int tid) {
+  const struct dn_args *a = ctx;
+  const int64_t r = a->Hv / a->Hk;
+  for (int64_t h = h0; h < h1; h++) {
+    const int64_t kh = h / r;
+    float *Sh = a->S + h * a->dk * a->dv;
+    for (int64_t t = 0; t < a->T; t++) {
+      head_step(a->o + t * a->ldo + h * a->dv, Sh, a->q + t * a->ldq + kh * a->dk,
+                a->k + t * a->ldk + kh * a->dk, a->v + t * a->ldv + h * a->dv,
+                a->beta[t * a->Hv + h], a->gd[t * a->Hv + h], a->dk, a->dv);
+    }
+  }
+}
+
+static void check_shape(int64_t Hk, int64_t Hv, int64_t dk, int64_t dv) {
+  FERRY_ASSERT(Hk > 0 && Hv > 0 && Hv % Hk == 0);
+  FERRY_ASSERT(dk > 0 && dv > 0 && dk <= CPU_DELTA_MAX_HEAD_DIM &&
+               dv <= CPU_DELTA_MAX_HEAD_DIM);
+}
+
+static void run_heads(struct ferry_pool *pool, int64_t Hv, ferry_pool_fn fn, void *ctx) {
+  if (pool)
+    ferry_pool_run(pool, Hv, 1, fn, ctx);
+  else
+    fn(ctx, 0, Hv, 0);
+}
+
+void cpu_delta_recurrent(struct ferry_pool *pool, float *o, int64_t ldo, float *S,
+                         const float *q, int64_t ldq, const float *k, int64_t ldk,
+                         const float *v, int64_t ldv, const float *beta, const float *decay,
+                         int64_t T, int64_t Hk, int64_t Hv, int64_t dk, int64_t dv) {
+  check_shape(Hk, Hv, dk, dv);
+  FERRY_ASSERT(T >= 0 && ldo >= Hv * dv && ldq >= Hk * dk && ldk >= Hk * dk &&
+               ldv >= Hv * dv);
+  if (T == 0) return;
+  struct dn_args a = {.o = o, .ldo = ldo, .S = S, .q = q, .k = k, .v = v, .ldq = ldq,
+                      .ldk = ldk, .ldv = ldv, .beta = beta, .gd = decay, .T = T,
+                      .Hk = Hk, .Hv = Hv, .dk = dk, .dv = dv};
+  run_heads(pool, Hv, recurrent_heads, &a);
+}
+
+void cpu_delta_step(float *o, float *S, const float *q, const float *k, const float *v,
+                    const float *beta, const float *decay, int64_t Hk, int64_t Hv, int64_t dk,
+                    int64_t dv) {
+  cpu_delta_recurrent(NULL, o, Hv * dv, S, q, Hk * dk, k, Hk * dk, v, Hv * dv, beta, decay, 1,
+                      Hk, Hv, dk, dv);
+}
+
+void cpu_delta_step_mt(struct ferry_pool *pool, float *o, float *S, const float *q,
+                       const float *k, const float *v, const float *beta, const float *decay,
+                       int64_t Hk, int64_t Hv, int64_t dk, int64_t dv) {
+  cpu_delta_recurrent(pool, o, Hv * dv, S, q, Hk * dk, k, Hk * dk, v, Hv * dv, beta, decay, 1,
+                      Hk, Hv, dk, dv);
+}
+
+// ---------------------------------------------------------------------------------------
+// chunked (WY) form
+// ---------------------------------------------------------------------------------------
+//
+// For one v-head and a chunk of L tokens with incoming state S0 (dk x dv), G_t = sum of
+// g over the chunk up to t, Gam_ts = exp(G_t - G_s) (s <= t; every exponent is <= 0, so
+// nothing overflows), the recurrence unrolls to
+//   S_t = e^{G_t} S0 + sum_{s<=t} Gam_ts k_s d_s^T,   o_t = S_t^T q_t,
+// where the deltas d_t solve the unit lower-triangular system
+//   d_t + sum_{s<t} beta_t (k_t.k_s) Gam_ts d_s = beta_t (v_t - e^{G_t} S0^T k_t).
+// (d = V' of §5.7: solving for it directly skips forming U and W separately.) Then
+//   O   = diag(e^G) Q S0 + lower_incl(Q K^T . Gam) D
+//   S_L = e^{G_L} S0 + K^T diag(e^{G_L - G}) D.
+// Work per token ~ 3*dk*dv (K S0, Q S0, K^T D) + O(L*(dk+dv)), about the recurrence's
+// 4*dk*dv, but as matrix products with register tiles instead of streaming S per token.
+
+// C[M x N] = cs*C + A[M x K] B[K x N] for rows [m, m+mr), columns [j, j+8*nv).
+// cs == 0 overwrites C (C may be uninitialised).
+DN_INLINE void gemm_tile(float *C, int64_t ldc, float cs, const float *A, int64_t lda,
+                         const float *B, int64_t ldb, int64_t K, int64_t m, int64_t j, int mr,
+                         int nv) {
+  v8f acc[4][2];
+  memset(acc, 0, sizeof acc);
+  for (int64_t kk = 0; kk < K; kk++) {
+    v8f b[2];
+#pragma GCC unroll 2
+    for (int u = 0; u < nv; u++) b[u] = ld8(B + kk * ldb + j + 8 * u);
+#pragma GCC unroll 4
+    for (int r = 0; r < mr; r++) {
+      float av = A[(m + r) * lda + kk];
+#pragma GCC unroll 2
+      for (int u = 0; u < nv; u++) acc[r][u] += b[u] * av;
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < mr; r++) {
+#pragma GCC unroll 2
+    for (int u = 0; u < nv; u++) {
+      float *dst = C + (m + r) * ldc + j + 8 * u;
+      v8f x = acc[r][u];
+      if (cs != 0.0f) x += ld8(dst) * cs;
+      st8(dst, x);
+    }
+  }
+}
+
+DN_INLINE void gemm_nn(float *C, int64_t ldc, float cs, const float *A, int64_t lda,
+                       const float *B, int64_t ldb, int64_t M, int64_t N, int64_t K) {
+  int64_t j = 0;
+  for (; j + 16 <= N; j += 16) {
+    int64_t m = 0;
+    for (; m + 4 <= M; m += 4) gemm_tile(C, ldc, cs, A, lda, B, ldb, K, m, j, 4, 2);
+    for (; m < M; m++) gemm_tile(C, ldc, cs, A, lda, B, ldb, K, m, j, 1, 2);
+  }
+  for (; j + 8 <= N; j += 8) {
+    int64_t m = 0;
+    for (; m + 4 <= M; m += 4) gemm_tile(C, ldc, cs, A, lda, B, ldb, K, m, j, 4, 1);
+    for (; m < M; m++) gemm_tile(C, ldc, cs, A, lda, B, ldb, K, m, j, 1, 1);
+  }
+  for (; j < N; j++) {
+    for (int64_t m = 0; m < M; m++) {
+      float acc = 0.0f;
+      for (int64_t kk = 0; kk < K; kk++) acc += A[m * lda + kk] * B[kk * ldb + j];
+      C[m * ldc + j] = cs != 0.0f ? acc + C[m * ldc + j] * cs : acc;
+    }
+  }
+}
+
+// X[t] -= sum_{s<t} A[t][s] X[s] for t = 0..L-1 in order (forward substitution with the
+// unit lower-triangular I + A), X [L x n] with row stride ldx, A [L x L] stride lda.
+DN_INLINE void forward_subst(float *X, int64_t ldx, const float *A, int64_t lda, int64_t L,
+                             int64_t n) {
+  for (int64_t t = 1; t < L; t++) {
+    float *xt = X + t * ldx;
+    const float *at = A + t * lda;
+    int64_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+      v8f acc[4];
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; u++) acc[u] = ld8(xt + j + 8 * u);
+      for (int64_t s = 0; s < t; s++) {
+        float a = at[s];
+        const float *xs = X + s * ldx + j;
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; u++) acc[u] -= ld8(xs + 8 * u) * a;
+      }
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; u++) st8(xt + j + 8 * u, acc[u]);
+    }
+    for (; j < n; j++) {
+      float acc = xt[j];
+      for (int64_t s = 0; s < t; s++) acc -= at[s] * X[s * ldx + j];
+      xt[j] = acc;
+    }
+  }
+}
+
+// Scratch layout per worker, with Cm = the chunk size:
+//   KT [dk x Cm]  keys of the chunk, transposed (B operand of Q K^T and K K^T)
+//   QK [Cm x Cm]  Q K^T, then masked and decayed
+//   A  [Cm x Cm]  K K^T, then the strictly lower beta_t Gam_ts (k_t.k_s)
+//   D  [Cm x dv]  K S0, then the right-hand side, then the deltas
+//   eg [Cm], G [Cm] (doubles, 2 floats each)
+static int64_t chunk_g_offset(int64_t Cm, int64_t dk, int64_t dv) {
+  return (dk * Cm + 2 * Cm * Cm + Cm * dv + Cm + 1) / 2 * 2; // G (doubles) 8-byte aligned
+}
+static int64_t chunk_scratch_floats(int64_t Cm, int64_t dk, int64_t dv) {
+  int64_t n = chunk_g_offset(Cm, dk, dv) + 2 * Cm;
+  return (n + 15) / 16 * 16; // keep every worker's slice 64-byte aligned
+}
+
+DN_CLONES static void chunked_heads(void *ctx, int64_t h0, int64_t h1, int tid) {
+  const struct dn_args *a = ctx;
+  const int64_t r = a->Hv / a->Hk, dk = a->dk, dv = a->dv, Cm = a->chunk, Hv = a->Hv;
+  float *ws = a->scratch + (int64_t)tid * a->scratch_floats;
+  float *KT = ws, *QK = KT + dk * Cm, *A = QK + Cm * Cm, *D = A + Cm * Cm, *eg = D + Cm * dv;
+  double *G = (double *)(ws + chunk_g_offset(Cm, dk, dv));
+  for (int64_t h = h0; h < h1; h++) {
+    const int64_t kh = h / r;
+    float *S = a->S + h * dk * dv;
+    for (int64_t t0 = 0; t0 < a->T; t0 += Cm) {
+      const int64_t L = a->T - t0 < Cm ? a->T - t0 : Cm;
+      const float *Q = a->q + t0 * a->ldq + kh * dk;
+      const float *K = a->k + t0 * a->ldk + kh * dk;
+      const float *V = a->v + t0 * a->ldv + h * dv;
+      const float *beta = a->beta + t0 * Hv + h; // stride Hv
+      const float *g = a->gd + t0 * Hv + h;
+      float *O = a->o + t0 * a->ldo + h * dv;
+
+      double acc = 0.0;
+      for (int64_t t = 0; t < L; t++) {
+        acc += (double)g[t * Hv];
+        G[t] = acc;
+        eg[t] = (float)exp(acc);
+      }
+      for (int64_t t = 0; t < L; t++)
+        for (int64_t i = 0; i < dk; i++) KT[i * Cm + t] = K[t * a->ldk + i];
+
+      // Products with the incoming state first (S is overwritten at the end).
+      gemm_nn(D, dv, 0.0f, K, a->ldk, S, dv, L, dv, dk);      // D = K S0
+      gemm_nn(O, a->ldo, 0.0f, Q, a->ldq, S, dv, L, dv, dk);  // O = Q S0
+      gemm_nn(QK, Cm, 0.0f, Q, a->ldq, KT, Cm, L, L, dk);     // Q K^T
+      gemm_nn(A, Cm, 0.0f, K, a->ldk, KT, Cm, L, L, dk);      // K K^T
+
+      for (int64_t t = 0; t < L; t++) {
+        const float bt = beta[t * Hv];
+        float *qk = QK + t * Cm, *at = A + t * Cm;
+        for (int64_t s = 0; s <= t; s++) {
+          float gam = expf((float)(G[t] - G[s]));
+          qk[s] *= gam;
+          at[s] = s < t ? bt * at[s] * gam : 0.0f;
+        }
+        for (int64_t s = t + 1; s < L; s++) qk[s] = 0.0f, at[s] = 0.0f;
+        // right-hand side beta_t (v_t - e^{G_t} S0^T k_t); O row t scaled by e^{G_t}
+        float *dt = D + t * dv, *ot = O + t * a->ldo;
+        const float *vt = V + t * a->ldv;
+        const float e = eg[t];
+        for (int64_t j = 0; j < dv; j++) {
+          dt[j] = bt * (vt[j] - e * dt[j]);
+          ot[j] *= e;
+        }
+      }
+      forward_subst(D, dv, A, Cm, L, dv);              // D = deltas (V')
+      gemm_nn(O, a->ldo, 1.0f, QK, Cm, D, dv, L, dv, L); // O += (QK . Gam) D
+
+      // S = e^{G_L} S0 + K^T diag(e^{G_L - G}) D
+      const double GL = G[L - 1];
+      for (int64_t t = 0; t < L; t++) {
+        float f = (float)exp(GL - G[t]);
+        float *dt = D + t * dv;
+        for (int64_t j = 0; j < dv; j++) dt[j] *= f;
+      }
+      gemm_nn(S, dv, eg[L - 1], KT, Cm, D, dv, dk, dv, L);
+    }
+  }
+}
+
+int cpu_delta_chunked(struct ferry_pool *pool, float *o, int64_t ldo, float *S,
+                      const float *q, int64_t ldq, const float *k, int64_t ldk,
+                      const float *v, int64_t ldv, const float *beta, const float *g,
+                      int64_t T, int64_t Hk, int64_t Hv, int64_t dk, int64_t dv,
+                      int64_t chunk) {
+  check_shape(Hk, Hv, dk, dv);
+  FERRY_ASSERT(T >= 0 && chunk >= 1 && chunk <= 256 && ldo >= Hv * dv && ldq >= Hk * dk &&
+               ldk >= Hk * dk && ldv >= Hv * dv);
+  if (T == 0) return 0;
+  const int64_t Cm = T < chunk ? T : chunk;
+  const int64_t per = chunk_scratch_floats(Cm, dk, dv);
+  const int nw = pool ? ferry_pool_size(pool) : 1;
+  float *scratch = ferry_alloc_aligned(64, (size_t)(per * nw) * sizeof(float));
+  if (!scratch)
+    return ferry_fail_ctx(-ENOMEM, "delta chunked scratch (%lld floats)", (long long)(per * nw));
+  struct dn_args a = {.o = o, .ldo = ldo, .S = S, .q = q, .k = k, .v = v, .ldq = ldq,
+                      .ldk = ldk, .ldv = ldv, .beta = beta, .gd = g, .T = T, .Hk = Hk,
+                      .Hv = Hv, .dk = dk, .dv = dv, .chunk = Cm, .scratch = scratch,
+                      .scratch_floats = per};
+  run_heads(pool, Hv, chunked_heads, &a);
+  ferry_free_aligned(scratch);
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------
+// legacy regrouping
+// ---------------------------------------------------------------------------------------
+
+void cpu_ssm_in_regroup(float *qkv, float *z, const float *p, int64_t T, int64_t nk,
+                        int64_t nv, int64_t dk, int64_t dv) {
+  FERRY_ASSERT(nk > 0 && nv > 0 && nv % nk == 0 && dk > 0 && dv > 0 && T >= 0);
+  const int64_t r = nv / nk, grp = 2 * dk + 2 * r * dv;
+  const int64_t in_row = nk * grp, qkv_row = 2 * nk * dk + nv * dv, z_row = nv * dv;
+  const size_t kb = (size_t)dk * sizeof(float), vb = (size_t)(r * dv) * sizeof(float);
+  for (int64_t t = 0; t < T; t++) {
+    const float *pt = p + t * in_row;
+    float *qt = qkv + t * qkv_row, *zt = z + t * z_row;
+    for (int64_t g = 0; g < nk; g++) {
+      const float *src = pt + g * grp;
+      memcpy(qt + g * dk, src, kb);                              // q_g
+      memcpy(qt + nk * dk + g * dk, src + dk, kb);               // k_g
+      memcpy(qt + 2 * nk * dk + g * r * dv, src + 2 * dk, vb);   // v_{g r .. g r + r-1}
+      memcpy(zt + g * r * dv, src + 2 * dk + r * dv, vb);        // z_{g r .. g r + r-1}
+    }
+  }
+}
+
+void cpu_ssm_ba_regroup(float *b, float *a, const float *p, int64_t T, int64_t nk,
+                        int64_t nv) {
+  FERRY_ASSERT(nk > 0 && nv > 0 && nv % nk == 0 && T >= 0);
+  const int64_t r = nv / nk;
+  for (int64_t t = 0; t < T; t++) {
+    const float *pt = p + t * 2 * nv;
+    for (int64_t g = 0; g < nk; g++) {
+      for (int64_t i = 0; i < r; i++) {
+        b[t * nv + g * r + i] = pt[g * 2 * r + i];
+        a[t * nv + g * r + i] = pt[g * 2 * r + r + i];
+      }
+    }
+  }
+}
