@@ -1,0 +1,444 @@
+// engine/gguf_write.c: streaming GGUF v3 writer (see gguf_write.h). Metadata pairs are
+// serialized into one growing byte buffer as they are added; tensor infos are kept as
+// structs until begin_data serializes the header in one go. Tensor data goes through an
+// 8 MiB write-combining buffer (small tensors such as norms) or straight to write()
+// (large chunks), so the writer never holds a tensor.
+#include "engine/gguf_write.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "base/base.h"
+#include "kernels/types.h"
+
+#define GW_MAGIC 0x46554747u
+#define GW_VERSION 3u
+#define GW_BUF_BYTES ((size_t)8 << 20)
+
+struct gw_tensor {
+  char *name;
+  uint32_t n_dims;
+  uint64_t ne[4];
+  uint32_t type;
+  uint64_t offset; // relative to the data section
+  uint64_t nbytes;
+};
+
+enum gw_state { GW_DECLARE, GW_DATA, GW_DONE, GW_FAILED };
+
+struct gguf_writer {
+  char *path, *tmp_path;
+  int fd;
+  uint32_t alignment;
+  enum gw_state state;
+  // serialized kv pairs
+  uint8_t *meta;
+  size_t meta_len, meta_cap;
+  uint64_t n_kv;
+  char **keys; // for the uniqueness check
+  size_t keys_cap;
+  // tensors
+  struct gw_tensor *t;
+  int64_t n_t, t_cap;
+  uint64_t data_size; // next free (aligned) offset in the data section
+  // streaming
+  int64_t cur;
+  uint64_t cur_done;
+  uint64_t written; // bytes handed to the file (including buffered)
+  uint8_t *buf;
+  size_t buf_len;
+};
+
+static int gw_failed(struct gguf_writer *w, int code) {
+  w->state = GW_FAILED;
+  return code;
+}
+
+// ---- metadata serialization ----------------------------------------------------------
+static int gw_meta_reserve(struct gguf_writer *w, size_t extra) {
+  if (w->meta_len + extra <= w->meta_cap) return 0;
+  size_t cap = w->meta_cap ? w->meta_cap : 4096;
+  while (cap < w->meta_len + extra) cap *= 2;
+  uint8_t *m = realloc(w->meta, cap);
+  if (!m) return gw_failed(w, ferry_fail(-ENOMEM, "gguf writer: out of memory for metadata"));
+  w->meta = m, w->meta_cap = cap;
+  return 0;
+}
+
+static int gw_put(struct gguf_writer *w, const void *p, size_t n) {
+  int rc = gw_meta_reserve(w, n);
+  if (rc) return rc;
+  memcpy(w->meta + w->meta_len, p, n);
+  w->meta_len += n;
+  return 0;
+}
+static int gw_put_u32(struct gguf_writer *w, uint32_t v) { return gw_put(w, &v, 4); }
+static int gw_put_u64(struct gguf_writer *w, uint64_t v) { return gw_put(w, &v, 8); }
+static int gw_put_str(struct gguf_writer *w, const char *s, uint64_t len) {
+  int rc = gw_put_u64(w, len);
+  return rc ? rc : gw_put(w, s, (size_t)len);
+}
+
+static size_t gw_scalar_size(uint32_t t) {
+  switch (t) {
+  case GGUF_U8: case GGUF_I8: case GGUF_BOOL: return 1;
+  case GGUF_U16: case GGUF_I16: return 2;
+  case GGUF_U32: case GGUF_I32: case GGUF_F32: return 4;
+  case GGUF_U64: case GGUF_I64: case GGUF_F64: return 8;
+  default: return 0;
+  }
+}
+
+// Checks state and key, records the key and writes "key, type". The caller then writes
+// the payload; a failure there poisons the writer (state FAILED), so no half pair is
+// ever followed by another.
+static int gw_begin_kv(struct gguf_writer *w, const char *key, uint32_t type) {
+  if (w->state != GW_DECLARE)
+    return ferry_fail(-EINVAL, "gguf writer: metadata '%s' added after the data started", key ? key : "");
+  if (!key || !*key) return ferry_fail(-EINVAL, "gguf writer: empty metadata key");
+  for (uint64_t i = 0; i < w->n_kv; i++)
+    if (!strcmp(w->keys[i], key)) return ferry_fail(-EEXIST, "gguf writer: duplicate metadata key '%s'", key);
+  if (w->n_kv == w->keys_cap) {
+    size_t cap = w->keys_cap ? w->keys_cap * 2 : 64;
+    char **k = realloc(w->keys, cap * sizeof *k);
+    if (!k) return gw_failed(w, ferry_fail(-ENOMEM, "gguf writer: out of memory"));
+    w->keys = k, w->keys_cap = cap;
+  }
+  char *dup = strdup(key);
+  if (!dup) return gw_failed(w, ferry_fail(-ENOMEM, "gguf writer: out of memory"));
+  w->keys[w->n_kv++] = dup;
+  int rc = gw_put_str(w, key, strlen(key));
+  if (!rc) rc = gw_put_u32(w, type);
+  return rc;
+}
+
+int gguf_writer_add_scalar(struct gguf_writer *w, const char *key, enum gguf_vtype type, const void *v) {
+  if (type == GGUF_STRING) return gguf_writer_add_str(w, key, (const char *)v);
+  size_t sz = gw_scalar_size(type);
+  if (!sz) return ferry_fail(-EINVAL, "gguf writer: '%s': %s is not a scalar type", key, gguf_vtype_name(type));
+  int rc = gw_begin_kv(w, key, type);
+  return rc ? rc : gw_put(w, v, sz);
+}
+
+#define GW_SCALAR_FN(name, ctype, vt)                                                   \
+  int gguf_writer_add_##name(struct gguf_writer *w, const char *key, ctype v) {        \
+    return gguf_writer_add_scalar(w, key, vt, &v);                                      \
+  }
+GW_SCALAR_FN(u8, uint8_t, GGUF_U8)
+GW_SCALAR_FN(i8, int8_t, GGUF_I8)
+GW_SCALAR_FN(u16, uint16_t, GGUF_U16)
+GW_SCALAR_FN(i16, int16_t, GGUF_I16)
+GW_SCALAR_FN(u32, uint32_t, GGUF_U32)
+GW_SCALAR_FN(i32, int32_t, GGUF_I32)
+GW_SCALAR_FN(u64, uint64_t, GGUF_U64)
+GW_SCALAR_FN(i64, int64_t, GGUF_I64)
+GW_SCALAR_FN(f32, float, GGUF_F32)
+GW_SCALAR_FN(f64, double, GGUF_F64)
+
+int gguf_writer_add_bool(struct gguf_writer *w, const char *key, bool v) {
+  uint8_t b = v ? 1 : 0;
+  return gguf_writer_add_scalar(w, key, GGUF_BOOL, &b);
+}
+
+int gguf_writer_add_strn(struct gguf_writer *w, const char *key, const char *s, uint64_t len) {
+  if (!s && len) return ferry_fail(-EINVAL, "gguf writer: '%s': NULL string", key ? key : "");
+  int rc = gw_begin_kv(w, key, GGUF_STRING);
+  return rc ? rc : gw_put_str(w, s ? s : "", len);
+}
+
+int gguf_writer_add_str(struct gguf_writer *w, const char *key, const char *s) {
+  if (!s) return ferry_fail(-EINVAL, "gguf writer: '%s': NULL string", key ? key : "");
+  return gguf_writer_add_strn(w, key, s, strlen(s));
+}
+
+int gguf_writer_add_array(struct gguf_writer *w, const char *key, enum gguf_vtype elem_type,
+                          const void *data, uint64_t n) {
+  size_t sz = gw_scalar_size(elem_type);
+  if (!sz)
+    return ferry_fail(-EINVAL, "gguf writer: '%s': arrays of %s need their own function", key ? key : "",
+                      gguf_vtype_name(elem_type));
+  uint64_t bytes;
+  if (ferry_mul_u64(n, sz, &bytes) || bytes > ((uint64_t)1 << 40) || (n && !data))
+    return ferry_fail(-EINVAL, "gguf writer: '%s': bad array (%llu elements)", key ? key : "",
+                      (unsigned long long)n);
+  int rc = gw_begin_kv(w, key, GGUF_ARRAY);
+  if (!rc) rc = gw_put_u32(w, elem_type);
+  if (!rc) rc = gw_put_u64(w, n);
+  if (!rc) rc = gw_put(w, data, (size_t)bytes);
+  return rc;
+}
+
+int gguf_writer_add_str_array(struct gguf_writer *w, const char *key, const char *const *strs,
+                              const uint64_t *lens, uint64_t n) {
+  if (n && !strs) return ferry_fail(-EINVAL, "gguf writer: '%s': NULL string array", key ? key : "");
+  for (uint64_t i = 0; i < n; i++)
+    if (!strs[i]) return ferry_fail(-EINVAL, "gguf writer: '%s': string %llu is NULL", key ? key : "", (unsigned long long)i);
+  int rc = gw_begin_kv(w, key, GGUF_ARRAY);
+  if (!rc) rc = gw_put_u32(w, GGUF_STRING);
+  if (!rc) rc = gw_put_u64(w, n);
+  for (uint64_t i = 0; !rc && i < n; i++) rc = gw_put_str(w, strs[i], lens ? lens[i] : strlen(strs[i]));
+  return rc;
+}
+
+int gguf_writer_copy_kv(struct gguf_writer *w, const struct gguf_kv *kv) {
+  if (!kv) return ferry_fail(-EINVAL, "gguf writer: NULL pair");
+  if (kv->type == GGUF_STRING) return gguf_writer_add_strn(w, kv->key, kv->str.data, kv->str.len);
+  if (kv->type != GGUF_ARRAY) {
+    // The reader widened the value; narrow it back to the stored width (little-endian).
+    uint8_t tmp[8];
+    size_t sz = gw_scalar_size(kv->type);
+    if (!sz) return ferry_fail(-EINVAL, "gguf writer: '%s': unknown type %u", kv->key, kv->type);
+    if (kv->type == GGUF_F32) {
+      float f = (float)kv->v.f64;
+      memcpy(tmp, &f, 4);
+    } else if (kv->type == GGUF_F64) {
+      memcpy(tmp, &kv->v.f64, 8);
+    } else {
+      memcpy(tmp, &kv->v.u64, sz); // low bytes of a little-endian u64/i64
+    }
+    return gguf_writer_add_scalar(w, kv->key, kv->type, tmp);
+  }
+  if (kv->arr_type == GGUF_STRING) {
+    const struct gguf_str *s = kv->arr;
+    if (kv->arr_n && !s) return ferry_fail(-EINVAL, "gguf writer: '%s': array not loaded", kv->key);
+    int rc = gw_begin_kv(w, kv->key, GGUF_ARRAY);
+    if (!rc) rc = gw_put_u32(w, GGUF_STRING);
+    if (!rc) rc = gw_put_u64(w, kv->arr_n);
+    for (uint64_t i = 0; !rc && i < kv->arr_n; i++) rc = gw_put_str(w, s[i].data, s[i].len);
+    return rc;
+  }
+  if (kv->arr_type == GGUF_ARRAY || (!kv->arr && kv->arr_n))
+    return ferry_fail(-ENOTSUP, "gguf writer: '%s': nested arrays cannot be copied", kv->key);
+  return gguf_writer_add_array(w, kv->key, kv->arr_type, kv->arr, kv->arr_n);
+}
+
+// ---- tensors -------------------------------------------------------------------------
+int gguf_writer_add_tensor(struct gguf_writer *w, const char *name, uint32_t n_dims,
+                           const uint64_t *ne, uint32_t type) {
+  if (w->state != GW_DECLARE)
+    return ferry_fail(-EINVAL, "gguf writer: tensor '%s' added after the data started", name ? name : "");
+  if (!name || !*name || strlen(name) >= 64)
+    return ferry_fail(-EINVAL, "gguf writer: tensor name '%s' is empty or longer than 63 bytes", name ? name : "");
+  if (n_dims < 1 || n_dims > 4) return ferry_fail(-EINVAL, "gguf writer: '%s': %u dims (1..4)", name, n_dims);
+  const struct ferry_type_info *ti = ferry_type_info(type);
+  if (!ti || !ti->weight) return ferry_fail(-EINVAL, "gguf writer: '%s': unsupported type %u", name, type);
+  for (int64_t i = 0; i < w->n_t; i++)
+    if (!strcmp(w->t[i].name, name)) return ferry_fail(-EEXIST, "gguf writer: duplicate tensor '%s'", name);
+  uint64_t n_el = 1;
+  for (uint32_t d = 0; d < n_dims; d++)
+    if (ne[d] == 0 || ferry_mul_u64(n_el, ne[d], &n_el))
+      return ferry_fail(-EINVAL, "gguf writer: '%s': bad dimension ne[%u]", name, d);
+  if (ne[0] % ti->blck)
+    return ferry_fail(-EINVAL, "gguf writer: '%s': ne[0] = %llu is not a multiple of the %s block (%u)", name,
+                      (unsigned long long)ne[0], ti->name, ti->blck);
+  uint64_t nbytes;
+  if (ferry_mul_u64(n_el / ti->blck, ti->size, &nbytes) || nbytes > ((uint64_t)1 << 50))
+    return ferry_fail(-EINVAL, "gguf writer: '%s': tensor too large", name);
+  if (w->n_t == w->t_cap) {
+    int64_t cap = w->t_cap ? w->t_cap * 2 : 256;
+    struct gw_tensor *t = realloc(w->t, (size_t)cap * sizeof *t);
+    if (!t) return gw_failed(w, ferry_fail(-ENOMEM, "gguf writer: out of memory"));
+    w->t = t, w->t_cap = cap;
+  }
+  struct gw_tensor *t = &w->t[w->n_t];
+  memset(t, 0, sizeof *t);
+  t->name = strdup(name);
+  if (!t->name) return gw_failed(w, ferry_fail(-ENOMEM, "gguf writer: out of memory"));
+  t->n_dims = n_dims;
+  for (int d = 0; d < 4; d++) t->ne[d] = d < (int)n_dims ? ne[d] : 1;
+  t->type = type;
+  t->offset = w->data_size;
+  t->nbytes = nbytes;
+  w->data_size = ferry_align_up(t->offset + nbytes, w->alignment);
+  w->n_t++;
+  return 0;
+}
+
+int64_t gguf_writer_n_tensors(const struct gguf_writer *w) { return w->n_t; }
+uint64_t gguf_writer_tensor_nbytes(const struct gguf_writer *w, int64_t i) {
+  return i >= 0 && i < w->n_t ? w->t[i].nbytes : 0;
+}
+int64_t gguf_writer_current(const struct gguf_writer *w) { return w->cur; }
+uint64_t gguf_writer_bytes_written(const struct gguf_writer *w) { return w->written; }
+
+// ---- file output ---------------------------------------------------------------------
+static int gw_write_fd(struct gguf_writer *w, const void *p, size_t n) {
+  const uint8_t *b = p;
+  while (n) {
+    ssize_t r = write(w->fd, b, n > ((size_t)1 << 30) ? ((size_t)1 << 30) : n);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return gw_failed(w, ferry_fail(-errno, "%s: write failed: %s", w->tmp_path, strerror(errno)));
+    }
+    b += r, n -= (size_t)r;
+  }
+  return 0;
+}
+
+static int gw_flush(struct gguf_writer *w) {
+  if (!w->buf_len) return 0;
+  int rc = gw_write_fd(w, w->buf, w->buf_len);
+  w->buf_len = 0;
+  return rc;
+}
+
+// Buffered output: small pieces are combined, big ones bypass the buffer.
+static int gw_out(struct gguf_writer *w, const void *p, size_t n) {
+  w->written += n;
+  if (w->buf_len + n <= GW_BUF_BYTES) {
+    memcpy(w->buf + w->buf_len, p, n);
+    w->buf_len += n;
+    return 0;
+  }
+  int rc = gw_flush(w);
+  if (rc) return rc;
+  if (n >= GW_BUF_BYTES / 2) return gw_write_fd(w, p, n);
+  memcpy(w->buf, p, n);
+  w->buf_len = n;
+  return 0;
+}
+
+static int gw_out_zeros(struct gguf_writer *w, uint64_t n) {
+  static const uint8_t zeros[256];
+  while (n) {
+    size_t k = n > sizeof zeros ? sizeof zeros : (size_t)n;
+    int rc = gw_out(w, zeros, k);
+    if (rc) return rc;
+    n -= k;
+  }
+  return 0;
+}
+
+int gguf_writer_create(struct gguf_writer **out, const char *path, uint32_t alignment) {
+  *out = NULL;
+  if (!path || !*path) return ferry_fail(-EINVAL, "gguf writer: empty output path");
+  if (alignment == 0) alignment = 32;
+  if (alignment & (alignment - 1)) return ferry_fail(-EINVAL, "gguf writer: alignment %u is not a power of two", alignment);
+  struct gguf_writer *w = calloc(1, sizeof *w);
+  if (!w) return ferry_fail(-ENOMEM, "gguf writer: out of memory");
+  w->fd = -1;
+  w->alignment = alignment;
+  w->path = strdup(path);
+  size_t n = strlen(path) + 5;
+  w->tmp_path = malloc(n);
+  w->buf = malloc(GW_BUF_BYTES);
+  if (!w->path || !w->tmp_path || !w->buf) {
+    gguf_writer_destroy(w);
+    return ferry_fail(-ENOMEM, "gguf writer: out of memory");
+  }
+  snprintf(w->tmp_path, n, "%s.tmp", path);
+  w->fd = open(w->tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (w->fd < 0) {
+    int e = errno;
+    int rc = ferry_fail(-e, "%s: cannot create: %s", w->tmp_path, strerror(e));
+    w->state = GW_DONE; // nothing to unlink
+    gguf_writer_destroy(w);
+    return rc;
+  }
+  if (alignment != 32) {
+    int rc = gguf_writer_add_u32(w, "general.alignment", alignment);
+    if (rc) {
+      gguf_writer_destroy(w);
+      return rc;
+    }
+  }
+  *out = w;
+  return 0;
+}
+
+void gguf_writer_destroy(struct gguf_writer *w) {
+  if (!w) return;
+  if (w->fd >= 0) close(w->fd);
+  if (w->state != GW_DONE && w->tmp_path) unlink(w->tmp_path);
+  for (uint64_t i = 0; i < w->n_kv; i++) free(w->keys[i]);
+  for (int64_t i = 0; i < w->n_t; i++) free(w->t[i].name);
+  free(w->keys);
+  free(w->t);
+  free(w->meta);
+  free(w->buf);
+  free(w->path);
+  free(w->tmp_path);
+  free(w);
+}
+
+// Skips tensors of zero remaining bytes (none exist: every declared tensor has >= 1 block).
+static int gw_advance(struct gguf_writer *w) {
+  while (w->cur < w->n_t && w->cur_done == w->t[w->cur].nbytes) {
+    const struct gw_tensor *t = &w->t[w->cur];
+    int rc = gw_out_zeros(w, ferry_align_up(t->nbytes, w->alignment) - t->nbytes);
+    if (rc) return rc;
+    w->cur++;
+    w->cur_done = 0;
+  }
+  return 0;
+}
+
+int gguf_writer_begin_data(struct gguf_writer *w) {
+  if (w->state != GW_DECLARE) return ferry_fail(-EINVAL, "gguf writer: begin_data called twice or after a failure");
+  // Header: magic, version, counts, then the kv bytes, then the tensor infos.
+  uint8_t hdr[24];
+  uint32_t magic = GW_MAGIC, ver = GW_VERSION;
+  uint64_t nt = (uint64_t)w->n_t, nkv = w->n_kv;
+  memcpy(hdr, &magic, 4);
+  memcpy(hdr + 4, &ver, 4);
+  memcpy(hdr + 8, &nt, 8);
+  memcpy(hdr + 16, &nkv, 8);
+  int rc = gw_out(w, hdr, sizeof hdr);
+  if (!rc) rc = gw_out(w, w->meta, w->meta_len);
+  for (int64_t i = 0; !rc && i < w->n_t; i++) {
+    const struct gw_tensor *t = &w->t[i];
+    uint64_t len = strlen(t->name);
+    rc = gw_out(w, &len, 8);
+    if (!rc) rc = gw_out(w, t->name, len);
+    if (!rc) rc = gw_out(w, &t->n_dims, 4);
+    if (!rc) rc = gw_out(w, t->ne, 8 * (size_t)t->n_dims);
+    if (!rc) rc = gw_out(w, &t->type, 4);
+    if (!rc) rc = gw_out(w, &t->offset, 8);
+  }
+  if (!rc) rc = gw_out_zeros(w, ferry_align_up(w->written, w->alignment) - w->written);
+  if (rc) return gw_failed(w, rc);
+  free(w->meta); // no longer needed: keep the writer's footprint to the data buffer
+  w->meta = NULL;
+  w->meta_len = w->meta_cap = 0;
+  w->state = GW_DATA;
+  w->cur = 0;
+  w->cur_done = 0;
+  return 0;
+}
+
+int gguf_writer_write(struct gguf_writer *w, const void *data, uint64_t len) {
+  if (w->state != GW_DATA)
+    return ferry_fail(-EINVAL, "gguf writer: tensor data written before begin_data or after finish/failure");
+  if (w->cur >= w->n_t) return gw_failed(w, ferry_fail(-EINVAL, "gguf writer: more data than the declared tensors hold"));
+  const struct gw_tensor *t = &w->t[w->cur];
+  if (len > t->nbytes - w->cur_done)
+    return gw_failed(w, ferry_fail(-EINVAL, "gguf writer: '%s': %llu bytes written past its size %llu", t->name,
+                                   (unsigned long long)(w->cur_done + len), (unsigned long long)t->nbytes));
+  int rc = gw_out(w, data, (size_t)len);
+  if (rc) return rc;
+  w->cur_done += len;
+  return gw_advance(w);
+}
+
+int gguf_writer_finish(struct gguf_writer *w) {
+  if (w->state != GW_DATA) return ferry_fail(-EINVAL, "gguf writer: finish without begin_data (or after a failure)");
+  if (w->cur < w->n_t)
+    return gw_failed(w, ferry_fail(-EINVAL, "gguf writer: tensor '%s' has %llu of %llu bytes", w->t[w->cur].name,
+                                   (unsigned long long)w->cur_done, (unsigned long long)w->t[w->cur].nbytes));
+  int rc = gw_flush(w);
+  if (rc) return rc;
+  if (fdatasync(w->fd) != 0 && errno != EINVAL && errno != EROFS)
+    return gw_failed(w, ferry_fail(-errno, "%s: fdatasync: %s", w->tmp_path, strerror(errno)));
+  if (close(w->fd) != 0) {
+    w->fd = -1;
+    return gw_failed(w, ferry_fail(-errno, "%s: close: %s", w->tmp_path, strerror(errno)));
+  }
+  w->fd = -1;
+  if (rename(w->tmp_path, w->path) != 0)
+    return gw_failed(w, ferry_fail(-errno, "cannot rename %s to %s: %s", w->tmp_path, w->path, strerror(errno)));
+  w->state = GW_DONE;
+  return 0;
+}
