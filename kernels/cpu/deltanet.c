@@ -4,8 +4,8 @@
 // real shape), so each v-head runs all its tokens while its state is hot, with the value
 // dim tiled into register accumulators (two passes over S per token: retrieve, then
 // update + output). The chunked WY form turns the same work into small matrix products
-// (see cpu_delta_chunked). Hot functions are compiled twice (AVX2+FMA and baseline) with
-// target_clones and picked at load time, so the default build stays portable x86-64.
+// (see cpu_delta_chunked). Hot functions are compiled twice (AVX2+FMA and baseline) and
+// picked at run time, so the default build stays portable x86-64.
 #include "kernels/cpu/deltanet.h"
 
 #include <errno.h>
@@ -15,12 +15,34 @@
 #include "base/base.h"
 #include "numa/pool.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define DN_CLONES __attribute__((target_clones("arch=haswell", "default")))
-#else
-#define DN_CLONES
-#endif
 #define DN_INLINE static inline __attribute__((always_inline))
+
+// Each hot worker body is an always-inline function instantiated twice: with AVX2+FMA
+// and with the baseline ISA; dn_have_avx2() picks one at run time. (target_clones with
+// "arch=haswell" would test the CPU model, not its features, and miss AMD parts.)
+#if defined(__x86_64__) && defined(__GNUC__)
+#define DN_HAVE_AVX2_PATH 1
+#define DN_DISPATCH(name)                                                                 \
+  __attribute__((target("avx2,fma"))) static void name##_avx2(void *ctx, int64_t b,      \
+                                                              int64_t e, int tid) {      \
+    name##_body(ctx, b, e, tid);                                                          \
+  }                                                                                       \
+  static void name##_base(void *ctx, int64_t b, int64_t e, int tid) {                     \
+    name##_body(ctx, b, e, tid);                                                          \
+  }                                                                                       \
+  static ferry_pool_fn name##_pick(void) { return dn_have_avx2() ? name##_avx2 : name##_base; }
+static int dn_have_avx2(void) {
+  static int have = -1; // benign race: every thread computes the same value
+  if (have < 0) {
+    __builtin_cpu_init();
+    have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }
+  return have;
+}
+#else
+#define DN_DISPATCH(name)                                                                 \
+  static ferry_pool_fn name##_pick(void) { return name##_body; }
+#endif
 
 // 8-float vectors via GCC vector extensions: AVX registers in the haswell clone, pairs of
 // SSE registers in the baseline one. Unaligned loads/stores go through memcpy.
@@ -221,7 +243,7 @@ struct dn_args {
   int64_t scratch_floats;
 };
 
-DN_CLONES static void recurrent_heads(void *ctx, int64_t h0, int64_t h1, int tid) {
+DN_INLINE void recurrent_heads_body(void *ctx, int64_t h0, int64_t h1, int tid) {
   const struct dn_args *a = ctx;
   const int64_t r = a->Hv / a->Hk;
   for (int64_t h = h0; h < h1; h++) {
@@ -234,6 +256,8 @@ DN_CLONES static void recurrent_heads(void *ctx, int64_t h0, int64_t h1, int tid
     }
   }
 }
+
+DN_DISPATCH(recurrent_heads)
 
 static void check_shape(int64_t Hk, int64_t Hv, int64_t dk, int64_t dv) {
   FERRY_ASSERT(Hk > 0 && Hv > 0 && Hv % Hk == 0);
@@ -259,7 +283,7 @@ void cpu_delta_recurrent(struct ferry_pool *pool, float *o, int64_t ldo, float *
   struct dn_args a = {.o = o, .ldo = ldo, .S = S, .q = q, .k = k, .v = v, .ldq = ldq,
                       .ldk = ldk, .ldv = ldv, .beta = beta, .gd = decay, .T = T,
                       .Hk = Hk, .Hv = Hv, .dk = dk, .dv = dv};
-  run_heads(pool, Hv, recurrent_heads, &a);
+  run_heads(pool, Hv, recurrent_heads_pick(), &a);
 }
 
 void cpu_delta_step(float *o, float *S, const float *q, const float *k, const float *v,
@@ -322,26 +346,41 @@ DN_INLINE void gemm_tile(float *C, int64_t ldc, float cs, const float *A, int64_
   }
 }
 
+// Triangular shortcuts for the L x L products of a chunk:
+//   GEMM_LOWER_OUT: only tiles touching the lower triangle (incl. diagonal) of C are
+//                   computed; the rest of C is left as it was (the caller masks it).
+//   GEMM_LOWER_A:   A is lower triangular (incl. diagonal): row m sums kk <= m only.
+enum { GEMM_FULL = 0, GEMM_LOWER_OUT = 1, GEMM_LOWER_A = 2 };
+
 DN_INLINE void gemm_nn(float *C, int64_t ldc, float cs, const float *A, int64_t lda,
-                       const float *B, int64_t ldb, int64_t M, int64_t N, int64_t K) {
+                       const float *B, int64_t ldb, int64_t M, int64_t N, int64_t K, int tri) {
+#define DN_KEFF(m, mr) (tri == GEMM_LOWER_A && (m) + (mr) < K ? (m) + (mr) : K)
+#define DN_SKIP(m, mr, j) (tri == GEMM_LOWER_OUT && (j) > (m) + (mr)-1)
   int64_t j = 0;
   for (; j + 16 <= N; j += 16) {
     int64_t m = 0;
-    for (; m + 4 <= M; m += 4) gemm_tile(C, ldc, cs, A, lda, B, ldb, K, m, j, 4, 2);
-    for (; m < M; m++) gemm_tile(C, ldc, cs, A, lda, B, ldb, K, m, j, 1, 2);
+    for (; m + 4 <= M; m += 4)
+      if (!DN_SKIP(m, 4, j)) gemm_tile(C, ldc, cs, A, lda, B, ldb, DN_KEFF(m, 4), m, j, 4, 2);
+    for (; m < M; m++)
+      if (!DN_SKIP(m, 1, j)) gemm_tile(C, ldc, cs, A, lda, B, ldb, DN_KEFF(m, 1), m, j, 1, 2);
   }
   for (; j + 8 <= N; j += 8) {
     int64_t m = 0;
-    for (; m + 4 <= M; m += 4) gemm_tile(C, ldc, cs, A, lda, B, ldb, K, m, j, 4, 1);
-    for (; m < M; m++) gemm_tile(C, ldc, cs, A, lda, B, ldb, K, m, j, 1, 1);
+    for (; m + 4 <= M; m += 4)
+      if (!DN_SKIP(m, 4, j)) gemm_tile(C, ldc, cs, A, lda, B, ldb, DN_KEFF(m, 4), m, j, 4, 1);
+    for (; m < M; m++)
+      if (!DN_SKIP(m, 1, j)) gemm_tile(C, ldc, cs, A, lda, B, ldb, DN_KEFF(m, 1), m, j, 1, 1);
   }
   for (; j < N; j++) {
     for (int64_t m = 0; m < M; m++) {
+      if (DN_SKIP(m, 1, j)) continue;
       float acc = 0.0f;
-      for (int64_t kk = 0; kk < K; kk++) acc += A[m * lda + kk] * B[kk * ldb + j];
+      for (int64_t kk = 0, ke = DN_KEFF(m, 1); kk < ke; kk++) acc += A[m * lda + kk] * B[kk * ldb + j];
       C[m * ldc + j] = cs != 0.0f ? acc + C[m * ldc + j] * cs : acc;
     }
   }
+#undef DN_KEFF
+#undef DN_SKIP
 }
 
 // X[t] -= sum_{s<t} A[t][s] X[s] for t = 0..L-1 in order (forward substitution with the
@@ -387,7 +426,7 @@ static int64_t chunk_scratch_floats(int64_t Cm, int64_t dk, int64_t dv) {
   return (n + 15) / 16 * 16; // keep every worker's slice 64-byte aligned
 }
 
-DN_CLONES static void chunked_heads(void *ctx, int64_t h0, int64_t h1, int tid) {
+DN_INLINE void chunked_heads_body(void *ctx, int64_t h0, int64_t h1, int tid) {
   const struct dn_args *a = ctx;
   const int64_t r = a->Hv / a->Hk, dk = a->dk, dv = a->dv, Cm = a->chunk, Hv = a->Hv;
   float *ws = a->scratch + (int64_t)tid * a->scratch_floats;
@@ -415,10 +454,10 @@ DN_CLONES static void chunked_heads(void *ctx, int64_t h0, int64_t h1, int tid) 
         for (int64_t i = 0; i < dk; i++) KT[i * Cm + t] = K[t * a->ldk + i];
 
       // Products with the incoming state first (S is overwritten at the end).
-      gemm_nn(D, dv, 0.0f, K, a->ldk, S, dv, L, dv, dk);      // D = K S0
-      gemm_nn(O, a->ldo, 0.0f, Q, a->ldq, S, dv, L, dv, dk);  // O = Q S0
-      gemm_nn(QK, Cm, 0.0f, Q, a->ldq, KT, Cm, L, L, dk);     // Q K^T
-      gemm_nn(A, Cm, 0.0f, K, a->ldk, KT, Cm, L, L, dk);      // K K^T
+      gemm_nn(D, dv, 0.0f, K, a->ldk, S, dv, L, dv, dk, GEMM_FULL);  // D = K S0
+      gemm_nn(O, a->ldo, 0.0f, Q, a->ldq, S, dv, L, dv, dk, GEMM_FULL); // O = Q S0
+      gemm_nn(QK, Cm, 0.0f, Q, a->ldq, KT, Cm, L, L, dk, GEMM_LOWER_OUT); // Q K^T
+      gemm_nn(A, Cm, 0.0f, K, a->ldk, KT, Cm, L, L, dk, GEMM_LOWER_OUT); // K K^T
 
       for (int64_t t = 0; t < L; t++) {
         const float bt = beta[t * Hv];
@@ -439,7 +478,7 @@ DN_CLONES static void chunked_heads(void *ctx, int64_t h0, int64_t h1, int tid) 
         }
       }
       forward_subst(D, dv, A, Cm, L, dv);              // D = deltas (V')
-      gemm_nn(O, a->ldo, 1.0f, QK, Cm, D, dv, L, dv, L); // O += (QK . Gam) D
+      gemm_nn(O, a->ldo, 1.0f, QK, Cm, D, dv, L, dv, L, GEMM_LOWER_A); // O += (QK . Gam) D
 
       // S = e^{G_L} S0 + K^T diag(e^{G_L - G}) D
       const double GL = G[L - 1];
@@ -448,10 +487,12 @@ DN_CLONES static void chunked_heads(void *ctx, int64_t h0, int64_t h1, int tid) 
         float *dt = D + t * dv;
         for (int64_t j = 0; j < dv; j++) dt[j] *= f;
       }
-      gemm_nn(S, dv, eg[L - 1], KT, Cm, D, dv, dk, dv, L);
+      gemm_nn(S, dv, eg[L - 1], KT, Cm, D, dv, dk, dv, L, GEMM_FULL);
     }
   }
 }
+
+DN_DISPATCH(chunked_heads)
 
 int cpu_delta_chunked(struct ferry_pool *pool, float *o, int64_t ldo, float *S,
                       const float *q, int64_t ldq, const float *k, int64_t ldk,
@@ -472,7 +513,7 @@ int cpu_delta_chunked(struct ferry_pool *pool, float *o, int64_t ldo, float *S,
                       .ldk = ldk, .ldv = ldv, .beta = beta, .gd = g, .T = T, .Hk = Hk,
                       .Hv = Hv, .dk = dk, .dv = dv, .chunk = Cm, .scratch = scratch,
                       .scratch_floats = per};
-  run_heads(pool, Hv, chunked_heads, &a);
+  run_heads(pool, Hv, chunked_heads_pick(), &a);
   ferry_free_aligned(scratch);
   return 0;
 }
