@@ -5,5 +5,6 @@
 
 const struct ferry_cmd ferry_cmds[] = {
     {"info", cmd_info},
+    {"tokenize", cmd_tokenize},
     {NULL, NULL},
 };
