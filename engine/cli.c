@@ -5,6 +5,8 @@
 
 const struct ferry_cmd ferry_cmds[] = {
     {"info", cmd_info},
+    {"run", cmd_run},
+    {"score", cmd_score},
     {"tokenize", cmd_tokenize},
     {NULL, NULL},
 };

@@ -1,0 +1,346 @@
+// engine/generate.c: prompt building, the generate loop, and the run reports.
+#include "engine/generate.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/base.h"
+#include "engine/json.h"
+#include "engine/sampler.h"
+
+static bool utf8_valid(const unsigned char *s, size_t n, size_t *bad) {
+  size_t i = 0;
+  while (i < n) {
+    unsigned c = s[i];
+    size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (!len || i + len > n) goto bad;
+    uint32_t cp = len == 1 ? c : len == 2 ? (c & 0x1f) : len == 3 ? (c & 0x0f) : (c & 0x07);
+    for (size_t k = 1; k < len; k++) {
+      if ((s[i + k] & 0xc0) != 0x80) goto bad;
+      cp = (cp << 6) | (s[i + k] & 0x3f);
+    }
+    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+        (cp >= 0xd800 && cp <= 0xdfff))
+      goto bad;
+    i += len;
+  }
+  return true;
+bad:
+  *bad = i;
+  return false;
+}
+
+static int read_file(const char *path, char **out, size_t *n) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return ferry_fail(-errno, "cannot open prompt file '%s': %s", path, strerror(errno));
+  size_t cap = 1 << 16, len = 0;
+  char *buf = malloc(cap + 1);
+  if (!buf) {
+    fclose(f);
+    return ferry_fail(-ENOMEM, "out of memory");
+  }
+  size_t r;
+  while ((r = fread(buf + len, 1, cap - len, f)) > 0) {
+    len += r;
+    if (len == cap) {
+      if (cap >= (1ull << 30)) {
+        free(buf), fclose(f);
+        return ferry_fail(-EFBIG, "prompt file '%s' is larger than 1 GiB", path);
+      }
+      char *nb = realloc(buf, 2 * cap + 1);
+      if (!nb) {
+        free(buf), fclose(f);
+        return ferry_fail(-ENOMEM, "out of memory");
+      }
+      buf = nb, cap *= 2;
+    }
+  }
+  bool err = ferror(f);
+  fclose(f);
+  if (err) {
+    free(buf);
+    return ferry_fail(-EIO, "cannot read prompt file '%s'", path);
+  }
+  buf[len] = 0;
+  *out = buf, *n = len;
+  return 0;
+}
+
+int gen_prompt_ids(struct session *s, const struct run_opts *o, int32_t **ids, int *n) {
+  char *text = NULL;
+  size_t len = 0;
+  int rc;
+  if (o->prompt_file) {
+    if ((rc = read_file(o->prompt_file, &text, &len))) return rc;
+  } else {
+    text = strdup(o->prompt ? o->prompt : "");
+    len = strlen(text);
+  }
+  size_t bad;
+  if (!utf8_valid((const unsigned char *)text, len, &bad)) {
+    free(text);
+    return ferry_fail(-EINVAL, "the prompt%s%s is not valid UTF-8 (at byte %zu)", o->prompt_file ? " file " : "",
+                      o->prompt_file ? o->prompt_file : "", bad);
+  }
+  if (o->system && !utf8_valid((const unsigned char *)o->system, strlen(o->system), &bad)) {
+    free(text);
+    return ferry_fail(-EINVAL, "--system is not valid UTF-8 (at byte %zu)", bad);
+  }
+  char *full = text;
+  if (!o->raw) {
+    rc = tok_render_chat(session_tokenizer(s), o->system, text, 0, &full);
+    free(text);
+    if (rc) return rc;
+    len = strlen(full);
+  }
+  size_t nn = 0;
+  rc = tok_encode(session_tokenizer(s), full, len, true, ids, &nn);
+  free(full);
+  if (rc) return rc;
+  if (nn == 0) {
+    free(*ids);
+    *ids = NULL;
+    return ferry_fail(-EINVAL, "the prompt is empty");
+  }
+  *n = (int)nn;
+  return 0;
+}
+
+void topk_logprobs(const double *lp, int n, int k, int32_t *ids, double *vals) {
+  // insertion into a sorted list of k: O(n k), k is small
+  int have = 0;
+  for (int i = 0; i < n; i++) {
+    if (have == k && lp[i] <= vals[k - 1]) continue;
+    int j = have < k ? have++ : k - 1;
+    while (j > 0 && vals[j - 1] < lp[i]) {
+      vals[j] = vals[j - 1], ids[j] = ids[j - 1];
+      j--;
+    }
+    vals[j] = lp[i], ids[j] = i;
+  }
+}
+
+static void sampling_defaults(struct session *s, const struct run_opts *o, struct sampler_params *sp) {
+  const struct gguf_file *f = NULL;
+  (void)f;
+  sp->temp = o->temp, sp->top_k = o->top_k, sp->top_p = o->top_p, sp->min_p = o->min_p, sp->seed = o->seed;
+  (void)s;
+}
+
+int gen_run(struct session *s, const struct run_opts *o, const int32_t *prompt, int n_prompt, FILE *out,
+            struct gen_result *r) {
+  memset(r, 0, sizeof *r);
+  struct model *m = session_model(s);
+  const struct tokenizer *tok = session_tokenizer(s);
+  int n_vocab = (int)model_hparams(m)->n_vocab;
+  int n_ctx = model_n_ctx(m);
+  if (n_prompt > n_ctx)
+    return ferry_fail(-EINVAL, "the prompt has %d tokens but the context is %d (raise -c)", n_prompt, n_ctx);
+  int n_max = o->n_predict;
+  if (n_prompt + n_max > n_ctx) {
+    log_warn("generation limited to %d tokens by the context of %d", n_ctx - n_prompt, n_ctx);
+    n_max = n_ctx - n_prompt;
+  }
+  struct sampler_params sp;
+  sampling_defaults(s, o, &sp);
+  struct sampler *smp = NULL;
+  struct tok_decoder *dec = NULL;
+  float *logits = malloc(sizeof(float) * n_vocab);
+  double *lp = malloc(sizeof(double) * n_vocab);
+  r->prompt = malloc(sizeof(int32_t) * (n_prompt ? n_prompt : 1));
+  r->tokens = malloc(sizeof(int32_t) * (n_max + 1));
+  r->k = o->logprobs;
+  if (r->k > n_vocab) r->k = n_vocab;
+  r->steps = calloc(n_max + 1, sizeof *r->steps);
+  size_t text_cap = 4096;
+  r->text = malloc(text_cap);
+  int rc = 0;
+  if (!logits || !lp || !r->prompt || !r->tokens || !r->steps || !r->text) {
+    rc = ferry_fail(-ENOMEM, "out of memory");
+    goto done;
+  }
+  r->text[0] = 0;
+  memcpy(r->prompt, prompt, sizeof(int32_t) * n_prompt);
+  r->n_prompt = n_prompt;
+  if ((rc = sampler_create(&smp, &sp, n_vocab)) || (rc = tok_decoder_create(&dec, tok, false))) goto done;
+  model_reset(m);
+  double t0 = ferry_now_s();
+  if ((rc = model_forward(m, prompt, n_prompt, NULL, logits))) goto done;
+  double t_prefill = ferry_now_s();
+  r->st.prefill_s = t_prefill - t0;
+  double t_first = 0;
+  for (int i = 0; i < n_max; i++) {
+    int32_t id = sampler_sample(smp, logits);
+    if (i == 0) t_first = ferry_now_s();
+    if (r->k > 0) {
+      logsoftmax(logits, n_vocab, lp);
+      r->steps[i].id = id;
+      r->steps[i].top_ids = malloc(sizeof(int32_t) * r->k);
+      r->steps[i].top_lp = malloc(sizeof(double) * r->k);
+      if (!r->steps[i].top_ids || !r->steps[i].top_lp) {
+        rc = ferry_fail(-ENOMEM, "out of memory");
+        goto done;
+      }
+      topk_logprobs(lp, n_vocab, r->k, r->steps[i].top_ids, r->steps[i].top_lp);
+    }
+    r->tokens[r->n_generated++] = id;
+    if (tok_is_eog(tok, id)) break;
+    const char *bytes;
+    size_t nb;
+    if ((rc = tok_decoder_push(dec, id, &bytes, &nb))) goto done;
+    if (nb) {
+      if (out) {
+        fwrite(bytes, 1, nb, out);
+        fflush(out);
+      }
+      while (r->text_len + nb + 1 > text_cap) {
+        char *nt = realloc(r->text, text_cap *= 2);
+        if (!nt) {
+          rc = ferry_fail(-ENOMEM, "out of memory");
+          goto done;
+        }
+        r->text = nt;
+      }
+      memcpy(r->text + r->text_len, bytes, nb);
+      r->text_len += nb;
+      r->text[r->text_len] = 0;
+    }
+    if (i + 1 == n_max) break;
+    if ((rc = model_forward(m, &id, 1, NULL, logits))) goto done;
+  }
+  {
+    const char *bytes;
+    size_t nb;
+    tok_decoder_flush(dec, &bytes, &nb);
+    if (nb && out) fwrite(bytes, 1, nb, out);
+  }
+  if (out) {
+    fputc('\n', out);
+    fflush(out);
+  }
+  double t_end = ferry_now_s();
+  r->st.ttft_s = (t_first ? t_first : t_prefill) - t0;
+  r->st.decode_s = t_end - (t_first ? t_first : t_prefill);
+  r->st.n_prompt = n_prompt;
+  r->st.n_generated = r->n_generated;
+  session_fill_stats(s, &r->st);
+done:
+  sampler_destroy(smp);
+  tok_decoder_destroy(dec);
+  free(logits);
+  free(lp);
+  return rc;
+}
+
+void gen_result_free(struct gen_result *r) {
+  if (r->steps)
+    for (int i = 0; i < r->n_generated; i++) free(r->steps[i].top_ids), free(r->steps[i].top_lp);
+  free(r->steps);
+  free(r->prompt);
+  free(r->tokens);
+  free(r->text);
+  memset(r, 0, sizeof *r);
+}
+
+static double rate(int n, double s) { return s > 0 ? n / s : 0; }
+
+static void json_stats(struct jw *w, const struct run_stats *st) {
+  jw_key(w, "load_s"), jw_num(w, st->load_s);
+  jw_key(w, "ttft_s"), jw_num(w, st->ttft_s);
+  jw_key(w, "prefill_tok_s"), jw_num(w, rate(st->n_prompt, st->prefill_s));
+  // decode rate counts the tokens after the first (the first comes from the prefill)
+  jw_key(w, "decode_tok_s"), jw_num(w, rate(st->n_generated > 1 ? st->n_generated - 1 : 0, st->decode_s));
+  jw_key(w, "peak_rss_bytes"), jw_uint(w, st->peak_rss);
+  jw_key(w, "peak_vram_bytes"), jw_uint(w, st->peak_vram);
+  jw_key(w, "ram_budget_bytes"), jw_uint(w, st->ram_budget);
+  jw_key(w, "vram_budget_bytes"), jw_uint(w, st->vram_budget);
+  jw_key(w, "io"), jw_obj(w);
+  jw_key(w, "bytes_read"), jw_uint(w, st->io_bytes);
+  jw_key(w, "reads"), jw_uint(w, st->io_reads);
+  jw_key(w, "read_s"), jw_num(w, st->io_s);
+  jw_key(w, "direct"), jw_bool(w, st->io_direct);
+  jw_obj_end(w);
+  jw_key(w, "expert_cache"), jw_obj(w);
+  jw_key(w, "host"), jw_obj(w);
+  jw_key(w, "capacity"), jw_uint(w, st->host_capacity);
+  jw_key(w, "hits"), jw_uint(w, st->host_hits);
+  jw_key(w, "misses"), jw_uint(w, st->host_misses);
+  jw_key(w, "evictions"), jw_uint(w, st->host_evictions);
+  jw_obj_end(w);
+  jw_key(w, "device"), jw_obj(w);
+  jw_key(w, "capacity"), jw_uint(w, st->dev_capacity);
+  jw_key(w, "hits"), jw_uint(w, st->dev_hits);
+  jw_key(w, "misses"), jw_uint(w, st->dev_misses);
+  jw_key(w, "evictions"), jw_uint(w, st->dev_evictions);
+  jw_obj_end(w);
+  jw_obj_end(w);
+}
+
+int gen_write_json(struct session *s, const struct run_opts *o, const struct gen_result *r, const char *path) {
+  FILE *f = fopen(path, "w");
+  if (!f) return ferry_fail(-errno, "cannot write --json file '%s': %s", path, strerror(errno));
+  struct jw w;
+  jw_init(&w, f);
+  jw_obj(&w);
+  jw_key(&w, "model"), jw_str(&w, o->model);
+  jw_key(&w, "arch"), jw_str(&w, model_hparams(session_model(s))->arch_name);
+  jw_key(&w, "mode"), jw_str(&w, session_mode_name(s));
+  jw_key(&w, "backend"), jw_str(&w, "cpu");
+  jw_key(&w, "exact"), jw_bool(&w, o->exact);
+  jw_key(&w, "prompt_tokens"), jw_arr(&w);
+  for (int i = 0; i < r->n_prompt; i++) jw_int(&w, r->prompt[i]);
+  jw_arr_end(&w);
+  jw_key(&w, "generated_tokens"), jw_arr(&w);
+  for (int i = 0; i < r->n_generated; i++) jw_int(&w, r->tokens[i]);
+  jw_arr_end(&w);
+  jw_key(&w, "text"), jw_strn(&w, r->text ? r->text : "", r->text_len);
+  jw_key(&w, "n_prompt"), jw_int(&w, r->n_prompt);
+  jw_key(&w, "n_generated"), jw_int(&w, r->n_generated);
+  json_stats(&w, &r->st);
+  if (r->k > 0) {
+    jw_key(&w, "steps"), jw_arr(&w);
+    for (int i = 0; i < r->n_generated; i++) {
+      jw_obj(&w);
+      jw_key(&w, "id"), jw_int(&w, r->steps[i].id);
+      jw_key(&w, "top"), jw_arr(&w);
+      for (int j = 0; j < r->k; j++) {
+        jw_obj(&w);
+        jw_key(&w, "id"), jw_int(&w, r->steps[i].top_ids[j]);
+        jw_key(&w, "logprob"), jw_num(&w, r->steps[i].top_lp[j]);
+        jw_obj_end(&w);
+      }
+      jw_arr_end(&w);
+      jw_obj_end(&w);
+    }
+    jw_arr_end(&w);
+  }
+  jw_obj_end(&w);
+  fputc('\n', f);
+  if (fclose(f)) return ferry_fail(-EIO, "cannot write --json file '%s'", path);
+  return 0;
+}
+
+void gen_print_stats(FILE *f, const char *mode, const struct run_stats *st) {
+  char rss[32], io[32], bud[32];
+  ferry_format_size(st->peak_rss, rss, sizeof rss);
+  ferry_format_size(st->io_bytes, io, sizeof io);
+  ferry_format_size(st->ram_budget, bud, sizeof bud);
+  uint64_t acc = st->host_hits + st->host_misses;
+  fprintf(f, "\n");
+  fprintf(f, "  mode             %s\n", mode);
+  fprintf(f, "  load time        %.2f s\n", st->load_s);
+  fprintf(f, "  TTFT             %.3f s\n", st->ttft_s);
+  fprintf(f, "  prefill          %.2f tok/s (%d tokens)\n", rate(st->n_prompt, st->prefill_s), st->n_prompt);
+  fprintf(f, "  decode           %.2f tok/s (%d tokens)\n",
+          rate(st->n_generated > 1 ? st->n_generated - 1 : 0, st->decode_s), st->n_generated);
+  fprintf(f, "  peak RAM (RSS)   %s (budget %s)\n", rss, bud);
+  fprintf(f, "  peak VRAM        %llu B\n", (unsigned long long)st->peak_vram);
+  fprintf(f, "  read from disk   %s in %llu reads, %.2f s waiting%s\n", io, (unsigned long long)st->io_reads, st->io_s,
+          st->io_reads ? (st->io_direct ? " (O_DIRECT)" : " (buffered)") : "");
+  if (acc)
+    fprintf(f, "  expert hit rate  host %.1f%% (%llu hits, %llu misses, %llu evictions, %llu slots)\n",
+            100.0 * (double)st->host_hits / (double)acc, (unsigned long long)st->host_hits,
+            (unsigned long long)st->host_misses, (unsigned long long)st->host_evictions,
+            (unsigned long long)st->host_capacity);
+}

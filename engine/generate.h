@@ -1,0 +1,39 @@
+// engine/generate.h: the generate loop (prefill, then sample/decode until an
+// end-of-generation token or -n), with timing, optional per-step top-K log-probabilities,
+// and the --json / --stats reports.
+#pragma once
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "engine/session.h"
+
+struct gen_step {
+  int32_t id;
+  int32_t *top_ids; // [K]
+  double *top_lp;   // [K]
+};
+
+struct gen_result {
+  int32_t *prompt;
+  int n_prompt;
+  int32_t *tokens; // generated ids (an end-of-generation token, if any, is the last)
+  int n_generated;
+  char *text;      // decoded generated text
+  size_t text_len;
+  struct gen_step *steps; // n_generated entries when logprobs > 0
+  int k;
+  struct run_stats st;
+};
+
+// Builds the prompt ids from the options: -p/-f text, chat template unless --raw.
+// Fails on unreadable files, invalid UTF-8, or an empty prompt.
+int gen_prompt_ids(struct session *s, const struct run_opts *o, int32_t **ids, int *n);
+// Runs generation; streams decoded text to `out` when non-NULL.
+int gen_run(struct session *s, const struct run_opts *o, const int32_t *prompt, int n_prompt, FILE *out,
+            struct gen_result *r);
+void gen_result_free(struct gen_result *r);
+int gen_write_json(struct session *s, const struct run_opts *o, const struct gen_result *r, const char *path);
+void gen_print_stats(FILE *f, const char *mode, const struct run_stats *st);
+// Top-K of a log-softmax (descending; ties -> lower id).
+void topk_logprobs(const double *lp, int n, int k, int32_t *ids, double *vals);

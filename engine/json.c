@@ -1,0 +1,126 @@
+// engine/json.c: the JSON writer.
+#include "engine/json.h"
+
+#include <math.h>
+#include <string.h>
+
+void jw_init(struct jw *w, FILE *f) {
+  w->f = f;
+  w->depth = 0;
+  w->first[0] = true;
+  w->after_key = false;
+}
+
+static void sep(struct jw *w) {
+  if (w->after_key) {
+    w->after_key = false;
+    return;
+  }
+  if (!w->first[w->depth]) fputc(',', w->f);
+  w->first[w->depth] = false;
+}
+
+static void open_(struct jw *w, char c) {
+  sep(w);
+  fputc(c, w->f);
+  if (w->depth < 31) w->depth++;
+  w->first[w->depth] = true;
+}
+void jw_obj(struct jw *w) { open_(w, '{'); }
+void jw_arr(struct jw *w) { open_(w, '['); }
+void jw_obj_end(struct jw *w) {
+  w->depth--;
+  fputc('}', w->f);
+}
+void jw_arr_end(struct jw *w) {
+  w->depth--;
+  fputc(']', w->f);
+}
+
+// Length of the valid UTF-8 sequence at s[0..n), or 0 if it is not one.
+static size_t utf8_seq(const unsigned char *s, size_t n) {
+  unsigned c = s[0];
+  size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+  if (!len || len > n) return 0;
+  uint32_t cp = len == 1 ? c : len == 2 ? (c & 0x1f) : len == 3 ? (c & 0x0f) : (c & 0x07);
+  for (size_t k = 1; k < len; k++) {
+    if ((s[k] & 0xc0) != 0x80) return 0;
+    cp = (cp << 6) | (s[k] & 0x3f);
+  }
+  if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+      (cp >= 0xd800 && cp <= 0xdfff))
+    return 0;
+  return len;
+}
+
+// JSON strings must be Unicode: bytes that are not valid UTF-8 (a model can emit any
+// byte sequence) are written as U+FFFD, one per byte.
+static void raw_str(FILE *f, const char *s, size_t n) {
+  const unsigned char *u = (const unsigned char *)s;
+  fputc('"', f);
+  for (size_t i = 0; i < n;) {
+    unsigned char c = u[i];
+    size_t len = utf8_seq(u + i, n - i);
+    if (len == 0) {
+      fputs("\\ufffd", f);
+      i++;
+      continue;
+    }
+    if (len > 1) {
+      fwrite(u + i, 1, len, f);
+      i += len;
+      continue;
+    }
+    switch (c) {
+      case '"': fputs("\\\"", f); break;
+      case '\\': fputs("\\\\", f); break;
+      case '\n': fputs("\\n", f); break;
+      case '\r': fputs("\\r", f); break;
+      case '\t': fputs("\\t", f); break;
+      default:
+        if (c < 0x20 || c == 0x7f) fprintf(f, "\\u%04x", c);
+        else fputc(c, f);
+    }
+    i++;
+  }
+  fputc('"', f);
+}
+
+void jw_key(struct jw *w, const char *k) {
+  sep(w);
+  raw_str(w->f, k, strlen(k));
+  fputc(':', w->f);
+  w->after_key = true;
+}
+void jw_strn(struct jw *w, const char *s, size_t n) {
+  sep(w);
+  raw_str(w->f, s, n);
+}
+void jw_str(struct jw *w, const char *s) {
+  if (!s) {
+    jw_null(w);
+    return;
+  }
+  jw_strn(w, s, strlen(s));
+}
+void jw_int(struct jw *w, int64_t v) {
+  sep(w);
+  fprintf(w->f, "%lld", (long long)v);
+}
+void jw_uint(struct jw *w, uint64_t v) {
+  sep(w);
+  fprintf(w->f, "%llu", (unsigned long long)v);
+}
+void jw_num(struct jw *w, double v) {
+  sep(w);
+  if (isfinite(v)) fprintf(w->f, "%.9g", v);
+  else fputs("null", w->f);
+}
+void jw_bool(struct jw *w, bool v) {
+  sep(w);
+  fputs(v ? "true" : "false", w->f);
+}
+void jw_null(struct jw *w) {
+  sep(w);
+  fputs("null", w->f);
+}

@@ -1,0 +1,27 @@
+// engine/json.h: a minimal streaming JSON writer for --json outputs (comma and nesting
+// bookkeeping, string escaping). Writes to a FILE the caller owns.
+#pragma once
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+struct jw {
+  FILE *f;
+  int depth;
+  bool first[32]; // no element written yet at this depth
+  bool after_key;
+};
+
+void jw_init(struct jw *w, FILE *f);
+void jw_obj(struct jw *w);     // {
+void jw_obj_end(struct jw *w); // }
+void jw_arr(struct jw *w);     // [
+void jw_arr_end(struct jw *w); // ]
+void jw_key(struct jw *w, const char *k);
+void jw_str(struct jw *w, const char *s);
+void jw_strn(struct jw *w, const char *s, size_t n);
+void jw_int(struct jw *w, int64_t v);
+void jw_uint(struct jw *w, uint64_t v);
+void jw_num(struct jw *w, double v); // non-finite -> null
+void jw_bool(struct jw *w, bool v);
+void jw_null(struct jw *w);

@@ -1,0 +1,286 @@
+// engine/session.c: option parsing, the memory plan and mode choice, and loading.
+#include "engine/session.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "base/base.h"
+#include "engine/stream.h"
+#include "offload/budget.h"
+#include "numa/pool.h"
+
+// ---------------------------------------------------------------------------------------
+// options
+
+enum {
+  OPT_SYSTEM = 256, OPT_RAW, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_SEED, OPT_MODE, OPT_RAM, OPT_VRAM,
+  OPT_CPU, OPT_STATS, OPT_JSON, OPT_LOGPROBS, OPT_EXACT, OPT_IDS, OPT_FROM, OPT_CTK, OPT_CTV, OPT_MODES,
+  OPT_NOPROG, OPT_HELP,
+};
+
+static const struct option k_opts[] = {
+    {"model", required_argument, 0, 'm'},   {"prompt", required_argument, 0, 'p'},
+    {"file", required_argument, 0, 'f'},    {"system", required_argument, 0, OPT_SYSTEM},
+    {"n-predict", required_argument, 0, 'n'}, {"raw", no_argument, 0, OPT_RAW},
+    {"temp", required_argument, 0, OPT_TEMP}, {"top-k", required_argument, 0, OPT_TOPK},
+    {"top-p", required_argument, 0, OPT_TOPP}, {"min-p", required_argument, 0, OPT_MINP},
+    {"seed", required_argument, 0, OPT_SEED}, {"threads", required_argument, 0, 't'},
+    {"ctx-size", required_argument, 0, 'c'}, {"batch-size", required_argument, 0, 'b'},
+    {"mode", required_argument, 0, OPT_MODE}, {"ram", required_argument, 0, OPT_RAM},
+    {"vram", required_argument, 0, OPT_VRAM}, {"cpu", no_argument, 0, OPT_CPU},
+    {"stats", no_argument, 0, OPT_STATS},   {"json", required_argument, 0, OPT_JSON},
+    {"logprobs", required_argument, 0, OPT_LOGPROBS}, {"exact", no_argument, 0, OPT_EXACT},
+    {"ids", required_argument, 0, OPT_IDS}, {"from", required_argument, 0, OPT_FROM},
+    {"cache-type-k", required_argument, 0, OPT_CTK}, {"cache-type-v", required_argument, 0, OPT_CTV},
+    {"modes", required_argument, 0, OPT_MODES}, {"no-progress", no_argument, 0, OPT_NOPROG},
+    {"help", no_argument, 0, OPT_HELP},     {0, 0, 0, 0}};
+
+static int parse_int(const char *flag, const char *s, long lo, long hi, int *out) {
+  char *end;
+  errno = 0;
+  long v = strtol(s, &end, 10);
+  if (errno || end == s || *end) return ferry_fail(-EINVAL, "%s: '%s' is not an integer", flag, s);
+  if (v < lo || v > hi) return ferry_fail(-EINVAL, "%s: %ld is out of range [%ld, %ld]", flag, v, lo, hi);
+  *out = (int)v;
+  return 0;
+}
+
+static int parse_float(const char *flag, const char *s, double lo, double hi, float *out) {
+  char *end;
+  errno = 0;
+  double v = strtod(s, &end);
+  if (errno || end == s || *end) return ferry_fail(-EINVAL, "%s: '%s' is not a number", flag, s);
+  if (!(v >= lo && v <= hi)) return ferry_fail(-EINVAL, "%s: %g is out of range [%g, %g]", flag, v, lo, hi);
+  *out = (float)v;
+  return 0;
+}
+
+static int parse_kv_type(const char *flag, const char *s, enum ferry_type *out) {
+  if (!strcmp(s, "f32")) *out = FT_F32;
+  else if (!strcmp(s, "f16")) *out = FT_F16;
+  else if (!strcmp(s, "q8_0")) *out = FT_Q8_0;
+  else return ferry_fail(-EINVAL, "%s: '%s' is not a KV cache type (f32, f16, q8_0)", flag, s);
+  return 0;
+}
+
+static void usage(const char *cmd) {
+  if (!strcmp(cmd, "score"))
+    printf("usage: ferry score -m MODEL.gguf --ids \"ID ID ...\" --from N [--logprobs K] [--exact]\n"
+           "                   [--mode auto|full|stream] [--ram SIZE] [-t N] [-c CTX] --json PATH\n");
+  else if (!strcmp(cmd, "bench"))
+    printf("usage: ferry bench -m MODEL.gguf [--modes full,stream] [-p PROMPT] [-n N] [-t N] [--ram SIZE]\n"
+           "                   [--seed S] [--json PATH]\n");
+  else
+    printf("usage: ferry run -m MODEL.gguf [-p PROMPT | -f FILE] [--system TEXT] [-n N] [--raw]\n"
+           "                 [--temp T] [--top-k K] [--top-p P] [--min-p P] [--seed S] [-t THREADS] [-c CTX]\n"
+           "                 [-b BATCH] [--mode auto|full|stream] [--ram SIZE] [--vram SIZE] [--cpu]\n"
+           "                 [--stats] [--json PATH] [--logprobs K] [--exact]\n"
+           "                 [--cache-type-k f32|f16|q8_0] [--cache-type-v f32|f16|q8_0]\n");
+}
+
+int run_opts_parse(struct run_opts *o, const char *cmd, int argc, char **argv) {
+  memset(o, 0, sizeof *o);
+  o->n_predict = 256;
+  o->temp = 0.7f, o->top_k = 20, o->top_p = 0.8f, o->min_p = 0.0f; // Qwen3 Instruct model cards
+  o->seed = 0xf3443;
+  o->n_batch = 256;
+  o->kv_k = o->kv_v = FT_F16;
+  o->logprobs = 0;
+  bool score = !strcmp(cmd, "score"), bench = !strcmp(cmd, "bench");
+  int c, rc = 0;
+  optind = 1;
+  opterr = 0;
+  while ((c = getopt_long(argc, argv, ":m:p:f:n:t:c:b:h", k_opts, NULL)) != -1) {
+    const char *flag = argv[optind - 1];
+    switch (c) {
+      case 'm': o->model = optarg; break;
+      case 'p': o->prompt = optarg; break;
+      case 'f': o->prompt_file = optarg; break;
+      case OPT_SYSTEM: o->system = optarg; break;
+      case 'n': rc = parse_int("-n", optarg, 0, 1 << 24, &o->n_predict); break;
+      case OPT_RAW: o->raw = true; break;
+      case OPT_TEMP: rc = parse_float("--temp", optarg, 0, 100, &o->temp), o->temp_set = true; break;
+      case OPT_TOPK: rc = parse_int("--top-k", optarg, 0, 1 << 30, &o->top_k), o->top_k_set = true; break;
+      case OPT_TOPP: rc = parse_float("--top-p", optarg, 0, 1, &o->top_p), o->top_p_set = true; break;
+      case OPT_MINP: rc = parse_float("--min-p", optarg, 0, 1, &o->min_p), o->min_p_set = true; break;
+      case OPT_SEED: {
+        char *end;
+        errno = 0;
+        o->seed = strtoull(optarg, &end, 10);
+        if (errno || end == optarg || *end) rc = ferry_fail(-EINVAL, "--seed: '%s' is not an unsigned integer", optarg);
+        break;
+      }
+      case 't': rc = parse_int("-t", optarg, 0, 1024, &o->threads); break;
+      case 'c': rc = parse_int("-c", optarg, 1, 1 << 24, &o->n_ctx); break;
+      case 'b': rc = parse_int("-b", optarg, 1, 8192, &o->n_batch); break;
+      case OPT_MODE:
+        if (!strcmp(optarg, "auto")) o->mode = MODE_AUTO;
+        else if (!strcmp(optarg, "full")) o->mode = MODE_FULL;
+        else if (!strcmp(optarg, "stream")) o->mode = MODE_STREAM;
+        else rc = ferry_fail(-EINVAL, "--mode: '%s' is not auto, full or stream", optarg);
+        break;
+      case OPT_RAM: rc = ferry_parse_size(optarg, &o->ram); if (rc) ferry_fail_ctx(rc, "--ram"); break;
+      case OPT_VRAM: rc = ferry_parse_size(optarg, &o->vram); if (rc) ferry_fail_ctx(rc, "--vram"); break;
+      case OPT_CPU: o->cpu = true; break;
+      case OPT_STATS: o->stats = true; break;
+      case OPT_JSON: o->json_path = optarg; break;
+      case OPT_LOGPROBS: rc = parse_int("--logprobs", optarg, 0, 1000, &o->logprobs); break;
+      case OPT_EXACT: o->exact = true; break;
+      case OPT_IDS: o->ids = optarg; break;
+      case OPT_FROM: rc = parse_int("--from", optarg, 1, INT32_MAX, &o->from); break;
+      case OPT_CTK: rc = parse_kv_type("--cache-type-k", optarg, &o->kv_k), o->kv_set = true; break;
+      case OPT_CTV: rc = parse_kv_type("--cache-type-v", optarg, &o->kv_v), o->kv_set = true; break;
+      case OPT_MODES: o->modes = optarg; break;
+      case OPT_NOPROG: o->no_progress = true; break;
+      case 'h':
+      case OPT_HELP: usage(cmd); return 1;
+      case ':': return ferry_fail(-EINVAL, "option '%s' needs a value", flag);
+      default: return ferry_fail(-EINVAL, "unknown option '%s' (see ferry %s --help)", flag, cmd);
+    }
+    if (rc) return rc;
+  }
+  if (optind < argc) return ferry_fail(-EINVAL, "unexpected argument '%s' (see ferry %s --help)", argv[optind], cmd);
+  if (!o->model) return ferry_fail(-EINVAL, "missing -m MODEL.gguf");
+  if (score) {
+    if (!o->ids) return ferry_fail(-EINVAL, "missing --ids \"ID ID ...\"");
+    if (!o->from) return ferry_fail(-EINVAL, "missing --from N (the number of context tokens before the first scored one)");
+    if (!o->json_path) return ferry_fail(-EINVAL, "missing --json PATH");
+  } else if (!bench) {
+    if (o->prompt && o->prompt_file) return ferry_fail(-EINVAL, "give either -p or -f, not both");
+    if (!o->prompt && !o->prompt_file) return ferry_fail(-EINVAL, "missing -p PROMPT or -f FILE");
+  }
+  if (o->exact && !o->kv_set) o->kv_k = o->kv_v = FT_F32;
+  if (o->kv_k != o->kv_v) return ferry_fail(-EINVAL, "--cache-type-k and --cache-type-v must be equal (for now)");
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------
+// session
+
+struct session {
+  struct run_opts o;
+  struct gguf_file *f;
+  struct model *m;
+  struct tokenizer *tok;
+  struct ferry_pool *pool;
+  struct stream *stream; // stream mode only
+  struct budget *budget;
+  enum run_mode mode;
+  uint64_t ram_budget;
+  double load_s;
+};
+
+static const uint64_t k_ram_margin = 512ull << 20;
+
+int session_open(struct session **out, const struct run_opts *o) {
+  *out = NULL;
+  struct session *s = calloc(1, sizeof *s);
+  if (!s) return ferry_fail(-ENOMEM, "out of memory");
+  s->o = *o;
+  double t0 = ferry_now_s();
+  int rc = gguf_open(&s->f, o->model);
+  if (rc) goto fail;
+  if ((rc = tok_create(&s->tok, s->f))) goto fail;
+
+  struct model_opts mo = {.exact = o->exact, .n_ctx = o->n_ctx, .n_batch = o->n_batch, .kv_k = o->kv_k,
+                          .kv_v = o->kv_v, .progress = !o->no_progress && isatty(2)};
+  s->ram_budget = o->ram;
+  if (!s->ram_budget) {
+    uint64_t avail = ferry_mem_available_bytes();
+    s->ram_budget = avail > 2 * k_ram_margin ? avail - k_ram_margin : avail / 2;
+  }
+  uint64_t w = 0, st = 0, sc = 0;
+  if ((rc = model_plan(s->f, &mo, &w, &st, &sc))) goto fail;
+  uint64_t need_full = w + st + sc;
+  char b1[32], b2[32], b3[32], b4[32], b5[32];
+  ferry_format_size(need_full, b1, sizeof b1);
+  ferry_format_size(s->ram_budget, b2, sizeof b2);
+  ferry_format_size(w, b3, sizeof b3);
+  ferry_format_size(st, b4, sizeof b4);
+  ferry_format_size(sc, b5, sizeof b5);
+  s->mode = o->mode;
+  if (s->mode == MODE_AUTO) {
+    s->mode = need_full <= s->ram_budget ? MODE_FULL : MODE_STREAM;
+    log_info("mode auto -> %s (full needs %s of the %s RAM budget)", s->mode == MODE_FULL ? "full" : "stream", b1, b2);
+  }
+  if (s->mode == MODE_FULL && need_full > s->ram_budget) {
+    rc = ferry_fail(-ENOMEM,
+                    "full mode needs %s of RAM (weights %s, KV/state %s, scratch %s) but the budget is %s; "
+                    "use --mode stream or raise --ram",
+                    b1, b3, b4, b5, b2);
+    goto fail;
+  }
+  if (s->mode == MODE_STREAM) {
+    mo.dense_only = true;
+    uint64_t wd = 0;
+    if ((rc = model_plan(s->f, &mo, &wd, &st, &sc))) goto fail;
+    struct model_hparams hp;
+    if ((rc = hparams_load(&hp, s->f))) goto fail;
+    uint64_t min_cache = stream_min_cache_bytes(s->f, &hp);
+    uint32_t k = hp.n_expert_used;
+    hparams_free(&hp);
+    if (wd + st + sc + min_cache > s->ram_budget) {
+      char c1[32], c2[32], c3[32];
+      ferry_format_size(wd + st + sc, c1, sizeof c1);
+      ferry_format_size(min_cache, c2, sizeof c2);
+      ferry_format_size(wd + st + sc + min_cache, c3, sizeof c3);
+      rc = ferry_fail(-ENOMEM,
+                      "RAM budget %s is too small for stream mode: dense weights, KV/state and scratch need %s and "
+                      "the smallest expert cache (%u experts of one layer) %s; use --ram %llu (%s) or more",
+                      b2, c1, k, c2, (unsigned long long)(wd + st + sc + min_cache), c3);
+      goto fail;
+    }
+  }
+  if ((rc = budget_create(&s->budget, s->ram_budget, o->vram ? o->vram : BUDGET_UNLIMITED))) goto fail;
+  if ((rc = ferry_pool_create(&s->pool, o->threads))) goto fail;
+  if ((rc = model_load(&s->m, s->f, &mo))) goto fail;
+  model_set_pool(s->m, s->pool);
+  {
+    uint64_t wb, sb, scb;
+    model_mem(s->m, &wb, &sb, &scb);
+    if ((rc = budget_charge(s->budget, BUDGET_HOST, BUDGET_DENSE, wb)) ||
+        (rc = budget_charge(s->budget, BUDGET_HOST, BUDGET_KV, sb)) ||
+        (rc = budget_charge(s->budget, BUDGET_HOST, BUDGET_SCRATCH, scb)))
+      goto fail;
+  }
+  if (s->mode == MODE_STREAM) {
+    if ((rc = stream_create(&s->stream, s->f, model_hparams(s->m), s->budget))) goto fail;
+    struct expert_source src;
+    stream_expert_source(s->stream, &src);
+    model_set_expert_source(s->m, &src);
+  }
+  s->load_s = ferry_now_s() - t0;
+  *out = s;
+  return 0;
+fail:
+  session_close(s);
+  return rc;
+}
+
+void session_close(struct session *s) {
+  if (!s) return;
+  stream_destroy(s->stream);
+  model_destroy(s->m);
+  budget_destroy(s->budget);
+  ferry_pool_destroy(s->pool);
+  tok_destroy(s->tok);
+  gguf_close(s->f);
+  free(s);
+}
+
+struct model *session_model(struct session *s) { return s->m; }
+const struct tokenizer *session_tokenizer(struct session *s) { return s->tok; }
+const char *session_mode_name(const struct session *s) { return s->mode == MODE_STREAM ? "stream" : "full"; }
+
+void session_fill_stats(struct session *s, struct run_stats *st) {
+  st->load_s = s->load_s;
+  st->peak_rss = ferry_peak_rss_bytes();
+  st->ram_budget = s->ram_budget;
+  st->vram_budget = s->o.vram;
+  st->peak_vram = 0;
+  st->io_direct = false;
+  if (s->stream) stream_fill_stats(s->stream, st);
+}

@@ -1,0 +1,65 @@
+// engine/session.h: what `ferry run`, `score` and `bench` share — option parsing, the
+// memory plan and mode choice, loading (full or stream), the generate loop, statistics,
+// and the --json / --stats outputs.
+#pragma once
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "engine/gguf.h"
+#include "engine/model.h"
+#include "engine/tokenizer.h"
+
+enum run_mode { MODE_AUTO = 0, MODE_FULL, MODE_STREAM };
+
+struct run_opts {
+  const char *model;
+  const char *prompt, *prompt_file, *system, *json_path, *ids;
+  const char *modes;   // bench: "full,stream"
+  int n_predict;       // tokens to generate
+  bool raw;            // no chat template
+  float temp, top_p, min_p;
+  int top_k;
+  bool temp_set, top_p_set, min_p_set, top_k_set;
+  uint64_t seed;
+  int threads;         // 0 = one per physical core
+  int n_ctx;           // 0 = default (4096, capped by the model)
+  int n_batch;         // prefill chunk
+  enum run_mode mode;
+  uint64_t ram, vram;  // 0 = unset (defaults: available memory minus a margin; no GPU)
+  bool cpu;
+  bool stats;
+  int logprobs;        // K > 0: record top-K log-probabilities per step
+  bool exact;
+  int from;            // score: first position (N) whose prediction is reported, >= 1
+  enum ferry_type kv_k, kv_v;
+  bool kv_set;
+  bool no_progress;
+};
+
+// Parses argv (argv[0] is the subcommand). `cmd` selects which flags are legal.
+// Returns 0, 1 after printing --help, or a negative code with a message.
+int run_opts_parse(struct run_opts *o, const char *cmd, int argc, char **argv);
+
+struct run_stats {
+  double load_s, ttft_s, prefill_s, decode_s;
+  int n_prompt, n_generated;
+  uint64_t peak_rss, ram_budget, vram_budget, peak_vram;
+  uint64_t io_bytes, io_reads;
+  double io_s;
+  bool io_direct;
+  uint64_t host_capacity, host_hits, host_misses, host_evictions;
+  uint64_t dev_capacity, dev_hits, dev_misses, dev_evictions;
+};
+
+struct session;
+
+// Opens the model, plans memory against the budgets, picks the mode (printing the
+// choice for auto), and loads. Fails with one message (file errors, budget too small,
+// unsupported model).
+int session_open(struct session **out, const struct run_opts *o);
+void session_close(struct session *s);
+struct model *session_model(struct session *s);
+const struct tokenizer *session_tokenizer(struct session *s);
+const char *session_mode_name(const struct session *s);
+void session_fill_stats(struct session *s, struct run_stats *st);

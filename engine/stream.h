@@ -1,0 +1,22 @@
+// engine/stream.h: stream mode — the routed experts of a loaded dense-only model come
+// from the offload/ expert cache over the GGUF file (io_uring, O_DIRECT) instead of
+// memory. Owns the reader and the cache; hands the model an expert_source.
+#pragma once
+#include <stdint.h>
+
+#include "engine/gguf.h"
+#include "engine/model.h"
+#include "offload/budget.h"
+
+struct stream;
+struct run_stats;
+
+// Bytes of the smallest cache that works: the k largest experts of one layer, as slots.
+uint64_t stream_min_cache_bytes(const struct gguf_file *f, const struct model_hparams *hp);
+// Creates the cache with what the budget has left (host RAM), at least the minimum.
+// Fails naming the budget, what is already used and the minimum cache.
+int stream_create(struct stream **out, const struct gguf_file *f, const struct model_hparams *hp,
+                  struct budget *b);
+void stream_destroy(struct stream *s); // NULL-safe
+void stream_expert_source(struct stream *s, struct expert_source *src);
+void stream_fill_stats(struct stream *s, struct run_stats *st);

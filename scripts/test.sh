@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Sets up, builds and runs ferry's whole test suite: a Release build (CUDA compiled when
+# nvcc is present) with every ctest label, then an ASan+UBSan build running the unit and
+# end-to-end tests again. GPU tests report SKIP where no GPU is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+jobs=$(nproc)
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
+cmake --build build -j"$jobs"
+(cd build && ctest --output-on-failure -j"$jobs")
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DFERRY_SANITIZE=ON -DFERRY_CUDA=OFF
+cmake --build build-asan -j"$jobs"
+(cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+   ctest --output-on-failure -j"$jobs" -L 'unit|e2e' -LE slow)
+echo "ferry: all test suites passed"
