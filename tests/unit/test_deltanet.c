@@ -252,10 +252,28 @@ static void ref_recurrent(const struct dn_case *c, double *o, double *S) {
   free(m);
 }
 
-static void test_delta(struct ferry_pool *pool, int64_t T, int64_t Hk, int64_t Hv, int64_t dk,
-                       int64_t dv, int64_t chunk, int with_ref) {
+// Gates at their limits: decays that underflow to 0 (g = -200: the state resets),
+// exactly 1 (g = 0), betas near 0 and 1, and runs of identical keys (the worst case for
+// the triangular solve of the chunked form).
+static void case_extreme(struct dn_case *c) {
+  const float gs[] = {0.0f, -1e-3f, -0.7f, -50.0f, -200.0f};
+  const int64_t Hv = c->Hv, ld = c->ldk;
+  for (int64_t i = 0; i < c->T * Hv; i++) {
+    uint64_t x = ferry_rng_u64(&g_rng);
+    c->g[i] = (x & 7) < 5 ? gs[(x & 7) % 2] : gs[(x & 7) - 3]; // mostly 0 / -1e-3
+    c->dec[i] = expf(c->g[i]);
+    c->beta[i] = (x >> 8) & 1 ? 0.999f : 1e-3f;
+  }
+  for (int64_t t = 1; t < c->T; t++)
+    if ((ferry_rng_u64(&g_rng) & 3) != 0) // 3 in 4 tokens repeat the previous key
+      memcpy(c->k + t * ld, c->k + (t - 1) * ld, sizeof(float) * c->Hk * c->dk);
+}
+
+static void test_delta_x(struct ferry_pool *pool, int64_t T, int64_t Hk, int64_t Hv, int64_t dk,
+                         int64_t dv, int64_t chunk, int with_ref, int extreme) {
   struct dn_case c;
   case_make(&c, T, Hk, Hv, dk, dv);
+  if (extreme) case_extreme(&c);
   const int64_t no = T * Hv * dv, ns = Hv * dk * dv;
   // (1) T single steps (contiguous copies of each token's q, k, v)
   float *o1 = malloc(sizeof(float) * no), *S1 = dup(c.S0, ns);
@@ -309,6 +327,10 @@ static void test_delta(struct ferry_pool *pool, int64_t T, int64_t Hk, int64_t H
   }
   free(o1), free(S1), free(o2), free(S2), free(oc), free(Sc), free(ocd);
   case_free(&c);
+}
+static void test_delta(struct ferry_pool *pool, int64_t T, int64_t Hk, int64_t Hv, int64_t dk,
+                       int64_t dv, int64_t chunk, int with_ref) {
+  test_delta_x(pool, T, Hk, Hv, dk, dv, chunk, with_ref, 0);
 }
 
 // A tiled head mapping (h mod Hk) must give different numbers: catches a swapped mapping.
@@ -407,6 +429,8 @@ int main(void) {
   test_delta(pool, 100, 2, 4, 32, 40, 16, 1); // other chunk sizes
   test_delta(NULL, 9, 1, 3, 8, 8, 1, 1);
   test_delta(NULL, 130, 2, 2, 64, 64, 128, 1);
+  test_delta_x(pool, 200, 2, 4, 16, 16, 64, 1, 1);
+  test_delta_x(pool, 150, 16, 32, 128, 128, 64, 0, 1);
   ferry_pool_destroy(pool);
   CHECK_DONE();
 }
