@@ -1,9 +1,11 @@
 // kernels/cpu/quants_avx2.c: AVX2 (+FMA, F16C) dot products, compiled per function with
 // target attributes so the rest of the build stays baseline x86-64; quants.c only installs
-// them after checking the CPU. K-quant paths compute the same exact integer sums per
-// 256-block as the scalar reference and then the same float operations, so they agree with
-// it bit for bit; Q8_0/Q4_0 and the float types accumulate in float vectors (rounding-level
-// differences, like llama.cpp's own SIMD paths).
+// them after checking the CPU. All paths compute the scalar reference's exact integer sums
+// (per 32-element lane group, per block); Q4_K/Q5_K/Q6_K/Q8_0/Q4_0 and the float types then
+// convert per lane and accumulate in float vectors — rounding-level differences from the
+// reference, as llama.cpp's own SIMD paths have — while Q2_K/Q3_K sum per block exactly.
+#include <string.h>
+
 #include "base/base.h"
 #include "kernels/cpu/quants_impl.h"
 
@@ -129,39 +131,70 @@ TGT static float dot_q4_0_avx2(int64_t n, const void *w, const void *xq) {
 
 // ---------------------------------------------------------------- K-quants
 
+// Q4_K/Q5_K 6-bit scales and mins as 16 bytes [SC0..SC7, M0..M7], unpacked with 32-bit
+// word operations (same bit map as cpu_unpack_k4_scales, checked by the tests).
+TGT static inline __m128i k4_scales_mins(const uint8_t s[12]) {
+  uint32_t a0, a1, a2;
+  memcpy(&a0, s, 4), memcpy(&a1, s + 4, 4), memcpy(&a2, s + 8, 4);
+  uint32_t sl = a0 & 0x3F3F3F3Fu, ml = a1 & 0x3F3F3F3Fu;
+  uint32_t sh = (a2 & 0x0F0F0F0Fu) | ((a0 >> 2) & 0x30303030u);
+  uint32_t mh = ((a2 >> 4) & 0x0F0F0F0Fu) | ((a1 >> 2) & 0x30303030u);
+  return _mm_set_epi32((int)mh, (int)ml, (int)sh, (int)sl);
+}
+
+// pshufb indices broadcasting int16 lane k of each 128-bit half.
+static const uint8_t k_bcast16[8][32] __attribute__((aligned(32))) = {
+#define B16(k) {2 * k, 2 * k + 1, 2 * k, 2 * k + 1, 2 * k, 2 * k + 1, 2 * k, 2 * k + 1, 2 * k, 2 * k + 1, \
+                 2 * k, 2 * k + 1, 2 * k, 2 * k + 1, 2 * k, 2 * k + 1, 2 * k, 2 * k + 1, 2 * k, 2 * k + 1, \
+                 2 * k, 2 * k + 1, 2 * k, 2 * k + 1, 2 * k, 2 * k + 1, 2 * k, 2 * k + 1, 2 * k, 2 * k + 1, \
+                 2 * k, 2 * k + 1}
+    B16(0), B16(1), B16(2), B16(3), B16(4), B16(5), B16(6), B16(7)
+#undef B16
+};
+
+TGT static inline __m256i bcast16(__m256i s, int k) {
+  return _mm256_shuffle_epi8(s, _mm256_load_si256((const __m256i *)k_bcast16[k]));
+}
+
+// Mins term of one Q4_K/Q5_K block: 8 int32 lanes M_j·(bsums[2j] + bsums[2j+1]).
+TGT static inline __m256i k4_mins(__m128i scm, const int16_t *bsums) {
+  __m256i md = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(scm, scm));
+  return _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)bsums), md);
+}
+
+// Per block the integer sums stay exact; they are converted per lane and accumulated in
+// float vectors (no horizontal sum per block), which is what makes this path fast.
 TGT static float dot_q4_K_avx2(int64_t n, const void *w, const void *xq) {
   const block_q4_K *a = w;
   const block_q8_K *b = xq;
   const __m256i m4 = _mm256_set1_epi8(15);
-  float s = 0;
+  __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
   for (int64_t i = 0; i < n / 256; i++) {
-    uint8_t sc[8], m[8];
-    cpu_unpack_k4_scales(a[i].scales, sc, m);
+    __m128i scm = k4_scales_mins(a[i].scales);
+    __m256i S = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scm));
     __m256i v = _mm256_setzero_si256();
     for (int c = 0; c < 4; c++) {
       __m256i q = _mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * c));
       __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-      v = _mm256_add_epi32(v, dot_u8s8(lo, _mm256_loadu_si256((const __m256i *)(b[i].qs + 64 * c)),
-                                       _mm256_set1_epi16(sc[2 * c])));
+      v = _mm256_add_epi32(v, dot_u8s8(lo, _mm256_loadu_si256((const __m256i *)(b[i].qs + 64 * c)), bcast16(S, 2 * c)));
       v = _mm256_add_epi32(v, dot_u8s8(hi, _mm256_loadu_si256((const __m256i *)(b[i].qs + 64 * c + 32)),
-                                       _mm256_set1_epi16(sc[2 * c + 1])));
+                                       bcast16(S, 2 * c + 1)));
     }
-    int summ = 0;
-    for (int j = 0; j < 8; j++) summ += m[j] * (b[i].bsums[2 * j] + b[i].bsums[2 * j + 1]);
-    int sumi = hsum_epi32(v);
-    s += b[i].d * (h2f(a[i].d) * (float)sumi - h2f(a[i].dmin) * (float)summ);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(b[i].d * h2f(a[i].d)), _mm256_cvtepi32_ps(v), acc);
+    accm = _mm256_fmadd_ps(_mm256_set1_ps(b[i].d * h2f(a[i].dmin)), _mm256_cvtepi32_ps(k4_mins(scm, b[i].bsums)),
+                           accm);
   }
-  return s;
+  return hsum_ps(_mm256_sub_ps(acc, accm));
 }
 
 TGT static float dot_q5_K_avx2(int64_t n, const void *w, const void *xq) {
   const block_q5_K *a = w;
   const block_q8_K *b = xq;
   const __m256i m4 = _mm256_set1_epi8(15), b4 = _mm256_set1_epi8(16);
-  float s = 0;
+  __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
   for (int64_t i = 0; i < n / 256; i++) {
-    uint8_t sc[8], m[8];
-    cpu_unpack_k4_scales(a[i].scales, sc, m);
+    __m128i scm = k4_scales_mins(a[i].scales);
+    __m256i S = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scm));
     __m256i qh = _mm256_loadu_si256((const __m256i *)a[i].qh);
     __m256i v = _mm256_setzero_si256();
     for (int c = 0; c < 4; c++) {
@@ -171,24 +204,22 @@ TGT static float dot_q5_K_avx2(int64_t n, const void *w, const void *xq) {
       __m256i hh = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bh), bh), b4);
       __m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4), hl);
       __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), hh);
-      v = _mm256_add_epi32(v, dot_u8s8(lo, _mm256_loadu_si256((const __m256i *)(b[i].qs + 64 * c)),
-                                       _mm256_set1_epi16(sc[2 * c])));
+      v = _mm256_add_epi32(v, dot_u8s8(lo, _mm256_loadu_si256((const __m256i *)(b[i].qs + 64 * c)), bcast16(S, 2 * c)));
       v = _mm256_add_epi32(v, dot_u8s8(hi, _mm256_loadu_si256((const __m256i *)(b[i].qs + 64 * c + 32)),
-                                       _mm256_set1_epi16(sc[2 * c + 1])));
+                                       bcast16(S, 2 * c + 1)));
     }
-    int summ = 0;
-    for (int j = 0; j < 8; j++) summ += m[j] * (b[i].bsums[2 * j] + b[i].bsums[2 * j + 1]);
-    int sumi = hsum_epi32(v);
-    s += b[i].d * (h2f(a[i].d) * (float)sumi - h2f(a[i].dmin) * (float)summ);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(b[i].d * h2f(a[i].d)), _mm256_cvtepi32_ps(v), acc);
+    accm = _mm256_fmadd_ps(_mm256_set1_ps(b[i].d * h2f(a[i].dmin)), _mm256_cvtepi32_ps(k4_mins(scm, b[i].bsums)),
+                           accm);
   }
-  return s;
+  return hsum_ps(_mm256_sub_ps(acc, accm));
 }
 
 TGT static float dot_q6_K_avx2(int64_t n, const void *w, const void *xq) {
   const block_q6_K *a = w;
   const block_q8_K *b = xq;
   const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
-  float s = 0;
+  __m256 acc = _mm256_setzero_ps();
   for (int64_t i = 0; i < n / 256; i++) {
     const int8_t *sc = a[i].scales;
     __m256i v = _mm256_setzero_si256();
@@ -212,10 +243,9 @@ TGT static float dot_q6_K_avx2(int64_t n, const void *w, const void *xq) {
     __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
     __m256i off = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)b[i].bsums), sc16);
     v = _mm256_sub_epi32(v, _mm256_slli_epi32(off, 5));
-    int sumi = hsum_epi32(v);
-    s += b[i].d * h2f(a[i].d) * (float)sumi;
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(b[i].d * h2f(a[i].d)), _mm256_cvtepi32_ps(v), acc);
   }
-  return s;
+  return hsum_ps(acc);
 }
 
 TGT static float dot_q3_K_avx2(int64_t n, const void *w, const void *xq) {

@@ -1,9 +1,10 @@
 // kernels/cpu/quants_avx512.c: AVX-512 (F, BW, VL + VNNI) dot products for the formats that
 // carry most of the bytes (Q4_K experts and projections, Q6_K down/output, Q8_0). VNNI's
 // dpbusd multiplies u8·s8 and sums four products into int32 in one step, and 512-bit
-// registers take a 64-element sub-block pair at once. Like the AVX2 file, the K-quant
-// paths compute the scalar reference's exact integer sums per block followed by the same
-// float operations. Installed by quants.c only when cpuid reports every needed feature.
+// registers take a 64-element sub-block pair at once. Like the AVX2 file, the integer
+// sums are exact and only the float accumulation order differs from the scalar reference. Installed by quants.c only when cpuid reports every needed feature.
+#include <string.h>
+
 #include "kernels/cpu/quants_impl.h"
 
 #if defined(__x86_64__)
@@ -13,43 +14,58 @@
 
 TGT static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
 
-TGT static inline int hsum256_epi32(__m256i v) {
-  __m128i x = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  x = _mm_add_epi32(x, _mm_shuffle_epi32(x, 0x4E));
-  x = _mm_add_epi32(x, _mm_shuffle_epi32(x, 0xB1));
-  return _mm_cvtsi128_si32(x);
+TGT static inline float hsum256_ps(__m256 v) {
+  __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_add_ss(x, _mm_movehdup_ps(x));
+  return _mm_cvtss_f32(x);
 }
 
-// Two int32 scale values, one per 256-bit half.
-TGT static inline __m512i sc_halves(int lo, int hi) {
-  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(lo)), _mm256_set1_epi32(hi), 1);
+// Q4_K 6-bit scales and mins as bytes [SC0..SC7, M0..M7] (see quants_avx2.c).
+TGT static inline __m128i k4_scales_mins(const uint8_t s[12]) {
+  uint32_t a0, a1, a2;
+  memcpy(&a0, s, 4), memcpy(&a1, s + 4, 4), memcpy(&a2, s + 8, 4);
+  uint32_t sl = a0 & 0x3F3F3F3Fu, ml = a1 & 0x3F3F3F3Fu;
+  uint32_t sh = (a2 & 0x0F0F0F0Fu) | ((a0 >> 2) & 0x30303030u);
+  uint32_t mh = ((a2 >> 4) & 0x0F0F0F0Fu) | ((a1 >> 2) & 0x30303030u);
+  return _mm_set_epi32((int)mh, (int)ml, (int)sh, (int)sl);
 }
 
+// Per 64-element chunk c: dpbusd gives 16 int32 lanes (lanes 0-7 sub-block 2c, 8-15
+// sub-block 2c+1), multiplied by the matching 6-bit scales picked with one vpermd. Integer
+// sums are exact; per-lane conversion and float accumulation across blocks avoid any
+// horizontal sum inside the loop.
 TGT static float dot_q4_K_avx512(int64_t n, const void *w, const void *xq) {
   const block_q4_K *a = w;
   const block_q8_K *b = xq;
   const __m512i m4 = _mm512_set1_epi8(15);
   // Shift counts per 16-bit lane: lower half keeps the low nibbles, upper half the high.
   const __m512i shv = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
-  float s = 0;
+  const __m512i pick[4] = {
+      _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+      _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3),
+      _mm512_setr_epi32(4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5),
+      _mm512_setr_epi32(6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7),
+  };
+  __m512 acc = _mm512_setzero_ps();
+  __m256 accm = _mm256_setzero_ps();
   for (int64_t i = 0; i < n / 256; i++) {
-    uint8_t sc[8], m[8];
-    cpu_unpack_k4_scales(a[i].scales, sc, m);
+    __m128i scm = k4_scales_mins(a[i].scales);
+    __m512i sc32 = _mm512_cvtepu8_epi32(scm);
     __m512i v = _mm512_setzero_si512();
     for (int c = 0; c < 4; c++) {
       // qs[32c..32c+31] holds elements 64c..64c+31 (low nibbles) and 64c+32.. (high).
       __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * c)));
       q = _mm512_and_si512(_mm512_srlv_epi16(q, shv), m4);
-      __m512i x = _mm512_loadu_si512(b[i].qs + 64 * c);
-      __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, x);
-      v = _mm512_add_epi32(v, _mm512_mullo_epi32(p, sc_halves(sc[2 * c], sc[2 * c + 1])));
+      __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(b[i].qs + 64 * c));
+      v = _mm512_add_epi32(v, _mm512_mullo_epi32(p, _mm512_permutexvar_epi32(pick[c], sc32)));
     }
-    int summ = 0;
-    for (int j = 0; j < 8; j++) summ += m[j] * (b[i].bsums[2 * j] + b[i].bsums[2 * j + 1]);
-    int sumi = _mm512_reduce_add_epi32(v);
-    s += b[i].d * (h2f(a[i].d) * (float)sumi - h2f(a[i].dmin) * (float)summ);
+    __m256i md = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(scm, scm));
+    __m256i mv = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)b[i].bsums), md);
+    acc = _mm512_fmadd_ps(_mm512_set1_ps(b[i].d * h2f(a[i].d)), _mm512_cvtepi32_ps(v), acc);
+    accm = _mm256_fmadd_ps(_mm256_set1_ps(b[i].d * h2f(a[i].dmin)), _mm256_cvtepi32_ps(mv), accm);
   }
-  return s;
+  return _mm512_reduce_add_ps(acc) - hsum256_ps(accm);
 }
 
 TGT static float dot_q6_K_avx512(int64_t n, const void *w, const void *xq) {
@@ -61,7 +77,7 @@ TGT static float dot_q6_K_avx512(int64_t n, const void *w, const void *xq) {
   const __m512i shr_b = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
   // Byte shuffle that repeats each of 4 scales 4 times (one int32 lane = 4 elements).
   const __m128i rep4 = _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-  float s = 0;
+  __m256 acc = _mm256_setzero_ps();
   for (int64_t i = 0; i < n / 256; i++) {
     __m128i sc8 = _mm_loadu_si128((const __m128i *)a[i].scales);
     __m512i v = _mm512_setzero_si512();
@@ -79,11 +95,13 @@ TGT static float dot_q6_K_avx512(int64_t n, const void *w, const void *xq) {
       v = _mm512_add_epi32(v, _mm512_mullo_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), qa, xa), sa));
       v = _mm512_add_epi32(v, _mm512_mullo_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), qb, xb), sb));
     }
+    // Fold to 8 lanes and remove 32·Σ_g sc_g·bsums_g (the stored quants are q+32).
+    __m256i v8 = _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
     __m256i off = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)b[i].bsums), _mm256_cvtepi8_epi16(sc8));
-    int sumi = _mm512_reduce_add_epi32(v) - 32 * hsum256_epi32(off);
-    s += b[i].d * h2f(a[i].d) * (float)sumi;
+    v8 = _mm256_sub_epi32(v8, _mm256_slli_epi32(off, 5));
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(b[i].d * h2f(a[i].d)), _mm256_cvtepi32_ps(v8), acc);
   }
-  return s;
+  return hsum256_ps(acc);
 }
 
 TGT static float dot_q8_0_avx512(int64_t n, const void *w, const void *xq) {
@@ -99,11 +117,7 @@ TGT static float dot_q8_0_avx512(int64_t n, const void *w, const void *xq) {
     if (i & 1) acc1 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc1);
     else acc0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc0);
   }
-  __m256 acc = _mm256_add_ps(acc0, acc1);
-  __m128 x = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-  x = _mm_add_ss(x, _mm_movehdup_ps(x));
-  return _mm_cvtss_f32(x);
+  return hsum256_ps(_mm256_add_ps(acc0, acc1));
 }
 
 void cpu_quants_fill_avx512(cpu_vec_dot_fn tab[FT_COUNT]) {

@@ -246,6 +246,54 @@ static void test_dots(void) {
   free(w), free(x), free(wd), free(h), free(wq), free(xq);
 }
 
+// (4b) Fast paths on random block bytes: every bit pattern of quants and 6-bit scales
+// (incl. Q8_0 weights of −128), with sane random d/dmin so the sums stay finite.
+static void test_dots_random_bytes(void) {
+  const struct { enum ferry_type t; int d, dmin; } f[] = {
+      {FT_Q8_0, 0, -1}, {FT_Q4_0, 0, -1}, {FT_Q2_K, 80, 82}, {FT_Q3_K, 108, -1},
+      {FT_Q4_K, 0, 2},  {FT_Q5_K, 0, 2},  {FT_Q6_K, 208, -1},
+  };
+  const char *paths[] = {"avx2", "avx512"};
+  struct ferry_rng r;
+  ferry_rng_seed(&r, 77);
+  const int64_t n = 2048 + 256 * 3;
+  float *x = xmalloc(n * 4), *wd = xmalloc(n * 4);
+  uint8_t *wq = xmalloc(n * 2), *xq = xmalloc(n * 2);
+  for (size_t k = 0; k < sizeof f / sizeof f[0]; k++) {
+    const struct ferry_type_info *ti = ferry_type_info(f[k].t);
+    enum ferry_type vt = cpu_vec_dot_type(f[k].t);
+    for (int rep = 0; rep < 4; rep++) {
+      size_t rb = ferry_row_bytes(ti, n);
+      for (size_t i = 0; i < rb; i++) wq[i] = (uint8_t)ferry_rng_u64(&r);
+      for (int64_t b = 0; b < n / ti->blck; b++) {
+        uint8_t *blk = wq + b * ti->size;
+        uint16_t d = ferry_f32_to_f16(0.01f * (ferry_rng_uniform(&r) + 0.1f));
+        memcpy(blk + f[k].d, &d, 2);
+        if (f[k].dmin >= 0) {
+          d = ferry_f32_to_f16(0.01f * ferry_rng_uniform(&r));
+          memcpy(blk + f[k].dmin, &d, 2);
+        }
+      }
+      fill_normal(&r, x, n, 1.0f);
+      cpu_quantize_act(vt, x, xq, n);
+      cpu_dequant_row(f[k].t, wq, wd, n);
+      double mag = 0;
+      for (int64_t i = 0; i < n; i++) mag += fabs((double)wd[i] * x[i]);
+      float ref = cpu_vec_dot_ref(f[k].t, n, wq, xq);
+      for (int p = 0; p < 2; p++) {
+        if (cpu_vec_dot_force(paths[p]) != 0) continue;
+        float got = cpu_vec_dot(f[k].t, n, wq, xq);
+        if (!(fabs(got - ref) <= 1e-5 * mag))
+          fprintf(stderr, "random bytes %s path %s: got %.8g ref %.8g (sum|wx| %.3g)\n", ti->name,
+                  cpu_vec_dot_path(f[k].t), got, ref, mag);
+        CHECK(fabs(got - ref) <= 1e-5 * mag);
+      }
+    }
+  }
+  cpu_vec_dot_force("auto");
+  free(x), free(wd), free(wq), free(xq);
+}
+
 // A force to an unknown path is refused and leaves the dispatch working.
 static void test_force(void) {
   CHECK(cpu_vec_dot_force("sse9") == -1);
@@ -262,5 +310,6 @@ int main(void) {
   test_act_rules();
   test_force();
   test_dots();
+  test_dots_random_bytes();
   CHECK_DONE();
 }
