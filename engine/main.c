@@ -20,7 +20,7 @@ static void usage(FILE *o) {
 
 int main(int argc, char **argv) {
   if (argc < 2) {
-    usage(stderr);
+    fprintf(stderr, "ferry: error: missing command (try 'ferry --help')\n");
     return 2;
   }
   const char *cmd = argv[1];

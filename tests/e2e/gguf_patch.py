@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Writes a modified copy of a GGUF file for error-path tests.
+
+  gguf_patch.py IN OUT rename-tensor OLD NEW      (NEW must have the same length)
+  gguf_patch.py IN OUT set-dim TENSOR AXIS VALUE  (rewrite one ne[] entry)
+  gguf_patch.py IN OUT set-str KEY VALUE          (same length as the old value)
+  gguf_patch.py IN OUT set-u32 KEY VALUE
+Only the header changes; tensor data is copied as is.
+"""
+import struct, sys
+
+SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+class R:
+    def __init__(self, b):
+        self.b, self.p = b, 0
+
+    def u32(self):
+        v = struct.unpack_from("<I", self.b, self.p)[0]; self.p += 4; return v
+
+    def u64(self):
+        v = struct.unpack_from("<Q", self.b, self.p)[0]; self.p += 8; return v
+
+    def s(self):
+        n = self.u64(); at = self.p; self.p += n; return self.b[at:at + n].decode("utf-8", "replace"), at, n
+
+    def skip(self, t):
+        if t == 8:
+            self.s()
+        elif t == 9:
+            et = self.u32(); n = self.u64()
+            for _ in range(n):
+                self.skip(et)
+        else:
+            self.p += SCALAR[t]
+
+
+def main():
+    src, dst, op = sys.argv[1], sys.argv[2], sys.argv[3]
+    b = bytearray(open(src, "rb").read())
+    r = R(b)
+    assert r.u32() == 0x46554747
+    r.u32()
+    nt, nkv = r.u64(), r.u64()
+    kv = {}
+    for _ in range(nkv):
+        k, _, _ = r.s()
+        t = r.u32()
+        kv[k] = (t, r.p)
+        r.skip(t)
+    tensors = {}
+    for _ in range(nt):
+        name, at, n = r.s()
+        nd = r.u32()
+        dims_at = r.p
+        r.p += 8 * nd
+        r.u32(); r.u64()
+        tensors[name] = (at, n, nd, dims_at)
+    if op == "rename-tensor":
+        old, new = sys.argv[4], sys.argv[5]
+        at, n, _, _ = tensors[old]
+        assert len(new.encode()) == n
+        b[at:at + n] = new.encode()
+    elif op == "set-dim":
+        name, axis, val = sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
+        _, _, nd, dims_at = tensors[name]
+        assert axis < nd
+        struct.pack_into("<Q", b, dims_at + 8 * axis, val)
+    elif op == "set-str":
+        key, val = sys.argv[4], sys.argv[5].encode()
+        t, p = kv[key]
+        assert t == 8
+        n = struct.unpack_from("<Q", b, p)[0]
+        assert len(val) == n, "same length only"
+        b[p + 8:p + 8 + n] = val
+    elif op == "set-u32":
+        key, val = sys.argv[4], int(sys.argv[5])
+        t, p = kv[key]
+        assert t == 4
+        struct.pack_into("<I", b, p, val)
+    else:
+        sys.exit("unknown op " + op)
+    open(dst, "wb").write(b)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+# Rule 2 of fixtures/README.md §5: the default fast path (quantized activations as
+# llama.cpp's CPU backend, F16 KV) against the llama.cpp goldens: F32 models d <= 0.05
+# and all tokens identical; quantized models median <= 0.15, p90 <= 0.75, agreement
+# >= 80%, and free-running tokens identical up to the first golden gap < 0.5.
+source "$(dirname "$0")/lib.sh"
+for m in "${MODELS[@]}"; do
+  run_case "fast score $m" $CHECK score "$m" --rule golden
+done
+for m in pub-qwen3moe-tiny-F32 pub-qwen3next-tiny-F32; do
+  run_case "fast greedy $m" $CHECK greedy "$m" --golden golden
+done
+for m in pub-qwen3moe-kq-Q4_K_M pub-qwen3moe-kq-Q8_0 qwen3moe-tiny-Q8_0 pub-qwen3next-kq-Q4_K_M \
+         pub-qwen3next-legacy-kq-Q4_K_M qwen3next-tiny-Q8_0; do
+  run_case "fast greedy until gap $m" $CHECK greedy "$m" --golden golden --until-gap
+done
+finish
