@@ -200,7 +200,7 @@ int io_reader_register(struct io_reader *r, const struct iovec *bufs, uint32_t n
   memcpy(r->bufs, bufs, n * sizeof *bufs);
   r->n_bufs = n;
   r->st.registered = false;
-  if (!r->uring_ok) return 0;
+  if (!r->use_ring) return 0; // preads gain nothing from pinned registration
   int rc = fault_take(IO_FAULT_REGISTER) ? -ENOMEM : io_uring_register_buffers(&r->ring, bufs, n);
   if (rc < 0) {
     log_warn("%s: io_uring_register_buffers refused (%s); using plain reads (raise "
