@@ -2,7 +2,8 @@
 // (Hk 16, Hv 32, dk = dv = 128): prefill by the exact recurrence vs the chunked WY form
 // (chunk 32/64/128), and the one-token decode step. The engine uses chunked prefill only
 // if it wins here.
-// Usage: bench_deltanet [T=512] [threads=1] [reps=5]   (threads > 1 uses a ferry_pool)
+// Usage: bench_deltanet [T=512] [threads=1] [reps=5] [path=auto|base|avx2]
+// (threads > 1 uses a ferry_pool; path forces the kernel ISA, see cpu_delta_force)
 // Prints one line per variant: best-of-reps milliseconds, tokens/s, and the max relative
 // difference of the chunked output from the recurrent one.
 #include <math.h>
@@ -29,9 +30,14 @@ int main(int argc, char **argv) {
   int64_t T = argc > 1 ? atoll(argv[1]) : 512;
   int threads = argc > 2 ? atoi(argv[2]) : 1;
   int reps = argc > 3 ? atoi(argv[3]) : 5;
+  const char *path = argc > 4 ? argv[4] : "auto";
   if (T < 1 || threads < 1 || reps < 1) {
     fprintf(stderr, "usage: bench_deltanet [T>=1] [threads>=1] [reps>=1]\n");
     return 2;
+  }
+  if (cpu_delta_force(path) != 0) {
+    fprintf(stderr, "path %s not available on this CPU\n", path);
+    return 1;
   }
   struct ferry_pool *pool = NULL;
   if (threads > 1 && ferry_pool_create(&pool, threads) != 0) {
@@ -58,8 +64,8 @@ int main(int argc, char **argv) {
   for (int64_t i = 0; i < ns; i++) S0[i] = 0.1f * ferry_rng_normal(&rng);
   const float *q = row, *k = row + HK * DK, *v = row + 2 * HK * DK;
 
-  printf("deltanet Hk=%d Hv=%d dk=%d dv=%d T=%lld threads=%d (best of %d)\n", HK, HV, DK, DV,
-         (long long)T, threads, reps);
+  printf("deltanet Hk=%d Hv=%d dk=%d dv=%d T=%lld threads=%d path=%s (best of %d)\n", HK, HV,
+         DK, DV, (long long)T, threads, path, reps);
   double best = 1e30;
   for (int r = 0; r < reps; r++) {
     memcpy(S, S0, ns * sizeof(float));

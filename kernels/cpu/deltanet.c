@@ -4,8 +4,15 @@
 // real shape), so each v-head runs all its tokens while its state is hot, with the value
 // dim tiled into register accumulators (two passes over S per token: retrieve, then
 // update + output). The chunked WY form turns the same work into small matrix products
-// (see cpu_delta_chunked). Hot functions are compiled twice (AVX2+FMA and baseline) and
-// picked at run time, so the default build stays portable x86-64.
+// (see the comment above DN_FN(gemm_tile)).
+//
+// The vector part (second half of this file) is written once with GCC vector extensions
+// and compiled twice by including this file into itself: 4-float vectors with the
+// baseline ISA (SSE2 / NEON, so the default build stays portable) and, on x86-64,
+// 8-float vectors with AVX2+FMA. dn_use_avx2() picks one at run time by CPU features.
+// (target_clones("arch=haswell") would test the CPU model, not its features, and miss
+// AMD parts; one vector width for both would spill the baseline one to memory.)
+#ifndef DN_VW // ===================== scalar part, API, dispatch =====================
 #include "kernels/cpu/deltanet.h"
 
 #include <errno.h>
@@ -16,50 +23,9 @@
 #include "numa/pool.h"
 
 #define DN_INLINE static inline __attribute__((always_inline))
-
-// Each hot worker body is an always-inline function instantiated twice: with AVX2+FMA
-// and with the baseline ISA; dn_have_avx2() picks one at run time. (target_clones with
-// "arch=haswell" would test the CPU model, not its features, and miss AMD parts.)
-#if defined(__x86_64__) && defined(__GNUC__)
-#define DN_HAVE_AVX2_PATH 1
-#define DN_DISPATCH(name)                                                                 \
-  __attribute__((target("avx2,fma"))) static void name##_avx2(void *ctx, int64_t b,      \
-                                                              int64_t e, int tid) {      \
-    name##_body(ctx, b, e, tid);                                                          \
-  }                                                                                       \
-  static void name##_base(void *ctx, int64_t b, int64_t e, int tid) {                     \
-    name##_body(ctx, b, e, tid);                                                          \
-  }                                                                                       \
-  static ferry_pool_fn name##_pick(void) { return dn_have_avx2() ? name##_avx2 : name##_base; }
-static int dn_have_avx2(void) {
-  static int have = -1; // benign race: every thread computes the same value
-  if (have < 0) {
-    __builtin_cpu_init();
-    have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }
-  return have;
-}
-#else
-#define DN_DISPATCH(name)                                                                 \
-  static ferry_pool_fn name##_pick(void) { return name##_body; }
-#endif
-
-// 8-float vectors via GCC vector extensions: AVX registers in the haswell clone, pairs of
-// SSE registers in the baseline one. Unaligned loads/stores go through memcpy.
-// (Macros rather than functions: a 32-byte vector argument trips GCC's psabi note in
-// the baseline clone.)
-typedef float v8f __attribute__((vector_size(32)));
-#define ld8(p)                                                                            \
-  ({                                                                                      \
-    v8f v_;                                                                               \
-    memcpy(&v_, (p), sizeof v_);                                                          \
-    v_;                                                                                   \
-  })
-#define st8(p, x)                                                                         \
-  do {                                                                                    \
-    v8f x_ = (x);                                                                         \
-    memcpy((p), &x_, sizeof x_);                                                          \
-  } while (0)
+#define DN_CAT2(a, b) a##_##b
+#define DN_CAT(a, b) DN_CAT2(a, b)
+#define DN_FN(name) DN_CAT(name, DN_SUF)
 
 static inline float silu_f(float x) { return x / (1.0f + expf(-x)); }
 
@@ -163,362 +129,6 @@ void cpu_gated_rmsnorm_heads(float *y, const float *o, const float *z, const flo
 }
 
 // ---------------------------------------------------------------------------------------
-// recurrent delta rule
-// ---------------------------------------------------------------------------------------
-
-// Pass 1 for value columns [j, j + 8*nv): m = S^T k.
-DN_INLINE void retrieve_tile(float *m, const float *S, const float *k, int64_t dk, int64_t dv,
-                             int64_t j, int nv) {
-  v8f acc[4];
-  memset(acc, 0, sizeof acc);
-  for (int64_t i = 0; i < dk; i++) {
-    const float *row = S + i * dv + j;
-    float ki = k[i];
-#pragma GCC unroll 4
-    for (int u = 0; u < nv; u++) acc[u] += ld8(row + 8 * u) * ki;
-  }
-#pragma GCC unroll 4
-  for (int u = 0; u < nv; u++) st8(m + j + 8 * u, acc[u]);
-}
-
-// Pass 2 for value columns [j, j + 8*nv): S = decay*S + k delta^T, o = S^T q.
-DN_INLINE void update_tile(float *o, float *S, const float *q, const float *k,
-                           const float *delta, float decay, int64_t dk, int64_t dv, int64_t j,
-                           int nv) {
-  v8f acc[4], dl[4];
-  memset(acc, 0, sizeof acc);
-#pragma GCC unroll 4
-  for (int u = 0; u < nv; u++) dl[u] = ld8(delta + j + 8 * u);
-  for (int64_t i = 0; i < dk; i++) {
-    float *row = S + i * dv + j;
-    float ki = k[i], qi = q[i];
-#pragma GCC unroll 4
-    for (int u = 0; u < nv; u++) {
-      v8f s = ld8(row + 8 * u) * decay + dl[u] * ki;
-      st8(row + 8 * u, s);
-      acc[u] += s * qi;
-    }
-  }
-#pragma GCC unroll 4
-  for (int u = 0; u < nv; u++) st8(o + j + 8 * u, acc[u]);
-}
-
-// One token of one v-head. Retrieval is decay * (S^T k), which equals (decay*S)^T k of
-// §5.6 up to rounding and saves a pass over S.
-DN_INLINE void head_step(float *o, float *S, const float *q, const float *k, const float *v,
-                         float beta, float decay, int64_t dk, int64_t dv) {
-  float delta[CPU_DELTA_MAX_HEAD_DIM];
-  int64_t j = 0;
-  for (; j + 32 <= dv; j += 32) retrieve_tile(delta, S, k, dk, dv, j, 4);
-  for (; j + 8 <= dv; j += 8) retrieve_tile(delta, S, k, dk, dv, j, 1);
-  for (; j < dv; j++) {
-    float acc = 0.0f;
-    for (int64_t i = 0; i < dk; i++) acc += S[i * dv + j] * k[i];
-    delta[j] = acc;
-  }
-  for (j = 0; j < dv; j++) delta[j] = beta * (v[j] - decay * delta[j]);
-  j = 0;
-  for (; j + 32 <= dv; j += 32) update_tile(o, S, q, k, delta, decay, dk, dv, j, 4);
-  for (; j + 8 <= dv; j += 8) update_tile(o, S, q, k, delta, decay, dk, dv, j, 1);
-  for (; j < dv; j++) {
-    float acc = 0.0f;
-    for (int64_t i = 0; i < dk; i++) {
-      float s = S[i * dv + j] * decay + delta[j] * k[i];
-      S[i * dv + j] = s;
-      acc += s * q[i];
-    }
-    o[j] = acc;
-  }
-}
-
-struct dn_args {
-  float *o;
-  int64_t ldo;
-  float *S;
-  const float *q, *k, *v;
-  int64_t ldq, ldk, ldv;
-  const float *beta, *gd; // gd: decay (recurrent) or g (chunked)
-  int64_t T, Hk, Hv, dk, dv, chunk;
-  float *scratch;         // chunked: one slice of scratch_floats per worker
-  int64_t scratch_floats;
-};
-
-DN_INLINE void recurrent_heads_body(void *ctx, int64_t h0, int64_t h1, int tid) {
-  const struct dn_args *a = ctx;
-  const int64_t r = a->Hv / a->Hk;
-  for (int64_t h = h0; h < h1; h++) {
-    const int64_t kh = h / r;
-    float *Sh = a->S + h * a->dk * a->dv;
-    for (int64_t t = 0; t < a->T; t++) {
-      head_step(a->o + t * a->ldo + h * a->dv, Sh, a->q + t * a->ldq + kh * a->dk,
-                a->k + t * a->ldk + kh * a->dk, a->v + t * a->ldv + h * a->dv,
-                a->beta[t * a->Hv + h], a->gd[t * a->Hv + h], a->dk, a->dv);
-    }
-  }
-}
-
-DN_DISPATCH(recurrent_heads)
-
-static void check_shape(int64_t Hk, int64_t Hv, int64_t dk, int64_t dv) {
-  FERRY_ASSERT(Hk > 0 && Hv > 0 && Hv % Hk == 0);
-  FERRY_ASSERT(dk > 0 && dv > 0 && dk <= CPU_DELTA_MAX_HEAD_DIM &&
-               dv <= CPU_DELTA_MAX_HEAD_DIM);
-}
-
-static void run_heads(struct ferry_pool *pool, int64_t Hv, ferry_pool_fn fn, void *ctx) {
-  if (pool)
-    ferry_pool_run(pool, Hv, 1, fn, ctx);
-  else
-    fn(ctx, 0, Hv, 0);
-}
-
-void cpu_delta_recurrent(struct ferry_pool *pool, float *o, int64_t ldo, float *S,
-                         const float *q, int64_t ldq, const float *k, int64_t ldk,
-                         const float *v, int64_t ldv, const float *beta, const float *decay,
-                         int64_t T, int64_t Hk, int64_t Hv, int64_t dk, int64_t dv) {
-  check_shape(Hk, Hv, dk, dv);
-  FERRY_ASSERT(T >= 0 && ldo >= Hv * dv && ldq >= Hk * dk && ldk >= Hk * dk &&
-               ldv >= Hv * dv);
-  if (T == 0) return;
-  struct dn_args a = {.o = o, .ldo = ldo, .S = S, .q = q, .k = k, .v = v, .ldq = ldq,
-                      .ldk = ldk, .ldv = ldv, .beta = beta, .gd = decay, .T = T,
-                      .Hk = Hk, .Hv = Hv, .dk = dk, .dv = dv};
-  run_heads(pool, Hv, recurrent_heads_pick(), &a);
-}
-
-void cpu_delta_step(float *o, float *S, const float *q, const float *k, const float *v,
-                    const float *beta, const float *decay, int64_t Hk, int64_t Hv, int64_t dk,
-                    int64_t dv) {
-  cpu_delta_recurrent(NULL, o, Hv * dv, S, q, Hk * dk, k, Hk * dk, v, Hv * dv, beta, decay, 1,
-                      Hk, Hv, dk, dv);
-}
-
-void cpu_delta_step_mt(struct ferry_pool *pool, float *o, float *S, const float *q,
-                       const float *k, const float *v, const float *beta, const float *decay,
-                       int64_t Hk, int64_t Hv, int64_t dk, int64_t dv) {
-  cpu_delta_recurrent(pool, o, Hv * dv, S, q, Hk * dk, k, Hk * dk, v, Hv * dv, beta, decay, 1,
-                      Hk, Hv, dk, dv);
-}
-
-// ---------------------------------------------------------------------------------------
-// chunked (WY) form
-// ---------------------------------------------------------------------------------------
-//
-// For one v-head and a chunk of L tokens with incoming state S0 (dk x dv), G_t = sum of
-// g over the chunk up to t, Gam_ts = exp(G_t - G_s) (s <= t; every exponent is <= 0, so
-// nothing overflows), the recurrence unrolls to
-//   S_t = e^{G_t} S0 + sum_{s<=t} Gam_ts k_s d_s^T,   o_t = S_t^T q_t,
-// where the deltas d_t solve the unit lower-triangular system
-//   d_t + sum_{s<t} beta_t (k_t.k_s) Gam_ts d_s = beta_t (v_t - e^{G_t} S0^T k_t).
-// (d = V' of §5.7: solving for it directly skips forming U and W separately.) Then
-//   O   = diag(e^G) Q S0 + lower_incl(Q K^T . Gam) D
-//   S_L = e^{G_L} S0 + K^T diag(e^{G_L - G}) D.
-// Work per token ~ 3*dk*dv (K S0, Q S0, K^T D) + O(L*(dk+dv)), about the recurrence's
-// 4*dk*dv, but as matrix products with register tiles instead of streaming S per token.
-
-// C[M x N] = cs*C + A[M x K] B[K x N] for rows [m, m+mr), columns [j, j+8*nv).
-// cs == 0 overwrites C (C may be uninitialised).
-DN_INLINE void gemm_tile(float *C, int64_t ldc, float cs, const float *A, int64_t lda,
-                         const float *B, int64_t ldb, int64_t K, int64_t m, int64_t j, int mr,
-                         int nv) {
-  v8f acc[4][2];
-  memset(acc, 0, sizeof acc);
-  for (int64_t kk = 0; kk < K; kk++) {
-    v8f b[2];
-#pragma GCC unroll 2
-    for (int u = 0; u < nv; u++) b[u] = ld8(B + kk * ldb + j + 8 * u);
-#pragma GCC unroll 4
-    for (int r = 0; r < mr; r++) {
-      float av = A[(m + r) * lda + kk];
-#pragma GCC unroll 2
-      for (int u = 0; u < nv; u++) acc[r][u] += b[u] * av;
-    }
-  }
-#pragma GCC unroll 4
-  for (int r = 0; r < mr; r++) {
-#pragma GCC unroll 2
-    for (int u = 0; u < nv; u++) {
-      float *dst = C + (m + r) * ldc + j + 8 * u;
-      v8f x = acc[r][u];
-      if (cs != 0.0f) x += ld8(dst) * cs;
-      st8(dst, x);
-    }
-  }
-}
-
-// Triangular shortcuts for the L x L products of a chunk:
-//   GEMM_LOWER_OUT: only tiles touching the lower triangle (incl. diagonal) of C are
-//                   computed; the rest of C is left as it was (the caller masks it).
-//   GEMM_LOWER_A:   A is lower triangular (incl. diagonal): row m sums kk <= m only.
-enum { GEMM_FULL = 0, GEMM_LOWER_OUT = 1, GEMM_LOWER_A = 2 };
-
-DN_INLINE void gemm_nn(float *C, int64_t ldc, float cs, const float *A, int64_t lda,
-                       const float *B, int64_t ldb, int64_t M, int64_t N, int64_t K, int tri) {
-#define DN_KEFF(m, mr) (tri == GEMM_LOWER_A && (m) + (mr) < K ? (m) + (mr) : K)
-#define DN_SKIP(m, mr, j) (tri == GEMM_LOWER_OUT && (j) > (m) + (mr)-1)
-  int64_t j = 0;
-  for (; j + 16 <= N; j += 16) {
-    int64_t m = 0;
-    for (; m + 4 <= M; m += 4)
-      if (!DN_SKIP(m, 4, j)) gemm_tile(C, ldc, cs, A, lda, B, ldb, DN_KEFF(m, 4), m, j, 4, 2);
-    for (; m < M; m++)
-      if (!DN_SKIP(m, 1, j)) gemm_tile(C, ldc, cs, A, lda, B, ldb, DN_KEFF(m, 1), m, j, 1, 2);
-  }
-  for (; j + 8 <= N; j += 8) {
-    int64_t m = 0;
-    for (; m + 4 <= M; m += 4)
-      if (!DN_SKIP(m, 4, j)) gemm_tile(C, ldc, cs, A, lda, B, ldb, DN_KEFF(m, 4), m, j, 4, 1);
-    for (; m < M; m++)
-      if (!DN_SKIP(m, 1, j)) gemm_tile(C, ldc, cs, A, lda, B, ldb, DN_KEFF(m, 1), m, j, 1, 1);
-  }
-  for (; j < N; j++) {
-    for (int64_t m = 0; m < M; m++) {
-      if (DN_SKIP(m, 1, j)) continue;
-      float acc = 0.0f;
-      for (int64_t kk = 0, ke = DN_KEFF(m, 1); kk < ke; kk++) acc += A[m * lda + kk] * B[kk * ldb + j];
-      C[m * ldc + j] = cs != 0.0f ? acc + C[m * ldc + j] * cs : acc;
-    }
-  }
-#undef DN_KEFF
-#undef DN_SKIP
-}
-
-// X[t] -= sum_{s<t} A[t][s] X[s] for t = 0..L-1 in order (forward substitution with the
-// unit lower-triangular I + A), X [L x n] with row stride ldx, A [L x L] stride lda.
-DN_INLINE void forward_subst(float *X, int64_t ldx, const float *A, int64_t lda, int64_t L,
-                             int64_t n) {
-  for (int64_t t = 1; t < L; t++) {
-    float *xt = X + t * ldx;
-    const float *at = A + t * lda;
-    int64_t j = 0;
-    for (; j + 32 <= n; j += 32) {
-      v8f acc[4];
-#pragma GCC unroll 4
-      for (int u = 0; u < 4; u++) acc[u] = ld8(xt + j + 8 * u);
-      for (int64_t s = 0; s < t; s++) {
-        float a = at[s];
-        const float *xs = X + s * ldx + j;
-#pragma GCC unroll 4
-        for (int u = 0; u < 4; u++) acc[u] -= ld8(xs + 8 * u) * a;
-      }
-#pragma GCC unroll 4
-      for (int u = 0; u < 4; u++) st8(xt + j + 8 * u, acc[u]);
-    }
-    for (; j < n; j++) {
-      float acc = xt[j];
-      for (int64_t s = 0; s < t; s++) acc -= at[s] * X[s * ldx + j];
-      xt[j] = acc;
-    }
-  }
-}
-
-// Scratch layout per worker, with Cm = the chunk size:
-//   KT [dk x Cm]  keys of the chunk, transposed (B operand of Q K^T and K K^T)
-//   QK [Cm x Cm]  Q K^T, then masked and decayed
-//   A  [Cm x Cm]  K K^T, then the strictly lower beta_t Gam_ts (k_t.k_s)
-//   D  [Cm x dv]  K S0, then the right-hand side, then the deltas
-//   eg [Cm], G [Cm] (doubles, 2 floats each)
-static int64_t chunk_g_offset(int64_t Cm, int64_t dk, int64_t dv) {
-  return (dk * Cm + 2 * Cm * Cm + Cm * dv + Cm + 1) / 2 * 2; // G (doubles) 8-byte aligned
-}
-static int64_t chunk_scratch_floats(int64_t Cm, int64_t dk, int64_t dv) {
-  int64_t n = chunk_g_offset(Cm, dk, dv) + 2 * Cm;
-  return (n + 15) / 16 * 16; // keep every worker's slice 64-byte aligned
-}
-
-DN_INLINE void chunked_heads_body(void *ctx, int64_t h0, int64_t h1, int tid) {
-  const struct dn_args *a = ctx;
-  const int64_t r = a->Hv / a->Hk, dk = a->dk, dv = a->dv, Cm = a->chunk, Hv = a->Hv;
-  float *ws = a->scratch + (int64_t)tid * a->scratch_floats;
-  float *KT = ws, *QK = KT + dk * Cm, *A = QK + Cm * Cm, *D = A + Cm * Cm, *eg = D + Cm * dv;
-  double *G = (double *)(ws + chunk_g_offset(Cm, dk, dv));
-  for (int64_t h = h0; h < h1; h++) {
-    const int64_t kh = h / r;
-    float *S = a->S + h * dk * dv;
-    for (int64_t t0 = 0; t0 < a->T; t0 += Cm) {
-      const int64_t L = a->T - t0 < Cm ? a->T - t0 : Cm;
-      const float *Q = a->q + t0 * a->ldq + kh * dk;
-      const float *K = a->k + t0 * a->ldk + kh * dk;
-      const float *V = a->v + t0 * a->ldv + h * dv;
-      const float *beta = a->beta + t0 * Hv + h; // stride Hv
-      const float *g = a->gd + t0 * Hv + h;
-      float *O = a->o + t0 * a->ldo + h * dv;
-
-      double acc = 0.0;
-      for (int64_t t = 0; t < L; t++) {
-        acc += (double)g[t * Hv];
-        G[t] = acc;
-        eg[t] = (float)exp(acc);
-      }
-      for (int64_t t = 0; t < L; t++)
-        for (int64_t i = 0; i < dk; i++) KT[i * Cm + t] = K[t * a->ldk + i];
-
-      // Products with the incoming state first (S is overwritten at the end).
-      gemm_nn(D, dv, 0.0f, K, a->ldk, S, dv, L, dv, dk, GEMM_FULL);  // D = K S0
-      gemm_nn(O, a->ldo, 0.0f, Q, a->ldq, S, dv, L, dv, dk, GEMM_FULL); // O = Q S0
-      gemm_nn(QK, Cm, 0.0f, Q, a->ldq, KT, Cm, L, L, dk, GEMM_LOWER_OUT); // Q K^T
-      gemm_nn(A, Cm, 0.0f, K, a->ldk, KT, Cm, L, L, dk, GEMM_LOWER_OUT); // K K^T
-
-      for (int64_t t = 0; t < L; t++) {
-        const float bt = beta[t * Hv];
-        float *qk = QK + t * Cm, *at = A + t * Cm;
-        for (int64_t s = 0; s <= t; s++) {
-          float gam = expf((float)(G[t] - G[s]));
-          qk[s] *= gam;
-          at[s] = s < t ? bt * at[s] * gam : 0.0f;
-        }
-        for (int64_t s = t + 1; s < L; s++) qk[s] = 0.0f, at[s] = 0.0f;
-        // right-hand side beta_t (v_t - e^{G_t} S0^T k_t); O row t scaled by e^{G_t}
-        float *dt = D + t * dv, *ot = O + t * a->ldo;
-        const float *vt = V + t * a->ldv;
-        const float e = eg[t];
-        for (int64_t j = 0; j < dv; j++) {
-          dt[j] = bt * (vt[j] - e * dt[j]);
-          ot[j] *= e;
-        }
-      }
-      forward_subst(D, dv, A, Cm, L, dv);              // D = deltas (V')
-      gemm_nn(O, a->ldo, 1.0f, QK, Cm, D, dv, L, dv, L, GEMM_LOWER_A); // O += (QK . Gam) D
-
-      // S = e^{G_L} S0 + K^T diag(e^{G_L - G}) D
-      const double GL = G[L - 1];
-      for (int64_t t = 0; t < L; t++) {
-        float f = (float)exp(GL - G[t]);
-        float *dt = D + t * dv;
-        for (int64_t j = 0; j < dv; j++) dt[j] *= f;
-      }
-      gemm_nn(S, dv, eg[L - 1], KT, Cm, D, dv, dk, dv, L, GEMM_FULL);
-    }
-  }
-}
-
-DN_DISPATCH(chunked_heads)
-
-int cpu_delta_chunked(struct ferry_pool *pool, float *o, int64_t ldo, float *S,
-                      const float *q, int64_t ldq, const float *k, int64_t ldk,
-                      const float *v, int64_t ldv, const float *beta, const float *g,
-                      int64_t T, int64_t Hk, int64_t Hv, int64_t dk, int64_t dv,
-                      int64_t chunk) {
-  check_shape(Hk, Hv, dk, dv);
-  FERRY_ASSERT(T >= 0 && chunk >= 1 && chunk <= 256 && ldo >= Hv * dv && ldq >= Hk * dk &&
-               ldk >= Hk * dk && ldv >= Hv * dv);
-  if (T == 0) return 0;
-  const int64_t Cm = T < chunk ? T : chunk;
-  const int64_t per = chunk_scratch_floats(Cm, dk, dv);
-  const int nw = pool ? ferry_pool_size(pool) : 1;
-  float *scratch = ferry_alloc_aligned(64, (size_t)(per * nw) * sizeof(float));
-  if (!scratch)
-    return ferry_fail_ctx(-ENOMEM, "delta chunked scratch (%lld floats)", (long long)(per * nw));
-  struct dn_args a = {.o = o, .ldo = ldo, .S = S, .q = q, .k = k, .v = v, .ldq = ldq,
-                      .ldk = ldk, .ldv = ldv, .beta = beta, .gd = g, .T = T, .Hk = Hk,
-                      .Hv = Hv, .dk = dk, .dv = dv, .chunk = Cm, .scratch = scratch,
-                      .scratch_floats = per};
-  run_heads(pool, Hv, chunked_heads_pick(), &a);
-  ferry_free_aligned(scratch);
-  return 0;
-}
-
-// ---------------------------------------------------------------------------------------
 // legacy regrouping
 // ---------------------------------------------------------------------------------------
 
@@ -555,3 +165,441 @@ void cpu_ssm_ba_regroup(float *b, float *a, const float *p, int64_t T, int64_t n
     }
   }
 }
+
+// ---------------------------------------------------------------------------------------
+// recurrent delta rule and chunked form: shared definitions
+// ---------------------------------------------------------------------------------------
+
+struct dn_args {
+  float *o;
+  int64_t ldo;
+  float *S;
+  const float *q, *k, *v;
+  int64_t ldq, ldk, ldv;
+  const float *beta, *gd; // gd: decay (recurrent) or g (chunked)
+  int64_t T, Hk, Hv, dk, dv, chunk;
+  float *scratch;         // chunked: one slice of scratch_floats per worker
+  int64_t scratch_floats;
+};
+
+// Triangular shortcuts for the L x L products of a chunk:
+//   GEMM_LOWER_OUT: only tiles touching the lower triangle (incl. diagonal) of C are
+//                   computed; the rest of C is left as it was (the caller masks it).
+//   GEMM_LOWER_A:   A is lower triangular (incl. diagonal): row m sums kk <= m only.
+enum { GEMM_FULL = 0, GEMM_LOWER_OUT = 1, GEMM_LOWER_A = 2 };
+
+// Scratch layout per worker, with Cm = the chunk size:
+//   KT [dk x Cm]  keys of the chunk, transposed (B operand of Q K^T and K K^T)
+//   QK [Cm x Cm]  Q K^T, then masked and decayed
+//   A  [Cm x Cm]  K K^T, then the strictly lower beta_t Gam_ts (k_t.k_s)
+//   D  [Cm x dv]  K S0, then the right-hand side, then the deltas
+//   eg [Cm], G [Cm] (doubles, 2 floats each)
+static int64_t chunk_g_offset(int64_t Cm, int64_t dk, int64_t dv) {
+  return (dk * Cm + 2 * Cm * Cm + Cm * dv + Cm + 1) / 2 * 2; // G (doubles) 8-byte aligned
+}
+static int64_t chunk_scratch_floats(int64_t Cm, int64_t dk, int64_t dv) {
+  int64_t n = chunk_g_offset(Cm, dk, dv) + 2 * Cm;
+  return (n + 15) / 16 * 16; // keep every worker's slice 64-byte aligned
+}
+
+// ---- the vector bodies, once per ISA ----
+#define DN_VW 4
+#define DN_SUF base
+#define DN_TARGET
+#include "kernels/cpu/deltanet.c"
+#undef DN_VW
+#undef DN_SUF
+#undef DN_TARGET
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define DN_VW 8
+#define DN_SUF avx2
+#define DN_TARGET __attribute__((target("avx2,fma")))
+#include "kernels/cpu/deltanet.c"
+#undef DN_VW
+#undef DN_SUF
+#undef DN_TARGET
+
+static int dn_cpu_avx2(void) {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+#else
+static int dn_cpu_avx2(void) { return 0; }
+#endif
+
+// -1: not decided yet; 0: baseline; 1: AVX2+FMA. Set on first use (a benign race: every
+// thread computes the same value) or by cpu_delta_force.
+static int g_dn_level = -1;
+static int dn_use_avx2(void) {
+  int l = __atomic_load_n(&g_dn_level, __ATOMIC_RELAXED);
+  if (l < 0) {
+    l = dn_cpu_avx2();
+    __atomic_store_n(&g_dn_level, l, __ATOMIC_RELAXED);
+  }
+  return l;
+}
+
+int cpu_delta_force(const char *path) {
+  int l;
+  if (!strcmp(path, "base")) l = 0;
+  else if (!strcmp(path, "avx2")) l = dn_cpu_avx2() ? 1 : -1;
+  else if (!strcmp(path, "auto")) l = dn_cpu_avx2();
+  else l = -1;
+  if (l < 0) return -1;
+  __atomic_store_n(&g_dn_level, l, __ATOMIC_RELAXED);
+  return 0;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+static ferry_pool_fn pick_recurrent(void) {
+  return dn_use_avx2() ? recurrent_heads_avx2 : recurrent_heads_base;
+}
+static ferry_pool_fn pick_chunked(void) {
+  return dn_use_avx2() ? chunked_heads_avx2 : chunked_heads_base;
+}
+#else
+static ferry_pool_fn pick_recurrent(void) { return recurrent_heads_base; }
+static ferry_pool_fn pick_chunked(void) { return chunked_heads_base; }
+#endif
+
+static void check_shape(int64_t Hk, int64_t Hv, int64_t dk, int64_t dv) {
+  FERRY_ASSERT(Hk > 0 && Hv > 0 && Hv % Hk == 0);
+  FERRY_ASSERT(dk > 0 && dv > 0 && dk <= CPU_DELTA_MAX_HEAD_DIM &&
+               dv <= CPU_DELTA_MAX_HEAD_DIM);
+}
+
+static void run_heads(struct ferry_pool *pool, int64_t Hv, ferry_pool_fn fn, void *ctx) {
+  if (pool)
+    ferry_pool_run(pool, Hv, 1, fn, ctx);
+  else
+    fn(ctx, 0, Hv, 0);
+}
+
+void cpu_delta_recurrent(struct ferry_pool *pool, float *o, int64_t ldo, float *S,
+                         const float *q, int64_t ldq, const float *k, int64_t ldk,
+                         const float *v, int64_t ldv, const float *beta, const float *decay,
+                         int64_t T, int64_t Hk, int64_t Hv, int64_t dk, int64_t dv) {
+  check_shape(Hk, Hv, dk, dv);
+  FERRY_ASSERT(T >= 0 && ldo >= Hv * dv && ldq >= Hk * dk && ldk >= Hk * dk &&
+               ldv >= Hv * dv);
+  if (T == 0) return;
+  struct dn_args a = {.o = o, .ldo = ldo, .S = S, .q = q, .k = k, .v = v, .ldq = ldq,
+                      .ldk = ldk, .ldv = ldv, .beta = beta, .gd = decay, .T = T,
+                      .Hk = Hk, .Hv = Hv, .dk = dk, .dv = dv};
+  run_heads(pool, Hv, pick_recurrent(), &a);
+}
+
+void cpu_delta_step(float *o, float *S, const float *q, const float *k, const float *v,
+                    const float *beta, const float *decay, int64_t Hk, int64_t Hv, int64_t dk,
+                    int64_t dv) {
+  cpu_delta_recurrent(NULL, o, Hv * dv, S, q, Hk * dk, k, Hk * dk, v, Hv * dv, beta, decay, 1,
+                      Hk, Hv, dk, dv);
+}
+
+void cpu_delta_step_mt(struct ferry_pool *pool, float *o, float *S, const float *q,
+                       const float *k, const float *v, const float *beta, const float *decay,
+                       int64_t Hk, int64_t Hv, int64_t dk, int64_t dv) {
+  cpu_delta_recurrent(pool, o, Hv * dv, S, q, Hk * dk, k, Hk * dk, v, Hv * dv, beta, decay, 1,
+                      Hk, Hv, dk, dv);
+}
+
+int cpu_delta_chunked(struct ferry_pool *pool, float *o, int64_t ldo, float *S,
+                      const float *q, int64_t ldq, const float *k, int64_t ldk,
+                      const float *v, int64_t ldv, const float *beta, const float *g,
+                      int64_t T, int64_t Hk, int64_t Hv, int64_t dk, int64_t dv,
+                      int64_t chunk) {
+  check_shape(Hk, Hv, dk, dv);
+  FERRY_ASSERT(T >= 0 && chunk >= 1 && chunk <= 256 && ldo >= Hv * dv && ldq >= Hk * dk &&
+               ldk >= Hk * dk && ldv >= Hv * dv);
+  if (T == 0) return 0;
+  const int64_t Cm = T < chunk ? T : chunk;
+  const int64_t per = chunk_scratch_floats(Cm, dk, dv);
+  const int nw = pool ? ferry_pool_size(pool) : 1;
+  float *scratch = ferry_alloc_aligned(64, (size_t)(per * nw) * sizeof(float));
+  if (!scratch)
+    return ferry_fail_ctx(-ENOMEM, "delta chunked scratch (%lld floats)", (long long)(per * nw));
+  struct dn_args a = {.o = o, .ldo = ldo, .S = S, .q = q, .k = k, .v = v, .ldq = ldq,
+                      .ldk = ldk, .ldv = ldv, .beta = beta, .gd = g, .T = T, .Hk = Hk,
+                      .Hv = Hv, .dk = dk, .dv = dv, .chunk = Cm, .scratch = scratch,
+                      .scratch_floats = per};
+  run_heads(pool, Hv, pick_chunked(), &a);
+  ferry_free_aligned(scratch);
+  return 0;
+}
+
+
+#else // ===================== vector part (DN_VW floats per vector) =====================
+
+// Vectors of DN_VW floats; unaligned loads/stores go through memcpy. (Macros rather
+// than functions: a 32-byte vector argument trips GCC's psabi note.)
+#define DN_LD(p)                                                                          \
+  ({                                                                                      \
+    vf v_;                                                                                \
+    memcpy(&v_, (p), sizeof v_);                                                          \
+    v_;                                                                                   \
+  })
+#define DN_ST(p, x)                                                                       \
+  do {                                                                                    \
+    vf x_ = (x);                                                                          \
+    memcpy((p), &x_, sizeof x_);                                                          \
+  } while (0)
+#define vf DN_FN(vf) // a distinct type name per instantiation
+typedef float vf __attribute__((vector_size(4 * DN_VW)));
+
+// Pass 1 for value columns [j, j + DN_VW*nv): m = S^T k.
+DN_INLINE void DN_FN(retrieve_tile)(float *m, const float *S, const float *k, int64_t dk, int64_t dv,
+                             int64_t j, int nv) {
+  vf acc[4];
+  memset(acc, 0, sizeof acc);
+  for (int64_t i = 0; i < dk; i++) {
+    const float *row = S + i * dv + j;
+    float ki = k[i];
+#pragma GCC unroll 4
+    for (int u = 0; u < nv; u++) acc[u] += DN_LD(row + DN_VW * u) * ki;
+  }
+#pragma GCC unroll 4
+  for (int u = 0; u < nv; u++) DN_ST(m + j + DN_VW * u, acc[u]);
+}
+
+// Pass 2 for value columns [j, j + DN_VW*nv): S = decay*S + k delta^T, o = S^T q.
+DN_INLINE void DN_FN(update_tile)(float *o, float *S, const float *q, const float *k,
+                           const float *delta, float decay, int64_t dk, int64_t dv, int64_t j,
+                           int nv) {
+  vf acc[4], dl[4];
+  memset(acc, 0, sizeof acc);
+#pragma GCC unroll 4
+  for (int u = 0; u < nv; u++) dl[u] = DN_LD(delta + j + DN_VW * u);
+  for (int64_t i = 0; i < dk; i++) {
+    float *row = S + i * dv + j;
+    float ki = k[i], qi = q[i];
+#pragma GCC unroll 4
+    for (int u = 0; u < nv; u++) {
+      vf s = DN_LD(row + DN_VW * u) * decay + dl[u] * ki;
+      DN_ST(row + DN_VW * u, s);
+      acc[u] += s * qi;
+    }
+  }
+#pragma GCC unroll 4
+  for (int u = 0; u < nv; u++) DN_ST(o + j + DN_VW * u, acc[u]);
+}
+
+// One token of one v-head. Retrieval is decay * (S^T k), which equals (decay*S)^T k of
+// §5.6 up to rounding and saves a pass over S.
+DN_INLINE void DN_FN(head_step)(float *o, float *S, const float *q, const float *k, const float *v,
+                         float beta, float decay, int64_t dk, int64_t dv) {
+  float delta[CPU_DELTA_MAX_HEAD_DIM];
+  int64_t j = 0;
+  for (; j + 4 * DN_VW <= dv; j += 4 * DN_VW) DN_FN(retrieve_tile)(delta, S, k, dk, dv, j, 4);
+  for (; j + DN_VW <= dv; j += DN_VW) DN_FN(retrieve_tile)(delta, S, k, dk, dv, j, 1);
+  for (; j < dv; j++) {
+    float acc = 0.0f;
+    for (int64_t i = 0; i < dk; i++) acc += S[i * dv + j] * k[i];
+    delta[j] = acc;
+  }
+  for (j = 0; j < dv; j++) delta[j] = beta * (v[j] - decay * delta[j]);
+  j = 0;
+  for (; j + 4 * DN_VW <= dv; j += 4 * DN_VW) DN_FN(update_tile)(o, S, q, k, delta, decay, dk, dv, j, 4);
+  for (; j + DN_VW <= dv; j += DN_VW) DN_FN(update_tile)(o, S, q, k, delta, decay, dk, dv, j, 1);
+  for (; j < dv; j++) {
+    float acc = 0.0f;
+    for (int64_t i = 0; i < dk; i++) {
+      float s = S[i * dv + j] * decay + delta[j] * k[i];
+      S[i * dv + j] = s;
+      acc += s * q[i];
+    }
+    o[j] = acc;
+  }
+}
+
+DN_TARGET static void DN_FN(recurrent_heads)(void *ctx, int64_t h0, int64_t h1, int tid) {
+  const struct dn_args *a = ctx;
+  const int64_t r = a->Hv / a->Hk;
+  for (int64_t h = h0; h < h1; h++) {
+    const int64_t kh = h / r;
+    float *Sh = a->S + h * a->dk * a->dv;
+    for (int64_t t = 0; t < a->T; t++) {
+      DN_FN(head_step)(a->o + t * a->ldo + h * a->dv, Sh, a->q + t * a->ldq + kh * a->dk,
+                a->k + t * a->ldk + kh * a->dk, a->v + t * a->ldv + h * a->dv,
+                a->beta[t * a->Hv + h], a->gd[t * a->Hv + h], a->dk, a->dv);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// chunked (WY) form
+// ---------------------------------------------------------------------------------------
+//
+// For one v-head and a chunk of L tokens with incoming state S0 (dk x dv), G_t = sum of
+// g over the chunk up to t, Gam_ts = exp(G_t - G_s) (s <= t; every exponent is <= 0, so
+// nothing overflows), the recurrence unrolls to
+//   S_t = e^{G_t} S0 + sum_{s<=t} Gam_ts k_s d_s^T,   o_t = S_t^T q_t,
+// where the deltas d_t solve the unit lower-triangular system
+//   d_t + sum_{s<t} beta_t (k_t.k_s) Gam_ts d_s = beta_t (v_t - e^{G_t} S0^T k_t).
+// (d = V' of §5.7: solving for it directly skips forming U and W separately.) Then
+//   O   = diag(e^G) Q S0 + lower_incl(Q K^T . Gam) D
+//   S_L = e^{G_L} S0 + K^T diag(e^{G_L - G}) D.
+// Work per token ~ 3*dk*dv (K S0, Q S0, K^T D) + O(L*(dk+dv)), about the recurrence's
+// 4*dk*dv, but as matrix products with register tiles instead of streaming S per token.
+
+// C[M x N] = cs*C + A[M x K] B[K x N] for rows [m, m+mr), columns [j, j+8*nv).
+// cs == 0 overwrites C (C may be uninitialised).
+DN_INLINE void DN_FN(gemm_tile)(float *C, int64_t ldc, float cs, const float *A, int64_t lda,
+                         const float *B, int64_t ldb, int64_t K, int64_t m, int64_t j, int mr,
+                         int nv) {
+  vf acc[4][2];
+  memset(acc, 0, sizeof acc);
+  for (int64_t kk = 0; kk < K; kk++) {
+    vf b[2];
+#pragma GCC unroll 2
+    for (int u = 0; u < nv; u++) b[u] = DN_LD(B + kk * ldb + j + DN_VW * u);
+#pragma GCC unroll 4
+    for (int r = 0; r < mr; r++) {
+      float av = A[(m + r) * lda + kk];
+#pragma GCC unroll 2
+      for (int u = 0; u < nv; u++) acc[r][u] += b[u] * av;
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < mr; r++) {
+#pragma GCC unroll 2
+    for (int u = 0; u < nv; u++) {
+      float *dst = C + (m + r) * ldc + j + DN_VW * u;
+      vf x = acc[r][u];
+      if (cs != 0.0f) x += DN_LD(dst) * cs;
+      DN_ST(dst, x);
+    }
+  }
+}
+
+DN_INLINE void DN_FN(gemm_nn)(float *C, int64_t ldc, float cs, const float *A, int64_t lda,
+                       const float *B, int64_t ldb, int64_t M, int64_t N, int64_t K, int tri) {
+#define DN_KEFF(m, mr) (tri == GEMM_LOWER_A && (m) + (mr) < K ? (m) + (mr) : K)
+#define DN_SKIP(m, mr, j) (tri == GEMM_LOWER_OUT && (j) > (m) + (mr)-1)
+  int64_t j = 0;
+  for (; j + 2 * DN_VW <= N; j += 2 * DN_VW) {
+    int64_t m = 0;
+    for (; m + 4 <= M; m += 4)
+      if (!DN_SKIP(m, 4, j)) DN_FN(gemm_tile)(C, ldc, cs, A, lda, B, ldb, DN_KEFF(m, 4), m, j, 4, 2);
+    for (; m < M; m++)
+      if (!DN_SKIP(m, 1, j)) DN_FN(gemm_tile)(C, ldc, cs, A, lda, B, ldb, DN_KEFF(m, 1), m, j, 1, 2);
+  }
+  for (; j + DN_VW <= N; j += DN_VW) {
+    int64_t m = 0;
+    for (; m + 4 <= M; m += 4)
+      if (!DN_SKIP(m, 4, j)) DN_FN(gemm_tile)(C, ldc, cs, A, lda, B, ldb, DN_KEFF(m, 4), m, j, 4, 1);
+    for (; m < M; m++)
+      if (!DN_SKIP(m, 1, j)) DN_FN(gemm_tile)(C, ldc, cs, A, lda, B, ldb, DN_KEFF(m, 1), m, j, 1, 1);
+  }
+  for (; j < N; j++) {
+    for (int64_t m = 0; m < M; m++) {
+      if (DN_SKIP(m, 1, j)) continue;
+      float acc = 0.0f;
+      for (int64_t kk = 0, ke = DN_KEFF(m, 1); kk < ke; kk++) acc += A[m * lda + kk] * B[kk * ldb + j];
+      C[m * ldc + j] = cs != 0.0f ? acc + C[m * ldc + j] * cs : acc;
+    }
+  }
+#undef DN_KEFF
+#undef DN_SKIP
+}
+
+// X[t] -= sum_{s<t} A[t][s] X[s] for t = 0..L-1 in order (forward substitution with the
+// unit lower-triangular I + A), X [L x n] with row stride ldx, A [L x L] stride lda.
+DN_INLINE void DN_FN(forward_subst)(float *X, int64_t ldx, const float *A, int64_t lda, int64_t L,
+                             int64_t n) {
+  for (int64_t t = 1; t < L; t++) {
+    float *xt = X + t * ldx;
+    const float *at = A + t * lda;
+    int64_t j = 0;
+    for (; j + 4 * DN_VW <= n; j += 4 * DN_VW) {
+      vf acc[4];
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; u++) acc[u] = DN_LD(xt + j + DN_VW * u);
+      for (int64_t s = 0; s < t; s++) {
+        float a = at[s];
+        const float *xs = X + s * ldx + j;
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; u++) acc[u] -= DN_LD(xs + DN_VW * u) * a;
+      }
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; u++) DN_ST(xt + j + DN_VW * u, acc[u]);
+    }
+    for (; j < n; j++) {
+      float acc = xt[j];
+      for (int64_t s = 0; s < t; s++) acc -= at[s] * X[s * ldx + j];
+      xt[j] = acc;
+    }
+  }
+}
+
+DN_TARGET static void DN_FN(chunked_heads)(void *ctx, int64_t h0, int64_t h1, int tid) {
+  const struct dn_args *a = ctx;
+  const int64_t r = a->Hv / a->Hk, dk = a->dk, dv = a->dv, Cm = a->chunk, Hv = a->Hv;
+  float *ws = a->scratch + (int64_t)tid * a->scratch_floats;
+  float *KT = ws, *QK = KT + dk * Cm, *A = QK + Cm * Cm, *D = A + Cm * Cm, *eg = D + Cm * dv;
+  double *G = (double *)(ws + chunk_g_offset(Cm, dk, dv));
+  for (int64_t h = h0; h < h1; h++) {
+    const int64_t kh = h / r;
+    float *S = a->S + h * dk * dv;
+    for (int64_t t0 = 0; t0 < a->T; t0 += Cm) {
+      const int64_t L = a->T - t0 < Cm ? a->T - t0 : Cm;
+      const float *Q = a->q + t0 * a->ldq + kh * dk;
+      const float *K = a->k + t0 * a->ldk + kh * dk;
+      const float *V = a->v + t0 * a->ldv + h * dv;
+      const float *beta = a->beta + t0 * Hv + h; // stride Hv
+      const float *g = a->gd + t0 * Hv + h;
+      float *O = a->o + t0 * a->ldo + h * dv;
+
+      double acc = 0.0;
+      for (int64_t t = 0; t < L; t++) {
+        acc += (double)g[t * Hv];
+        G[t] = acc;
+        eg[t] = (float)exp(acc);
+      }
+      for (int64_t t = 0; t < L; t++)
+        for (int64_t i = 0; i < dk; i++) KT[i * Cm + t] = K[t * a->ldk + i];
+
+      // Products with the incoming state first (S is overwritten at the end).
+      DN_FN(gemm_nn)(D, dv, 0.0f, K, a->ldk, S, dv, L, dv, dk, GEMM_FULL);  // D = K S0
+      DN_FN(gemm_nn)(O, a->ldo, 0.0f, Q, a->ldq, S, dv, L, dv, dk, GEMM_FULL); // O = Q S0
+      DN_FN(gemm_nn)(QK, Cm, 0.0f, Q, a->ldq, KT, Cm, L, L, dk, GEMM_LOWER_OUT); // Q K^T
+      DN_FN(gemm_nn)(A, Cm, 0.0f, K, a->ldk, KT, Cm, L, L, dk, GEMM_LOWER_OUT); // K K^T
+
+      for (int64_t t = 0; t < L; t++) {
+        const float bt = beta[t * Hv];
+        float *qk = QK + t * Cm, *at = A + t * Cm;
+        for (int64_t s = 0; s <= t; s++) {
+          float gam = expf((float)(G[t] - G[s]));
+          qk[s] *= gam;
+          at[s] = s < t ? bt * at[s] * gam : 0.0f;
+        }
+        for (int64_t s = t + 1; s < L; s++) qk[s] = 0.0f, at[s] = 0.0f;
+        // right-hand side beta_t (v_t - e^{G_t} S0^T k_t); O row t scaled by e^{G_t}
+        float *dt = D + t * dv, *ot = O + t * a->ldo;
+        const float *vt = V + t * a->ldv;
+        const float e = eg[t];
+        for (int64_t j = 0; j < dv; j++) {
+          dt[j] = bt * (vt[j] - e * dt[j]);
+          ot[j] *= e;
+        }
+      }
+      DN_FN(forward_subst)(D, dv, A, Cm, L, dv);              // D = deltas (V')
+      DN_FN(gemm_nn)(O, a->ldo, 1.0f, QK, Cm, D, dv, L, dv, L, GEMM_LOWER_A); // O += (QK . Gam) D
+
+      // S = e^{G_L} S0 + K^T diag(e^{G_L - G}) D
+      const double GL = G[L - 1];
+      for (int64_t t = 0; t < L; t++) {
+        float f = (float)exp(GL - G[t]);
+        float *dt = D + t * dv;
+        for (int64_t j = 0; j < dv; j++) dt[j] *= f;
+      }
+      DN_FN(gemm_nn)(S, dv, eg[L - 1], KT, Cm, D, dv, dk, dv, L, GEMM_FULL);
+    }
+  }
+}
+
+
+#undef vf
+#undef DN_LD
+#undef DN_ST
+#endif // DN_VW

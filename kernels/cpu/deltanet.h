@@ -114,6 +114,11 @@ int cpu_delta_chunked(struct ferry_pool *pool, float *o, int64_t ldo, float *S,
 void cpu_gated_rmsnorm_heads(float *y, const float *o, const float *z, const float *w,
                              int64_t n_heads, int64_t d, float eps);
 
+// Test/bench hook: force the recurrence kernels onto "base" (portable C) or "avx2"
+// (AVX2+FMA), or back to "auto" (the best the CPU has). Returns 0, or -1 if that path is
+// unavailable here. Not for use while other threads run these kernels.
+int cpu_delta_force(const char *path);
+
 // ---- legacy projection regrouping, §5.4 and fixtures README §1.2 ----
 // ssm_in (legacy fused in_proj_qkvz) output for T tokens -> the split layout.
 //   p   [T x nk*(2*dk + 2*r*dv)], r = nv/nk: nk groups, group g =

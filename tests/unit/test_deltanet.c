@@ -420,17 +420,28 @@ int main(void) {
     fprintf(stderr, "no pool (%s): pooled variants run inline\n", ferry_errmsg());
     pool = NULL;
   }
-  const int64_t Ts[] = {1, 7, 64, 65, 200};
-  for (int i = 0; i < 5; i++) {
-    test_delta(NULL, Ts[i], 2, 4, 16, 16, 64, 1);
-    test_delta(pool, Ts[i], 2, 4, 20, 12, 64, 1); // value/key dims off the 8/32 tiles
-    test_delta(pool, Ts[i], 16, 32, 128, 128, 64, Ts[i] <= 65);
+  const char *paths[] = {"base", "avx2"};
+  for (int pi = 0; pi < 2; pi++) {
+    if (cpu_delta_force(paths[pi]) != 0) {
+      fprintf(stderr, "deltanet path %s not available here: not tested\n", paths[pi]);
+      continue;
+    }
+    test_worked_example();
+    test_head_mapping();
+    const int64_t Ts[] = {1, 7, 64, 65, 200};
+    for (int i = 0; i < 5; i++) {
+      test_delta(NULL, Ts[i], 2, 4, 16, 16, 64, 1);
+      test_delta(pool, Ts[i], 2, 4, 20, 12, 64, 1); // value/key dims off the 8/32 tiles
+      test_delta(pool, Ts[i], 16, 32, 128, 128, 64, Ts[i] <= 65);
+    }
+    test_delta(pool, 100, 2, 4, 32, 40, 16, 1); // other chunk sizes
+    test_delta(NULL, 9, 1, 3, 8, 8, 1, 1);
+    test_delta(NULL, 130, 2, 2, 64, 64, 128, 1);
+    test_delta_x(pool, 200, 2, 4, 16, 16, 64, 1, 1);
+    test_delta_x(pool, 150, 16, 32, 128, 128, 64, 0, 1);
   }
-  test_delta(pool, 100, 2, 4, 32, 40, 16, 1); // other chunk sizes
-  test_delta(NULL, 9, 1, 3, 8, 8, 1, 1);
-  test_delta(NULL, 130, 2, 2, 64, 64, 128, 1);
-  test_delta_x(pool, 200, 2, 4, 16, 16, 64, 1, 1);
-  test_delta_x(pool, 150, 16, 32, 128, 128, 64, 0, 1);
+  CHECK(cpu_delta_force("auto") == 0);
+  CHECK(cpu_delta_force("sse9") == -1);
   ferry_pool_destroy(pool);
   CHECK_DONE();
 }
