@@ -294,6 +294,136 @@ static void test_dots_random_bytes(void) {
   free(x), free(wd), free(wq), free(xq);
 }
 
+// (6) Real llama.cpp output: the fixture Q4_K_M and Q8_0 files hold the same source weights.
+// Dequantizing both must agree within Q4_K/Q6_K error (a wrong bit position would not),
+// and re-quantizing the Q8_0 weights with ferry's quantizer must be about as accurate as
+// llama.cpp's own Q4_K/Q6_K output. A minimal GGUF walk, enough for these files.
+struct gg_tensor { char name[96]; uint32_t type; uint64_t ne0, nel; const uint8_t *data; };
+struct gg_file { uint8_t *buf; size_t len; int nt; struct gg_tensor t[128]; };
+
+static int gg_skip(const uint8_t **p, const uint8_t *end, uint32_t ty) {
+  static const int sz[13] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
+  if (ty > 12) return -1;
+  if (ty == 8) {
+    uint64_t n;
+    memcpy(&n, *p, 8);
+    *p += 8 + n;
+  } else if (ty == 9) {
+    uint32_t at;
+    uint64_t n;
+    memcpy(&at, *p, 4), memcpy(&n, *p + 4, 8);
+    *p += 12;
+    for (uint64_t i = 0; i < n; i++)
+      if (gg_skip(p, end, at)) return -1;
+  } else {
+    *p += sz[ty];
+  }
+  return *p <= end ? 0 : -1;
+}
+
+static int gg_load(const char *path, struct gg_file *g) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return -1;
+  fseek(f, 0, SEEK_END);
+  g->len = (size_t)ftell(f);
+  fseek(f, 0, SEEK_SET);
+  g->buf = xmalloc(g->len);
+  size_t got = fread(g->buf, 1, g->len, f);
+  fclose(f);
+  if (got != g->len || memcmp(g->buf, "GGUF", 4)) return -1;
+  const uint8_t *p = g->buf + 8, *end = g->buf + g->len;
+  uint64_t nt, nkv;
+  memcpy(&nt, p, 8), memcpy(&nkv, p + 8, 8);
+  p += 16;
+  if (nt > 128) return -1;
+  for (uint64_t i = 0; i < nkv; i++) {
+    uint64_t kl;
+    memcpy(&kl, p, 8);
+    p += 8 + kl;
+    uint32_t ty;
+    memcpy(&ty, p, 4);
+    p += 4;
+    if (gg_skip(&p, end, ty)) return -1;
+  }
+  uint64_t offs[128];
+  for (uint64_t i = 0; i < nt; i++) {
+    struct gg_tensor *t = &g->t[i];
+    uint64_t nl;
+    memcpy(&nl, p, 8);
+    if (nl >= sizeof t->name) return -1;
+    memcpy(t->name, p + 8, nl), t->name[nl] = 0;
+    p += 8 + nl;
+    uint32_t nd;
+    memcpy(&nd, p, 4);
+    p += 4;
+    t->nel = 1;
+    for (uint32_t d = 0; d < nd; d++) {
+      uint64_t ne;
+      memcpy(&ne, p, 8);
+      p += 8;
+      if (d == 0) t->ne0 = ne;
+      t->nel *= ne;
+    }
+    memcpy(&t->type, p, 4), memcpy(&offs[i], p + 4, 8);
+    p += 12;
+  }
+  size_t data = ((size_t)(p - g->buf) + 31) / 32 * 32; // general.alignment is 32 here
+  for (uint64_t i = 0; i < nt; i++) g->t[i].data = g->buf + data + offs[i];
+  g->nt = (int)nt;
+  return 0;
+}
+
+static void test_fixture_models(void) {
+  const char *dir = getenv("FERRY_FIXTURES");
+  char pk[512], p8[512];
+  snprintf(pk, sizeof pk, "%s/models/pub-qwen3moe-kq-Q4_K_M.gguf", dir ? dir : "../shared/fixtures");
+  snprintf(p8, sizeof p8, "%s/models/pub-qwen3moe-kq-Q8_0.gguf", dir ? dir : "../shared/fixtures");
+  struct gg_file *gk = calloc(1, sizeof *gk), *g8 = calloc(1, sizeof *g8);
+  if (gg_load(pk, gk) || gg_load(p8, g8)) {
+    fprintf(stderr, "fixture models not found (set FERRY_FIXTURES): skipping the real-data check\n");
+    free(gk->buf), free(g8->buf), free(gk), free(g8);
+    return;
+  }
+  int compared = 0;
+  for (int i = 0; i < gk->nt; i++) {
+    struct gg_tensor *a = &gk->t[i];
+    if (a->type != FT_Q4_K && a->type != FT_Q6_K) continue;
+    struct gg_tensor *b = NULL;
+    for (int j = 0; j < g8->nt; j++)
+      if (!strcmp(g8->t[j].name, a->name)) b = &g8->t[j];
+    if (!b || b->type != FT_Q8_0 || b->nel != a->nel) continue;
+    float *ya = xmalloc(a->nel * 4), *yb = xmalloc(a->nel * 4), *yc = xmalloc(a->nel * 4);
+    uint8_t *q = xmalloc(a->nel);
+    cpu_dequant_row(a->type, a->data, ya, (int64_t)a->nel);
+    cpu_dequant_row(FT_Q8_0, b->data, yb, (int64_t)b->nel);
+    cpu_quantize_row(a->type, yb, q, (int64_t)a->nel);
+    cpu_dequant_row(a->type, q, yc, (int64_t)a->nel);
+    double e_llama = rel_rms(yb, ya, (int64_t)a->nel), e_ferry = rel_rms(yb, yc, (int64_t)a->nel);
+    double bound = a->type == FT_Q4_K ? 0.12 : 0.04;
+    if (compared < 4 || e_llama > bound || e_ferry > 1.1 * e_llama + 2e-3)
+      fprintf(stderr, "fixture %-28s %-4s llama.cpp rel err %.4f, ferry requantized %.4f\n", a->name,
+              ferry_type_info(a->type)->name, e_llama, e_ferry);
+    CHECK(e_llama <= bound);
+    CHECK(e_ferry <= 1.1 * e_llama + 2e-3);
+    // Fast dots on real rows agree with the reference.
+    int64_t n = (int64_t)a->ne0;
+    size_t rb = ferry_row_bytes(ferry_type_info(a->type), n);
+    block_q8_K *xq = xmalloc((size_t)n / 256 * sizeof(block_q8_K));
+    cpu_quantize_act(FT_Q8_K, yb, xq, n);
+    for (int64_t r = 0; r < 8 && (uint64_t)(r + 1) * n <= a->nel; r++) {
+      float ref = cpu_vec_dot_ref(a->type, n, a->data + r * rb, xq);
+      double mag = 0;
+      for (int64_t k = 0; k < n; k++) mag += fabs((double)ya[r * n + k] * yb[k]);
+      CHECK(fabs(cpu_vec_dot(a->type, n, a->data + r * rb, xq) - ref) <= 1e-5 * mag);
+    }
+    free(ya), free(yb), free(yc), free(q), free(xq);
+    compared++;
+  }
+  fprintf(stderr, "fixture tensors compared: %d\n", compared);
+  CHECK(compared >= 20);
+  free(gk->buf), free(g8->buf), free(gk), free(g8);
+}
+
 // A force to an unknown path is refused and leaves the dispatch working.
 static void test_force(void) {
   CHECK(cpu_vec_dot_force("sse9") == -1);
@@ -311,5 +441,6 @@ int main(void) {
   test_force();
   test_dots();
   test_dots_random_bytes();
+  test_fixture_models();
   CHECK_DONE();
 }
