@@ -204,37 +204,57 @@ static int64_t chunk_scratch_floats(int64_t Cm, int64_t dk, int64_t dv) {
 
 // ---- the vector bodies, once per ISA ----
 #define DN_VW 4
+#define DN_MR 4
 #define DN_SUF base
 #define DN_TARGET
 #include "kernels/cpu/deltanet.c"
 #undef DN_VW
+#undef DN_MR
 #undef DN_SUF
 #undef DN_TARGET
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define DN_VW 8
+#define DN_MR 4
 #define DN_SUF avx2
 #define DN_TARGET __attribute__((target("avx2,fma")))
 #include "kernels/cpu/deltanet.c"
 #undef DN_VW
+#undef DN_MR
 #undef DN_SUF
 #undef DN_TARGET
 
+#define DN_VW 16
+#define DN_MR 8
+#define DN_SUF avx512
+#define DN_TARGET __attribute__((target("avx512f,avx2,fma")))
+#include "kernels/cpu/deltanet.c"
+#undef DN_VW
+#undef DN_MR
+#undef DN_SUF
+#undef DN_TARGET
+
+static int dn_cpu_avx512(void) {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
+         __builtin_cpu_supports("fma");
+}
 static int dn_cpu_avx2(void) {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 #else
 static int dn_cpu_avx2(void) { return 0; }
+static int dn_cpu_avx512(void) { return 0; }
 #endif
 
 // -1: not decided yet; 0: baseline; 1: AVX2+FMA. Set on first use (a benign race: every
 // thread computes the same value) or by cpu_delta_force.
 static int g_dn_level = -1;
-static int dn_use_avx2(void) {
+static int dn_level(void) {
   int l = __atomic_load_n(&g_dn_level, __ATOMIC_RELAXED);
   if (l < 0) {
-    l = dn_cpu_avx2();
+    l = dn_cpu_avx512() ? 2 : dn_cpu_avx2();
     __atomic_store_n(&g_dn_level, l, __ATOMIC_RELAXED);
   }
   return l;
@@ -244,7 +264,8 @@ int cpu_delta_force(const char *path) {
   int l;
   if (!strcmp(path, "base")) l = 0;
   else if (!strcmp(path, "avx2")) l = dn_cpu_avx2() ? 1 : -1;
-  else if (!strcmp(path, "auto")) l = dn_cpu_avx2();
+  else if (!strcmp(path, "avx512")) l = dn_cpu_avx512() ? 2 : -1;
+  else if (!strcmp(path, "auto")) l = dn_cpu_avx512() ? 2 : dn_cpu_avx2();
   else l = -1;
   if (l < 0) return -1;
   __atomic_store_n(&g_dn_level, l, __ATOMIC_RELAXED);
@@ -253,10 +274,12 @@ int cpu_delta_force(const char *path) {
 
 #if defined(__x86_64__) && defined(__GNUC__)
 static ferry_pool_fn pick_recurrent(void) {
-  return dn_use_avx2() ? recurrent_heads_avx2 : recurrent_heads_base;
+  int l = dn_level();
+  return l == 2 ? recurrent_heads_avx512 : l == 1 ? recurrent_heads_avx2 : recurrent_heads_base;
 }
 static ferry_pool_fn pick_chunked(void) {
-  return dn_use_avx2() ? chunked_heads_avx2 : chunked_heads_base;
+  int l = dn_level();
+  return l == 2 ? chunked_heads_avx512 : l == 1 ? chunked_heads_avx2 : chunked_heads_base;
 }
 #else
 static ferry_pool_fn pick_recurrent(void) { return recurrent_heads_base; }
@@ -442,25 +465,26 @@ DN_TARGET static void DN_FN(recurrent_heads)(void *ctx, int64_t h0, int64_t h1, 
 // Work per token ~ 3*dk*dv (K S0, Q S0, K^T D) + O(L*(dk+dv)), about the recurrence's
 // 4*dk*dv, but as matrix products with register tiles instead of streaming S per token.
 
-// C[M x N] = cs*C + A[M x K] B[K x N] for rows [m, m+mr), columns [j, j+8*nv).
+// C[M x N] = cs*C + A[M x K] B[K x N] for rows [m, m+mr), columns [j, j+DN_VW*nv);
+// mr <= DN_MR (rows per register tile: 4, or 8 with AVX-512's 32 registers).
 // cs == 0 overwrites C (C may be uninitialised).
 DN_INLINE void DN_FN(gemm_tile)(float *C, int64_t ldc, float cs, const float *A, int64_t lda,
                          const float *B, int64_t ldb, int64_t K, int64_t m, int64_t j, int mr,
                          int nv) {
-  vf acc[4][2];
+  vf acc[DN_MR][2];
   memset(acc, 0, sizeof acc);
   for (int64_t kk = 0; kk < K; kk++) {
     vf b[2];
 #pragma GCC unroll 2
     for (int u = 0; u < nv; u++) b[u] = DN_LD(B + kk * ldb + j + DN_VW * u);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int r = 0; r < mr; r++) {
       float av = A[(m + r) * lda + kk];
 #pragma GCC unroll 2
       for (int u = 0; u < nv; u++) acc[r][u] += b[u] * av;
     }
   }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int r = 0; r < mr; r++) {
 #pragma GCC unroll 2
     for (int u = 0; u < nv; u++) {
@@ -479,15 +503,15 @@ DN_INLINE void DN_FN(gemm_nn)(float *C, int64_t ldc, float cs, const float *A, i
   int64_t j = 0;
   for (; j + 2 * DN_VW <= N; j += 2 * DN_VW) {
     int64_t m = 0;
-    for (; m + 4 <= M; m += 4)
-      if (!DN_SKIP(m, 4, j)) DN_FN(gemm_tile)(C, ldc, cs, A, lda, B, ldb, DN_KEFF(m, 4), m, j, 4, 2);
+    for (; m + DN_MR <= M; m += DN_MR)
+      if (!DN_SKIP(m, DN_MR, j)) DN_FN(gemm_tile)(C, ldc, cs, A, lda, B, ldb, DN_KEFF(m, DN_MR), m, j, DN_MR, 2);
     for (; m < M; m++)
       if (!DN_SKIP(m, 1, j)) DN_FN(gemm_tile)(C, ldc, cs, A, lda, B, ldb, DN_KEFF(m, 1), m, j, 1, 2);
   }
   for (; j + DN_VW <= N; j += DN_VW) {
     int64_t m = 0;
-    for (; m + 4 <= M; m += 4)
-      if (!DN_SKIP(m, 4, j)) DN_FN(gemm_tile)(C, ldc, cs, A, lda, B, ldb, DN_KEFF(m, 4), m, j, 4, 1);
+    for (; m + DN_MR <= M; m += DN_MR)
+      if (!DN_SKIP(m, DN_MR, j)) DN_FN(gemm_tile)(C, ldc, cs, A, lda, B, ldb, DN_KEFF(m, DN_MR), m, j, DN_MR, 1);
     for (; m < M; m++)
       if (!DN_SKIP(m, 1, j)) DN_FN(gemm_tile)(C, ldc, cs, A, lda, B, ldb, DN_KEFF(m, 1), m, j, 1, 1);
   }

@@ -420,8 +420,8 @@ int main(void) {
     fprintf(stderr, "no pool (%s): pooled variants run inline\n", ferry_errmsg());
     pool = NULL;
   }
-  const char *paths[] = {"base", "avx2"};
-  for (int pi = 0; pi < 2; pi++) {
+  const char *paths[] = {"base", "avx2", "avx512"};
+  for (int pi = 0; pi < 3; pi++) {
     if (cpu_delta_force(paths[pi]) != 0) {
       fprintf(stderr, "deltanet path %s not available here: not tested\n", paths[pi]);
       continue;
