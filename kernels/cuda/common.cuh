@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 #include <errno.h>
 #include <stdint.h>
+#include <string.h>
 
 // base/base.h uses C11 _Noreturn, which C++ spells [[noreturn]].
 #ifndef _Noreturn
@@ -34,6 +35,13 @@
 
 #define FERRY_WARP 32
 
+// #pragma unroll for code compiled for both host and device (the host compiler warns).
+#ifdef __CUDA_ARCH__
+#define FERRY_UNROLL _Pragma("unroll")
+#else
+#define FERRY_UNROLL
+#endif
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -47,9 +55,20 @@ __device__ __forceinline__ float warp_max(float v) {
 }
 
 // Little-endian f16 at any byte address (blocks of 34, 110, 210 bytes are not aligned).
-__device__ __forceinline__ float load_f16(const uint8_t *p) {
+// Host-callable too: the decoders run on the host in cuda_host_* self-tests.
+__host__ __device__ __forceinline__ float load_f16(const uint8_t *p) {
   const unsigned short h = (unsigned short)(p[0] | (p[1] << 8));
   return __half2float(__ushort_as_half(h));
+}
+
+__host__ __device__ __forceinline__ float bits_to_f32(uint32_t u) {
+#ifdef __CUDA_ARCH__
+  return __uint_as_float(u);
+#else
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+#endif
 }
 
 static inline unsigned grid_for(int64_t n, int threads) {

@@ -69,6 +69,13 @@ int cuda_matmul_grouped(struct cuda_ctx *ctx, enum ferry_type t, const void *con
                         const int32_t *rows, const int64_t *offs, float *y, int64_t ldy,
                         void *stream);
 
+// Self-test hooks (no device needed): the device decoders of cuda_dequant and the
+// per-lane piece schedule of cuda_matvec replayed on the host, so CI machines without a
+// GPU still check the CUDA format decoding against the CPU reference. Host pointers.
+int cuda_host_dequant(enum ferry_type t, const void *src, float *dst, int64_t n);
+int cuda_host_matvec(enum ferry_type t, const void *w, int64_t nrows, int64_t n, const float *x,
+                     float *y);
+
 // ---- small ops (norm.cu, rope.cu, attn.cu, ffn.cu) ----
 int cuda_rmsnorm_rows(float *y, const float *x, const float *w, int64_t nrows, int64_t n,
                       float eps, void *stream);

@@ -14,7 +14,7 @@
 namespace {
 
 // get_scale_min_k4 of MODEL_SPEC §2.3 (Q4_K, Q5_K): 6-bit scale and min of sub-block j.
-__device__ __forceinline__ void scale_min_k4(const uint8_t *s, int j, float *sc, float *m) {
+__host__ __device__ __forceinline__ void scale_min_k4(const uint8_t *s, int j, float *sc, float *m) {
   if (j < 4) {
     *sc = (float)(s[j] & 63);
     *m = (float)(s[j + 4] & 63);
@@ -26,27 +26,27 @@ __device__ __forceinline__ void scale_min_k4(const uint8_t *s, int j, float *sc,
 
 struct t_q4_k {
   static constexpr int QK = 256, BYTES = 144, PL = 16;
-  __device__ static void piece(const uint8_t *b, int pc, float *v) {
+  __host__ __device__ static void piece(const uint8_t *b, int pc, float *v) {
     const int sb = pc >> 1, l0 = (pc & 1) * 16, shift = (sb & 1) * 4;
     float sc, m;
     scale_min_k4(b + 4, sb, &sc, &m);
     const float d = load_f16(b) * sc, dm = load_f16(b + 2) * m;
     const uint8_t *q = b + 16 + 32 * (sb >> 1) + l0;
-#pragma unroll
+FERRY_UNROLL
     for (int i = 0; i < PL; i++) v[i] = d * (float)((q[i] >> shift) & 0xF) - dm;
   }
 };
 
 struct t_q5_k {
   static constexpr int QK = 256, BYTES = 176, PL = 16;
-  __device__ static void piece(const uint8_t *b, int pc, float *v) {
+  __host__ __device__ static void piece(const uint8_t *b, int pc, float *v) {
     const int sb = pc >> 1, l0 = (pc & 1) * 16, shift = (sb & 1) * 4;
     float sc, m;
     scale_min_k4(b + 4, sb, &sc, &m);
     const float d = load_f16(b) * sc, dm = load_f16(b + 2) * m;
     const uint8_t *qh = b + 16 + l0;
     const uint8_t *q = b + 48 + 32 * (sb >> 1) + l0;
-#pragma unroll
+FERRY_UNROLL
     for (int i = 0; i < PL; i++) {
       const int lo = (q[i] >> shift) & 0xF, hi = (qh[i] >> sb) & 1;
       v[i] = d * (float)(lo + 16 * hi) - dm;
@@ -56,13 +56,13 @@ struct t_q5_k {
 
 struct t_q6_k {
   static constexpr int QK = 256, BYTES = 210, PL = 16;
-  __device__ static void piece(const uint8_t *b, int pc, float *v) {
+  __host__ __device__ static void piece(const uint8_t *b, int pc, float *v) {
     const int p0 = pc * 16, h = p0 >> 7, r = p0 & 127, g = r >> 5, l0 = r & 31;
     const float d = load_f16(b + 208) * (float)(int8_t)b[192 + pc];
     const uint8_t *ql = b + 64 * h + 32 * (g & 1) + l0;
     const uint8_t *qh = b + 128 + 32 * h + l0;
     const int lshift = g >= 2 ? 4 : 0, hshift = 2 * g;
-#pragma unroll
+FERRY_UNROLL
     for (int i = 0; i < PL; i++) {
       const int q = (((ql[i] >> lshift) & 0xF) | (((qh[i] >> hshift) & 3) << 4)) - 32;
       v[i] = d * (float)q;
@@ -72,7 +72,7 @@ struct t_q6_k {
 
 struct t_q3_k {
   static constexpr int QK = 256, BYTES = 110, PL = 16;
-  __device__ static void piece(const uint8_t *b, int pc, float *v) {
+  __host__ __device__ static void piece(const uint8_t *b, int pc, float *v) {
     const uint8_t *s = b + 96;
     const int k = pc;
     const int lo = k < 8 ? (s[k] & 0xF) : (s[k - 8] >> 4);
@@ -81,7 +81,7 @@ struct t_q3_k {
     const int p0 = pc * 16, h = p0 >> 7, j = (p0 & 127) >> 5, l0 = p0 & 31, hbit = p0 >> 5;
     const uint8_t *q = b + 32 + 32 * h + l0;
     const uint8_t *hm = b + l0;
-#pragma unroll
+FERRY_UNROLL
     for (int i = 0; i < PL; i++) {
       const int qv = ((q[i] >> (2 * j)) & 3) - (((hm[i] >> hbit) & 1) ? 0 : 4);
       v[i] = d * (float)qv;
@@ -91,54 +91,57 @@ struct t_q3_k {
 
 struct t_q2_k {
   static constexpr int QK = 256, BYTES = 84, PL = 16;
-  __device__ static void piece(const uint8_t *b, int pc, float *v) {
+  __host__ __device__ static void piece(const uint8_t *b, int pc, float *v) {
     const int sc = b[pc];
     const float d = load_f16(b + 80) * (float)(sc & 0xF), dm = load_f16(b + 82) * (float)(sc >> 4);
     const int p0 = pc * 16, h = p0 >> 7, j = (p0 & 127) >> 5, l0 = p0 & 31;
     const uint8_t *q = b + 16 + 32 * h + l0;
-#pragma unroll
+FERRY_UNROLL
     for (int i = 0; i < PL; i++) v[i] = d * (float)((q[i] >> (2 * j)) & 3) - dm;
   }
 };
 
 struct t_q8_0 {
   static constexpr int QK = 32, BYTES = 34, PL = 8;
-  __device__ static void piece(const uint8_t *b, int pc, float *v) {
+  __host__ __device__ static void piece(const uint8_t *b, int pc, float *v) {
     const float d = load_f16(b);
     const uint8_t *q = b + 2 + pc * 8;
-#pragma unroll
+FERRY_UNROLL
     for (int i = 0; i < PL; i++) v[i] = d * (float)(int8_t)q[i];
   }
 };
 
 struct t_q4_0 {
   static constexpr int QK = 32, BYTES = 18, PL = 8;
-  __device__ static void piece(const uint8_t *b, int pc, float *v) {
+  __host__ __device__ static void piece(const uint8_t *b, int pc, float *v) {
     const float d = load_f16(b);
     // Elements 0..15 are the low nibbles of qs[0..15], 16..31 the high nibbles.
     const int e0 = pc * 8, shift = e0 >= 16 ? 4 : 0;
     const uint8_t *q = b + 2 + (e0 & 15);
-#pragma unroll
+FERRY_UNROLL
     for (int i = 0; i < PL; i++) v[i] = d * (float)(((q[i] >> shift) & 0xF) - 8);
   }
 };
 
 struct t_f32 {
   static constexpr int QK = 1, BYTES = 4, PL = 1;
-  __device__ static void piece(const uint8_t *b, int, float *v) { v[0] = *(const float *)b; }
+  __host__ __device__ static void piece(const uint8_t *b, int, float *v) {
+    v[0] = bits_to_f32((uint32_t)b[0] | ((uint32_t)b[1] << 8) | ((uint32_t)b[2] << 16) |
+                       ((uint32_t)b[3] << 24));
+  }
 };
 
 struct t_f16 {
   static constexpr int QK = 1, BYTES = 2, PL = 1;
-  __device__ static void piece(const uint8_t *b, int, float *v) {
-    v[0] = __half2float(*(const __half *)b);
+  __host__ __device__ static void piece(const uint8_t *b, int, float *v) {
+    v[0] = load_f16(b);
   }
 };
 
 struct t_bf16 {
   static constexpr int QK = 1, BYTES = 2, PL = 1;
-  __device__ static void piece(const uint8_t *b, int, float *v) {
-    v[0] = __uint_as_float((uint32_t)(*(const uint16_t *)b) << 16);
+  __host__ __device__ static void piece(const uint8_t *b, int, float *v) {
+    v[0] = bits_to_f32((uint32_t)(b[0] | (b[1] << 8)) << 16);
   }
 };
 
@@ -159,7 +162,7 @@ __global__ void k_dequant(const uint8_t *__restrict__ src, OUT *__restrict__ dst
     float v[T::PL];
     T::piece(src + b * T::BYTES, pc, v);
     OUT *o = dst + b * T::QK + pc * T::PL;
-#pragma unroll
+FERRY_UNROLL
     for (int k = 0; k < T::PL; k++) put(o + k, v[k]);
   }
 }
@@ -188,7 +191,7 @@ __global__ void __launch_bounds__(MV_WARPS * 32)
     float v[T::PL];
     T::piece(wr + b * T::BYTES, pc, v);
     const float *xb = xi + b * T::QK + pc * T::PL;
-#pragma unroll
+FERRY_UNROLL
     for (int k = 0; k < T::PL; k++) acc = fmaf(v[k], xb[k], acc);
   }
   acc = warp_sum(acc);
@@ -346,6 +349,39 @@ int convert_rows(int dt, const float *x, int64_t ldx, const int32_t *rows, int64
   return 0;
 }
 
+// Host replay of k_dequant / k_matvec: same decoders, same piece schedule per lane.
+template <class T>
+void host_dequant(const uint8_t *src, float *dst, int64_t nblocks) {
+  constexpr int NP = T::QK / T::PL;
+  for (int64_t i = 0; i < nblocks * NP; i++) {
+    float v[T::PL];
+    T::piece(src + (i / NP) * T::BYTES, (int)(i % NP), v);
+    for (int k = 0; k < T::PL; k++) dst[(i / NP) * T::QK + (i % NP) * T::PL + k] = v[k];
+  }
+}
+
+template <class T>
+void host_matvec(const uint8_t *w, int64_t nrows, int64_t n, const float *x, float *y) {
+  constexpr int NP = T::QK / T::PL;
+  const int64_t nb = n / T::QK;
+  for (int64_t row = 0; row < nrows; row++) {
+    const uint8_t *wr = w + row * nb * T::BYTES;
+    float lanes[32] = {0};
+    for (int lane = 0; lane < 32; lane++)
+      for (int64_t j = lane; j < nb * NP; j += 32) {
+        const int64_t b = j / NP;
+        const int pc = (int)(j % NP);
+        float v[T::PL];
+        T::piece(wr + b * T::BYTES, pc, v);
+        const float *xb = x + b * T::QK + pc * T::PL;
+        for (int k = 0; k < T::PL; k++) lanes[lane] = fmaf(v[k], xb[k], lanes[lane]);
+      }
+    float acc = 0.0f;
+    for (int lane = 0; lane < 32; lane++) acc += lanes[lane];
+    y[row] = acc;
+  }
+}
+
 // Below this many activation rows the mat-vec kernel (one weight pass per row) is used.
 constexpr int64_t GEMM_MIN_ROWS = 3;
 
@@ -418,4 +454,35 @@ extern "C" int cuda_matmul_grouped(struct cuda_ctx *ctx, enum ferry_type t,
       return rc;
   }
   return 0;
+}
+
+extern "C" int cuda_host_dequant(enum ferry_type t, const void *src, float *dst, int64_t n) {
+  int rc = check_weight(t, n, "host_dequant");
+  if (rc) return rc;
+  const uint8_t *b = (const uint8_t *)src;
+  switch (t) {
+#define H(FT, T)                                                                          \
+  case FT: host_dequant<T>(b, dst, n / T::QK); return 0;
+    H(FT_Q4_K, t_q4_k) H(FT_Q5_K, t_q5_k) H(FT_Q6_K, t_q6_k) H(FT_Q3_K, t_q3_k)
+    H(FT_Q2_K, t_q2_k) H(FT_Q8_0, t_q8_0) H(FT_Q4_0, t_q4_0) H(FT_F32, t_f32)
+    H(FT_F16, t_f16) H(FT_BF16, t_bf16)
+#undef H
+  default: return ferry_fail(-EINVAL, "cuda host_dequant: type %d not supported", (int)t);
+  }
+}
+
+extern "C" int cuda_host_matvec(enum ferry_type t, const void *w, int64_t nrows, int64_t n,
+                                const float *x, float *y) {
+  int rc = check_weight(t, n, "host_matvec");
+  if (rc) return rc;
+  const uint8_t *b = (const uint8_t *)w;
+  switch (t) {
+#define H(FT, T)                                                                          \
+  case FT: host_matvec<T>(b, nrows, n, x, y); return 0;
+    H(FT_Q4_K, t_q4_k) H(FT_Q5_K, t_q5_k) H(FT_Q6_K, t_q6_k) H(FT_Q3_K, t_q3_k)
+    H(FT_Q2_K, t_q2_k) H(FT_Q8_0, t_q8_0) H(FT_Q4_0, t_q4_0) H(FT_F32, t_f32)
+    H(FT_F16, t_f16) H(FT_BF16, t_bf16)
+#undef H
+  default: return ferry_fail(-EINVAL, "cuda host_matvec: type %d not supported", (int)t);
+  }
 }
