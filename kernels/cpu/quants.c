@@ -4,6 +4,9 @@
 // Chosen once on first use; cpu_vec_dot_force swaps it for tests and benchmarks.
 #include <pthread.h>
 #include <string.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 
 #include "base/base.h"
 #include "kernels/cpu/quants_impl.h"
@@ -12,16 +15,33 @@ static cpu_vec_dot_fn g_tab[FT_COUNT];
 static const char *g_name[FT_COUNT];
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
+// F16C through cpuid leaf 1 (ECX bit 29): not every compiler's __builtin_cpu_supports
+// knows it. AVX2 implies the OS saves YMM state, which F16C also needs.
+static int have_f16c(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  unsigned a, b, c, d;
+  return __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1);
+#else
+  return 0;
+#endif
+}
+
 static int have_avx2(void) {
+#if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && have_f16c();
+#else
+  return 0;
+#endif
 }
 
 static int have_avx512(void) {
-  __builtin_cpu_init();
+#if defined(__x86_64__)
   return have_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+#else
+  return 0;
+#endif
 }
 
 // Builds the table for `level` (0 scalar, 1 avx2, 2 avx512), recording which layer
