@@ -8,5 +8,6 @@ const struct ferry_cmd ferry_cmds[] = {
     {"run", cmd_run},
     {"score", cmd_score},
     {"tokenize", cmd_tokenize},
+    {"synth", cmd_synth},
     {NULL, NULL},
 };

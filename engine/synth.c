@@ -1,0 +1,727 @@
+// engine/synth.c: writes synthetic qwen3moe / qwen3next GGUF models (see synth.h).
+//
+// Plan first, then stream: the full tensor list (names, shapes, init law, type) is built
+// up front so the metadata and tensor infos can be written before any data; then each
+// tensor is produced in batches of rows. A batch is generated and quantized in parallel
+// on the pool (each worker owns a contiguous range of rows and a one-row float scratch),
+// then written sequentially by the caller. Rows are independent RNG streams, so batching
+// and thread count never change the bytes.
+#include "engine/synth.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/statvfs.h>
+
+#include "base/base.h"
+#include "engine/gguf.h"
+#include "engine/gguf_write.h"
+#include "kernels/cpu/quants.h"
+#include "numa/pool.h"
+
+#define SYNTH_BATCH_BYTES ((uint64_t)16 << 20)
+#define SYNTH_MAX_TENSORS 4096
+
+enum init_law { INIT_NORMAL, INIT_UNIFORM };
+// What the type recipe needs to know about a tensor.
+enum role { ROLE_SMALL, ROLE_SHEXP_GATE, ROLE_EMBD, ROLE_OUTPUT, ROLE_ATTN_V, ROLE_FFN_DOWN, ROLE_WEIGHT };
+
+struct plan_tensor {
+  char name[64];
+  uint32_t n_dims;
+  uint64_t ne[4];
+  uint32_t type;
+  enum init_law law;
+  float a, b;    // normal: mean a, std b; uniform: [a, b)
+  enum role role;
+  int layer;     // -1 for global tensors
+  uint64_t hash; // FNV-1a of name
+};
+
+struct plan {
+  struct plan_tensor *t;
+  int n;
+  int n_fallback;
+};
+
+// ---- parameters ------------------------------------------------------------------------
+void synth_params_default(struct synth_params *p, enum synth_arch arch) {
+  memset(p, 0, sizeof *p);
+  p->arch = arch;
+  p->recipe = SYNTH_F32;
+  p->n_layer = 4;
+  p->n_embd = 64;
+  p->norm_eps = 1e-6f;
+  p->seed = 42;
+  if (arch == SYNTH_QWEN3MOE) {
+    p->n_ff = 96;
+    p->n_head = 8, p->n_head_kv = 2, p->head_dim = 16, p->n_rot = 16;
+    p->n_expert = 16, p->n_expert_used = 4, p->n_ff_exp = 32;
+    p->n_ctx = 40960;
+    p->rope_base = 1e6f;
+  } else {
+    p->n_ff = 128;
+    p->n_head = 4, p->n_head_kv = 2, p->head_dim = 32, p->n_rot = 8;
+    p->n_expert = 32, p->n_expert_used = 4, p->n_ff_exp = 32, p->n_ff_shexp = 64;
+    p->n_ctx = 262144;
+    p->rope_base = 1e7f;
+    p->ssm_conv = 4, p->ssm_state = 16, p->ssm_groups = 2, p->ssm_dt_rank = 4, p->ssm_inner = 64;
+    p->full_attn_interval = 4;
+  }
+}
+
+int synth_params_preset(struct synth_params *p, const char *preset) {
+  if (!preset) return ferry_fail(-EINVAL, "no preset name");
+  if (!strcmp(preset, "qwen3-30b-a3b")) {
+    enum synth_recipe r = p->recipe;
+    synth_params_default(p, SYNTH_QWEN3MOE);
+    p->recipe = r;
+    p->n_layer = 48, p->n_embd = 2048, p->n_ff = 6144;
+    p->n_head = 32, p->n_head_kv = 4, p->head_dim = 128, p->n_rot = 128;
+    p->n_expert = 128, p->n_expert_used = 8, p->n_ff_exp = 768;
+    p->n_ctx = 262144, p->rope_base = 1e7f;
+    return 0;
+  }
+  if (!strcmp(preset, "qwen3-next-80b-a3b")) {
+    enum synth_recipe r = p->recipe;
+    synth_params_default(p, SYNTH_QWEN3NEXT);
+    p->recipe = r;
+    p->n_layer = 48, p->n_embd = 2048, p->n_ff = 5120;
+    p->n_head = 16, p->n_head_kv = 2, p->head_dim = 256, p->n_rot = 64;
+    p->n_expert = 512, p->n_expert_used = 10, p->n_ff_exp = 512, p->n_ff_shexp = 512;
+    p->n_ctx = 262144, p->rope_base = 1e7f;
+    p->ssm_conv = 4, p->ssm_state = 128, p->ssm_groups = 16, p->ssm_dt_rank = 32, p->ssm_inner = 4096;
+    p->full_attn_interval = 4;
+    return 0;
+  }
+  return ferry_fail(-EINVAL, "unknown preset '%s' (known: qwen3-30b-a3b, qwen3-next-80b-a3b)", preset);
+}
+
+int synth_params_validate(const struct synth_params *p) {
+#define NEED(cond, ...) \
+  if (!(cond)) return ferry_fail(-EINVAL, __VA_ARGS__)
+  NEED(p->arch == SYNTH_QWEN3MOE || p->arch == SYNTH_QWEN3NEXT, "unknown architecture");
+  NEED(p->recipe <= SYNTH_Q4_K_M, "unknown quantization recipe");
+  NEED(p->n_layer >= 1 && p->n_layer <= 1024, "--layers must be in 1..1024 (got %u)", p->n_layer);
+  NEED(p->n_embd >= 1 && p->n_embd <= 65536, "--embd must be in 1..65536 (got %u)", p->n_embd);
+  NEED(p->n_head >= 1 && p->n_head_kv >= 1 && p->n_head % p->n_head_kv == 0,
+       "--heads (%u) must be a positive multiple of --kv-heads (%u)", p->n_head, p->n_head_kv);
+  NEED(p->head_dim >= 2 && p->head_dim <= 1024 && p->head_dim % 2 == 0, "--head-dim must be even, 2..1024 (got %u)", p->head_dim);
+  NEED(p->n_rot >= 2 && p->n_rot <= p->head_dim && p->n_rot % 2 == 0,
+       "--rope-dims must be even and at most --head-dim (got %u)", p->n_rot);
+  NEED(p->n_expert >= 1 && p->n_expert <= 4096, "--experts must be in 1..4096 (got %u)", p->n_expert);
+  NEED(p->n_expert_used >= 1 && p->n_expert_used <= p->n_expert,
+       "--experts-used must be in 1..--experts (got %u of %u)", p->n_expert_used, p->n_expert);
+  NEED(p->n_ff_exp >= 1 && p->n_ff_exp <= 65536, "--expert-ff must be in 1..65536 (got %u)", p->n_ff_exp);
+  NEED(p->n_ff >= 1, "--ff must be positive");
+  NEED(p->n_ctx >= 1, "--ctx must be positive");
+  NEED(p->rope_base > 0 && isfinite(p->rope_base), "--rope-base must be positive");
+  NEED(p->norm_eps > 0 && isfinite(p->norm_eps), "norm epsilon must be positive");
+  NEED(p->n_vocab == 0 || (p->n_vocab >= 282 && p->n_vocab <= 1u << 24) || p->vocab_from,
+       "--vocab must be in 282..16777216 without --vocab-from (256 bytes + 26 added tokens)");
+  if (p->arch == SYNTH_QWEN3MOE) {
+    NEED(!p->legacy, "--layout applies to qwen3next only");
+  } else {
+    NEED(p->n_ff_shexp >= 1 && p->n_ff_shexp <= 65536, "--shared-ff must be in 1..65536 (got %u)", p->n_ff_shexp);
+    NEED(p->ssm_conv >= 2 && p->ssm_conv <= 16, "--ssm-conv must be in 2..16 (got %u)", p->ssm_conv);
+    NEED(p->ssm_state >= 1 && p->ssm_groups >= 1 && p->ssm_dt_rank >= 1, "--ssm-state/--ssm-groups/--ssm-dt-rank must be positive");
+    NEED(p->ssm_dt_rank % p->ssm_groups == 0, "--ssm-dt-rank (v-heads %u) must be a multiple of --ssm-groups (k-heads %u)",
+         p->ssm_dt_rank, p->ssm_groups);
+    NEED(p->ssm_inner >= p->ssm_dt_rank && p->ssm_inner % p->ssm_dt_rank == 0,
+         "--ssm-inner (%u) must be a multiple of --ssm-dt-rank (%u)", p->ssm_inner, p->ssm_dt_rank);
+    NEED(p->full_attn_interval >= 1, "--attn-interval must be positive");
+    NEED(!p->legacy || p->full_attn_interval == 4,
+         "the legacy layout has no layer-pattern keys, so readers assume interval 4 (got --attn-interval %u)",
+         p->full_attn_interval);
+  }
+  return 0;
+#undef NEED
+}
+
+// ---- plan ------------------------------------------------------------------------------
+static uint64_t fnv1a(const char *s) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (; *s; s++) h = (h ^ (uint8_t)*s) * 0x100000001b3ull;
+  return h;
+}
+
+static int plan_add(struct plan *pl, int layer, const char *suffix, enum role role, enum init_law law, float a,
+                    float b, uint32_t n_dims, uint64_t ne0, uint64_t ne1, uint64_t ne2) {
+  if (pl->n >= SYNTH_MAX_TENSORS) return ferry_fail(-E2BIG, "synth: more than %d tensors", SYNTH_MAX_TENSORS);
+  struct plan_tensor *t = &pl->t[pl->n++];
+  memset(t, 0, sizeof *t);
+  if (layer >= 0) snprintf(t->name, sizeof t->name, "blk.%d.%s", layer, suffix);
+  else snprintf(t->name, sizeof t->name, "%s", suffix);
+  t->n_dims = n_dims;
+  t->ne[0] = ne0, t->ne[1] = ne1, t->ne[2] = ne2, t->ne[3] = 1;
+  t->law = law, t->a = a, t->b = b;
+  t->role = role;
+  t->layer = layer;
+  t->hash = fnv1a(t->name);
+  return 0;
+}
+
+// A weight matrix {in, out[, experts]} with std 1/sqrt(in).
+#define MAT(L, sfx, role, in, out) plan_add(pl, L, sfx, role, INIT_NORMAL, 0.f, 1.f / sqrtf((float)(in)), 2, in, out, 1)
+#define EXPS(L, sfx, role, in, out, e) plan_add(pl, L, sfx, role, INIT_NORMAL, 0.f, 1.f / sqrtf((float)(in)), 3, in, out, e)
+#define NORM(L, sfx, n) plan_add(pl, L, sfx, ROLE_SMALL, INIT_NORMAL, 1.f, 0.05f, 1, n, 1, 1)
+
+static bool use_more_bits(int i, int n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
+
+static bool is_full_attn(const struct synth_params *p, uint32_t L) {
+  return p->arch == SYNTH_QWEN3MOE || (L + 1) % p->full_attn_interval == 0;
+}
+
+static int plan_moe_ffn(struct plan *pl, const struct synth_params *p, int L) {
+  uint32_t E = p->n_embd;
+  int rc = 0;
+  rc |= MAT(L, "ffn_gate_inp.weight", ROLE_SMALL, E, p->n_expert);
+  rc |= EXPS(L, "ffn_down_exps.weight", ROLE_FFN_DOWN, p->n_ff_exp, E, p->n_expert);
+  rc |= EXPS(L, "ffn_gate_exps.weight", ROLE_WEIGHT, E, p->n_ff_exp, p->n_expert);
+  rc |= EXPS(L, "ffn_up_exps.weight", ROLE_WEIGHT, E, p->n_ff_exp, p->n_expert);
+  if (p->arch == SYNTH_QWEN3NEXT) {
+    float s = 1.f / sqrtf((float)E);
+    if (p->legacy) rc |= plan_add(pl, L, "ffn_gate_inp_shexp.weight", ROLE_SHEXP_GATE, INIT_NORMAL, 0.f, s, 1, E, 1, 1);
+    // The converter writes {n_embd, 1}; llama-quantize rewrites it as 1-D {n_embd}.
+    else rc |= plan_add(pl, L, "ffn_gate_inp_shexp.weight", ROLE_SHEXP_GATE, INIT_NORMAL, 0.f, s,
+                        p->recipe == SYNTH_F32 ? 2 : 1, E, 1, 1);
+    rc |= MAT(L, "ffn_gate_shexp.weight", ROLE_WEIGHT, E, p->n_ff_shexp);
+    rc |= MAT(L, "ffn_up_shexp.weight", ROLE_WEIGHT, E, p->n_ff_shexp);
+    rc |= MAT(L, "ffn_down_shexp.weight", ROLE_FFN_DOWN, p->n_ff_shexp, E);
+  }
+  return rc ? -E2BIG : 0;
+}
+
+// Tensor order follows llama.cpp's converter (the F32 fixtures): token_embd, the blocks,
+// output_norm, output.
+static int plan_build(struct plan *pl, const struct synth_params *p, uint32_t n_vocab) {
+  uint32_t E = p->n_embd, H = p->n_head, Hkv = p->n_head_kv, hd = p->head_dim;
+  int rc = plan_add(pl, -1, "token_embd.weight", ROLE_EMBD, INIT_NORMAL, 0.f, 0.5f, 2, E, n_vocab, 1);
+  for (int L = 0; !rc && L < (int)p->n_layer; L++) {
+    rc |= NORM(L, "attn_norm.weight", E);
+    if (p->arch == SYNTH_QWEN3MOE) {
+      rc |= MAT(L, "attn_q.weight", ROLE_WEIGHT, E, H * hd);
+      rc |= MAT(L, "attn_k.weight", ROLE_WEIGHT, E, Hkv * hd);
+      rc |= MAT(L, "attn_v.weight", ROLE_ATTN_V, E, Hkv * hd);
+      rc |= MAT(L, "attn_output.weight", ROLE_WEIGHT, H * hd, E);
+      rc |= NORM(L, "attn_q_norm.weight", hd);
+      rc |= NORM(L, "attn_k_norm.weight", hd);
+      rc |= NORM(L, "ffn_norm.weight", E);
+    } else {
+      rc |= NORM(L, "post_attention_norm.weight", E);
+      if (is_full_attn(p, (uint32_t)L)) {
+        rc |= MAT(L, "attn_q.weight", ROLE_WEIGHT, E, 2 * H * hd); // query and gate per head
+        rc |= MAT(L, "attn_k.weight", ROLE_WEIGHT, E, Hkv * hd);
+        rc |= MAT(L, "attn_v.weight", ROLE_ATTN_V, E, Hkv * hd);
+        rc |= MAT(L, "attn_output.weight", ROLE_WEIGHT, H * hd, E);
+        rc |= NORM(L, "attn_q_norm.weight", hd);
+        rc |= NORM(L, "attn_k_norm.weight", hd);
+      } else {
+        uint32_t key_dim = p->ssm_groups * p->ssm_state, value_dim = p->ssm_inner, nv = p->ssm_dt_rank;
+        uint32_t conv_dim = 2 * key_dim + value_dim;
+        if (p->legacy) {
+          rc |= MAT(L, "ssm_in.weight", ROLE_WEIGHT, E, 2 * key_dim + 2 * value_dim);
+        } else {
+          // Under Q4_K_M llama.cpp counts attn_qkv with the attn_v tensors (fixtures README §1.2).
+          rc |= MAT(L, "attn_qkv.weight", ROLE_ATTN_V, E, conv_dim);
+          rc |= MAT(L, "attn_gate.weight", ROLE_WEIGHT, E, value_dim);
+        }
+        rc |= plan_add(pl, L, "ssm_conv1d.weight", ROLE_SMALL, INIT_NORMAL, 0.f, 0.3f, 2, p->ssm_conv, conv_dim, 1);
+        rc |= plan_add(pl, L, "ssm_dt.bias", ROLE_SMALL, INIT_UNIFORM, 0.f, 1.f, 1, nv, 1, 1);
+        rc |= plan_add(pl, L, "ssm_a", ROLE_SMALL, INIT_UNIFORM, -1.f, -0.05f, 1, nv, 1, 1);
+        rc |= MAT(L, "ssm_ba.weight", ROLE_WEIGHT, E, 2 * nv);
+        rc |= NORM(L, "ssm_norm.weight", value_dim / nv);
+        rc |= MAT(L, "ssm_out.weight", ROLE_WEIGHT, value_dim, E);
+      }
+    }
+    if (!rc) rc = plan_moe_ffn(pl, p, L);
+  }
+  if (!rc) rc |= NORM(-1, "output_norm.weight", E);
+  if (!rc) rc |= plan_add(pl, -1, "output.weight", ROLE_OUTPUT, INIT_NORMAL, 0.f, 3.f / sqrtf((float)E), 2, E, n_vocab, 1);
+  return rc ? -E2BIG : 0;
+}
+
+// The recipe's type for a tensor; a K-quant whose row is not a multiple of 256 falls back
+// to Q8_0 (llama.cpp would pick Q5_0/Q8_0; ferry does not support Q5_0), and Q8_0 whose
+// row is not a multiple of 32 falls back to F32.
+static void plan_assign_types(struct plan *pl, const struct synth_params *p) {
+  int n_v = 0, i_v = 0;
+  for (int i = 0; i < pl->n; i++) n_v += pl->t[i].role == ROLE_ATTN_V;
+  pl->n_fallback = 0;
+  for (int i = 0; i < pl->n; i++) {
+    struct plan_tensor *t = &pl->t[i];
+    uint32_t ty = FT_F32;
+    if (p->recipe == SYNTH_F32) {
+      ty = FT_F32;
+    } else if (t->role == ROLE_SMALL) {
+      ty = FT_F32;
+    } else if (t->role == ROLE_SHEXP_GATE) {
+      ty = p->legacy ? FT_BF16 : FT_F32; // pre-Feb-2026 conversions kept it in the source BF16
+    } else if (p->recipe == SYNTH_Q8_0) {
+      ty = FT_Q8_0;
+    } else {
+      switch (t->role) {
+      case ROLE_OUTPUT: ty = FT_Q6_K; break;
+      case ROLE_ATTN_V: ty = use_more_bits(i_v, n_v) ? FT_Q6_K : FT_Q4_K; break;
+      case ROLE_FFN_DOWN: ty = use_more_bits(t->layer, (int)p->n_layer) ? FT_Q6_K : FT_Q4_K; break;
+      default: ty = FT_Q4_K; break;
+      }
+    }
+    if (t->role == ROLE_ATTN_V) i_v++;
+    if ((ty == FT_Q4_K || ty == FT_Q6_K) && t->ne[0] % 256) {
+      ty = FT_Q8_0;
+      pl->n_fallback++;
+    }
+    if (ty == FT_Q8_0 && t->ne[0] % 32) {
+      ty = FT_F32;
+      pl->n_fallback++;
+    }
+    t->type = ty;
+  }
+}
+
+static uint64_t plan_tensor_bytes(const struct plan_tensor *t) {
+  const struct ferry_type_info *ti = ferry_type_info(t->type);
+  return ferry_row_bytes(ti, t->ne[0]) * t->ne[1] * t->ne[2] * t->ne[3];
+}
+
+// ---- vocabulary ------------------------------------------------------------------------
+struct added_token { const char *text; int32_t type; };
+// The 26 Qwen3 added tokens in their original order (types: 3 CONTROL, 4 USER_DEFINED).
+static const struct added_token k_added[] = {
+    {"<|endoftext|>", 3}, {"<|im_start|>", 3}, {"<|im_end|>", 3}, {"<|object_ref_start|>", 3},
+    {"<|object_ref_end|>", 3}, {"<|box_start|>", 3}, {"<|box_end|>", 3}, {"<|quad_start|>", 3},
+    {"<|quad_end|>", 3}, {"<|vision_start|>", 3}, {"<|vision_end|>", 3}, {"<|vision_pad|>", 3},
+    {"<|image_pad|>", 3}, {"<|video_pad|>", 3}, {"<tool_call>", 4}, {"</tool_call>", 4},
+    {"<|fim_prefix|>", 3}, {"<|fim_middle|>", 3}, {"<|fim_suffix|>", 3}, {"<|fim_pad|>", 3},
+    {"<|repo_name|>", 3}, {"<|file_sep|>", 3}, {"<tool_response>", 4}, {"</tool_response>", 4},
+    {"<think>", 4}, {"</think>", 4},
+};
+#define N_ADDED (int)(sizeof k_added / sizeof k_added[0])
+#define MIN_VOCAB (256 + N_ADDED)
+
+// UTF-8 of the GPT-2 byte-to-unicode symbol of vocabulary id i < 256: the 188 printable
+// bytes map to themselves (ids 0..187, ascending), the other 68 to U+0100.. (ids 188..255).
+static int byte_symbol(int id, char out[4]) {
+  int cp = -1, k = 0;
+  for (int b = 0; b < 256; b++) {
+    bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174);
+    if (printable && k++ == id) cp = b;
+  }
+  if (cp < 0) {
+    int extra = 0;
+    for (int b = 0; b < 256; b++) {
+      bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174);
+      if (!printable && k++ == id) cp = 256 + extra;
+      if (!printable) extra++;
+    }
+  }
+  if (cp < 0x80) {
+    out[0] = (char)cp;
+    return 1;
+  }
+  out[0] = (char)(0xC0 | (cp >> 6));
+  out[1] = (char)(0x80 | (cp & 0x3F));
+  return 2;
+}
+
+// The minimal byte-level vocabulary: 256 byte tokens, the 26 added tokens, then
+// "[PAD<id>]" UNUSED tokens up to n_vocab; no merges (every byte is its own token).
+static int vocab_write_minimal(struct gguf_writer *w, uint32_t n_vocab) {
+  char **strs = calloc(n_vocab, sizeof *strs);
+  uint64_t *lens = calloc(n_vocab, sizeof *lens);
+  int32_t *types = calloc(n_vocab, sizeof *types);
+  int rc = 0;
+  if (!strs || !lens || !types) {
+    rc = ferry_fail(-ENOMEM, "synth: out of memory for the vocabulary");
+    goto out;
+  }
+  for (uint32_t i = 0; i < n_vocab && !rc; i++) {
+    char buf[32];
+    int n;
+    if (i < 256) n = byte_symbol((int)i, buf), types[i] = 1;
+    else if (i < MIN_VOCAB) n = snprintf(buf, sizeof buf, "%s", k_added[i - 256].text), types[i] = k_added[i - 256].type;
+    else n = snprintf(buf, sizeof buf, "[PAD%u]", i), types[i] = 5;
+    strs[i] = malloc((size_t)n + 1);
+    if (!strs[i]) rc = ferry_fail(-ENOMEM, "synth: out of memory for the vocabulary");
+    else memcpy(strs[i], buf, (size_t)n), strs[i][n] = 0, lens[i] = (uint64_t)n;
+  }
+  if (!rc) rc = gguf_writer_add_str(w, "tokenizer.ggml.model", "gpt2");
+  if (!rc) rc = gguf_writer_add_str(w, "tokenizer.ggml.pre", "qwen2");
+  if (!rc) rc = gguf_writer_add_str_array(w, "tokenizer.ggml.tokens", (const char *const *)strs, lens, n_vocab);
+  if (!rc) rc = gguf_writer_add_array(w, "tokenizer.ggml.token_type", GGUF_I32, types, n_vocab);
+  if (!rc) rc = gguf_writer_add_str_array(w, "tokenizer.ggml.merges", NULL, NULL, 0);
+  if (!rc) rc = gguf_writer_add_u32(w, "tokenizer.ggml.eos_token_id", 256 + 2);     // <|im_end|>
+  if (!rc) rc = gguf_writer_add_u32(w, "tokenizer.ggml.padding_token_id", 256 + 0); // <|endoftext|>
+  if (!rc) rc = gguf_writer_add_u32(w, "tokenizer.ggml.bos_token_id", 256 + 0);
+  if (!rc) rc = gguf_writer_add_bool(w, "tokenizer.ggml.add_bos_token", false);
+out:
+  if (strs)
+    for (uint32_t i = 0; i < n_vocab; i++) free(strs[i]);
+  free(strs);
+  free(lens);
+  free(types);
+  return rc;
+}
+
+// Token count of a vocabulary source (0 with a message if it has none).
+static int vocab_count(const struct gguf_file *src, uint32_t *out) {
+  const struct gguf_kv *kv = gguf_get_arr(src, "tokenizer.ggml.tokens", GGUF_STRING);
+  if (!kv || kv->arr_n == 0 || kv->arr_n > (1u << 24))
+    return ferry_fail(-EINVAL, "%s: no usable tokenizer.ggml.tokens array", gguf_path(src));
+  *out = (uint32_t)kv->arr_n;
+  return 0;
+}
+
+static int resolve_vocab(const struct synth_params *p, struct gguf_file **src, uint32_t *n_vocab) {
+  *src = NULL;
+  if (!p->vocab_from) {
+    *n_vocab = p->n_vocab ? p->n_vocab : MIN_VOCAB;
+    return 0;
+  }
+  int rc = gguf_open(src, p->vocab_from);
+  if (rc) return ferry_fail_ctx(rc, "--vocab-from");
+  rc = vocab_count(*src, n_vocab);
+  if (!rc && p->n_vocab && p->n_vocab != *n_vocab)
+    rc = ferry_fail(-EINVAL, "--vocab %u disagrees with the %u tokens of %s", p->n_vocab, *n_vocab, p->vocab_from);
+  if (rc) {
+    gguf_close(*src);
+    *src = NULL;
+  }
+  return rc;
+}
+
+// ---- metadata ----------------------------------------------------------------------------
+static void size_label(const struct plan *pl, const struct synth_params *p, char *buf, size_t n) {
+  // As llama.cpp's converter: "<experts>x<params of one expert path>", where the shared
+  // part counts fully and the routed experts count once.
+  double shared = 0, routed = 0;
+  for (int i = 0; i < pl->n; i++) {
+    const struct plan_tensor *t = &pl->t[i];
+    double el = (double)t->ne[0] * t->ne[1] * t->ne[2];
+    if (strstr(t->name, "_exps.")) routed += el;
+    else shared += el;
+  }
+  double v = shared + routed / p->n_expert;
+  const char *unit = "";
+  if (v >= 1e12) v /= 1e12, unit = "T";
+  else if (v >= 1e9) v /= 1e9, unit = "B";
+  else if (v >= 1e6) v /= 1e6, unit = "M";
+  else if (v >= 1e3) v /= 1e3, unit = "K";
+  if (v < 10) snprintf(buf, n, "%ux%.1f%s", p->n_expert, v, unit);
+  else snprintf(buf, n, "%ux%.0f%s", p->n_expert, v, unit);
+}
+
+static int write_metadata(struct gguf_writer *w, const struct synth_params *p, const struct plan *pl,
+                          const struct gguf_file *vsrc, uint32_t n_vocab) {
+  const char *arch = p->arch == SYNTH_QWEN3MOE ? "qwen3moe" : "qwen3next";
+  char name[160], label[64], key[128];
+  if (p->name) snprintf(name, sizeof name, "%s", p->name);
+  else snprintf(name, sizeof name, "synth %s%s (random weights)", arch, p->legacy ? " legacy" : "");
+  size_label(pl, p, label, sizeof label);
+  int rc = gguf_writer_add_str(w, "general.architecture", arch);
+  if (!rc) rc = gguf_writer_add_str(w, "general.type", "model");
+  if (!rc) rc = gguf_writer_add_str(w, "general.name", name);
+  if (!rc) rc = gguf_writer_add_str(w, "general.size_label", label);
+#define KU32(k, v) \
+  if (!rc) snprintf(key, sizeof key, "%s." k, arch), rc = gguf_writer_add_u32(w, key, (v))
+#define KF32(k, v) \
+  if (!rc) snprintf(key, sizeof key, "%s." k, arch), rc = gguf_writer_add_f32(w, key, (v))
+  KU32("block_count", p->n_layer);
+  KU32("context_length", p->n_ctx);
+  KU32("embedding_length", p->n_embd);
+  KU32("feed_forward_length", p->n_ff);
+  KU32("attention.head_count", p->n_head);
+  KU32("attention.head_count_kv", p->n_head_kv);
+  KF32("rope.freq_base", p->rope_base);
+  KF32("attention.layer_norm_rms_epsilon", p->norm_eps);
+  KU32("expert_count", p->n_expert);
+  KU32("expert_used_count", p->n_expert_used);
+  KU32("attention.key_length", p->head_dim);
+  KU32("attention.value_length", p->head_dim);
+  KU32("expert_feed_forward_length", p->n_ff_exp);
+  if (p->arch == SYNTH_QWEN3NEXT) {
+    KU32("expert_shared_feed_forward_length", p->n_ff_shexp);
+    KU32("ssm.conv_kernel", p->ssm_conv);
+    KU32("ssm.state_size", p->ssm_state);
+    KU32("ssm.group_count", p->ssm_groups);
+    KU32("ssm.time_step_rank", p->ssm_dt_rank);
+    KU32("ssm.inner_size", p->ssm_inner);
+    if (!p->legacy && !rc) {
+      uint8_t *rec = malloc(p->n_layer);
+      if (!rec) return ferry_fail(-ENOMEM, "synth: out of memory");
+      for (uint32_t L = 0; L < p->n_layer; L++) rec[L] = !is_full_attn(p, L);
+      snprintf(key, sizeof key, "%s.attention.recurrent_layers", arch);
+      rc = gguf_writer_add_array(w, key, GGUF_BOOL, rec, p->n_layer);
+      free(rec);
+      KU32("full_attention_interval", p->full_attn_interval);
+    }
+    KU32("rope.dimension_count", p->n_rot);
+  } else if (p->n_rot != p->head_dim) {
+    KU32("rope.dimension_count", p->n_rot);
+  }
+#undef KU32
+#undef KF32
+  static const uint32_t k_ftype[] = {[SYNTH_F32] = 0, [SYNTH_Q8_0] = 7, [SYNTH_Q4_K_M] = 15};
+  if (!rc) rc = gguf_writer_add_u32(w, "general.file_type", k_ftype[p->recipe]);
+  if (!rc) rc = gguf_writer_add_u32(w, "general.quantization_version", 2);
+  if (rc) return rc;
+  if (!vsrc) return vocab_write_minimal(w, n_vocab);
+  for (int64_t i = 0; i < gguf_n_kv(vsrc) && !rc; i++) {
+    const struct gguf_kv *kv = gguf_kv_at(vsrc, i);
+    if (!strncmp(kv->key, "tokenizer.", 10)) rc = gguf_writer_copy_kv(w, kv);
+  }
+  return rc ? ferry_fail_ctx(rc, "copying the tokenizer of %s", gguf_path(vsrc)) : 0;
+}
+
+// ---- generation --------------------------------------------------------------------------
+static inline uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+static void stream_seed(struct ferry_rng *rng, const struct plan_tensor *t, uint64_t seed, uint64_t stream) {
+  ferry_rng_seed(rng, mix64(seed ^ mix64(t->hash + 0x9e3779b97f4a7c15ull * (stream + 1))));
+}
+
+// n values of tensor t's law from stream `stream` (a row index, or a bank block index with
+// the top bit set) into x.
+static void gen_values(const struct plan_tensor *t, uint64_t seed, uint64_t stream, float *x, uint64_t n) {
+  struct ferry_rng rng;
+  stream_seed(&rng, t, seed, stream);
+  if (t->law == INIT_UNIFORM) {
+    for (uint64_t i = 0; i < n; i++) x[i] = t->a + (t->b - t->a) * ferry_rng_uniform(&rng);
+    return;
+  }
+  // Irwin-Hall(4) on 16-bit uniforms: mean 4 * 32767.5, variance 4 * (65536^2 - 1) / 12.
+  const float mean = 131070.0f, inv_sd = 1.0f / 37837.23f;
+  const float scale = t->b * inv_sd;
+  for (uint64_t i = 0; i < n; i++) {
+    uint64_t u = ferry_rng_u64(&rng);
+    uint32_t s = (uint32_t)(u & 0xffff) + (uint32_t)((u >> 16) & 0xffff) + (uint32_t)((u >> 32) & 0xffff) +
+                 (uint32_t)(u >> 48);
+    x[i] = t->a + ((float)s - mean) * scale;
+  }
+}
+
+static void convert_row(uint32_t type, const float *x, void *dst, int64_t n) {
+  if (type == FT_F32) {
+    memcpy(dst, x, (size_t)n * sizeof(float));
+  } else if (type == FT_BF16) {
+    uint16_t *d = dst;
+    for (int64_t i = 0; i < n; i++) d[i] = ferry_f32_to_bf16(x[i]);
+  } else if (type == FT_F16) {
+    uint16_t *d = dst;
+    for (int64_t i = 0; i < n; i++) d[i] = ferry_f32_to_f16(x[i]);
+  } else {
+    cpu_quantize_row((enum ferry_type)type, x, dst, n);
+  }
+}
+
+// Block bank: the reference K-quant quantizers cost ~100 ns per weight, which would make a
+// full-size model take most of an hour on a small machine. Large K-quant tensors are
+// therefore built from a bank of SYNTH_BANK_BLOCKS blocks, each a genuine quantization of
+// fresh samples of the tensor's law, and every block position of every row picks a bank
+// block with the row's own RNG. Each row is still a sample of the right distribution and
+// rows are independent in practice (two rows share a block at a given position with
+// probability 1/SYNTH_BANK_BLOCKS); the cost drops to a memcpy per block.
+#define SYNTH_BANK_BLOCKS 2048u
+#define SYNTH_BANK_MIN_BLOCKS ((uint64_t)SYNTH_BANK_BLOCKS * 8)
+#define SYNTH_BANK_STREAM (1ull << 63)
+
+static bool use_bank(const struct synth_params *p, const struct plan_tensor *t) {
+  if (p->exact || (t->type != FT_Q4_K && t->type != FT_Q6_K)) return false;
+  return t->ne[0] / 256 * t->ne[1] * t->ne[2] * t->ne[3] >= SYNTH_BANK_MIN_BLOCKS;
+}
+
+struct batch_ctx {
+  const struct plan_tensor *t;
+  uint64_t seed;
+  uint64_t row0;
+  uint64_t row_bytes;
+  uint8_t *out;
+  float **scratch;     // one row of floats per worker
+  const uint8_t *bank; // NULL: quantize every row
+  uint32_t block_bytes;
+};
+
+static void batch_fn(void *vctx, int64_t b, int64_t e, int tid) {
+  struct batch_ctx *c = vctx;
+  float *x = c->scratch[tid];
+  uint64_t n = c->t->ne[0];
+  for (int64_t r = b; r < e; r++) {
+    uint8_t *dst = c->out + (uint64_t)r * c->row_bytes;
+    if (c->bank) {
+      struct ferry_rng rng;
+      stream_seed(&rng, c->t, c->seed, c->row0 + (uint64_t)r);
+      for (uint64_t j = 0; j < n / 256; j++) {
+        uint64_t idx = ((ferry_rng_u64(&rng) >> 32) * SYNTH_BANK_BLOCKS) >> 32;
+        memcpy(dst + j * c->block_bytes, c->bank + idx * c->block_bytes, c->block_bytes);
+      }
+    } else {
+      gen_values(c->t, c->seed, c->row0 + (uint64_t)r, x, n);
+      convert_row(c->t->type, x, dst, (int64_t)n);
+    }
+  }
+}
+
+static void bank_fn(void *vctx, int64_t b, int64_t e, int tid) {
+  struct batch_ctx *c = vctx;
+  float *x = c->scratch[tid];
+  for (int64_t i = b; i < e; i++) {
+    gen_values(c->t, c->seed, SYNTH_BANK_STREAM | (uint64_t)i, x, 256);
+    cpu_quantize_row((enum ferry_type)c->t->type, x, c->out + (uint64_t)i * c->block_bytes, 256);
+  }
+}
+
+static int plan_prepare(const struct synth_params *p, struct plan *pl, struct gguf_file **vsrc, uint32_t *n_vocab) {
+  int rc = synth_params_validate(p);
+  if (rc) return rc;
+  rc = resolve_vocab(p, vsrc, n_vocab);
+  if (rc) return rc;
+  pl->t = calloc(SYNTH_MAX_TENSORS, sizeof *pl->t);
+  if (!pl->t) return ferry_fail(-ENOMEM, "synth: out of memory");
+  rc = plan_build(pl, p, *n_vocab);
+  if (rc) return rc;
+  plan_assign_types(pl, p);
+  return 0;
+}
+
+int synth_estimate_bytes(const struct synth_params *p, uint64_t *out) {
+  struct plan pl = {0};
+  struct gguf_file *vsrc = NULL;
+  uint32_t n_vocab = 0;
+  int rc = plan_prepare(p, &pl, &vsrc, &n_vocab);
+  uint64_t total = 0;
+  for (int i = 0; !rc && i < pl.n; i++) total += ferry_align_up(plan_tensor_bytes(&pl.t[i]), 32);
+  *out = total;
+  free(pl.t);
+  gguf_close(vsrc);
+  return rc;
+}
+
+int synth_write(const struct synth_params *p, const char *path, struct synth_stats *st) {
+  double t0 = ferry_now_s();
+  struct plan pl = {0};
+  struct gguf_file *vsrc = NULL;
+  struct gguf_writer *w = NULL;
+  struct ferry_pool *pool = NULL;
+  float **scratch = NULL;
+  uint8_t *batch = NULL, *bank = NULL;
+  uint32_t n_vocab = 0;
+  int n_threads = 0;
+  int rc = plan_prepare(p, &pl, &vsrc, &n_vocab);
+  if (rc) goto out;
+  if (pl.n_fallback)
+    log_warn("synth: %d tensor(s) have rows that do not fit the recipe's block size; they use Q8_0 "
+             "instead of a K-quant (or F32 instead of Q8_0)",
+             pl.n_fallback);
+
+  // Refuse early when the disk cannot hold the result (leaving 1 GiB spare).
+  uint64_t total = 0, max_row = 0;
+  for (int i = 0; i < pl.n; i++) {
+    total += ferry_align_up(plan_tensor_bytes(&pl.t[i]), 32);
+    if (pl.t[i].ne[0] > max_row) max_row = pl.t[i].ne[0];
+  }
+  if (max_row < 256) max_row = 256; // bank blocks are generated 256 values at a time
+  {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if (slash == dir) slash[1] = 0; // a file in "/"
+    else *slash = 0;
+    struct statvfs sv;
+    if (statvfs(dir, &sv) == 0) {
+      uint64_t avail = (uint64_t)sv.f_bavail * sv.f_frsize;
+      if (total + ((uint64_t)1 << 30) > avail) {
+        char a[32], b[32];
+        ferry_format_size(total, a, sizeof a);
+        ferry_format_size(avail, b, sizeof b);
+        rc = ferry_fail(-ENOSPC, "synth: the model needs %s but only %s are free in %s", a, b, dir);
+        goto out;
+      }
+    }
+  }
+
+  rc = gguf_writer_create(&w, path, 0);
+  if (rc) goto out;
+  rc = write_metadata(w, p, &pl, vsrc, n_vocab);
+  gguf_close(vsrc); // the tokenizer arrays now live (serialized) in the writer only
+  vsrc = NULL;
+  for (int i = 0; !rc && i < pl.n; i++)
+    rc = gguf_writer_add_tensor(w, pl.t[i].name, pl.t[i].n_dims, pl.t[i].ne, pl.t[i].type);
+  if (!rc) rc = gguf_writer_begin_data(w);
+  if (rc) goto out;
+
+  rc = ferry_pool_create(&pool, p->n_threads);
+  if (rc) goto out;
+  n_threads = ferry_pool_size(pool);
+  scratch = calloc((size_t)n_threads, sizeof *scratch);
+  batch = ferry_alloc_aligned(4096, SYNTH_BATCH_BYTES);
+  bank = ferry_alloc_aligned(64, (size_t)SYNTH_BANK_BLOCKS * 256 * sizeof(float)); // >= any block type
+  if (!scratch || !batch || !bank) {
+    rc = ferry_fail(-ENOMEM, "synth: out of memory for row buffers");
+    goto out;
+  }
+  for (int i = 0; i < n_threads; i++) {
+    scratch[i] = ferry_alloc_aligned(64, max_row * sizeof(float));
+    if (!scratch[i]) {
+      rc = -ENOMEM;
+      goto out;
+    }
+  }
+
+  uint64_t done = 0, next_report = total / 20;
+  for (int i = 0; i < pl.n && !rc; i++) {
+    const struct plan_tensor *t = &pl.t[i];
+    uint64_t row_bytes = ferry_row_bytes(ferry_type_info(t->type), t->ne[0]);
+    uint64_t rows = t->ne[1] * t->ne[2] * t->ne[3];
+    // A single row larger than the batch buffer cannot occur: rows are at most 65536 F32.
+    uint64_t per_batch = SYNTH_BATCH_BYTES / row_bytes;
+    FERRY_ASSERT(per_batch >= 1);
+    const uint8_t *bk = NULL;
+    uint32_t block_bytes = ferry_type_info(t->type)->size;
+    if (use_bank(p, t)) {
+      struct batch_ctx bc = {t, p->seed, 0, 0, bank, scratch, NULL, block_bytes};
+      ferry_pool_run(pool, SYNTH_BANK_BLOCKS, 16, bank_fn, &bc);
+      bk = bank;
+    }
+    for (uint64_t r0 = 0; r0 < rows && !rc; r0 += per_batch) {
+      uint64_t k = rows - r0 < per_batch ? rows - r0 : per_batch;
+      struct batch_ctx c = {t, p->seed, r0, row_bytes, batch, scratch, bk, block_bytes};
+      ferry_pool_run(pool, (int64_t)k, 1, batch_fn, &c);
+      rc = gguf_writer_write(w, batch, k * row_bytes);
+      done += k * row_bytes;
+    }
+    if (done >= next_report && total > ((uint64_t)256 << 20)) {
+      double dt = ferry_now_s() - t0;
+      log_info("synth: %.0f%% (%.0f MB in %.1f s, %.0f MB/s)", 100.0 * (double)done / (double)total, done / 1e6, dt,
+               done / 1e6 / (dt > 0 ? dt : 1));
+      next_report = done + total / 20;
+    }
+  }
+  if (!rc) rc = gguf_writer_finish(w);
+  if (!rc && st) {
+    memset(st, 0, sizeof *st);
+    st->file_bytes = gguf_writer_bytes_written(w);
+    st->n_tensors = pl.n;
+    st->n_fallback = pl.n_fallback;
+    st->n_vocab = n_vocab;
+    for (int i = 0; i < pl.n; i++) st->type_count[pl.t[i].type]++;
+    st->seconds = ferry_now_s() - t0;
+  }
+out:
+  if (scratch)
+    for (int i = 0; i < n_threads; i++) ferry_free_aligned(scratch[i]);
+  free(scratch);
+  ferry_free_aligned(batch);
+  ferry_free_aligned(bank);
+  ferry_pool_destroy(pool);
+  gguf_writer_destroy(w);
+  gguf_close(vsrc);
+  free(pl.t);
+  return rc;
+}
