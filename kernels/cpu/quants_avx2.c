@@ -173,6 +173,7 @@ TGT static float dot_q4_K_avx2(int64_t n, const void *w, const void *xq) {
     __m128i scm = k4_scales_mins(a[i].scales);
     __m256i S = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scm));
     __m256i v = _mm256_setzero_si256();
+#pragma GCC unroll 4
     for (int c = 0; c < 4; c++) {
       __m256i q = _mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * c));
       __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
@@ -197,6 +198,7 @@ TGT static float dot_q5_K_avx2(int64_t n, const void *w, const void *xq) {
     __m256i S = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scm));
     __m256i qh = _mm256_loadu_si256((const __m256i *)a[i].qh);
     __m256i v = _mm256_setzero_si256();
+#pragma GCC unroll 4
     for (int c = 0; c < 4; c++) {
       __m256i q = _mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * c));
       __m256i bl = _mm256_set1_epi8((char)(1 << (2 * c))), bh = _mm256_set1_epi8((char)(1 << (2 * c + 1)));
@@ -223,6 +225,7 @@ TGT static float dot_q6_K_avx2(int64_t n, const void *w, const void *xq) {
   for (int64_t i = 0; i < n / 256; i++) {
     const int8_t *sc = a[i].scales;
     __m256i v = _mm256_setzero_si256();
+#pragma GCC unroll 2
     for (int h = 0; h < 2; h++) {
       __m256i ql0 = _mm256_loadu_si256((const __m256i *)(a[i].ql + 64 * h));
       __m256i ql1 = _mm256_loadu_si256((const __m256i *)(a[i].ql + 64 * h + 32));
@@ -258,8 +261,10 @@ TGT static float dot_q3_K_avx2(int64_t n, const void *w, const void *xq) {
     cpu_unpack_q3_scales(a[i].scales, sc);
     __m256i hm = _mm256_loadu_si256((const __m256i *)a[i].hmask);
     __m256i v = _mm256_setzero_si256();
+#pragma GCC unroll 2
     for (int h = 0; h < 2; h++) {
       __m256i q = _mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * h));
+#pragma GCC unroll 4
       for (int j = 0; j < 4; j++) {
         int sb = 4 * h + j;
         __m256i bit = _mm256_set1_epi8((char)(1 << sb));
@@ -287,8 +292,10 @@ TGT static float dot_q2_K_avx2(int64_t n, const void *w, const void *xq) {
   for (int64_t i = 0; i < n / 256; i++) {
     const uint8_t *scb = a[i].scales;
     __m256i v = _mm256_setzero_si256();
+#pragma GCC unroll 2
     for (int h = 0; h < 2; h++) {
       __m256i q = _mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * h));
+#pragma GCC unroll 4
       for (int j = 0; j < 4; j++) {
         int sb = 4 * h + j;
         __m256i lo = _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * j)), m3);

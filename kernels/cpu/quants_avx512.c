@@ -21,45 +21,49 @@ TGT static inline float hsum256_ps(__m256 v) {
   return _mm_cvtss_f32(x);
 }
 
-// Q4_K 6-bit scales and mins as bytes [SC0..SC7, M0..M7] (see quants_avx2.c).
-TGT static inline __m128i k4_scales_mins(const uint8_t s[12]) {
-  uint32_t a0, a1, a2;
-  memcpy(&a0, s, 4), memcpy(&a1, s + 4, 4), memcpy(&a2, s + 8, 4);
-  uint32_t sl = a0 & 0x3F3F3F3Fu, ml = a1 & 0x3F3F3F3Fu;
-  uint32_t sh = (a2 & 0x0F0F0F0Fu) | ((a0 >> 2) & 0x30303030u);
-  uint32_t mh = ((a2 >> 4) & 0x0F0F0F0Fu) | ((a1 >> 2) & 0x30303030u);
-  return _mm_set_epi32((int)mh, (int)ml, (int)sh, (int)sl);
+// Q4_K 6-bit scales and mins as bytes [SC0..SC7, M0..M7], unpacked in a vector register.
+// With the 12 bytes as words a0, a1, a2 (MODEL_SPEC §2.3 bit map):
+//   SC0-3 = a0 & 0x3F..  SC4-7 = (a2 & 0x0F..) | ((a0 >> 2) & 0x30..)
+//   M0-3  = a1 & 0x3F..  M4-7  = ((a2 >> 4) & 0x0F..) | ((a1 >> 2) & 0x30..)
+// The 16-byte load reads 4 bytes into qs, inside the block.
+TGT static inline __m128i k4_scales_mins(const uint8_t *s) {
+  __m128i raw = _mm_loadu_si128((const __m128i *)s);
+  __m128i lo = _mm_and_si128(_mm_srlv_epi32(_mm_shuffle_epi32(raw, _MM_SHUFFLE(2, 1, 2, 0)), _mm_setr_epi32(0, 0, 0, 4)),
+                             _mm_setr_epi32(0x3F3F3F3F, 0x0F0F0F0F, 0x3F3F3F3F, 0x0F0F0F0F));
+  __m128i hi = _mm_and_si128(_mm_srli_epi32(_mm_shuffle_epi32(raw, _MM_SHUFFLE(1, 1, 0, 0)), 2),
+                             _mm_setr_epi32(0, 0x30303030, 0, 0x30303030));
+  return _mm_or_si128(lo, hi);
 }
 
-// Per 64-element chunk c: dpbusd gives 16 int32 lanes (lanes 0-7 sub-block 2c, 8-15
-// sub-block 2c+1), multiplied by the matching 6-bit scales picked with one vpermd. Integer
-// sums are exact; per-lane conversion and float accumulation across blocks avoid any
-// horizontal sum inside the loop.
+// Per 64-element chunk c, dpbusd gives 16 int32 lanes (lanes 0-7 sub-block 2c, 8-15
+// sub-block 2c+1). Chunks are folded pairwise (64-bit unpacks keep each 128-bit lane's
+// sub-block) so two multiplies by the 6-bit scales cover a block. Integer sums are exact;
+// per-lane conversion and float accumulation across blocks avoid horizontal sums in the loop.
 TGT static float dot_q4_K_avx512(int64_t n, const void *w, const void *xq) {
   const block_q4_K *a = w;
   const block_q8_K *b = xq;
   const __m512i m4 = _mm512_set1_epi8(15);
   // Shift counts per 16-bit lane: lower half keeps the low nibbles, upper half the high.
   const __m512i shv = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
-  const __m512i pick[4] = {
-      _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
-      _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3),
-      _mm512_setr_epi32(4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5),
-      _mm512_setr_epi32(6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7),
-  };
+  const __m512i pick01 = _mm512_setr_epi32(0, 0, 2, 2, 0, 0, 2, 2, 1, 1, 3, 3, 1, 1, 3, 3);
+  const __m512i pick23 = _mm512_setr_epi32(4, 4, 6, 6, 4, 4, 6, 6, 5, 5, 7, 7, 5, 5, 7, 7);
   __m512 acc = _mm512_setzero_ps();
   __m256 accm = _mm256_setzero_ps();
   for (int64_t i = 0; i < n / 256; i++) {
     __m128i scm = k4_scales_mins(a[i].scales);
-    __m512i sc32 = _mm512_cvtepu8_epi32(scm);
-    __m512i v = _mm512_setzero_si512();
+    __m512i p[4];
+#pragma GCC unroll 4
     for (int c = 0; c < 4; c++) {
       // qs[32c..32c+31] holds elements 64c..64c+31 (low nibbles) and 64c+32.. (high).
       __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * c)));
       q = _mm512_and_si512(_mm512_srlv_epi16(q, shv), m4);
-      __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(b[i].qs + 64 * c));
-      v = _mm512_add_epi32(v, _mm512_mullo_epi32(p, _mm512_permutexvar_epi32(pick[c], sc32)));
+      p[c] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(b[i].qs + 64 * c));
     }
+    __m512i f01 = _mm512_add_epi32(_mm512_unpacklo_epi64(p[0], p[1]), _mm512_unpackhi_epi64(p[0], p[1]));
+    __m512i f23 = _mm512_add_epi32(_mm512_unpacklo_epi64(p[2], p[3]), _mm512_unpackhi_epi64(p[2], p[3]));
+    __m512i sc32 = _mm512_cvtepu8_epi32(scm);
+    __m512i v = _mm512_add_epi32(_mm512_mullo_epi32(f01, _mm512_permutexvar_epi32(pick01, sc32)),
+                                 _mm512_mullo_epi32(f23, _mm512_permutexvar_epi32(pick23, sc32)));
     __m256i md = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(scm, scm));
     __m256i mv = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)b[i].bsums), md);
     acc = _mm512_fmadd_ps(_mm512_set1_ps(b[i].d * h2f(a[i].d)), _mm512_cvtepi32_ps(v), acc);
@@ -81,6 +85,7 @@ TGT static float dot_q6_K_avx512(int64_t n, const void *w, const void *xq) {
   for (int64_t i = 0; i < n / 256; i++) {
     __m128i sc8 = _mm_loadu_si128((const __m128i *)a[i].scales);
     __m512i v = _mm512_setzero_si512();
+#pragma GCC unroll 2
     for (int h = 0; h < 2; h++) {
       __m512i ql = _mm512_loadu_si512(a[i].ql + 64 * h);
       __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(a[i].qh + 32 * h)));
