@@ -508,8 +508,8 @@ int ecache_acquire(struct ecache *c, uint32_t layer, uint32_t n, const int32_t *
   }
 
   // 2. Enough reusable slots for the misses? Otherwise fail with nothing changed.
-  uint32_t loading = 0;
-  uint32_t avail = need ? class_available(c, cls, &loading) : 0;
+  uint32_t loading = 0, avail = c->cls[cls].lru_count;
+  if (need > avail) avail = class_available(c, cls, &loading); // O(slots): only when short
   if (need > avail + loading) {
     for (uint32_t i = 0; i < n; i++)
       if (out[i].slot >= 0) slot_unpin(c, &c->slots[out[i].slot]), out[i].slot = -1;
@@ -582,6 +582,21 @@ int ecache_wait(struct ecache *c, struct ecache_ref *r) {
   FERRY_ASSERT(s->state == SLOT_READY);
   fill_ref(c, s, r);
   return 0;
+}
+
+int ecache_poll(struct ecache *c, uint32_t n, struct ecache_ref *refs) {
+  io_reader_poll(c->reader);
+  int ready = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    struct ecache_ref *r = &refs[i];
+    if (r->state == ECACHE_IN_FLIGHT && r->slot >= 0) {
+      struct slot *s = &c->slots[r->slot];
+      slot_poll(c, s);
+      if (s->state == SLOT_READY) fill_ref(c, s, r);
+    }
+    ready += r->state == ECACHE_READY;
+  }
+  return ready;
 }
 
 void ecache_release(struct ecache *c, uint32_t layer, uint32_t n, struct ecache_ref *refs) {

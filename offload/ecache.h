@@ -116,6 +116,11 @@ int ecache_acquire(struct ecache *c, uint32_t layer, uint32_t n, const int32_t *
 // ref stays pinned (release it as usual) and the expert is dropped from the cache on
 // release, so a later acquire reads it again.
 int ecache_wait(struct ecache *c, struct ecache_ref *ref);
+// Never blocks: reaps finished reads and turns the IN_FLIGHT refs whose slices have all
+// landed into READY (data[] set). Returns how many of refs are READY. Lets the engine
+// compute experts in completion order (it must still sum them in router order). A ref
+// whose read failed stays IN_FLIGHT; ecache_wait reports its error.
+int ecache_poll(struct ecache *c, uint32_t n, struct ecache_ref *refs);
 // Drops the pins of refs (from ecache_acquire of that layer); READY ones become most
 // recently used. Never blocks.
 void ecache_release(struct ecache *c, uint32_t layer, uint32_t n, struct ecache_ref *refs);

@@ -126,6 +126,11 @@ static void random_traffic(struct ecache *c, struct budget *b, int steps) {
     }
     CHECK_EQ(rc, 0);
     if (rc) continue;
+    if (step % 2) { // completion order: poll until everything has landed
+      int ready, spins = 0;
+      while ((ready = ecache_poll(c, k, h.refs)) < (int)k && spins++ < 100000) usleep(10);
+      CHECK_EQ(ready, (int)k);
+    }
     for (uint32_t i = 0; i < k; i++) {
       if (h.refs[i].state == ECACHE_IN_FLIGHT) CHECK_EQ(ecache_wait(c, &h.refs[i]), 0);
       CHECK(ref_ok(&h.refs[i]));
