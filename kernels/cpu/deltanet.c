@@ -7,11 +7,12 @@
 // (see the comment above DN_FN(gemm_tile)).
 //
 // The vector part (second half of this file) is written once with GCC vector extensions
-// and compiled twice by including this file into itself: 4-float vectors with the
+// and compiled once per ISA by including this file into itself: 4-float vectors with the
 // baseline ISA (SSE2 / NEON, so the default build stays portable) and, on x86-64,
-// 8-float vectors with AVX2+FMA. dn_use_avx2() picks one at run time by CPU features.
-// (target_clones("arch=haswell") would test the CPU model, not its features, and miss
-// AMD parts; one vector width for both would spill the baseline one to memory.)
+// 8-float vectors with AVX2+FMA and 16-float vectors with AVX-512F. dn_level() picks one
+// at run time by CPU features. (target_clones("arch=haswell") would test the CPU model,
+// not its features, and miss AMD parts; one vector width for all would spill the
+// baseline one to memory.)
 #ifndef DN_VW // ===================== scalar part, API, dispatch =====================
 #include "kernels/cpu/deltanet.h"
 
@@ -248,7 +249,7 @@ static int dn_cpu_avx2(void) { return 0; }
 static int dn_cpu_avx512(void) { return 0; }
 #endif
 
-// -1: not decided yet; 0: baseline; 1: AVX2+FMA. Set on first use (a benign race: every
+// -1: not decided yet; 0: baseline; 1: AVX2+FMA; 2: AVX-512F. Set on first use (a benign race: every
 // thread computes the same value) or by cpu_delta_force.
 static int g_dn_level = -1;
 static int dn_level(void) {
@@ -352,6 +353,20 @@ int cpu_delta_chunked(struct ferry_pool *pool, float *o, int64_t ldo, float *S,
 }
 
 
+int cpu_delta_prefill(struct ferry_pool *pool, float *o, int64_t ldo, float *S,
+                      const float *q, int64_t ldq, const float *k, int64_t ldk,
+                      const float *v, int64_t ldv, const float *beta, const float *g,
+                      int64_t T, int64_t Hk, int64_t Hv, int64_t dk, int64_t dv) {
+  if (T >= CPU_DELTA_CHUNK_MIN_T)
+    return cpu_delta_chunked(pool, o, ldo, S, q, ldq, k, ldk, v, ldv, beta, g, T, Hk, Hv, dk,
+                             dv, CPU_DELTA_CHUNK);
+  FERRY_ASSERT(Hv <= 1024);
+  float dec[CPU_DELTA_CHUNK_MIN_T * 1024];
+  for (int64_t i = 0; i < T * Hv; i++) dec[i] = expf(g[i]);
+  cpu_delta_recurrent(pool, o, ldo, S, q, ldq, k, ldk, v, ldv, beta, dec, T, Hk, Hv, dk, dv);
+  return 0;
+}
+
 #else // ===================== vector part (DN_VW floats per vector) =====================
 
 // Vectors of DN_VW floats; unaligned loads/stores go through memcpy. (Macros rather
@@ -374,7 +389,8 @@ typedef float vf __attribute__((vector_size(4 * DN_VW)));
 DN_INLINE void DN_FN(retrieve_tile)(float *m, const float *S, const float *k, int64_t dk, int64_t dv,
                              int64_t j, int nv) {
   vf acc[4];
-  memset(acc, 0, sizeof acc);
+#pragma GCC unroll 4
+  for (int u = 0; u < nv; u++) acc[u] = (vf){0};
   for (int64_t i = 0; i < dk; i++) {
     const float *row = S + i * dv + j;
     float ki = k[i];
@@ -390,7 +406,8 @@ DN_INLINE void DN_FN(update_tile)(float *o, float *S, const float *q, const floa
                            const float *delta, float decay, int64_t dk, int64_t dv, int64_t j,
                            int nv) {
   vf acc[4], dl[4];
-  memset(acc, 0, sizeof acc);
+#pragma GCC unroll 4
+  for (int u = 0; u < nv; u++) acc[u] = (vf){0};
 #pragma GCC unroll 4
   for (int u = 0; u < nv; u++) dl[u] = DN_LD(delta + j + DN_VW * u);
   for (int64_t i = 0; i < dk; i++) {
@@ -472,7 +489,10 @@ DN_INLINE void DN_FN(gemm_tile)(float *C, int64_t ldc, float cs, const float *A,
                          const float *B, int64_t ldb, int64_t K, int64_t m, int64_t j, int mr,
                          int nv) {
   vf acc[DN_MR][2];
-  memset(acc, 0, sizeof acc);
+#pragma GCC unroll 8
+  for (int r = 0; r < mr; r++)
+#pragma GCC unroll 2
+    for (int u = 0; u < nv; u++) acc[r][u] = (vf){0};
   for (int64_t kk = 0; kk < K; kk++) {
     vf b[2];
 #pragma GCC unroll 2
@@ -602,7 +622,12 @@ DN_TARGET static void DN_FN(chunked_heads)(void *ctx, int64_t h0, int64_t h1, in
         float *dt = D + t * dv, *ot = O + t * a->ldo;
         const float *vt = V + t * a->ldv;
         const float e = eg[t];
-        for (int64_t j = 0; j < dv; j++) {
+        int64_t j = 0;
+        for (; j + DN_VW <= dv; j += DN_VW) {
+          DN_ST(dt + j, (DN_LD(vt + j) - DN_LD(dt + j) * e) * bt);
+          DN_ST(ot + j, DN_LD(ot + j) * e);
+        }
+        for (; j < dv; j++) {
           dt[j] = bt * (vt[j] - e * dt[j]);
           ot[j] *= e;
         }
@@ -615,7 +640,9 @@ DN_TARGET static void DN_FN(chunked_heads)(void *ctx, int64_t h0, int64_t h1, in
       for (int64_t t = 0; t < L; t++) {
         float f = (float)exp(GL - G[t]);
         float *dt = D + t * dv;
-        for (int64_t j = 0; j < dv; j++) dt[j] *= f;
+        int64_t j = 0;
+        for (; j + DN_VW <= dv; j += DN_VW) DN_ST(dt + j, DN_LD(dt + j) * f);
+        for (; j < dv; j++) dt[j] *= f;
       }
       DN_FN(gemm_nn)(S, dv, eg[L - 1], KT, Cm, D, dv, dk, dv, L, GEMM_FULL);
     }

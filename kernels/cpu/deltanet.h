@@ -107,6 +107,19 @@ int cpu_delta_chunked(struct ferry_pool *pool, float *o, int64_t ldo, float *S,
                       int64_t T, int64_t Hk, int64_t Hv, int64_t dk, int64_t dv,
                       int64_t chunk);
 
+// Prefill by whichever form is faster for T: the chunked form with chunk
+// CPU_DELTA_CHUNK when T >= CPU_DELTA_CHUNK_MIN_T, else the recurrence (decays computed
+// here from g). Arguments as cpu_delta_chunked (g, not decay); Hv <= 1024.
+// Measured (bench_deltanet, real shape, one thread, AMD EPYC with AVX-512): at T = 512
+// recurrent 16-19 ms, chunked C=32 12.5-14 ms (AVX2 path: 23 vs 21 ms); at T = 8 the
+// recurrence is faster (0.23 vs 0.31 ms). Returns 0 or -ENOMEM (message set).
+#define CPU_DELTA_CHUNK 32
+#define CPU_DELTA_CHUNK_MIN_T 16
+int cpu_delta_prefill(struct ferry_pool *pool, float *o, int64_t ldo, float *S,
+                      const float *q, int64_t ldq, const float *k, int64_t ldk,
+                      const float *v, int64_t ldv, const float *beta, const float *g,
+                      int64_t T, int64_t Hk, int64_t Hv, int64_t dk, int64_t dv);
+
 // ---- gated RMSNorm, §5.6 step 9 ----
 // y_h = RMSNorm_eps(o_h; w) * silu(z_h) for each of n_heads heads of d (one weight w[d]
 // shared by all heads: GGUF ssm_norm, a plain multiplier). y, o, z [n_heads x d];
@@ -114,8 +127,8 @@ int cpu_delta_chunked(struct ferry_pool *pool, float *o, int64_t ldo, float *S,
 void cpu_gated_rmsnorm_heads(float *y, const float *o, const float *z, const float *w,
                              int64_t n_heads, int64_t d, float eps);
 
-// Test/bench hook: force the recurrence kernels onto "base" (portable C) or "avx2"
-// (AVX2+FMA), or back to "auto" (the best the CPU has). Returns 0, or -1 if that path is
+// Test/bench hook: force the recurrence kernels onto "base" (portable C), "avx2"
+// (AVX2+FMA) or "avx512" (AVX-512F), or back to "auto" (the best the CPU has). Returns 0, or -1 if that path is
 // unavailable here. Not for use while other threads run these kernels.
 int cpu_delta_force(const char *path);
 

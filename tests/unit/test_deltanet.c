@@ -313,7 +313,19 @@ static void test_delta_x(struct ferry_pool *pool, int64_t T, int64_t Hk, int64_t
             (long long)dk, (long long)dv, (long long)chunk, eo, es);
   CHECK(eo < 1e-5);
   CHECK(es < 1e-5);
-  // (4) both against the double reference
+  // (4) the dispatcher: the chunked bits for long prompts, else the recurrent ones
+  float *op = malloc(sizeof(float) * no), *Sp = dup(c.S0, ns);
+  CHECK_EQ(cpu_delta_prefill(pool, op, Hv * dv, Sp, c.q, c.ldq, c.k, c.ldk, c.v, c.ldv, c.beta,
+                             c.g, T, Hk, Hv, dk, dv),
+           0);
+  CHECK(rel_err_f(op, o1, no) < 1e-5);
+  CHECK(rel_err_f(Sp, S1, ns) < 1e-5);
+  if (T < CPU_DELTA_CHUNK_MIN_T) { // decay = expf(g) exactly as the test made it
+    CHECK(memcmp(op, o1, sizeof(float) * no) == 0);
+    CHECK(memcmp(Sp, S1, sizeof(float) * ns) == 0);
+  }
+  free(op), free(Sp);
+  // (5) both against the double reference
   if (with_ref) {
     double *ro = malloc(sizeof(double) * no), *rS = malloc(sizeof(double) * ns);
     ref_recurrent(&c, ro, rS);
