@@ -4,9 +4,13 @@
 // one Qwen3-30B expert slice) at several queue depths. Prints MB/s (10^6 bytes/s).
 //
 //   bench_io FILE [--create SIZE] [--seq SIZE] [--reads N] [--span BYTES] [--qd 8,16,32]
-//            [--buffered]
+//            [--buffered] [--tokens N] [--cache SIZE]
 // --create writes FILE with random bytes first (SIZE like 4G). --seq limits the bytes
-// read sequentially (default: the whole file).
+// read sequentially (default: the whole file). --tokens N (default 0: skipped) then
+// runs the expert cache over the file laid out as Qwen3-30B expert tensors (128 experts
+// of 3 x 884,736 bytes per layer, as many layers as fit), routing k = 8 uniformly random
+// experts per layer per token with a host cache of --cache bytes (default 1G): the worst
+// case (no locality) of stream-mode decode.
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -15,6 +19,8 @@
 
 #include "base/base.h"
 #include "io/reader.h"
+#include "offload/budget.h"
+#include "offload/ecache.h"
 
 #define SEQ_CHUNK (4u << 20)
 
@@ -93,6 +99,76 @@ static void rand_next(uint64_t i, uint64_t *off, uint64_t *len, void *ctx) {
   *len = c->span;
 }
 
+// Simulated decode: per token and layer, acquire 8 random experts, wait, touch, release.
+static void bench_ecache(struct io_reader *r, uint64_t tokens, uint64_t cache) {
+  const uint64_t slice = 884736, ne = 128, k = 8;
+  uint64_t per_layer = 3 * ne * slice + 3 * 32;
+  uint32_t nl = (uint32_t)((io_reader_file_size(r) - 4096) / per_layer);
+  if (!nl) return;
+  struct ecache_layer *L = calloc(nl, sizeof *L);
+  uint64_t at = 4096 + 160; // 32-aligned, not 4096-aligned, like GGUF tensors
+  for (uint32_t l = 0; l < nl; l++) {
+    L[l].n_experts = (uint32_t)ne;
+    for (int p = 0; p < ECACHE_N_PARTS; p++) {
+      L[l].part[p] = (struct ecache_slice){.base = at, .stride = slice, .len = slice};
+      at += ne * slice + 32;
+    }
+  }
+  struct budget *b = NULL;
+  budget_create(&b, BUDGET_UNLIMITED, 0);
+  struct ecache *c = NULL;
+  struct ecache_params p = {.n_layers = nl, .layers = L, .reader = r, .budget = b,
+                            .host_bytes = cache, .min_slots = (uint32_t)k};
+  if (ecache_create(&c, &p)) {
+    fprintf(stderr, "bench_io: %s\n", ferry_errmsg());
+    free(L);
+    budget_destroy(b);
+    return;
+  }
+  struct ferry_rng rng;
+  ferry_rng_seed(&rng, 5);
+  struct ecache_ref refs[8];
+  int32_t ex[8];
+  volatile uint8_t sink = 0;
+  struct io_stats s0, s1;
+  io_reader_stats(r, &s0);
+  double t0 = ferry_now_s();
+  for (uint64_t t = 0; t < tokens; t++) {
+    for (uint32_t l = 0; l < nl; l++) {
+      for (uint64_t i = 0; i < k; i++) {
+        bool dup;
+        do {
+          ex[i] = (int32_t)(ferry_rng_u64(&rng) % ne);
+          dup = false;
+          for (uint64_t j = 0; j < i; j++) dup |= ex[j] == ex[i];
+        } while (dup);
+      }
+      if (ecache_acquire(c, l, (uint32_t)k, ex, refs)) goto out;
+      for (uint64_t i = 0; i < k; i++) {
+        if (refs[i].state == ECACHE_IN_FLIGHT && ecache_wait(c, &refs[i])) goto out;
+        sink ^= refs[i].data[ECACHE_DOWN][slice - 1];
+      }
+      ecache_release(c, l, (uint32_t)k, refs);
+    }
+  }
+out:;
+  double dt = ferry_now_s() - t0;
+  io_reader_stats(r, &s1);
+  struct ecache_stats st;
+  ecache_stats(c, &st);
+  struct ecache_counters h = st.tier[ECACHE_HOST];
+  uint64_t bytes = s1.bytes_read - s0.bytes_read;
+  printf("ecache %u layers x 8 of 128 experts, cache %.2f GiB (%u slots): %.1f ms/token, "
+         "%.1f MB/s, hit rate %.1f%% (%llu hits, %llu misses)\n", nl,
+         st.capacity_bytes[ECACHE_HOST] / 1073741824.0, st.capacity_slots[ECACHE_HOST],
+         dt / tokens * 1e3, bytes / dt / 1e6, 100.0 * h.hits / (h.acquires ? h.acquires : 1),
+         (unsigned long long)h.hits, (unsigned long long)h.misses);
+  (void)sink;
+  ecache_destroy(c);
+  budget_destroy(b);
+  free(L);
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: bench_io FILE [--create SIZE] [--seq SIZE] [--reads N] "
@@ -103,6 +179,7 @@ int main(int argc, char **argv) {
   uint64_t create = 0, seq = 0, span = 884736, reads = 2000;
   const char *qds = "1,8,16,32";
   bool buffered = false;
+  uint64_t tokens = 0, cache = 1ull << 30;
   for (int i = 2; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     int rc = 0;
@@ -112,6 +189,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--reads") && v) reads = strtoull(v, NULL, 10), i++;
     else if (!strcmp(a, "--qd") && v) qds = v, i++;
     else if (!strcmp(a, "--buffered")) buffered = true;
+    else if (!strcmp(a, "--tokens") && v) tokens = strtoull(v, NULL, 10), i++;
+    else if (!strcmp(a, "--cache") && v) rc = ferry_parse_size(v, &cache), i++;
     else rc = ferry_fail(-EINVAL, "unknown argument '%s'", a);
     if (rc) {
       fprintf(stderr, "bench_io: %s\n", ferry_errmsg());
@@ -173,6 +252,10 @@ int main(int argc, char **argv) {
       printf("random %7llu B spans qd %-3u: %8.1f MB/s (%.0f reads/s, %llu reads)\n",
              (unsigned long long)span, qd_list[k], bytes / t / 1e6, reads / t,
              (unsigned long long)reads);
+  }
+  if (tokens) {
+    io_reader_unregister(r); // the cache registers its own slots
+    bench_ecache(r, tokens, cache);
   }
   io_reader_stats(r, &st);
   printf("reader: %llu reads, %.2f GB, %.2f s waiting, direct=%d\n",
