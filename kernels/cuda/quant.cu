@@ -32,7 +32,7 @@ struct t_q4_k {
     scale_min_k4(b + 4, sb, &sc, &m);
     const float d = load_f16(b) * sc, dm = load_f16(b + 2) * m;
     const uint8_t *q = b + 16 + 32 * (sb >> 1) + l0;
-FERRY_UNROLL
+    FERRY_UNROLL
     for (int i = 0; i < PL; i++) v[i] = d * (float)((q[i] >> shift) & 0xF) - dm;
   }
 };
@@ -46,7 +46,7 @@ struct t_q5_k {
     const float d = load_f16(b) * sc, dm = load_f16(b + 2) * m;
     const uint8_t *qh = b + 16 + l0;
     const uint8_t *q = b + 48 + 32 * (sb >> 1) + l0;
-FERRY_UNROLL
+    FERRY_UNROLL
     for (int i = 0; i < PL; i++) {
       const int lo = (q[i] >> shift) & 0xF, hi = (qh[i] >> sb) & 1;
       v[i] = d * (float)(lo + 16 * hi) - dm;
@@ -62,7 +62,7 @@ struct t_q6_k {
     const uint8_t *ql = b + 64 * h + 32 * (g & 1) + l0;
     const uint8_t *qh = b + 128 + 32 * h + l0;
     const int lshift = g >= 2 ? 4 : 0, hshift = 2 * g;
-FERRY_UNROLL
+    FERRY_UNROLL
     for (int i = 0; i < PL; i++) {
       const int q = (((ql[i] >> lshift) & 0xF) | (((qh[i] >> hshift) & 3) << 4)) - 32;
       v[i] = d * (float)q;
@@ -81,7 +81,7 @@ struct t_q3_k {
     const int p0 = pc * 16, h = p0 >> 7, j = (p0 & 127) >> 5, l0 = p0 & 31, hbit = p0 >> 5;
     const uint8_t *q = b + 32 + 32 * h + l0;
     const uint8_t *hm = b + l0;
-FERRY_UNROLL
+    FERRY_UNROLL
     for (int i = 0; i < PL; i++) {
       const int qv = ((q[i] >> (2 * j)) & 3) - (((hm[i] >> hbit) & 1) ? 0 : 4);
       v[i] = d * (float)qv;
@@ -96,7 +96,7 @@ struct t_q2_k {
     const float d = load_f16(b + 80) * (float)(sc & 0xF), dm = load_f16(b + 82) * (float)(sc >> 4);
     const int p0 = pc * 16, h = p0 >> 7, j = (p0 & 127) >> 5, l0 = p0 & 31;
     const uint8_t *q = b + 16 + 32 * h + l0;
-FERRY_UNROLL
+    FERRY_UNROLL
     for (int i = 0; i < PL; i++) v[i] = d * (float)((q[i] >> (2 * j)) & 3) - dm;
   }
 };
@@ -106,7 +106,7 @@ struct t_q8_0 {
   __host__ __device__ static void piece(const uint8_t *b, int pc, float *v) {
     const float d = load_f16(b);
     const uint8_t *q = b + 2 + pc * 8;
-FERRY_UNROLL
+    FERRY_UNROLL
     for (int i = 0; i < PL; i++) v[i] = d * (float)(int8_t)q[i];
   }
 };
@@ -118,7 +118,7 @@ struct t_q4_0 {
     // Elements 0..15 are the low nibbles of qs[0..15], 16..31 the high nibbles.
     const int e0 = pc * 8, shift = e0 >= 16 ? 4 : 0;
     const uint8_t *q = b + 2 + (e0 & 15);
-FERRY_UNROLL
+    FERRY_UNROLL
     for (int i = 0; i < PL; i++) v[i] = d * (float)(((q[i] >> shift) & 0xF) - 8);
   }
 };
@@ -162,7 +162,7 @@ __global__ void k_dequant(const uint8_t *__restrict__ src, OUT *__restrict__ dst
     float v[T::PL];
     T::piece(src + b * T::BYTES, pc, v);
     OUT *o = dst + b * T::QK + pc * T::PL;
-FERRY_UNROLL
+    FERRY_UNROLL
     for (int k = 0; k < T::PL; k++) put(o + k, v[k]);
   }
 }
@@ -191,7 +191,7 @@ __global__ void __launch_bounds__(MV_WARPS * 32)
     float v[T::PL];
     T::piece(wr + b * T::BYTES, pc, v);
     const float *xb = xi + b * T::QK + pc * T::PL;
-FERRY_UNROLL
+    FERRY_UNROLL
     for (int k = 0; k < T::PL; k++) acc = fmaf(v[k], xb[k], acc);
   }
   acc = warp_sum(acc);
