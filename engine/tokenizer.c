@@ -8,9 +8,9 @@
 //      normalizer and the model was trained on those ids; invalid UTF-8 bytes are left as is;
 //   3. Qwen2 pre-tokenizer regex (PCRE2, UTF + UCP, JIT when available) splits words; text the
 //      regex does not match (only invalid bytes can be left over) becomes one word per char;
-//   4. BPE per word on token ids: a binary heap of candidate pairs ordered by (rank, left
-//      position) with lazy invalidation, O(k log k) per word of k bytes; words are cached per
-//      call when the input is long, since natural text repeats its words.
+//   4. BPE per word on token ids: a min tree over symbol positions keyed by (rank, position)
+//      picks the next merge, O(k log k) per word of k bytes in bounded memory; words are
+//      cached per call when the input is long, since natural text repeats its words.
 // The tokenizer itself is read-only after tok_create; all scratch lives in the call.
 #include "engine/tokenizer.h"
 
@@ -453,11 +453,6 @@ bool tok_chat_is_hybrid(const struct tokenizer *t) { return t->hybrid; }
 
 // ---- encoding ----------------------------------------------------------------------------
 
-struct heap_ent {
-  int32_t rank, l, r, lid, rid, res;
-};
-
-// Per-call word cache: word bytes -> a run of ids in cache_ids.
 struct wcache_slot {
   uint64_t hash;
   uint32_t key_off, key_len; // in key bytes
@@ -468,9 +463,9 @@ struct enc {
   const struct tokenizer *t;
   struct vec_i32 out;
   // BPE scratch, grown to the longest word seen
-  int32_t *sym_id, *sym_next, *sym_prev;
-  struct heap_ent *heap;
-  size_t cap;
+  int32_t *sym_id, *sym_next, *sym_prev, *sym_res; // per initial byte position
+  uint64_t *tree; // min tree over positions: (rank << 32 | position) of the pair starting there
+  size_t cap;     // symbols; the tree has 2 * cap slots
   // normalized fragment
   uint8_t *norm;
   size_t norm_cap;
@@ -483,86 +478,82 @@ struct enc {
   pcre2_match_data *md;
 };
 
-static inline bool heap_less(const struct heap_ent *a, const struct heap_ent *b) {
-  return a->rank < b->rank || (a->rank == b->rank && a->l < b->l);
-}
-
-static void heap_push(struct heap_ent *h, size_t *n, struct heap_ent e) {
-  size_t i = (*n)++;
-  while (i > 0) {
-    size_t p = (i - 1) / 2;
-    if (!heap_less(&e, &h[p])) break;
-    h[i] = h[p];
-    i = p;
-  }
-  h[i] = e;
-}
-
-static struct heap_ent heap_pop(struct heap_ent *h, size_t *n) {
-  struct heap_ent top = h[0], last = h[--(*n)];
-  size_t i = 0, m = *n;
-  for (;;) {
-    size_t c = 2 * i + 1;
-    if (c >= m) break;
-    if (c + 1 < m && heap_less(&h[c + 1], &h[c])) c++;
-    if (!heap_less(&h[c], &last)) break;
-    h[i] = h[c];
-    i = c;
-  }
-  if (m) h[i] = last;
-  return top;
-}
-
 static int enc_reserve(struct enc *e, size_t n) {
   if (n <= e->cap) return 0;
   size_t nc = e->cap ? e->cap : 64;
   while (nc < n) nc *= 2;
-  int32_t *a = realloc(e->sym_id, nc * sizeof *a);
-  if (a) e->sym_id = a;
-  int32_t *b = realloc(e->sym_next, nc * sizeof *b);
-  if (b) e->sym_next = b;
-  int32_t *c = realloc(e->sym_prev, nc * sizeof *c);
-  if (c) e->sym_prev = c;
-  struct heap_ent *h = realloc(e->heap, 3 * nc * sizeof *h);
-  if (h) e->heap = h;
-  if (!a || !b || !c || !h) return ferry_fail(-ENOMEM, "tokenizer: out of memory");
+  int32_t **arr[] = {&e->sym_id, &e->sym_next, &e->sym_prev, &e->sym_res};
+  for (size_t k = 0; k < 4; k++) {
+    int32_t *a = realloc(*arr[k], nc * sizeof *a);
+    if (!a) return ferry_fail(-ENOMEM, "tokenizer: out of memory");
+    *arr[k] = a;
+  }
+  uint64_t *tr = realloc(e->tree, 2 * nc * sizeof *tr);
+  if (!tr) return ferry_fail(-ENOMEM, "tokenizer: out of memory");
+  e->tree = tr;
   e->cap = nc;
   return 0;
 }
 
-static inline void try_pair(struct enc *e, size_t *hn, int32_t l, int32_t r) {
+#define NO_PAIR UINT64_MAX
+
+// Key of the pair that starts at symbol l: (rank << 32 | l), so the minimum is the lowest
+// rank and, among equal ranks (the same pair), the leftmost; records the merge result.
+static inline uint64_t pair_key(struct enc *e, int32_t l, int32_t n) {
+  int32_t r = e->sym_next[l];
+  if (r >= n) return NO_PAIR;
   const struct merge_slot *m = merge_find(e->t, e->sym_id[l], e->sym_id[r]);
-  if (m)
-    heap_push(e->heap, hn, (struct heap_ent){m->rank, l, r, e->sym_id[l], e->sym_id[r], m->res});
+  if (!m) return NO_PAIR;
+  e->sym_res[l] = m->res;
+  return ((uint64_t)(uint32_t)m->rank << 32) | (uint32_t)l;
 }
 
-// BPE of one word (raw bytes); appends the ids to e->out.
+// Sets leaf pos and repairs its ancestors, stopping where the minimum does not change.
+static inline void tree_set(uint64_t *tr, size_t leaves, size_t pos, uint64_t key) {
+  size_t i = leaves + pos;
+  tr[i] = key;
+  for (i >>= 1; i; i >>= 1) {
+    uint64_t a = tr[2 * i], b = tr[2 * i + 1], m = a < b ? a : b;
+    if (tr[i] == m) break;
+    tr[i] = m;
+  }
+}
+
+// BPE of one word (raw bytes); appends the ids to e->out. Symbols are a linked list over
+// the initial byte positions; a min tree over positions keyed by (rank, position) gives the
+// next merge in O(1) and each merge updates three leaves in O(log n), with no stale entries
+// and 48 bytes of scratch per byte however long the word is.
 static int bpe_word_uncached(struct enc *e, const uint8_t *w, size_t n) {
   const struct tokenizer *t = e->t;
   if (n == 1) return vec_push(&e->out, t->byte_id[w[0]]);
   if (n > INT32_MAX / 4) return ferry_fail(-EINVAL, "tokenizer: word of %zu bytes is too long", n);
-  int rc = enc_reserve(e, n);
+  size_t leaves = 1;
+  while (leaves < n) leaves <<= 1;
+  int rc = enc_reserve(e, leaves);
   if (rc) return rc;
-  for (size_t i = 0; i < n; i++) {
+  int32_t ni = (int32_t)n;
+  for (int32_t i = 0; i < ni; i++) {
     e->sym_id[i] = t->byte_id[w[i]];
-    e->sym_next[i] = (int32_t)i + 1;
-    e->sym_prev[i] = (int32_t)i - 1;
+    e->sym_next[i] = i + 1;
+    e->sym_prev[i] = i - 1;
   }
-  size_t hn = 0;
-  for (size_t i = 0; i + 1 < n; i++) try_pair(e, &hn, (int32_t)i, (int32_t)i + 1);
-  while (hn) {
-    struct heap_ent m = heap_pop(e->heap, &hn);
-    // Stale if either side was merged away or changed since the entry was pushed.
-    if (e->sym_id[m.l] != m.lid || e->sym_id[m.r] != m.rid || e->sym_next[m.l] != m.r) continue;
-    e->sym_id[m.l] = m.res;
-    e->sym_id[m.r] = -1;
-    int32_t nx = e->sym_next[m.r];
-    e->sym_next[m.l] = nx;
-    if (nx < (int32_t)n) e->sym_prev[nx] = m.l;
-    if (e->sym_prev[m.l] >= 0) try_pair(e, &hn, e->sym_prev[m.l], m.l);
-    if (nx < (int32_t)n) try_pair(e, &hn, m.l, nx);
+  uint64_t *tr = e->tree;
+  for (int32_t i = 0; i < ni; i++) tr[leaves + i] = pair_key(e, i, ni);
+  for (size_t i = n; i < leaves; i++) tr[leaves + i] = NO_PAIR;
+  for (size_t i = leaves - 1; i >= 1; i--) tr[i] = tr[2 * i] < tr[2 * i + 1] ? tr[2 * i] : tr[2 * i + 1];
+  while (tr[1] != NO_PAIR) {
+    int32_t l = (int32_t)(uint32_t)tr[1], r = e->sym_next[l];
+    e->sym_id[l] = e->sym_res[l];
+    e->sym_id[r] = -1;
+    int32_t nx = e->sym_next[r];
+    e->sym_next[l] = nx;
+    if (nx < ni) e->sym_prev[nx] = l;
+    tree_set(tr, leaves, (size_t)r, NO_PAIR);
+    tree_set(tr, leaves, (size_t)l, pair_key(e, l, ni));
+    int32_t pv = e->sym_prev[l];
+    if (pv >= 0) tree_set(tr, leaves, (size_t)pv, pair_key(e, pv, ni));
   }
-  for (int32_t i = 0; i < (int32_t)n; i = e->sym_next[i])
+  for (int32_t i = 0; i < ni; i = e->sym_next[i])
     if ((rc = vec_push(&e->out, e->sym_id[i]))) return rc;
   return 0;
 }
@@ -803,7 +794,8 @@ done:
   free(e.sym_id);
   free(e.sym_next);
   free(e.sym_prev);
-  free(e.heap);
+  free(e.sym_res);
+  free(e.tree);
   free(e.norm);
   free(e.wc);
   free(e.wc_keys);
