@@ -40,6 +40,7 @@ static size_t weight_row_bytes(enum ferry_type t, int64_t n) {
 
 struct mm_ctx {
   cpu_vec_dot_fn dot;
+  cpu_vec_dot4_fn dot4; // NULL: no 4-activation kernel for this type/path
   const uint8_t *w;
   size_t rb;     // weight row bytes
   int64_t n;
@@ -57,7 +58,7 @@ static void matvec_task(void *vctx, int64_t b, int64_t e, int tid) {
 
 void cpu_matvec(struct ferry_pool *pool, enum ferry_type t, const void *w, int64_t nrows, int64_t n,
                 const void *xq, float *y) {
-  struct mm_ctx c = {cpu_vec_dot_get(t), w, weight_row_bytes(t, n), n, xq, 0, 1, y, 0};
+  struct mm_ctx c = {cpu_vec_dot_get(t), NULL, w, weight_row_bytes(t, n), n, xq, 0, 1, y, 0};
   ferry_pool_run(pool, nrows, row_grain(c.rb), matvec_task, &c);
 }
 
@@ -74,8 +75,13 @@ static void matmul_task(void *vctx, int64_t b, int64_t e, int tid) {
       int64_t i1 = i0 + MM_MT < c->m ? i0 + MM_MT : c->m;
       for (int64_t r = r0; r < r1; r++) {
         const uint8_t *wr = c->w + (size_t)r * c->rb;
-        for (int64_t i = i0; i < i1; i++)
-          c->y[i * c->ldy + r] = c->dot(c->n, wr, c->xq + (size_t)i * c->xs);
+        int64_t i = i0;
+        if (c->dot4)
+          for (float o[4]; i + 4 <= i1; i += 4) {
+            c->dot4(c->n, wr, c->xq + (size_t)i * c->xs, c->xs, o);
+            for (int k = 0; k < 4; k++) c->y[(i + k) * c->ldy + r] = o[k];
+          }
+        for (; i < i1; i++) c->y[i * c->ldy + r] = c->dot(c->n, wr, c->xq + (size_t)i * c->xs);
       }
     }
   }
@@ -88,7 +94,7 @@ void cpu_matmul(struct ferry_pool *pool, enum ferry_type t, const void *w, int64
     cpu_matvec(pool, t, w, nrows, n, xq, y);
     return;
   }
-  struct mm_ctx c = {cpu_vec_dot_get(t), w, weight_row_bytes(t, n), n, xq, xq_stride, m, y, ldy};
+  struct mm_ctx c = {cpu_vec_dot_get(t), cpu_vec_dot4_get(t), w, weight_row_bytes(t, n), n, xq, xq_stride, m, y, ldy};
   ferry_pool_run(pool, nrows, row_grain(c.rb), matmul_task, &c);
 }
 

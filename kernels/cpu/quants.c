@@ -12,6 +12,7 @@
 #include "kernels/cpu/quants_impl.h"
 
 static cpu_vec_dot_fn g_tab[FT_COUNT];
+static cpu_vec_dot4_fn g_tab4[FT_COUNT];
 static const char *g_name[FT_COUNT];
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
@@ -48,6 +49,7 @@ static int have_avx512(void) {
 // supplied each entry so cpu_vec_dot_path names the code that really runs.
 static void build(int level) {
   cpu_vec_dot_fn tab[FT_COUNT], prev[FT_COUNT];
+  cpu_vec_dot4_fn tab4[FT_COUNT] = {0};
   const char *name[FT_COUNT];
   cpu_quants_fill_ref(tab);
   for (int t = 0; t < FT_COUNT; t++) name[t] = tab[t] ? "scalar" : NULL;
@@ -60,10 +62,12 @@ static void build(int level) {
   if (level >= 2) {
     memcpy(prev, tab, sizeof tab);
     cpu_quants_fill_avx512(tab);
+    cpu_quants_fill_avx512_dot4(tab4);
     for (int t = 0; t < FT_COUNT; t++)
       if (tab[t] != prev[t]) name[t] = "avx512";
   }
   for (int t = 0; t < FT_COUNT; t++) {
+    __atomic_store_n(&g_tab4[t], tab4[t], __ATOMIC_RELEASE);
     __atomic_store_n(&g_name[t], name[t], __ATOMIC_RELAXED);
     __atomic_store_n(&g_tab[t], tab[t], __ATOMIC_RELEASE);
   }
@@ -77,6 +81,12 @@ cpu_vec_dot_fn cpu_vec_dot_get(enum ferry_type t) {
   cpu_vec_dot_fn f = __atomic_load_n(&g_tab[t], __ATOMIC_ACQUIRE);
   FERRY_ASSERT(f && "cpu_vec_dot: unsupported weight type");
   return f;
+}
+
+cpu_vec_dot4_fn cpu_vec_dot4_get(enum ferry_type t) {
+  pthread_once(&g_once, init_once);
+  FERRY_ASSERT((unsigned)t < FT_COUNT);
+  return __atomic_load_n(&g_tab4[t], __ATOMIC_ACQUIRE);
 }
 
 float cpu_vec_dot(enum ferry_type t, int64_t n, const void *w, const void *xq) {

@@ -125,6 +125,95 @@ TGT static float dot_q8_0_avx512(int64_t n, const void *w, const void *xq) {
   return hsum256_ps(_mm256_add_ps(acc0, acc1));
 }
 
+// ---------------------------------------------------------------- 4 activations per row
+// Same arithmetic as the single-row kernels, per activation; the weight block is unpacked
+// once for the four (prefill: cpu_matmul).
+
+TGT static void dot4_q4_K_avx512(int64_t n, const void *w, const void *xq, size_t xs, float out[4]) {
+  const block_q4_K *a = w;
+  const uint8_t *x0 = xq;
+  const __m512i m4 = _mm512_set1_epi8(15);
+  const __m512i shv = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
+  const __m512i pick01 = _mm512_setr_epi32(0, 0, 2, 2, 0, 0, 2, 2, 1, 1, 3, 3, 1, 1, 3, 3);
+  const __m512i pick23 = _mm512_setr_epi32(4, 4, 6, 6, 4, 4, 6, 6, 5, 5, 7, 7, 5, 5, 7, 7);
+  __m512 acc[4];
+  __m256 accm[4];
+  for (int k = 0; k < 4; k++) acc[k] = _mm512_setzero_ps(), accm[k] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n / 256; i++) {
+    __m128i scm = k4_scales_mins(a[i].scales);
+    __m512i q[4];
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; c++) {
+      __m512i t = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * c)));
+      q[c] = _mm512_and_si512(_mm512_srlv_epi16(t, shv), m4);
+    }
+    __m512i sc32 = _mm512_cvtepu8_epi32(scm);
+    __m512i s01 = _mm512_permutexvar_epi32(pick01, sc32), s23 = _mm512_permutexvar_epi32(pick23, sc32);
+    __m256i md = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(scm, scm));
+    float da = h2f(a[i].d), dm = h2f(a[i].dmin);
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++) {
+      const block_q8_K *b = (const block_q8_K *)(x0 + k * xs) + i;
+      __m512i p0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[0], _mm512_loadu_si512(b->qs));
+      __m512i p1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[1], _mm512_loadu_si512(b->qs + 64));
+      __m512i p2 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[2], _mm512_loadu_si512(b->qs + 128));
+      __m512i p3 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[3], _mm512_loadu_si512(b->qs + 192));
+      __m512i f01 = _mm512_add_epi32(_mm512_unpacklo_epi64(p0, p1), _mm512_unpackhi_epi64(p0, p1));
+      __m512i f23 = _mm512_add_epi32(_mm512_unpacklo_epi64(p2, p3), _mm512_unpackhi_epi64(p2, p3));
+      __m512i v = _mm512_add_epi32(_mm512_mullo_epi32(f01, s01), _mm512_mullo_epi32(f23, s23));
+      __m256i mv = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)b->bsums), md);
+      acc[k] = _mm512_fmadd_ps(_mm512_set1_ps(b->d * da), _mm512_cvtepi32_ps(v), acc[k]);
+      accm[k] = _mm256_fmadd_ps(_mm256_set1_ps(b->d * dm), _mm256_cvtepi32_ps(mv), accm[k]);
+    }
+  }
+  for (int k = 0; k < 4; k++) out[k] = _mm512_reduce_add_ps(acc[k]) - hsum256_ps(accm[k]);
+}
+
+TGT static void dot4_q6_K_avx512(int64_t n, const void *w, const void *xq, size_t xs, float out[4]) {
+  const block_q6_K *a = w;
+  const uint8_t *x0 = xq;
+  const __m512i m4 = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30);
+  const __m512i shl_a = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16(4)), _mm256_set1_epi16(2), 1);
+  const __m512i shr_b = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+  const __m128i rep4 = _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  __m256 acc[4];
+  for (int k = 0; k < 4; k++) acc[k] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n / 256; i++) {
+    __m128i sc8 = _mm_loadu_si128((const __m128i *)a[i].scales);
+    __m512i q[4], sv[4];
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; h++) {
+      __m512i ql = _mm512_loadu_si512(a[i].ql + 64 * h);
+      __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(a[i].qh + 32 * h)));
+      q[2 * h] = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_and_si512(_mm512_sllv_epi16(qh, shl_a), m30));
+      q[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
+                                     _mm512_and_si512(_mm512_srlv_epi16(qh, shr_b), m30));
+      sv[2 * h] = _mm512_cvtepi8_epi32(_mm_shuffle_epi8(sc8, _mm_add_epi8(rep4, _mm_set1_epi8((char)(8 * h)))));
+      sv[2 * h + 1] = _mm512_cvtepi8_epi32(_mm_shuffle_epi8(sc8, _mm_add_epi8(rep4, _mm_set1_epi8((char)(8 * h + 4)))));
+    }
+    __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
+    float da = h2f(a[i].d);
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++) {
+      const block_q8_K *b = (const block_q8_K *)(x0 + k * xs) + i;
+      __m512i v = _mm512_mullo_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q[0], _mm512_loadu_si512(b->qs)), sv[0]);
+      v = _mm512_add_epi32(v, _mm512_mullo_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q[1], _mm512_loadu_si512(b->qs + 64)), sv[1]));
+      v = _mm512_add_epi32(v, _mm512_mullo_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q[2], _mm512_loadu_si512(b->qs + 128)), sv[2]));
+      v = _mm512_add_epi32(v, _mm512_mullo_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q[3], _mm512_loadu_si512(b->qs + 192)), sv[3]));
+      __m256i v8 = _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+      __m256i off = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)b->bsums), sc16);
+      v8 = _mm256_sub_epi32(v8, _mm256_slli_epi32(off, 5));
+      acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(b->d * da), _mm256_cvtepi32_ps(v8), acc[k]);
+    }
+  }
+  for (int k = 0; k < 4; k++) out[k] = hsum256_ps(acc[k]);
+}
+
+void cpu_quants_fill_avx512_dot4(cpu_vec_dot4_fn tab4[FT_COUNT]) {
+  tab4[FT_Q4_K] = dot4_q4_K_avx512;
+  tab4[FT_Q6_K] = dot4_q6_K_avx512;
+}
+
 void cpu_quants_fill_avx512(cpu_vec_dot_fn tab[FT_COUNT]) {
   tab[FT_Q4_K] = dot_q4_K_avx512;
   tab[FT_Q6_K] = dot_q6_K_avx512;
@@ -134,5 +223,6 @@ void cpu_quants_fill_avx512(cpu_vec_dot_fn tab[FT_COUNT]) {
 #else
 
 void cpu_quants_fill_avx512(cpu_vec_dot_fn tab[FT_COUNT]) { (void)tab; }
+void cpu_quants_fill_avx512_dot4(cpu_vec_dot4_fn tab4[FT_COUNT]) { (void)tab4; }
 
 #endif

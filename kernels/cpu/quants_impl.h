@@ -45,8 +45,16 @@ static inline void cpu_unpack_q3_scales(const uint8_t s[12], int8_t sc[16]) {
   }
 }
 
+// One weight row against 4 activation rows (xq + k*xs, k < 4): out[k] = row · x_k. Lets
+// cpu_matmul unpack each weight block once for 4 activations (prefill).
+typedef void (*cpu_vec_dot4_fn)(int64_t n, const void *w, const void *xq, size_t xs, float out[4]);
+
 // Dot function used by cpu_vec_dot for t right now (never NULL for a supported type).
 cpu_vec_dot_fn cpu_vec_dot_get(enum ferry_type t);
+// The 4-activation kernel of the current path for t, or NULL (then call the dot 4 times).
+cpu_vec_dot4_fn cpu_vec_dot4_get(enum ferry_type t);
+// Fills tab4[t] for the types the AVX-512 file has 4-activation kernels for.
+void cpu_quants_fill_avx512_dot4(cpu_vec_dot4_fn tab4[FT_COUNT]);
 
 // Scalar table (quants_ref.c).
 void cpu_quants_fill_ref(cpu_vec_dot_fn tab[FT_COUNT]);

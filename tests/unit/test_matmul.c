@@ -97,11 +97,17 @@ int main(void) {
   };
   struct ferry_rng r;
   ferry_rng_seed(&r, 99);
-  for (size_t k = 0; k < sizeof k_types / sizeof k_types[0]; k++)
-    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
-      run_case(NULL, k_types[k], shapes[si], &r);
-      if (pool) run_case(pool, k_types[k], shapes[si], &r);
-    }
+  // Every dispatch level: the matmul's 4-activation kernels exist only on some paths.
+  const char *paths[] = {"scalar", "avx2", "avx512"};
+  for (int p = 0; p < 3; p++) {
+    if (cpu_vec_dot_force(paths[p]) != 0) continue;
+    for (size_t k = 0; k < sizeof k_types / sizeof k_types[0]; k++)
+      for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        run_case(NULL, k_types[k], shapes[si], &r);
+        if (pool) run_case(pool, k_types[k], shapes[si], &r);
+      }
+  }
+  cpu_vec_dot_force("auto");
   ferry_pool_destroy(pool);
   CHECK_DONE();
 }
