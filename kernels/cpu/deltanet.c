@@ -360,8 +360,8 @@ int cpu_delta_prefill(struct ferry_pool *pool, float *o, int64_t ldo, float *S,
   if (T >= CPU_DELTA_CHUNK_MIN_T)
     return cpu_delta_chunked(pool, o, ldo, S, q, ldq, k, ldk, v, ldv, beta, g, T, Hk, Hv, dk,
                              dv, CPU_DELTA_CHUNK);
-  FERRY_ASSERT(Hv <= 1024);
-  float dec[CPU_DELTA_CHUNK_MIN_T * 1024];
+  FERRY_ASSERT(Hv <= 256);
+  float dec[CPU_DELTA_CHUNK_MIN_T * 256]; // 16 KiB of stack
   for (int64_t i = 0; i < T * Hv; i++) dec[i] = expf(g[i]);
   cpu_delta_recurrent(pool, o, ldo, S, q, ldq, k, ldk, v, ldv, beta, dec, T, Hk, Hv, dk, dv);
   return 0;

@@ -98,8 +98,8 @@ void cpu_delta_recurrent(struct ferry_pool *pool, float *o, int64_t ldo, float *
 // Arguments as cpu_delta_recurrent, except that it takes g [T x Hv] (log decay, <= 0)
 // instead of decay: cumulative decays are formed as exp of sums of g, which neither
 // underflows to log(0) nor loses precision the way log(decay) would.
-// chunk in [1, 256]; 64 is the usual choice. Allocates a scratch buffer per call
-// (~230 KiB per pool worker at dk = dv = 128, chunk 64).
+// chunk in [1, 256]; 32 measured fastest on CPU (see cpu_delta_prefill). Allocates scratch
+// per call (~230 KiB per pool worker at dk = dv = 128, chunk 64).
 // Returns 0, or -ENOMEM (message set) if the scratch cannot be allocated.
 int cpu_delta_chunked(struct ferry_pool *pool, float *o, int64_t ldo, float *S,
                       const float *q, int64_t ldq, const float *k, int64_t ldk,
@@ -109,7 +109,7 @@ int cpu_delta_chunked(struct ferry_pool *pool, float *o, int64_t ldo, float *S,
 
 // Prefill by whichever form is faster for T: the chunked form with chunk
 // CPU_DELTA_CHUNK when T >= CPU_DELTA_CHUNK_MIN_T, else the recurrence (decays computed
-// here from g). Arguments as cpu_delta_chunked (g, not decay); Hv <= 1024.
+// here from g). Arguments as cpu_delta_chunked (g, not decay); Hv <= 256.
 // Measured (bench_deltanet, real shape, one thread, AMD EPYC with AVX-512): at T = 512
 // recurrent 16-19 ms, chunked C=32 12.5-14 ms (AVX2 path: 23 vs 21 ms); at T = 8 the
 // recurrence is faster (0.23 vs 0.31 ms). Returns 0 or -ENOMEM (message set).
