@@ -21,13 +21,17 @@
 #include "kernels/cuda/cuda.h"
 #include "kernels/types.h"
 
-// Returns -EIO (or -ENOMEM) from the enclosing int function when a CUDA call fails.
+// Returns -EIO (or -ENOMEM) from the enclosing int function when a CUDA call fails. The
+// runtime's last-error slot is cleared so that a later launch check does not report this
+// (non-sticky) error again.
 #define CUDA_CHECK(call)                                                                  \
   do {                                                                                    \
     cudaError_t e_ = (call);                                                              \
-    if (e_ != cudaSuccess)                                                                \
+    if (e_ != cudaSuccess) {                                                              \
+      (void)cudaGetLastError();                                                           \
       return ferry_fail(e_ == cudaErrorMemoryAllocation ? -ENOMEM : -EIO, "%s:%d: %s: %s", \
                         __FILE__, __LINE__, #call, cudaGetErrorString(e_));               \
+    }                                                                                     \
   } while (0)
 
 // After a kernel launch: reports a bad launch configuration or an earlier async error.

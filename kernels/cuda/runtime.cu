@@ -74,6 +74,7 @@ extern "C" int cuda_malloc(void **d_out, size_t bytes) {
   *d_out = NULL;
   cudaError_t e = cudaMalloc(d_out, bytes ? bytes : 1);
   if (e != cudaSuccess) {
+    (void)cudaGetLastError(); // not sticky: keep it from resurfacing at the next launch
     *d_out = NULL;
     char sz[32];
     ferry_format_size(bytes, sz, sizeof sz);
@@ -91,6 +92,7 @@ extern "C" int cuda_host_alloc(void **p_out, size_t bytes) {
   *p_out = NULL;
   cudaError_t e = cudaHostAlloc(p_out, bytes ? bytes : 1, cudaHostAllocPortable);
   if (e != cudaSuccess) {
+    (void)cudaGetLastError();
     *p_out = NULL;
     return ferry_fail(-ENOMEM, "cudaHostAlloc(%zu bytes): %s", bytes, cudaGetErrorString(e));
   }
