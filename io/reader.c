@@ -169,8 +169,11 @@ fail:
 
 void io_reader_close(struct io_reader *r) {
   if (!r) return;
+  // Closing runs on error paths too: keep the message that explains the failure.
+  char saved[1024];
+  snprintf(saved, sizeof saved, "%s", ferry_errmsg());
   io_reader_wait_all(r);
-  ferry_clear_error();
+  ferry_fail(0, "%s", saved);
   io_reader_unregister(r);
   if (r->uring_ok) io_uring_queue_exit(&r->ring);
   if (r->fd >= 0) close(r->fd);
@@ -248,6 +251,12 @@ static enum act handle_result(struct io_reader *r, struct io_req *q, int res) {
     r->st.retries++;
     // O_DIRECT continues from an aligned position; the bytes before it are kept.
     if (r->direct) q->done -= q->done % IO_ALIGN;
+    // No aligned progress twice in a row: an unaligned end of file inside the span.
+    if (q->done <= q->attempt_at && ++q->stalls >= 2) {
+      q->eof = true;
+      finish(r, q, -EIO);
+      return ACT_DONE;
+    }
     if (++q->retries > IO_MAX_RETRIES * 16) {
       finish(r, q, -EIO);
       return ACT_DONE;
@@ -317,6 +326,7 @@ static void run_pending(struct io_reader *r) {
       if (want > IO_MAX_ATTEMPT) want = IO_MAX_ATTEMPT;
       char *buf = (char *)q->dst + q->done;
       q->attempt_direct = r->direct;
+      q->attempt_at = q->done;
       double t0 = ferry_now_s();
       ssize_t n = pread(r->fd, buf, want, (off_t)(q->span_off + q->done));
       int res = n < 0 ? -errno : (int)n;
@@ -361,6 +371,7 @@ static int ring_prep(struct io_reader *r, struct io_req *q) {
     io_uring_prep_read(sqe, r->fd, buf, (unsigned)want, off);
   io_uring_sqe_set_data(sqe, q);
   q->attempt_direct = r->direct;
+  q->attempt_at = q->done;
   q->state = IO_REQ_INFLIGHT;
   r->inflight++;
   return 0;
@@ -457,7 +468,7 @@ int io_read_queue(struct io_reader *r, struct io_req *q) {
   }
   q->err = 0;
   q->done = 0;
-  q->retries = 0;
+  q->retries = q->stalls = 0;
   q->eof = false;
   q->next = NULL;
   if (!r->use_ring) {

@@ -53,8 +53,8 @@ struct io_req {
   int err;           // 0, or a negative errno (message from io_read_wait)
   enum io_req_state state;
   // private
-  uint64_t span_off, span_len, need, done;
-  uint32_t retries;
+  uint64_t span_off, span_len, need, done, attempt_at;
+  uint32_t retries, stalls;
   bool eof, attempt_direct;
   struct io_req *next;
 };

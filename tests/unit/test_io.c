@@ -314,7 +314,33 @@ int main(void) {
   fault_suite(r, slab, slot, path);
   io_reader_close(r);
 
-  // 6. A missing file: one clear error.
+  // 6. The file shrinks under the reader: a clear end-of-file error on both paths, and a
+  // request cannot be queued twice.
+  for (int buffered = 0; buffered <= 1; buffered++) {
+    char tpath[4200];
+    snprintf(tpath, sizeof tpath, "%s.trunc", path);
+    FERRY_ASSERT(write_file(tpath, g_size) == 0);
+    r = open_reader(tpath, buffered);
+    CHECK_EQ(io_reader_wait_all(r), 0);
+    FERRY_ASSERT(truncate(tpath, 1 << 20) == 0);
+    io_req_init(&q, slab, -1, (1 << 20) - 100, 50000);
+    CHECK_EQ(io_read_queue(r, &q), 0);
+    CHECK_EQ(io_read_queue(r, &q), -EBUSY);
+    CHECK_EQ(io_read_wait(r, &q), -EIO);
+    CHECK(strstr(ferry_errmsg(), "end of the file") != NULL);
+    // The end now falls inside the aligned span, at an unaligned place.
+    FERRY_ASSERT(truncate(tpath, (1 << 20) + 50) == 0);
+    io_req_init(&q, slab, -1, (1 << 20) - 10, 70000);
+    CHECK_EQ(io_read_sync(r, &q), -EIO);
+    CHECK(strstr(ferry_errmsg(), "end of the file") != NULL);
+    io_req_init(&q, slab, -1, 1000, 5000); // the part still there reads fine
+    CHECK_EQ(io_read_sync(r, &q), 0);
+    CHECK(span_ok(&q));
+    io_reader_close(r);
+    unlink(tpath);
+  }
+
+  // 7. A missing file: one clear error.
   struct io_reader *bad = NULL;
   CHECK_EQ(io_reader_open(&bad, "/nonexistent/ferry.gguf", NULL), -ENOENT);
   CHECK(strstr(ferry_errmsg(), "/nonexistent/ferry.gguf") != NULL);
@@ -322,7 +348,7 @@ int main(void) {
   io_reader_close(NULL);
   unlink(path);
 
-  // 7. tmpfs (/dev/shm): whatever O_DIRECT does there (refused before Linux 6.6), the
+  // 8. tmpfs (/dev/shm): whatever O_DIRECT does there (refused before Linux 6.6), the
   // bytes must be right and the stats must say which path ran.
   struct statfs sf;
   if (statfs("/dev/shm", &sf) == 0 && sf.f_type == TMPFS_MAGIC && access("/dev/shm", W_OK) == 0) {
