@@ -386,6 +386,33 @@ static void check_eog_and_misc(void) {
   CHECK(!strcmp(dec, "<|im_start|>user\n<think><|im_end|>"));
   free(dec);
 
+  // Streaming: a partial UTF-8 sequence is held until its last byte arrives; bytes that can
+  // never complete are passed through as soon as that is certain.
+  {
+    struct tok_decoder *d;
+    const char *b;
+    size_t bl;
+    CHECK_EQ(tok_decoder_create(&d, t, false), 0);
+    CHECK_EQ(tok_decoder_push(d, 26525, &b, &bl), 0); // " \xF0\x9F\x98"
+    CHECK(bl == 1 && b[0] == ' ');
+    CHECK_EQ(tok_decoder_push(d, 151644, &b, &bl), 0); // <|im_start|>: hidden, holds on
+    CHECK_EQ(bl, 0);
+    CHECK_EQ(tok_decoder_push(d, 114, &b, &bl), 0); // "\xB6" completes U+1F636
+    CHECK(bl == 4 && !memcmp(b, "\xF0\x9F\x98\xB6", 4));
+    CHECK_EQ(tok_decoder_push(d, 378, &b, &bl), 0); // "\xE2\x80" (first 2 of 3)
+    CHECK_EQ(bl, 0);
+    CHECK_EQ(tok_decoder_push(d, 9707, &b, &bl), 0); // "Hello": the held bytes cannot complete
+    CHECK(bl == 7 && !memcmp(b, "\xE2\x80Hello", 7));
+    CHECK(tok_decoder_push(d, -3, &b, &bl) < 0);
+    CHECK_EQ(tok_decoder_push(d, 378, &b, &bl), 0);
+    tok_decoder_flush(d, &b, &bl); // end of stream: whatever is held comes out
+    CHECK(bl == 2 && !memcmp(b, "\xE2\x80", 2));
+    tok_decoder_flush(d, &b, &bl);
+    CHECK_EQ(bl, 0);
+    tok_decoder_destroy(d);
+    tok_decoder_destroy(NULL);
+  }
+
   // NFC: decomposed input gives the ids of the composed text (HF semantics).
   int32_t *a, *b;
   size_t na, nb;
@@ -682,14 +709,17 @@ static void check_naive_bpe(void) {
     char w[256];
     size_t wl = 0;
     w[wl++] = ' ';
-    size_t k = 1 + ferry_rng_u64(&r) % 14;
-    for (size_t i = 0; i < k; i++) {
-      const char *a = alpha[ferry_rng_u64(&r) % (sizeof alpha / sizeof *alpha)];
+    // Every 4th word is a long run of one piece (many equal-rank pairs: leftmost first).
+    bool run = it % 4 == 0;
+    size_t k = run ? 20 + ferry_rng_u64(&r) % 60 : 1 + ferry_rng_u64(&r) % 14;
+    const char *a = alpha[ferry_rng_u64(&r) % (sizeof alpha / sizeof *alpha)];
+    for (size_t i = 0; i < k && wl + 4 < 250; i++) {
+      if (!run) a = alpha[ferry_rng_u64(&r) % (sizeof alpha / sizeof *alpha)];
       memcpy(w + wl, a, strlen(a));
       wl += strlen(a);
     }
     // naive: symbols are byte-mapped strings
-    char sym[64][128];
+    static char sym[256][256];
     size_t ns = 0;
     for (size_t i = 0; i < wl; i++) {
       int32_t bid = byte_tok[(uint8_t)w[i]];
