@@ -536,12 +536,14 @@ int ecache_acquire(struct ecache *c, uint32_t layer, uint32_t n, const int32_t *
       continue;
     }
     struct slot *s = take_victim(c, cls, true);
-    FERRY_ASSERT(s); // counted above
-    s->pins = 1;
-    rc = slot_load(c, s, layer, experts[i]);
+    // Counted above, so only a failing ring (reads that never complete) gets here.
+    rc = s ? 0 : ferry_fail_ctx(-EIO, "expert cache: no slot came free for layer %u", layer);
+    if (s) {
+      s->pins = 1;
+      rc = slot_load(c, s, layer, experts[i]);
+      if (rc) s->pins = 0, lru_insert(c, s, true);
+    }
     if (rc) {
-      s->pins = 0;
-      lru_insert(c, s, true);
       for (uint32_t j = 0; j < n; j++)
         if (out[j].slot >= 0) slot_unpin(c, &c->slots[out[j].slot]), out[j].slot = -1;
       io_reader_submit(c->reader);
@@ -571,6 +573,8 @@ int ecache_wait(struct ecache *c, struct ecache_ref *r) {
   struct slot *s = &c->slots[r->slot];
   FERRY_ASSERT(s->pins > 0 && s->layer == (int32_t)r->layer && s->expert == r->expert);
   if (s->state == SLOT_LOADING) slot_drain(c, s);
+  if (s->state == SLOT_LOADING) // the ring itself failed; the reads may still land
+    return ferry_fail_ctx(-EIO, "expert cache: layer %u expert %d", r->layer, r->expert);
   if (s->state == SLOT_FAILED) {
     int p = 0;
     while (p < ECACHE_N_PARTS && !s->req[p].err) p++;
