@@ -31,7 +31,7 @@ static void synth_usage(FILE *o) {
           "  tokens, no merges) is written.\n"
           "q4_k_m follows llama.cpp (Q4_K, Q6_K for output/attn_v/ffn_down by layer); rows\n"
           "  that are not a multiple of 256 fall back to Q8_0 (a warning says how many).\n"
-          "  Large K-quant tensors reuse a per-tensor bank of 2048 quantized blocks, picked at\n"
+          "  Large K-quant tensors reuse a per-tensor bank of 1024 quantized blocks, picked at\n"
           "  random per row and block (the reference quantizer is slow); --exact-quant\n"
           "  quantizes every row instead.\n");
 }

@@ -1,12 +1,17 @@
 // engine/gguf_write.c: streaming GGUF v3 writer (see gguf_write.h). Metadata pairs are
 // serialized into one growing byte buffer as they are added; tensor infos are kept as
-// structs until begin_data serializes the header in one go. Tensor data goes through an
-// 8 MiB write-combining buffer (small tensors such as norms) or straight to write()
-// (large chunks), so the writer never holds a tensor.
+// structs until begin_data serializes the header in one go. All output is copied into two
+// 32 MiB page-aligned buffers that one background thread writes with pwrite, so the caller
+// fills one buffer while the other goes to disk; the writer never holds a tensor. The file
+// is opened with O_DIRECT when the filesystem allows it: buffered writes of multi-GB files
+// are throttled by page-cache writeback to a fraction of what the device does (and evict
+// the page cache the engine wants). The last partial buffer is padded to 4 KiB and the
+// file truncated back to its real length.
 #include "engine/gguf_write.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -16,7 +21,8 @@
 
 #define GW_MAGIC 0x46554747u
 #define GW_VERSION 3u
-#define GW_BUF_BYTES ((size_t)8 << 20)
+#define GW_BUF_BYTES ((size_t)32 << 20) // virtual disks want large requests
+#define GW_DIRECT_ALIGN 4096
 
 struct gw_tensor {
   char *name;
@@ -48,8 +54,23 @@ struct gguf_writer {
   int64_t cur;
   uint64_t cur_done;
   uint64_t written; // bytes handed to the file (including buffered)
-  uint8_t *buf;
+  bool direct;      // fd has O_DIRECT
+  uint8_t *bufs[2]; // page-aligned; the caller fills bufs[fill]
+  int fill;
   size_t buf_len;
+  uint64_t file_off; // where bufs[fill] goes
+  // background I/O: one job in flight at most; `job` stays set until its write is done,
+  // so the other buffer is free whenever `job` is NULL.
+  pthread_t io_th;
+  bool io_started;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  const uint8_t *job;
+  size_t job_len;
+  uint64_t job_off;
+  bool stop;
+  int io_err; // errno of the first failed pwrite (0: none)
+  double wait_s; // time the caller spent waiting for the disk (reported at debug level)
 };
 
 static int gw_failed(struct gguf_writer *w, int code) {
@@ -265,39 +286,81 @@ int64_t gguf_writer_current(const struct gguf_writer *w) { return w->cur; }
 uint64_t gguf_writer_bytes_written(const struct gguf_writer *w) { return w->written; }
 
 // ---- file output ---------------------------------------------------------------------
-static int gw_write_fd(struct gguf_writer *w, const void *p, size_t n) {
-  const uint8_t *b = p;
-  while (n) {
-    ssize_t r = write(w->fd, b, n > ((size_t)1 << 30) ? ((size_t)1 << 30) : n);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return gw_failed(w, ferry_fail(-errno, "%s: write failed: %s", w->tmp_path, strerror(errno)));
+static void *gw_io_main(void *arg) {
+  struct gguf_writer *w = arg;
+  pthread_mutex_lock(&w->mu);
+  for (;;) {
+    while (!w->job && !w->stop) pthread_cond_wait(&w->cv, &w->mu);
+    if (!w->job) break; // stop, nothing pending
+    const uint8_t *b = w->job;
+    size_t n = w->job_len;
+    uint64_t off = w->job_off;
+    int err = w->io_err;
+    pthread_mutex_unlock(&w->mu);
+    while (n && !err) {
+      ssize_t r = pwrite(w->fd, b, n > ((size_t)1 << 30) ? ((size_t)1 << 30) : n, (off_t)off);
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        err = errno;
+      } else if (r == 0) {
+        err = EIO;
+      } else {
+        b += r, n -= (size_t)r, off += (uint64_t)r;
+      }
     }
-    b += r, n -= (size_t)r;
+    pthread_mutex_lock(&w->mu);
+    if (err && !w->io_err) w->io_err = err;
+    w->job = NULL;
+    pthread_cond_broadcast(&w->cv);
   }
+  pthread_mutex_unlock(&w->mu);
+  return NULL;
+}
+
+// Waits until no write is in flight; returns the I/O error, if any, as a failure.
+static int gw_io_wait(struct gguf_writer *w) {
+  pthread_mutex_lock(&w->mu);
+  if (w->job) {
+    double t0 = ferry_now_s();
+    while (w->job) pthread_cond_wait(&w->cv, &w->mu);
+    w->wait_s += ferry_now_s() - t0;
+  }
+  int err = w->io_err;
+  pthread_mutex_unlock(&w->mu);
+  if (err) return gw_failed(w, ferry_fail(-err, "%s: write failed: %s", w->tmp_path, strerror(err)));
   return 0;
 }
 
-static int gw_flush(struct gguf_writer *w) {
-  if (!w->buf_len) return 0;
-  int rc = gw_write_fd(w, w->buf, w->buf_len);
+// Hands bufs[fill] (len bytes, padded by the caller when direct) to the I/O thread and
+// switches to the other buffer, whose previous write gw_io_wait has seen complete.
+static int gw_submit(struct gguf_writer *w, size_t len) {
+  int rc = gw_io_wait(w);
+  if (rc) return rc;
+  pthread_mutex_lock(&w->mu);
+  w->job = w->bufs[w->fill];
+  w->job_len = len;
+  w->job_off = w->file_off;
+  pthread_cond_broadcast(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+  w->file_off += len;
+  w->fill ^= 1;
   w->buf_len = 0;
-  return rc;
+  return 0;
 }
 
-// Buffered output: small pieces are combined, big ones bypass the buffer.
 static int gw_out(struct gguf_writer *w, const void *p, size_t n) {
+  const uint8_t *b = p;
   w->written += n;
-  if (w->buf_len + n <= GW_BUF_BYTES) {
-    memcpy(w->buf + w->buf_len, p, n);
-    w->buf_len += n;
-    return 0;
+  while (n) {
+    size_t k = GW_BUF_BYTES - w->buf_len;
+    if (k > n) k = n;
+    memcpy(w->bufs[w->fill] + w->buf_len, b, k);
+    w->buf_len += k, b += k, n -= k;
+    if (w->buf_len == GW_BUF_BYTES) {
+      int rc = gw_submit(w, GW_BUF_BYTES);
+      if (rc) return rc;
+    }
   }
-  int rc = gw_flush(w);
-  if (rc) return rc;
-  if (n >= GW_BUF_BYTES / 2) return gw_write_fd(w, p, n);
-  memcpy(w->buf, p, n);
-  w->buf_len = n;
   return 0;
 }
 
@@ -309,6 +372,26 @@ static int gw_out_zeros(struct gguf_writer *w, uint64_t n) {
     if (rc) return rc;
     n -= k;
   }
+  return 0;
+}
+
+// Writes what is buffered and waits for all writes; with O_DIRECT the tail is padded to
+// the block size and the file truncated to its real length afterwards.
+static int gw_drain(struct gguf_writer *w) {
+  if (w->buf_len) {
+    size_t len = w->buf_len;
+    if (w->direct) {
+      size_t padded = (size_t)ferry_align_up(len, GW_DIRECT_ALIGN);
+      memset(w->bufs[w->fill] + len, 0, padded - len);
+      len = padded;
+    }
+    int rc = gw_submit(w, len);
+    if (rc) return rc;
+  }
+  int rc = gw_io_wait(w);
+  if (rc) return rc;
+  if (w->direct && ftruncate(w->fd, (off_t)w->written) != 0)
+    return gw_failed(w, ferry_fail(-errno, "%s: ftruncate: %s", w->tmp_path, strerror(errno)));
   return 0;
 }
 
@@ -324,13 +407,23 @@ int gguf_writer_create(struct gguf_writer **out, const char *path, uint32_t alig
   w->path = strdup(path);
   size_t n = strlen(path) + 5;
   w->tmp_path = malloc(n);
-  w->buf = malloc(GW_BUF_BYTES);
-  if (!w->path || !w->tmp_path || !w->buf) {
+  w->bufs[0] = ferry_alloc_aligned(GW_DIRECT_ALIGN, GW_BUF_BYTES);
+  w->bufs[1] = ferry_alloc_aligned(GW_DIRECT_ALIGN, GW_BUF_BYTES);
+  pthread_mutex_init(&w->mu, NULL);
+  pthread_cond_init(&w->cv, NULL);
+  if (!w->path || !w->tmp_path || !w->bufs[0] || !w->bufs[1]) {
     gguf_writer_destroy(w);
     return ferry_fail(-ENOMEM, "gguf writer: out of memory");
   }
   snprintf(w->tmp_path, n, "%s.tmp", path);
-  w->fd = open(w->tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  // O_DIRECT where the filesystem supports it (tmpfs does not: EINVAL); FERRY_NO_DIRECT=1
+  // forces buffered writes.
+  const char *nd = getenv("FERRY_NO_DIRECT");
+  if (!(nd && *nd && strcmp(nd, "0"))) {
+    w->fd = open(w->tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_DIRECT, 0644);
+    w->direct = w->fd >= 0;
+  }
+  if (w->fd < 0) w->fd = open(w->tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (w->fd < 0) {
     int e = errno;
     int rc = ferry_fail(-e, "%s: cannot create: %s", w->tmp_path, strerror(e));
@@ -338,6 +431,12 @@ int gguf_writer_create(struct gguf_writer **out, const char *path, uint32_t alig
     gguf_writer_destroy(w);
     return rc;
   }
+  int prc = pthread_create(&w->io_th, NULL, gw_io_main, w);
+  if (prc) {
+    gguf_writer_destroy(w);
+    return ferry_fail(-prc, "gguf writer: cannot start the I/O thread: %s", strerror(prc));
+  }
+  w->io_started = true;
   if (alignment != 32) {
     int rc = gguf_writer_add_u32(w, "general.alignment", alignment);
     if (rc) {
@@ -351,6 +450,15 @@ int gguf_writer_create(struct gguf_writer **out, const char *path, uint32_t alig
 
 void gguf_writer_destroy(struct gguf_writer *w) {
   if (!w) return;
+  if (w->io_started) {
+    pthread_mutex_lock(&w->mu);
+    w->stop = true; // the thread finishes a write in flight, then exits
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    pthread_join(w->io_th, NULL);
+  }
+  pthread_mutex_destroy(&w->mu); // initialized before any path that reaches destroy
+  pthread_cond_destroy(&w->cv);
   if (w->fd >= 0) close(w->fd);
   if (w->state != GW_DONE && w->tmp_path) unlink(w->tmp_path);
   for (uint64_t i = 0; i < w->n_kv; i++) free(w->keys[i]);
@@ -358,7 +466,8 @@ void gguf_writer_destroy(struct gguf_writer *w) {
   free(w->keys);
   free(w->t);
   free(w->meta);
-  free(w->buf);
+  ferry_free_aligned(w->bufs[0]);
+  ferry_free_aligned(w->bufs[1]);
   free(w->path);
   free(w->tmp_path);
   free(w);
@@ -428,7 +537,7 @@ int gguf_writer_finish(struct gguf_writer *w) {
   if (w->cur < w->n_t)
     return gw_failed(w, ferry_fail(-EINVAL, "gguf writer: tensor '%s' has %llu of %llu bytes", w->t[w->cur].name,
                                    (unsigned long long)w->cur_done, (unsigned long long)w->t[w->cur].nbytes));
-  int rc = gw_flush(w);
+  int rc = gw_drain(w);
   if (rc) return rc;
   if (fdatasync(w->fd) != 0 && errno != EINVAL && errno != EROFS)
     return gw_failed(w, ferry_fail(-errno, "%s: fdatasync: %s", w->tmp_path, strerror(errno)));
@@ -437,6 +546,8 @@ int gguf_writer_finish(struct gguf_writer *w) {
     return gw_failed(w, ferry_fail(-errno, "%s: close: %s", w->tmp_path, strerror(errno)));
   }
   w->fd = -1;
+  log_debug("gguf writer: %s: %llu bytes, %s, caller waited %.2f s for the disk", w->path,
+            (unsigned long long)w->written, w->direct ? "O_DIRECT" : "buffered", w->wait_s);
   if (rename(w->tmp_path, w->path) != 0)
     return gw_failed(w, ferry_fail(-errno, "cannot rename %s to %s: %s", w->tmp_path, w->path, strerror(errno)));
   w->state = GW_DONE;

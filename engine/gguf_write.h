@@ -1,7 +1,8 @@
 // engine/gguf_write.h: streaming GGUF v3 writer. The caller declares all metadata and all
 // tensor infos first (kept in memory: a few MB at most, the tokenizer arrays being the
 // largest), then streams each tensor's bytes in the declared order. Memory is bounded by
-// the metadata plus one write-combining buffer; tensor data passes through and is never
+// the metadata plus two 32 MiB I/O buffers (O_DIRECT where possible, written by a background
+// thread while the caller fills the other); tensor data passes through and is never
 // held whole. The file is written under "<path>.tmp" and renamed to <path> by
 // gguf_writer_finish, so a failed or abandoned write never leaves a plausible-looking file.
 //
@@ -71,7 +72,8 @@ int gguf_writer_begin_data(struct gguf_writer *w);
 // Appends len bytes to the current tensor (the first declared tensor whose bytes are not
 // all written). len must not exceed what the current tensor still needs: a tensor's
 // bytes never spill into the next one. When a tensor completes, its alignment padding is
-// written and the next tensor becomes current. Large writes go straight to write().
+// written and the next tensor becomes current. Copies into the writer's buffers; blocks only
+// when both buffers are waiting for the disk.
 int gguf_writer_write(struct gguf_writer *w, const void *data, uint64_t len);
 // Index of the current tensor (== n_tensors once all are written).
 int64_t gguf_writer_current(const struct gguf_writer *w);

@@ -526,10 +526,21 @@ static void convert_row(uint32_t type, const float *x, void *dst, int64_t n) {
 // fresh samples of the tensor's law, and every block position of every row picks a bank
 // block with the row's own RNG. Each row is still a sample of the right distribution and
 // rows are independent in practice (two rows share a block at a given position with
-// probability 1/SYNTH_BANK_BLOCKS); the cost drops to a memcpy per block.
-#define SYNTH_BANK_BLOCKS 2048u
-#define SYNTH_BANK_MIN_BLOCKS ((uint64_t)SYNTH_BANK_BLOCKS * 8)
+// probability 1/SYNTH_BANK_BLOCKS); the cost drops to a memcpy per block. Tensors with
+// the same type and law (e.g. ffn_gate_exps and ffn_up_exps of every layer) share one bank,
+// seeded from the law rather than a tensor name, so a 48-layer model quantizes only a
+// handful of banks; rows still pick blocks with their own per-tensor, per-row streams.
+#define SYNTH_BANK_BLOCKS 1024u
+#define SYNTH_MAX_BANKS 64
+#define SYNTH_BANK_MIN_BLOCKS ((uint64_t)SYNTH_BANK_BLOCKS * 4)
 #define SYNTH_BANK_STREAM (1ull << 63)
+
+struct bank {
+  uint32_t type;
+  enum init_law law;
+  float a, b;
+  uint8_t *data; // SYNTH_BANK_BLOCKS blocks of `type`
+};
 
 static bool use_bank(const struct synth_params *p, const struct plan_tensor *t) {
   if (p->exact || (t->type != FT_Q4_K && t->type != FT_Q6_K)) return false;
@@ -609,7 +620,9 @@ int synth_write(const struct synth_params *p, const char *path, struct synth_sta
   struct gguf_writer *w = NULL;
   struct ferry_pool *pool = NULL;
   float **scratch = NULL;
-  uint8_t *batch = NULL, *bank = NULL;
+  uint8_t *batch = NULL;
+  struct bank banks[SYNTH_MAX_BANKS];
+  int n_banks = 0;
   uint32_t n_vocab = 0;
   int n_threads = 0;
   int rc = plan_prepare(p, &pl, &vsrc, &n_vocab);
@@ -661,8 +674,7 @@ int synth_write(const struct synth_params *p, const char *path, struct synth_sta
   n_threads = ferry_pool_size(pool);
   scratch = calloc((size_t)n_threads, sizeof *scratch);
   batch = ferry_alloc_aligned(4096, SYNTH_BATCH_BYTES);
-  bank = ferry_alloc_aligned(64, (size_t)SYNTH_BANK_BLOCKS * 256 * sizeof(float)); // >= any block type
-  if (!scratch || !batch || !bank) {
+  if (!scratch || !batch) {
     rc = ferry_fail(-ENOMEM, "synth: out of memory for row buffers");
     goto out;
   }
@@ -685,9 +697,27 @@ int synth_write(const struct synth_params *p, const char *path, struct synth_sta
     const uint8_t *bk = NULL;
     uint32_t block_bytes = ferry_type_info(t->type)->size;
     if (use_bank(p, t)) {
-      struct batch_ctx bc = {t, p->seed, 0, 0, bank, scratch, NULL, block_bytes};
-      ferry_pool_run(pool, SYNTH_BANK_BLOCKS, 16, bank_fn, &bc);
-      bk = bank;
+      int bi = 0;
+      while (bi < n_banks && !(banks[bi].type == t->type && banks[bi].law == t->law && banks[bi].a == t->a &&
+                               banks[bi].b == t->b))
+        bi++;
+      if (bi == n_banks) {
+        if (n_banks == SYNTH_MAX_BANKS) bi = (int)(i % SYNTH_MAX_BANKS); // reuse a slot
+        else if (!(banks[n_banks].data = ferry_alloc_aligned(64, (size_t)SYNTH_BANK_BLOCKS * 256))) { // any K block fits
+          rc = -ENOMEM;
+          break;
+        } else {
+          n_banks++;
+        }
+        // A pseudo-tensor carrying the law, named after it, seeds the bank.
+        struct plan_tensor law = *t;
+        snprintf(law.name, sizeof law.name, "bank:%u:%d:%a:%a", t->type, (int)t->law, t->a, t->b);
+        law.hash = fnv1a(law.name);
+        banks[bi].type = t->type, banks[bi].law = t->law, banks[bi].a = t->a, banks[bi].b = t->b;
+        struct batch_ctx bc = {&law, p->seed, 0, 0, banks[bi].data, scratch, NULL, block_bytes};
+        ferry_pool_run(pool, SYNTH_BANK_BLOCKS, 16, bank_fn, &bc);
+      }
+      bk = banks[bi].data;
     }
     for (uint64_t r0 = 0; r0 < rows && !rc; r0 += per_batch) {
       uint64_t k = rows - r0 < per_batch ? rows - r0 : per_batch;
@@ -718,7 +748,7 @@ out:
     for (int i = 0; i < n_threads; i++) ferry_free_aligned(scratch[i]);
   free(scratch);
   ferry_free_aligned(batch);
-  ferry_free_aligned(bank);
+  for (int i = 0; i < n_banks; i++) ferry_free_aligned(banks[i].data);
   ferry_pool_destroy(pool);
   gguf_writer_destroy(w);
   gguf_close(vsrc);

@@ -9,8 +9,8 @@
 // rescaled to the exact mean and standard deviation; tails end at 3.46 sigma), with the
 // scales of the fixtures (fixtures README §1.1): std 1/sqrt(fan_in) for matrices,
 // token_embd std 0.5, output std 3/sqrt(n_embd), norms 1 + N(0, 0.05), ssm_conv1d std 0.3,
-// ssm_dt.bias U(0,1), ssm_a -U(0.05,1). Large Q4_K/Q6_K tensors (>= 16384 blocks) are
-// assembled from a per-tensor bank of 2048 genuinely quantized blocks, picked per row and
+// ssm_dt.bias U(0,1), ssm_a -U(0.05,1). Large Q4_K/Q6_K tensors (>= 4096 blocks) are
+// assembled from a per-tensor bank of 1024 genuinely quantized blocks, picked per row and
 // block position by the row's RNG, because the reference K-quant quantizer costs ~100 ns a
 // weight (see synth.c); `exact` turns that off.
 #pragma once

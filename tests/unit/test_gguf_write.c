@@ -240,8 +240,10 @@ int main(void) {
 
   CHECK_EQ(write_file(p1, 0), 0);
   check_file(p1, 0);
+  setenv("FERRY_NO_DIRECT", "1", 1); // the buffered path too
   CHECK_EQ(write_file(p2, 64), 0);
   check_file(p2, 64);
+  unsetenv("FERRY_NO_DIRECT");
   CHECK(gguf_writer_create(&(struct gguf_writer *){0}, p3, 48) < 0); // not a power of two
   ferry_clear_error();
 
