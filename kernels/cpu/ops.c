@@ -120,31 +120,34 @@ int cpu_kv_store(void *cache, enum ferry_type kv_type, int64_t kv_row_stride_ele
 
 // ---- attention ----
 
-// One query head against positions 0..n_ctx-1 of KV head kvh. scores: scratch of n_ctx.
+// One query head against positions 0..n_ctx-1 of KV head kvh. Online softmax (running
+// max m and sum l, rescaling the accumulator when the max grows): one pass over the
+// cache and no scratch proportional to the context, so callers allocate nothing per
+// token. Scores and probabilities are f32 (as the model's softmax); sums are in double.
 static void attn_one_head(float *out, const float *qh, const void *kcache, const void *vcache,
                           enum ferry_type t, int64_t n_ctx, int64_t kvh, int64_t head_dim,
-                          size_t row_bytes, float scale, float *scores) {
-  float mx = -INFINITY;
+                          size_t row_bytes, float scale, double *acc) {
+  float m = -INFINITY;
+  double l = 0.0;
+  for (int64_t d = 0; d < head_dim; d++) acc[d] = 0.0;
   for (int64_t p = 0; p < n_ctx; p++) {
     const void *krow = (const uint8_t *)kcache + (size_t)p * row_bytes;
     double dot = 0.0;
     for (int64_t d = 0; d < head_dim; d++)
       dot += (double)qh[d] * kv_get(krow, t, kvh * head_dim + d);
-    scores[p] = (float)dot * scale;
-    mx = fmaxf(mx, scores[p]);
-  }
-  float sum = 0.0f;
-  for (int64_t p = 0; p < n_ctx; p++) {
-    scores[p] = expf(scores[p] - mx);
-    sum += scores[p];
-  }
-  const float inv = 1.0f / sum;
-  for (int64_t d = 0; d < head_dim; d++) out[d] = 0.0f;
-  for (int64_t p = 0; p < n_ctx; p++) {
+    const float s = (float)dot * scale;
+    if (s > m) { // rescale what was summed under the old max
+      const double c = m == -INFINITY ? 0.0 : (double)expf(m - s);
+      l *= c;
+      for (int64_t d = 0; d < head_dim; d++) acc[d] *= c;
+      m = s;
+    }
+    const float pw = expf(s - m);
+    l += pw;
     const void *vrow = (const uint8_t *)vcache + (size_t)p * row_bytes;
-    const float pw = scores[p] * inv;
-    for (int64_t d = 0; d < head_dim; d++) out[d] += pw * kv_get(vrow, t, kvh * head_dim + d);
+    for (int64_t d = 0; d < head_dim; d++) acc[d] += (double)pw * kv_get(vrow, t, kvh * head_dim + d);
   }
+  for (int64_t d = 0; d < head_dim; d++) out[d] = (float)(acc[d] / l);
 }
 
 static void attn_rows(float *out, const float *q, const void *kcache, const void *vcache,
@@ -152,17 +155,16 @@ static void attn_rows(float *out, const float *q, const void *kcache, const void
                       int64_t n_kv_head, int64_t head_dim, int64_t stride, float scale) {
   FERRY_ASSERT(kv_type == FT_F32 || kv_type == FT_F16 || kv_type == FT_Q8_0);
   FERRY_ASSERT(n_kv_head > 0 && n_head % n_kv_head == 0);
+  FERRY_ASSERT(head_dim > 0 && head_dim <= 1024);
   const int64_t group = n_head / n_kv_head;
   const size_t rb = kv_row_bytes(kv_type, stride);
-  float *scores = malloc((size_t)(pos0 + n_tok) * sizeof(float));
-  FERRY_ASSERT(scores);
+  double acc[1024];
   for (int64_t t = 0; t < n_tok; t++)
     for (int64_t h = 0; h < n_head; h++) {
       const int64_t off = (t * n_head + h) * head_dim;
       attn_one_head(out + off, q + off, kcache, vcache, kv_type, pos0 + t + 1, h / group,
-                    head_dim, rb, scale, scores);
+                    head_dim, rb, scale, acc);
     }
-  free(scores);
 }
 
 void cpu_attn_decode(float *out, const float *q, const void *kcache, const void *vcache,

@@ -55,7 +55,8 @@ int cpu_kv_store(void *cache, enum ferry_type kv_type, int64_t kv_row_stride_ele
 // Decode: one query (n_head heads of head_dim, q[n_head*head_dim]) against cached
 // positions 0..n_ctx_used-1. Query head h reads KV head h / (n_head / n_kv_head) (GQA).
 // scores = scale * q.k; softmax in f32 (max-subtracted); out[h*head_dim + d] =
-// sum_t p(t) v_t[d]. kv_type: FT_F32, FT_F16 or FT_Q8_0 (layout above).
+// sum_t p(t) v_t[d]. kv_type: FT_F32, FT_F16 or FT_Q8_0 (layout above). head_dim <= 1024.
+// One pass with an online softmax; allocates nothing.
 void cpu_attn_decode(float *out, const float *q, const void *kcache, const void *vcache,
                      enum ferry_type kv_type, int64_t n_ctx_used, int64_t n_head,
                      int64_t n_kv_head, int64_t head_dim, int64_t kv_row_stride_elems,

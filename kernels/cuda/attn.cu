@@ -6,16 +6,16 @@
 // One block per (query head, token); its warps split the positions and each keeps an
 // online softmax (running max, sum, and output accumulator in registers: head_dim/32
 // dims per lane), merged through shared memory at the end. Decode is prefill with one
-// token. This is the simple form; splitting long contexts over several blocks
-// (flash-decoding) and sharing K/V reads between the heads of a group are left for later.
+// token; a decode over a long context gets 16 warps per block instead of 4, since it has
+// only n_head blocks. Splitting long contexts over several blocks (flash-decoding) and
+// sharing K/V reads between the heads of a GQA group are left for later.
 #include "kernels/cuda/common.cuh"
 
 namespace {
 
-constexpr int ATT_WARPS = 4;
 constexpr int ATT_MAX_DPL = 8; // dims per lane: head_dim <= 256
 
-template <int KV>
+template <int KV, int ATT_WARPS>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
     k_attn(float *out, const float *__restrict__ q, const uint8_t *__restrict__ kc,
            const uint8_t *__restrict__ vc, int64_t pos0, int64_t n_head, int64_t group,
@@ -99,18 +99,22 @@ int attn_launch(float *out, const float *q, const void *kcache, const void *vcac
   const int64_t rb = kv_row_bytes(kv_type, stride);
   const int64_t group = n_head / n_kv_head;
   const uint8_t *kc = (const uint8_t *)kcache, *vc = (const uint8_t *)vcache;
+  const bool wide = n_tok == 1 && pos0 >= 512;
+#define ATT_LAUNCH(KV, W)                                                                 \
+  k_attn<KV, W><<<grid, W * 32, 0, s>>>(out, q, kc, vc, pos0, n_head, group, head_dim, rb, scale)
   switch (kv_type) {
   case FT_F32:
-    k_attn<FT_F32><<<grid, ATT_WARPS * 32, 0, s>>>(out, q, kc, vc, pos0, n_head, group, head_dim, rb, scale);
+    if (wide) ATT_LAUNCH(FT_F32, 16); else ATT_LAUNCH(FT_F32, 4);
     break;
   case FT_F16:
-    k_attn<FT_F16><<<grid, ATT_WARPS * 32, 0, s>>>(out, q, kc, vc, pos0, n_head, group, head_dim, rb, scale);
+    if (wide) ATT_LAUNCH(FT_F16, 16); else ATT_LAUNCH(FT_F16, 4);
     break;
   case FT_Q8_0:
-    k_attn<FT_Q8_0><<<grid, ATT_WARPS * 32, 0, s>>>(out, q, kc, vc, pos0, n_head, group, head_dim, rb, scale);
+    if (wide) ATT_LAUNCH(FT_Q8_0, 16); else ATT_LAUNCH(FT_Q8_0, 4);
     break;
   default: return ferry_fail(-EINVAL, "cuda attention: KV type %d not supported", (int)kv_type);
   }
+#undef ATT_LAUNCH
   CUDA_CHECK_LAUNCH("attention");
   return 0;
 }

@@ -111,6 +111,8 @@ static const struct op_case g_op_cases[] = {
   {FERRY_OP_ATTN_DECODE, FT_F16, {37, 32, 4, 128}, TOL_ATTN, "qwen3moe"},
   {FERRY_OP_ATTN_DECODE, FT_Q8_0, {300, 32, 4, 128}, TOL_ATTN, "qwen3moe q8_0 KV"},
   {FERRY_OP_ATTN_DECODE, FT_F16, {1000, 16, 2, 256}, TOL_ATTN, "qwen3next full attention"},
+  {FERRY_OP_ATTN_DECODE, FT_Q8_0, {2048, 32, 4, 128}, TOL_ATTN, "qwen3moe q8_0 KV, long"},
+  {FERRY_OP_ATTN_DECODE, FT_F32, {700, 6, 3, 40, 8}, TOL_ATTN, "odd, long (16-warp path)"},
   {FERRY_OP_ATTN_DECODE, FT_F32, {1, 4, 2, 64}, TOL_ATTN, "one position"},
   {FERRY_OP_ATTN_DECODE, FT_F32, {5, 6, 3, 40, 8}, TOL_ATTN, "odd head_dim, padded rows"},
   {FERRY_OP_ATTN_DECODE, FT_Q8_0, {3, 8, 8, 96, 32}, TOL_ATTN, "no GQA, padded"},
