@@ -20,6 +20,10 @@ static inline int nearest_int(float v) { return (int)rintf(v); }
 
 static inline int clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
 
+// Blocks whose largest magnitude is below this quantize to zero: inverse scales of such
+// blocks would overflow to inf (llama.cpp produces inf/NaN there; real data never has them).
+#define QEPS 1e-30f
+
 // ---------------------------------------------------------------- dequantization
 
 static void dequant_q8_0(const block_q8_0 *b, float *y, int64_t nb) {
@@ -154,7 +158,7 @@ static float fit_scale_min(int n, int nmax, const float *x, const float *w, uint
     if (x[i] > hi) hi = x[i];
   }
   if (lo > 0) lo = 0;
-  if (hi <= lo) {
+  if (hi - lo < QEPS) {
     memset(L, 0, (size_t)n);
     *min_out = -lo;
     return 0.f;
@@ -208,7 +212,7 @@ static float fit_scale_sym(int n, int nmax, const float *x, uint8_t *L) {
   float amax = 0, xmax = 0;
   for (int i = 0; i < n; i++)
     if (fabsf(x[i]) > amax) amax = fabsf(x[i]), xmax = x[i];
-  if (amax < 1e-30f) {
+  if (amax < QEPS) {
     memset(L, nmax, (size_t)n);
     return 0.f;
   }
@@ -241,7 +245,7 @@ static void quant_q8_0(const float *x, block_q8_0 *b, int64_t nb) {
   for (int64_t i = 0; i < nb; i++, x += 32) {
     float amax = 0;
     for (int p = 0; p < 32; p++) amax = fmaxf(amax, fabsf(x[p]));
-    float d = amax / 127, id = d ? 1 / d : 0;
+    float d = amax / 127, id = amax >= QEPS ? 1 / d : 0;
     b[i].d = f2h(d);
     for (int p = 0; p < 32; p++) b[i].qs[p] = (int8_t)roundf(x[p] * id);
   }
@@ -253,7 +257,7 @@ static void quant_q4_0(const float *x, block_q4_0 *b, int64_t nb) {
     for (int p = 0; p < 32; p++)
       if (fabsf(x[p]) > amax) amax = fabsf(x[p]), xmax = x[p];
     // The signed extreme maps to −8, the end of the range with the extra level.
-    float d = xmax / -8, id = d ? 1 / d : 0;
+    float d = xmax / -8, id = amax >= QEPS ? 1 / d : 0;
     b[i].d = f2h(d);
     for (int j = 0; j < 16; j++) {
       int q0 = clampi(nearest_int(x[j] * id) + 8, 0, 15);
@@ -273,7 +277,7 @@ static void quant_q2_K(const float *x, block_q2_K *b, int64_t nb) {
       if (scales[g] > max_s) max_s = scales[g];
       if (mins[g] > max_m) max_m = mins[g];
     }
-    float is = max_s > 0 ? 15 / max_s : 0, im = max_m > 0 ? 15 / max_m : 0;
+    float is = max_s > QEPS ? 15 / max_s : 0, im = max_m > QEPS ? 15 / max_m : 0;
     for (int g = 0; g < 16; g++) {
       int ls = clampi(nearest_int(is * scales[g]), 0, 15);
       int lm = clampi(nearest_int(im * mins[g]), 0, 15);
@@ -304,7 +308,7 @@ static void quant_q3_K(const float *x, block_q3_K *b, int64_t nb) {
       if (fabsf(scales[g]) > amax_s) amax_s = fabsf(scales[g]), max_s = scales[g];
     }
     memset(b[i].scales, 0, 12);
-    float is = amax_s > 0 ? -32 / max_s : 0;
+    float is = amax_s > QEPS ? -32 / max_s : 0;
     for (int g = 0; g < 16; g++) {
       int v = clampi(nearest_int(is * scales[g]), -32, 31) + 32;
       if (g < 8) b[i].scales[g] |= (uint8_t)(v & 15);
@@ -346,7 +350,7 @@ static void quant_k4(const float *x, uint16_t *dd, uint16_t *ddmin, uint8_t s[12
     if (scales[j] > max_s) max_s = scales[j];
     if (mins[j] > max_m) max_m = mins[j];
   }
-  float is = max_s > 0 ? 63 / max_s : 0, im = max_m > 0 ? 63 / max_m : 0;
+  float is = max_s > QEPS ? 63 / max_s : 0, im = max_m > QEPS ? 63 / max_m : 0;
   uint8_t ls[8], lm[8];
   for (int j = 0; j < 8; j++) {
     ls[j] = (uint8_t)clampi(nearest_int(is * scales[j]), 0, 63);
@@ -398,7 +402,7 @@ static void quant_q6_K(const float *x, block_q6_K *b, int64_t nb) {
       scales[g] = fit_scale_sym(16, 32, x + 16 * g, L + 16 * g);
       if (fabsf(scales[g]) > amax_s) amax_s = fabsf(scales[g]), max_s = scales[g];
     }
-    float is = amax_s > 0 ? -128 / max_s : 0;
+    float is = amax_s > QEPS ? -128 / max_s : 0;
     for (int g = 0; g < 16; g++) b[i].scales[g] = (int8_t)clampi(nearest_int(is * scales[g]), -128, 127);
     b[i].d = f2h(is ? 1 / is : 0);
     float d = h2f(b[i].d);
@@ -423,7 +427,7 @@ static void quant_q8_K(const float *x, block_q8_K *b, int64_t nb) {
     float amax = 0, xmax = 0;
     for (int p = 0; p < QK; p++)
       if (fabsf(x[p]) > amax) amax = fabsf(x[p]), xmax = x[p];
-    if (amax == 0) {
+    if (amax < QEPS) { // §2.4 says amax == 0; see QEPS
       memset(&b[i], 0, sizeof b[i]);
       continue;
     }
@@ -450,7 +454,7 @@ static void quant_act_q8_0(const float *x, block_q8_0 *b, int64_t nb) {
     float amax = 0;
     for (int p = 0; p < 32; p++) amax = fmaxf(amax, fabsf(x[p]));
     b[i].d = f2h(amax / 127);
-    float id = amax != 0 ? 127.f / amax : 0;
+    float id = amax >= QEPS ? 127.f / amax : 0;
     for (int p = 0; p < 32; p++) b[i].qs[p] = (int8_t)nearest_int(x[p] * id);
   }
 }

@@ -109,12 +109,22 @@ static void test_roundtrip(void) {
   cpu_dequant_row(FT_Q4_K, q, y, n);
   fprintf(stderr, "roundtrip q4_K on |N|+2: rel rms %.5f\n", rel_rms(x, y, n));
   CHECK(rel_rms(x, y, n) < 0.03);
-  // A zero block quantizes to zeros.
-  memset(x, 0, 256 * 4);
-  for (int k = 0; k < NW; k++) {
-    cpu_quantize_row(k_weights[k], x, q, 256);
-    cpu_dequant_row(k_weights[k], q, y, 256);
-    for (int i = 0; i < 256; i++) CHECK(y[i] == 0.0f);
+  // A zero block quantizes to zeros; so does a block of denormal-tiny values (whose
+  // inverse scale would overflow), without undefined float->int conversions (UBSan).
+  for (int pass = 0; pass < 2; pass++) {
+    for (int i = 0; i < 256; i++) x[i] = pass ? 1e-39f * (float)((i % 7) - 3) : 0.0f;
+    for (int k = 0; k < NW; k++) {
+      enum ferry_type t = k_weights[k];
+      if (pass && (t == FT_F32 || t == FT_F16 || t == FT_BF16)) continue; // floats keep them
+      cpu_quantize_row(k_weights[k], x, q, 256);
+      cpu_dequant_row(k_weights[k], q, y, 256);
+      for (int i = 0; i < 256; i++) CHECK(y[i] == 0.0f);
+    }
+    block_q8_K a8[1];
+    uint8_t a0[8 * 34];
+    cpu_quantize_act(FT_Q8_K, x, a8, 256);
+    cpu_quantize_act(FT_Q8_0, x, a0, 256);
+    CHECK(a8[0].d == 0.0f && a8[0].qs[1] == 0 && a0[0] == 0 && a0[1] == 0 && a0[3] == 0);
   }
   free(x), free(y), free(q), free(q2);
 }
