@@ -2,6 +2,7 @@
 // the numa/ pool. Two families:
 //  - fast (cpu_matvec / cpu_matmul): the per-type cpu_vec_dot against activations already
 //    in the vec-dot format (llama.cpp's numerics; what decode and prefill normally use);
+//    cpu_matmul uses a path's 4-activation kernel where there is one;
 //  - exact (cpu_matvec_exact / cpu_matmul_exact): each weight row is dequantized to F32 and
 //    dotted with F32 activations accumulating in double, the fixtures' exact mode.
 // No allocation per call: the exact path dequantizes into a fixed 32 KiB stack piece

@@ -2,7 +2,9 @@
 // carry most of the bytes (Q4_K experts and projections, Q6_K down/output, Q8_0). VNNI's
 // dpbusd multiplies u8·s8 and sums four products into int32 in one step, and 512-bit
 // registers take a 64-element sub-block pair at once. Like the AVX2 file, the integer
-// sums are exact and only the float accumulation order differs from the scalar reference. Installed by quants.c only when cpuid reports every needed feature.
+// sums are exact and only the float accumulation order differs from the scalar reference.
+// Q4_K/Q6_K also have 4-activation kernels for cpu_matmul (weights unpacked once per 4).
+// Installed by quants.c only when cpuid reports every needed feature.
 #include <string.h>
 
 #include "kernels/cpu/quants_impl.h"
