@@ -18,6 +18,36 @@
 #include "offload/ecache.h"
 #include "tests/check.h"
 
+// Counts heap allocations so the test can check that acquire/wait/poll/release/prefetch
+// allocate nothing (no allocation per token). Sanitizer builds interpose malloc
+// themselves, so the counter is compiled out there.
+#if defined(__SANITIZE_ADDRESS__)
+#define COUNT_ALLOCS 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define COUNT_ALLOCS 0
+#endif
+#endif
+#ifndef COUNT_ALLOCS
+#define COUNT_ALLOCS 1
+#endif
+static uint64_t g_allocs;
+#if COUNT_ALLOCS
+extern void *__libc_malloc(size_t);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+extern void *__libc_memalign(size_t, size_t);
+void *malloc(size_t n) { g_allocs++; return __libc_malloc(n); }
+void *calloc(size_t a, size_t b) { g_allocs++; return __libc_calloc(a, b); }
+void *realloc(void *p, size_t n) { g_allocs++; return __libc_realloc(p, n); }
+void *aligned_alloc(size_t a, size_t n) { g_allocs++; return __libc_memalign(a, n); }
+int posix_memalign(void **out, size_t a, size_t n) {
+  g_allocs++;
+  *out = __libc_memalign(a, n);
+  return *out ? 0 : ENOMEM;
+}
+#endif
+
 #define NL 5
 #define NE 16
 #define KMAX 4
@@ -98,6 +128,7 @@ static void random_traffic(struct ecache *c, struct budget *b, int steps) {
   uint64_t cap = st.capacity_bytes[ECACHE_HOST];
   uint64_t errors0 = st.tier[ECACHE_HOST].errors;
   int nospc = 0;
+  uint64_t allocs0 = g_allocs;
   for (int step = 0; step < steps; step++) {
     uint32_t l = (uint32_t)(ferry_rng_u64(&g_rng) % NL);
     uint32_t k = 1 + (uint32_t)(ferry_rng_u64(&g_rng) % KMAX);
@@ -159,6 +190,7 @@ static void random_traffic(struct ecache *c, struct budget *b, int steps) {
     }
   }
   for (int i = 0; i < n_hold; i++) ecache_release(c, hold[i].layer, hold[i].n, hold[i].refs);
+  CHECK_EQ(g_allocs, allocs0); // nothing allocated per acquire/wait/release/prefetch
   ecache_check(c);
   ecache_stats(c, &st);
   struct ecache_counters t = st.tier[ECACHE_HOST], sum = {0};
@@ -387,6 +419,7 @@ int main(void) {
   ecache_destroy(NULL);
 
   CHECK_EQ(budget_used_total(b, BUDGET_HOST), 0);
+  CHECK(!COUNT_ALLOCS || g_allocs > 10); // the counter does see create's allocations
   budget_destroy(b);
   unlink(path);
   free(g_file);
