@@ -34,6 +34,13 @@ static int cpu_memset0(struct ferry_backend *be, void *dst, size_t bytes, struct
   if (bytes) memset(dst, 0, bytes);
   return 0;
 }
+static int cpu_host_register(struct ferry_backend *be, void *p, size_t bytes) { return 0; }
+static int cpu_host_unregister(struct ferry_backend *be, void *p) { return 0; }
+static int cpu_mem_info(struct ferry_backend *be, size_t *free_bytes, size_t *total_bytes) {
+  *free_bytes = (size_t)ferry_mem_available_bytes();
+  *total_bytes = 0;
+  return 0;
+}
 // CPU ops finish before returning, so streams and events only need distinct non-NULL
 // handles; one static byte serves all of them.
 static char g_cpu_handle;
@@ -215,6 +222,11 @@ static const struct ferry_backend_ops k_cpu_ops = {
     .copy_d2h = cpu_copy,
     .copy_d2d = cpu_copy,
     .memset0 = cpu_memset0,
+    .host_alloc = cpu_mem_alloc,
+    .host_free = cpu_mem_free,
+    .host_register = cpu_host_register,
+    .host_unregister = cpu_host_unregister,
+    .mem_info = cpu_mem_info,
     .stream_create = cpu_stream_create,
     .stream_destroy = cpu_stream_destroy,
     .stream_sync = cpu_stream_sync,
@@ -265,6 +277,17 @@ static int cu_copy_d2d(struct ferry_backend *be, void *dst, const void *src, siz
 }
 static int cu_memset0(struct ferry_backend *be, void *dst, size_t bytes, struct ferry_stream *s) {
   return cuda_memset0(dst, bytes, ST(s));
+}
+static int cu_host_alloc(struct ferry_backend *be, void **out, size_t bytes) {
+  return cuda_host_alloc(out, bytes);
+}
+static void cu_host_free(struct ferry_backend *be, void *p) { cuda_host_free(p); }
+static int cu_host_register(struct ferry_backend *be, void *p, size_t bytes) {
+  return cuda_host_register(p, bytes);
+}
+static int cu_host_unregister(struct ferry_backend *be, void *p) { return cuda_host_unregister(p); }
+static int cu_mem_info(struct ferry_backend *be, size_t *free_bytes, size_t *total_bytes) {
+  return cuda_mem_info(free_bytes, total_bytes);
 }
 static int cu_stream_create(struct ferry_backend *be, struct ferry_stream **out) {
   return cuda_stream_create((void **)out);
@@ -378,6 +401,11 @@ static const struct ferry_backend_ops k_cuda_ops = {
     .copy_d2h = cu_copy_d2h,
     .copy_d2d = cu_copy_d2d,
     .memset0 = cu_memset0,
+    .host_alloc = cu_host_alloc,
+    .host_free = cu_host_free,
+    .host_register = cu_host_register,
+    .host_unregister = cu_host_unregister,
+    .mem_info = cu_mem_info,
     .stream_create = cu_stream_create,
     .stream_destroy = cu_stream_destroy,
     .stream_sync = cu_stream_sync,

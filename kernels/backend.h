@@ -70,6 +70,15 @@ struct ferry_backend_ops {
   int (*copy_d2h)(be_t *be, void *h_dst, const void *src, size_t bytes, stream_t *s);
   int (*copy_d2d)(be_t *be, void *dst, const void *src, size_t bytes, stream_t *s);
   int (*memset0)(be_t *be, void *dst, size_t bytes, stream_t *s);
+  // Host memory the device can copy from asynchronously: pinned (cudaHostAlloc) on CUDA,
+  // 64-byte aligned heap on CPU. host_register pins memory allocated elsewhere (e.g.
+  // NUMA-local expert slots) until host_unregister; a no-op on CPU.
+  int (*host_alloc)(be_t *be, void **out, size_t bytes);
+  void (*host_free)(be_t *be, void *p); // NULL-safe
+  int (*host_register)(be_t *be, void *p, size_t bytes);
+  int (*host_unregister)(be_t *be, void *p);
+  // Free and total backend memory in bytes (CPU: MemAvailable and 0 = unknown total).
+  int (*mem_info)(be_t *be, size_t *free_bytes, size_t *total_bytes);
   // ---- streams and events ----
   int (*stream_create)(be_t *be, stream_t **out);
   void (*stream_destroy)(be_t *be, stream_t *s); // NULL-safe

@@ -36,6 +36,9 @@ int cuda_malloc(void **d_out, size_t bytes);
 void cuda_free(void *d);
 int cuda_host_alloc(void **p_out, size_t bytes); // pinned host memory
 void cuda_host_free(void *p);
+int cuda_host_register(void *p, size_t bytes); // pins existing host memory
+int cuda_host_unregister(void *p);
+int cuda_mem_info(size_t *free_bytes, size_t *total_bytes); // current device
 int cuda_memcpy_h2d(void *d_dst, const void *h_src, size_t bytes, void *stream);
 int cuda_memcpy_d2h(void *h_dst, const void *d_src, size_t bytes, void *stream);
 int cuda_memcpy_d2d(void *d_dst, const void *d_src, size_t bytes, void *stream);

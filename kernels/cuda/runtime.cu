@@ -103,6 +103,21 @@ extern "C" void cuda_host_free(void *p) {
   if (p) cudaFreeHost(p);
 }
 
+extern "C" int cuda_host_register(void *p, size_t bytes) {
+  CUDA_CHECK(cudaHostRegister(p, bytes, cudaHostRegisterPortable));
+  return 0;
+}
+
+extern "C" int cuda_host_unregister(void *p) {
+  CUDA_CHECK(cudaHostUnregister(p));
+  return 0;
+}
+
+extern "C" int cuda_mem_info(size_t *free_bytes, size_t *total_bytes) {
+  CUDA_CHECK(cudaMemGetInfo(free_bytes, total_bytes));
+  return 0;
+}
+
 extern "C" int cuda_memcpy_h2d(void *d_dst, const void *h_src, size_t bytes, void *stream) {
   CUDA_CHECK(cudaMemcpyAsync(d_dst, h_src, bytes, cudaMemcpyHostToDevice, (cudaStream_t)stream));
   return 0;

@@ -53,9 +53,17 @@ int main(void) {
   CHECK(!strcmp(be->name, "cuda"));
   check_bad_args(be);
 
-  // h2d on stream a -> event -> stream b waits -> d2d + axpy on b -> d2h.
+  size_t fr = 0, tot = 0;
+  CHECK_EQ(be->ops.mem_info(be, &fr, &tot), 0);
+  CHECK(tot > 0 && fr > 0 && fr <= tot);
+
+  // h2d (pinned source) on stream a -> event -> stream b waits -> axpy + d2d on b -> d2h
+  // into registered memory.
   enum { N = 1 << 20 };
-  float *h = malloc(N * sizeof(float)), *back = malloc(N * sizeof(float));
+  float *h = NULL, *back = malloc(N * sizeof(float));
+  CHECK_EQ(be->ops.host_alloc(be, (void **)&h, N * sizeof(float)), 0);
+  if (!h || !back) CHECK_DONE();
+  CHECK_EQ(be->ops.host_register(be, back, N * sizeof(float)), 0);
   struct ferry_rng rng;
   ferry_rng_seed(&rng, 3);
   for (int i = 0; i < N; i++) h[i] = ferry_rng_normal(&rng);
@@ -96,7 +104,8 @@ int main(void) {
   void *huge = NULL;
   CHECK_EQ(be->ops.mem_alloc(be, &huge, (size_t)1 << 50), -ENOMEM);
   CHECK(huge == NULL);
-  free(h);
+  CHECK_EQ(be->ops.host_unregister(be, back), 0);
+  be->ops.host_free(be, h);
   free(back);
   ferry_backend_destroy(be);
   CHECK_DONE();

@@ -17,6 +17,21 @@
 #include "kernels/cuda/cuda.h"
 #endif
 
+// Every non-op entry (memory, copies, streams, events) is set.
+static void check_runtime_entries(const struct ferry_backend_ops *o, const char *name) {
+#define ENTRY(f)                                                                          \
+  if (!o->f) {                                                                            \
+    fprintf(stderr, "%s backend: no " #f "\n", name);                                     \
+    CHECK(false);                                                                         \
+  }
+  ENTRY(mem_alloc) ENTRY(mem_free) ENTRY(copy_h2d) ENTRY(copy_d2h) ENTRY(copy_d2d)
+  ENTRY(memset0) ENTRY(host_alloc) ENTRY(host_free) ENTRY(host_register)
+  ENTRY(host_unregister) ENTRY(mem_info) ENTRY(stream_create) ENTRY(stream_destroy)
+  ENTRY(stream_sync) ENTRY(event_create) ENTRY(event_destroy) ENTRY(event_record)
+  ENTRY(stream_wait_event) ENTRY(event_sync) ENTRY(event_elapsed_ms)
+#undef ENTRY
+}
+
 static void test_completeness(void) {
   enum ferry_op missing[FERRY_OP_COUNT];
   const int nm = op_table_missing(missing);
@@ -33,9 +48,11 @@ static void test_completeness(void) {
     }
   }
   CHECK(ferry_op_name(FERRY_OP_COUNT) == NULL);
+  check_runtime_entries(cpu, "cpu");
   const struct ferry_backend_ops *cu = ferry_backend_ops_of(FERRY_BACKEND_CUDA);
 #ifdef FERRY_HAVE_CUDA
   CHECK(cu != NULL);
+  if (cu) check_runtime_entries(cu, "cuda");
   for (int op = 0; cu && op < FERRY_OP_COUNT; op++)
     if (!ferry_backend_has_op(cu, (enum ferry_op)op)) {
       fprintf(stderr, "op '%s' has no CUDA entry\n", ferry_op_name((enum ferry_op)op));
