@@ -516,11 +516,14 @@ int ecache_acquire(struct ecache *c, uint32_t layer, uint32_t n, const int32_t *
     const struct eclass *K = &c->cls[cls];
     uint32_t pinned = 0;
     for (uint32_t i = K->first; i < K->first + K->n_slots; i++) pinned += c->slots[i].pins > 0;
+    char min[32];
+    ferry_format_size((uint64_t)n * K->slot_bytes, min, sizeof min);
     return ferry_fail(-ENOSPC, "expert cache: cannot place %u expert(s) of layer %u: %u of the "
-                      "%u host slots of its size class (%llu bytes) are pinned; the cache needs "
-                      "at least k slots per size class for the k experts of one layer (here "
-                      "%u); release experts of other layers first or raise --ram", need, layer,
-                      pinned, K->n_slots, (unsigned long long)K->slot_bytes, n);
+                      "%u host slots of its size class (%llu bytes each) are pinned; the "
+                      "minimum capacity is the k experts of one layer (here %u slots, %s) "
+                      "free on top of what other layers keep pinned; release experts of other "
+                      "layers first or raise --ram", need, layer, pinned, K->n_slots,
+                      (unsigned long long)K->slot_bytes, n, min);
   }
 
   // 3. Misses: take victims, queue reads (one submission for the layer).
