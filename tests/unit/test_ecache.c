@@ -418,6 +418,54 @@ int main(void) {
   ecache_destroy(c);
   io_reader_close(rd);
   ecache_destroy(NULL);
+  unlink(path);
+  free(g_file);
+
+  // Real Qwen3-30B slice sizes (884,736 bytes, 32-aligned bases; MODEL_SPEC 1.6): two
+  // layers of 8 experts, the slot is the three 4096-aligned supersets.
+  {
+    uint64_t sl = 884736, at = 4096 * 5 + 96;
+    for (int l = 0; l < 2; l++) {
+      g_layers[l].n_experts = 8;
+      for (int q = 0; q < ECACHE_N_PARTS; q++) {
+        g_layers[l].part[q] = (struct ecache_slice){.base = at, .stride = sl, .len = sl};
+        at += 8 * sl + 64;
+      }
+    }
+    g_size = at;
+    g_file = malloc(g_size);
+    for (uint64_t i = 0; i < g_size; i += 8) {
+      uint64_t v = ferry_rng_u64(&g_rng);
+      memcpy(g_file + i, &v, g_size - i < 8 ? g_size - i : 8);
+    }
+    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    FERRY_ASSERT(fd >= 0 && write(fd, g_file, g_size) == (ssize_t)g_size);
+    close(fd);
+    FERRY_ASSERT(io_reader_open(&rd, path, NULL) == 0);
+    struct ecache_params pr = {.n_layers = 2, .layers = g_layers, .reader = rd, .budget = b,
+                               .host_bytes = 10 * 3 * 888832, .min_slots = 4};
+    CHECK_EQ(ecache_create(&c, &pr), 0);
+    CHECK_EQ(ecache_slot_bytes(c, 0), 3 * 888832); // 217 blocks per slice
+    ecache_stats(c, &st);
+    CHECK_EQ(st.capacity_slots[ECACHE_HOST], 10);
+    for (int step = 0; step < 60; step++) {
+      uint32_t l = (uint32_t)(step % 2);
+      int32_t ex[4];
+      for (int i = 0; i < 4; i++) ex[i] = (int32_t)((ferry_rng_u64(&g_rng) % 2) * 4 + i);
+      struct ecache_ref rs[4];
+      CHECK_EQ(ecache_acquire(c, l, 4, ex, rs), 0);
+      for (int i = 0; i < 4; i++) {
+        if (rs[i].state == ECACHE_IN_FLIGHT) CHECK_EQ(ecache_wait(c, &rs[i]), 0);
+        CHECK(ref_ok(&rs[i]));
+      }
+      ecache_release(c, l, 4, rs);
+      ecache_check(c);
+    }
+    ecache_stats(c, &st);
+    CHECK(st.tier[ECACHE_HOST].hits > 0 && st.tier[ECACHE_HOST].evictions > 0);
+    ecache_destroy(c);
+    io_reader_close(rd);
+  }
 
   CHECK_EQ(budget_used_total(b, BUDGET_HOST), 0);
   CHECK(!COUNT_ALLOCS || g_allocs > 10); // the counter does see create's allocations
