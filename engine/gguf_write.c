@@ -301,6 +301,10 @@ static void *gw_io_main(void *arg) {
       ssize_t r = pwrite(w->fd, b, n > ((size_t)1 << 30) ? ((size_t)1 << 30) : n, (off_t)off);
       if (r < 0) {
         if (errno == EINTR) continue;
+        // Some filesystems accept O_DIRECT at open and refuse it at write: go buffered.
+        if (errno == EINVAL && (fcntl(w->fd, F_GETFL) & O_DIRECT) &&
+            fcntl(w->fd, F_SETFL, fcntl(w->fd, F_GETFL) & ~O_DIRECT) == 0)
+          continue;
         err = errno;
       } else if (r == 0) {
         err = EIO;
