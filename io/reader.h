@@ -42,6 +42,8 @@ struct io_reader_opts {
 
 // One read. The caller fills the "in" fields (or uses io_req_init), queues it, and reads
 // the "out" fields once it is done. Do not touch the private fields.
+// QUEUED and INFLIGHT both mean outstanding (QUEUED: waiting for the synchronous path;
+// INFLIGHT: in the ring, or being read); only DONE requests may be reused or freed.
 enum io_req_state { IO_REQ_IDLE = 0, IO_REQ_QUEUED, IO_REQ_INFLIGHT, IO_REQ_DONE };
 struct io_req {
   // in
