@@ -24,28 +24,71 @@ __host__ __device__ __forceinline__ void scale_min_k4(const uint8_t *s, int j, f
   }
 }
 
+// Copies N bytes from p into o. On the device, when the caller guarantees p is aligned to
+// A bytes (A = 2, 4 or 16), it uses A-byte words: a lane reads its 16 quant bytes in one
+// 16-byte load instead of 16 byte loads. A = 1 (and the host replay) reads bytes.
+template <int N, int A>
+__host__ __device__ __forceinline__ void ldbytes(const uint8_t *p, uint8_t *o) {
+#ifdef __CUDA_ARCH__
+  if constexpr (A >= 16 && N % 16 == 0) {
+    FERRY_UNROLL
+    for (int j = 0; j < N / 16; j++) {
+      const uint4 v = ((const uint4 *)p)[j];
+      const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+      FERRY_UNROLL
+      for (int k = 0; k < 16; k++) o[16 * j + k] = (uint8_t)(w[k >> 2] >> (8 * (k & 3)));
+    }
+  } else if constexpr (A >= 4 && N % 4 == 0) {
+    FERRY_UNROLL
+    for (int j = 0; j < N / 4; j++) {
+      const uint32_t w = ((const uint32_t *)p)[j];
+      FERRY_UNROLL
+      for (int k = 0; k < 4; k++) o[4 * j + k] = (uint8_t)(w >> (8 * k));
+    }
+  } else if constexpr (A >= 2 && N % 2 == 0) {
+    FERRY_UNROLL
+    for (int j = 0; j < N / 2; j++) {
+      const uint16_t w = ((const uint16_t *)p)[j];
+      o[2 * j] = (uint8_t)w;
+      o[2 * j + 1] = (uint8_t)(w >> 8);
+    }
+  } else
+#endif
+  {
+    FERRY_UNROLL
+    for (int i = 0; i < N; i++) o[i] = p[i];
+  }
+}
+
+// ALIGN: the alignment of every byte run piece() reads when the block itself is
+// 16-byte aligned (rows of these types are whole blocks, so an aligned matrix keeps
+// every block at that alignment or better).
 struct t_q4_k {
-  static constexpr int QK = 256, BYTES = 144, PL = 16;
+  static constexpr int QK = 256, BYTES = 144, PL = 16, ALIGN = 16;
+  template <int A>
   __host__ __device__ static void piece(const uint8_t *b, int pc, float *v) {
     const int sb = pc >> 1, l0 = (pc & 1) * 16, shift = (sb & 1) * 4;
     float sc, m;
     scale_min_k4(b + 4, sb, &sc, &m);
     const float d = load_f16(b) * sc, dm = load_f16(b + 2) * m;
-    const uint8_t *q = b + 16 + 32 * (sb >> 1) + l0;
+    uint8_t q[16];
+    ldbytes<16, A>(b + 16 + 32 * (sb >> 1) + l0, q);
     FERRY_UNROLL
     for (int i = 0; i < PL; i++) v[i] = d * (float)((q[i] >> shift) & 0xF) - dm;
   }
 };
 
 struct t_q5_k {
-  static constexpr int QK = 256, BYTES = 176, PL = 16;
+  static constexpr int QK = 256, BYTES = 176, PL = 16, ALIGN = 16;
+  template <int A>
   __host__ __device__ static void piece(const uint8_t *b, int pc, float *v) {
     const int sb = pc >> 1, l0 = (pc & 1) * 16, shift = (sb & 1) * 4;
     float sc, m;
     scale_min_k4(b + 4, sb, &sc, &m);
     const float d = load_f16(b) * sc, dm = load_f16(b + 2) * m;
-    const uint8_t *qh = b + 16 + l0;
-    const uint8_t *q = b + 48 + 32 * (sb >> 1) + l0;
+    uint8_t qh[16], q[16];
+    ldbytes<16, A>(b + 16 + l0, qh);
+    ldbytes<16, A>(b + 48 + 32 * (sb >> 1) + l0, q);
     FERRY_UNROLL
     for (int i = 0; i < PL; i++) {
       const int lo = (q[i] >> shift) & 0xF, hi = (qh[i] >> sb) & 1;
@@ -55,12 +98,14 @@ struct t_q5_k {
 };
 
 struct t_q6_k {
-  static constexpr int QK = 256, BYTES = 210, PL = 16;
+  static constexpr int QK = 256, BYTES = 210, PL = 16, ALIGN = 2;
+  template <int A>
   __host__ __device__ static void piece(const uint8_t *b, int pc, float *v) {
     const int p0 = pc * 16, h = p0 >> 7, r = p0 & 127, g = r >> 5, l0 = r & 31;
     const float d = load_f16(b + 208) * (float)(int8_t)b[192 + pc];
-    const uint8_t *ql = b + 64 * h + 32 * (g & 1) + l0;
-    const uint8_t *qh = b + 128 + 32 * h + l0;
+    uint8_t ql[16], qh[16];
+    ldbytes<16, A>(b + 64 * h + 32 * (g & 1) + l0, ql);
+    ldbytes<16, A>(b + 128 + 32 * h + l0, qh);
     const int lshift = g >= 2 ? 4 : 0, hshift = 2 * g;
     FERRY_UNROLL
     for (int i = 0; i < PL; i++) {
@@ -71,7 +116,8 @@ struct t_q6_k {
 };
 
 struct t_q3_k {
-  static constexpr int QK = 256, BYTES = 110, PL = 16;
+  static constexpr int QK = 256, BYTES = 110, PL = 16, ALIGN = 2;
+  template <int A>
   __host__ __device__ static void piece(const uint8_t *b, int pc, float *v) {
     const uint8_t *s = b + 96;
     const int k = pc;
@@ -79,8 +125,9 @@ struct t_q3_k {
     const int hi = (s[8 + (k & 3)] >> (2 * (k >> 2))) & 3;
     const float d = load_f16(b + 108) * (float)((lo | (hi << 4)) - 32);
     const int p0 = pc * 16, h = p0 >> 7, j = (p0 & 127) >> 5, l0 = p0 & 31, hbit = p0 >> 5;
-    const uint8_t *q = b + 32 + 32 * h + l0;
-    const uint8_t *hm = b + l0;
+    uint8_t q[16], hm[16];
+    ldbytes<16, A>(b + 32 + 32 * h + l0, q);
+    ldbytes<16, A>(b + l0, hm);
     FERRY_UNROLL
     for (int i = 0; i < PL; i++) {
       const int qv = ((q[i] >> (2 * j)) & 3) - (((hm[i] >> hbit) & 1) ? 0 : 4);
@@ -90,56 +137,75 @@ struct t_q3_k {
 };
 
 struct t_q2_k {
-  static constexpr int QK = 256, BYTES = 84, PL = 16;
+  static constexpr int QK = 256, BYTES = 84, PL = 16, ALIGN = 4;
+  template <int A>
   __host__ __device__ static void piece(const uint8_t *b, int pc, float *v) {
     const int sc = b[pc];
     const float d = load_f16(b + 80) * (float)(sc & 0xF), dm = load_f16(b + 82) * (float)(sc >> 4);
     const int p0 = pc * 16, h = p0 >> 7, j = (p0 & 127) >> 5, l0 = p0 & 31;
-    const uint8_t *q = b + 16 + 32 * h + l0;
+    uint8_t q[16];
+    ldbytes<16, A>(b + 16 + 32 * h + l0, q);
     FERRY_UNROLL
     for (int i = 0; i < PL; i++) v[i] = d * (float)((q[i] >> (2 * j)) & 3) - dm;
   }
 };
 
 struct t_q8_0 {
-  static constexpr int QK = 32, BYTES = 34, PL = 8;
+  static constexpr int QK = 32, BYTES = 34, PL = 8, ALIGN = 2;
+  template <int A>
   __host__ __device__ static void piece(const uint8_t *b, int pc, float *v) {
     const float d = load_f16(b);
-    const uint8_t *q = b + 2 + pc * 8;
+    uint8_t q[8];
+    ldbytes<8, A>(b + 2 + pc * 8, q);
     FERRY_UNROLL
     for (int i = 0; i < PL; i++) v[i] = d * (float)(int8_t)q[i];
   }
 };
 
 struct t_q4_0 {
-  static constexpr int QK = 32, BYTES = 18, PL = 8;
+  static constexpr int QK = 32, BYTES = 18, PL = 8, ALIGN = 2;
+  template <int A>
   __host__ __device__ static void piece(const uint8_t *b, int pc, float *v) {
     const float d = load_f16(b);
     // Elements 0..15 are the low nibbles of qs[0..15], 16..31 the high nibbles.
     const int e0 = pc * 8, shift = e0 >= 16 ? 4 : 0;
-    const uint8_t *q = b + 2 + (e0 & 15);
+    uint8_t q[8];
+    ldbytes<8, A>(b + 2 + (e0 & 15), q);
     FERRY_UNROLL
     for (int i = 0; i < PL; i++) v[i] = d * (float)(((q[i] >> shift) & 0xF) - 8);
   }
 };
 
 struct t_f32 {
-  static constexpr int QK = 1, BYTES = 4, PL = 1;
+  static constexpr int QK = 1, BYTES = 4, PL = 1, ALIGN = 4;
+  template <int A>
   __host__ __device__ static void piece(const uint8_t *b, int, float *v) {
-    v[0] = bits_to_f32((uint32_t)b[0] | ((uint32_t)b[1] << 8) | ((uint32_t)b[2] << 16) |
-                       ((uint32_t)b[3] << 24));
+#ifdef __CUDA_ARCH__
+    if constexpr (A >= 4)
+      v[0] = *(const float *)b;
+    else
+#endif
+      v[0] = bits_to_f32((uint32_t)b[0] | ((uint32_t)b[1] << 8) | ((uint32_t)b[2] << 16) |
+                         ((uint32_t)b[3] << 24));
   }
 };
 
 struct t_f16 {
-  static constexpr int QK = 1, BYTES = 2, PL = 1;
+  static constexpr int QK = 1, BYTES = 2, PL = 1, ALIGN = 2;
+  template <int A>
   __host__ __device__ static void piece(const uint8_t *b, int, float *v) {
-    v[0] = load_f16(b);
+#ifdef __CUDA_ARCH__
+    if constexpr (A >= 2)
+      v[0] = __half2float(*(const __half *)b);
+    else
+#endif
+      v[0] = load_f16(b);
   }
 };
 
 struct t_bf16 {
-  static constexpr int QK = 1, BYTES = 2, PL = 1;
+  static constexpr int QK = 1, BYTES = 2, PL = 1, ALIGN = 2;
+  template <int A>
   __host__ __device__ static void piece(const uint8_t *b, int, float *v) {
     v[0] = bits_to_f32((uint32_t)(b[0] | (b[1] << 8)) << 16);
   }
@@ -160,7 +226,7 @@ __global__ void k_dequant(const uint8_t *__restrict__ src, OUT *__restrict__ dst
     const int64_t b = i / NP;
     const int pc = (int)(i % NP);
     float v[T::PL];
-    T::piece(src + b * T::BYTES, pc, v);
+    T::template piece<1>(src + b * T::BYTES, pc, v);
     OUT *o = dst + b * T::QK + pc * T::PL;
     FERRY_UNROLL
     for (int k = 0; k < T::PL; k++) put(o + k, v[k]);
@@ -172,7 +238,9 @@ constexpr int MV_WARPS = 4; // rows per 128-thread block
 // One warp per weight row; lanes stride over the row's pieces; F32 activations.
 // blockIdx.y picks the activation row: x + (rows ? rows[i] : i)*ldx -> y + i*ldy, so one
 // launch serves a few tokens (small prefill batches, small expert groups).
-template <class T>
+// A > 1 (the "aligned" instantiation): w rows meet T::ALIGN and x rows are 16-byte
+// aligned, so quant bytes and activations are read in wide words.
+template <class T, int A>
 __global__ void __launch_bounds__(MV_WARPS * 32)
     k_matvec(const uint8_t *__restrict__ w, int64_t nrows, int64_t n, const float *__restrict__ x,
              int64_t ldx, const int32_t *__restrict__ rows, float *__restrict__ y, int64_t ldy) {
@@ -189,10 +257,21 @@ __global__ void __launch_bounds__(MV_WARPS * 32)
     const int64_t b = j / NP;
     const int pc = (int)(j % NP);
     float v[T::PL];
-    T::piece(wr + b * T::BYTES, pc, v);
+    T::template piece<A>(wr + b * T::BYTES, pc, v);
     const float *xb = xi + b * T::QK + pc * T::PL;
-    FERRY_UNROLL
-    for (int k = 0; k < T::PL; k++) acc = fmaf(v[k], xb[k], acc);
+    if constexpr (A > 1 && T::PL % 4 == 0) {
+      FERRY_UNROLL
+      for (int k = 0; k < T::PL; k += 4) {
+        const float4 x4 = *(const float4 *)(xb + k);
+        acc = fmaf(v[k], x4.x, acc);
+        acc = fmaf(v[k + 1], x4.y, acc);
+        acc = fmaf(v[k + 2], x4.z, acc);
+        acc = fmaf(v[k + 3], x4.w, acc);
+      }
+    } else {
+      FERRY_UNROLL
+      for (int k = 0; k < T::PL; k++) acc = fmaf(v[k], xb[k], acc);
+    }
   }
   acc = warp_sum(acc);
   if (lane == 0) y[i * ldy + row] = acc;
@@ -268,8 +347,16 @@ int launch_matvec(const void *w, int64_t nrows, int64_t n, const float *x, int64
   if (blocks > 0x7fffffffLL || m > 65535)
     return ferry_fail(-EINVAL, "cuda matvec: grid too large (%lld rows, %lld tokens)",
                       (long long)nrows, (long long)m);
-  k_matvec<T><<<dim3((unsigned)blocks, (unsigned)m), MV_WARPS * 32, 0, s>>>(
-      (const uint8_t *)w, nrows, n, x, ldx, rows, y, ldy);
+  const int64_t row_bytes = n / T::QK * T::BYTES;
+  const bool aligned = (uintptr_t)w % 16 == 0 && row_bytes % T::ALIGN == 0 &&
+                       (uintptr_t)x % 16 == 0 && ldx % 4 == 0;
+  const dim3 grid((unsigned)blocks, (unsigned)m);
+  if (aligned)
+    k_matvec<T, T::ALIGN><<<grid, MV_WARPS * 32, 0, s>>>((const uint8_t *)w, nrows, n, x, ldx,
+                                                         rows, y, ldy);
+  else
+    k_matvec<T, 1><<<grid, MV_WARPS * 32, 0, s>>>((const uint8_t *)w, nrows, n, x, ldx, rows, y,
+                                                  ldy);
   CUDA_CHECK_LAUNCH("matvec");
   return 0;
 }
@@ -355,7 +442,7 @@ void host_dequant(const uint8_t *src, float *dst, int64_t nblocks) {
   constexpr int NP = T::QK / T::PL;
   for (int64_t i = 0; i < nblocks * NP; i++) {
     float v[T::PL];
-    T::piece(src + (i / NP) * T::BYTES, (int)(i % NP), v);
+    T::template piece<1>(src + (i / NP) * T::BYTES, (int)(i % NP), v);
     for (int k = 0; k < T::PL; k++) dst[(i / NP) * T::QK + (i % NP) * T::PL + k] = v[k];
   }
 }
@@ -372,7 +459,7 @@ void host_matvec(const uint8_t *w, int64_t nrows, int64_t n, const float *x, flo
         const int64_t b = j / NP;
         const int pc = (int)(j % NP);
         float v[T::PL];
-        T::piece(wr + b * T::BYTES, pc, v);
+        T::template piece<1>(wr + b * T::BYTES, pc, v);
         const float *xb = x + b * T::QK + pc * T::PL;
         for (int k = 0; k < T::PL; k++) lanes[lane] = fmaf(v[k], xb[k], lanes[lane]);
       }
