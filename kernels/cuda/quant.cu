@@ -60,9 +60,9 @@ __host__ __device__ __forceinline__ void ldbytes(const uint8_t *p, uint8_t *o) {
   }
 }
 
-// ALIGN: the alignment of every byte run piece() reads when the block itself is
-// 16-byte aligned (rows of these types are whole blocks, so an aligned matrix keeps
-// every block at that alignment or better).
+// ALIGN: the alignment a block must start at for piece<ALIGN> to use wide loads (every
+// byte run it reads then sits at a multiple of its word size). BYTES is a multiple of
+// ALIGN, so a matrix whose start is ALIGN-aligned has every block aligned.
 struct t_q4_k {
   static constexpr int QK = 256, BYTES = 144, PL = 16, ALIGN = 16;
   template <int A>
@@ -216,8 +216,8 @@ struct t_bf16 {
 __device__ __forceinline__ void put(float *dst, float v) { *dst = v; }
 __device__ __forceinline__ void put(__half *dst, float v) { *dst = __float2half_rn(v); }
 
-// One thread per piece over a flat run of nblocks blocks.
-template <class T, typename OUT>
+// One thread per piece over a flat run of nblocks blocks (A: as in k_matvec).
+template <class T, typename OUT, int A>
 __global__ void k_dequant(const uint8_t *__restrict__ src, OUT *__restrict__ dst, int64_t nblocks) {
   constexpr int NP = T::QK / T::PL;
   const int64_t total = nblocks * NP;
@@ -226,7 +226,7 @@ __global__ void k_dequant(const uint8_t *__restrict__ src, OUT *__restrict__ dst
     const int64_t b = i / NP;
     const int pc = (int)(i % NP);
     float v[T::PL];
-    T::template piece<1>(src + b * T::BYTES, pc, v);
+    T::template piece<A>(src + b * T::BYTES, pc, v);
     OUT *o = dst + b * T::QK + pc * T::PL;
     FERRY_UNROLL
     for (int k = 0; k < T::PL; k++) put(o + k, v[k]);
@@ -238,8 +238,8 @@ constexpr int MV_WARPS = 4; // rows per 128-thread block
 // One warp per weight row; lanes stride over the row's pieces; F32 activations.
 // blockIdx.y picks the activation row: x + (rows ? rows[i] : i)*ldx -> y + i*ldy, so one
 // launch serves a few tokens (small prefill batches, small expert groups).
-// A > 1 (the "aligned" instantiation): w rows meet T::ALIGN and x rows are 16-byte
-// aligned, so quant bytes and activations are read in wide words.
+// A > 1 (the "aligned" instantiation): w meets T::ALIGN (so every block does) and x rows
+// are 16-byte aligned, so quant bytes and activations are read in wide words.
 template <class T, int A>
 __global__ void __launch_bounds__(MV_WARPS * 32)
     k_matvec(const uint8_t *__restrict__ w, int64_t nrows, int64_t n, const float *__restrict__ x,
@@ -313,7 +313,11 @@ bool type_geom(enum ferry_type t, type_desc *d) {
 template <class T, typename OUT>
 int launch_dequant(const void *src, OUT *dst, int64_t nblocks, cudaStream_t s) {
   const int64_t pieces = nblocks * (T::QK / T::PL);
-  k_dequant<T, OUT><<<grid_for(pieces, 256), 256, 0, s>>>((const uint8_t *)src, dst, nblocks);
+  if ((uintptr_t)src % T::ALIGN == 0)
+    k_dequant<T, OUT, T::ALIGN><<<grid_for(pieces, 256), 256, 0, s>>>((const uint8_t *)src, dst,
+                                                                      nblocks);
+  else
+    k_dequant<T, OUT, 1><<<grid_for(pieces, 256), 256, 0, s>>>((const uint8_t *)src, dst, nblocks);
   CUDA_CHECK_LAUNCH("dequant");
   return 0;
 }
@@ -347,9 +351,8 @@ int launch_matvec(const void *w, int64_t nrows, int64_t n, const float *x, int64
   if (blocks > 0x7fffffffLL || m > 65535)
     return ferry_fail(-EINVAL, "cuda matvec: grid too large (%lld rows, %lld tokens)",
                       (long long)nrows, (long long)m);
-  const int64_t row_bytes = n / T::QK * T::BYTES;
-  const bool aligned = (uintptr_t)w % 16 == 0 && row_bytes % T::ALIGN == 0 &&
-                       (uintptr_t)x % 16 == 0 && ldx % 4 == 0;
+  static_assert(T::BYTES % T::ALIGN == 0, "blocks keep the alignment of the first");
+  const bool aligned = (uintptr_t)w % T::ALIGN == 0 && (uintptr_t)x % 16 == 0 && ldx % 4 == 0;
   const dim3 grid((unsigned)blocks, (unsigned)m);
   if (aligned)
     k_matvec<T, T::ALIGN><<<grid, MV_WARPS * 32, 0, s>>>((const uint8_t *)w, nrows, n, x, ldx,

@@ -47,7 +47,7 @@ static const struct op_case g_op_cases[] = {
   {FERRY_OP_DEQUANT, FT_F32, {1001}, TOL_EXACT, "f32 odd"},
   {FERRY_OP_DEQUANT, FT_F16, {1003}, TOL_EXACT, "f16 odd"},
   {FERRY_OP_DEQUANT, FT_BF16, {999}, TOL_EXACT, "bf16 odd"},
-  // MATVEC: p0 = rows, p1 = n
+  // MATVEC: p0 = rows, p1 = n, p2 = misaligned W and x (byte-load path)
   {FERRY_OP_MATVEC, FT_Q4_K, {37, 512}, TOL_DOT, "odd rows"},
   {FERRY_OP_MATVEC, FT_Q5_K, {33, 768}, TOL_DOT, "odd rows"},
   {FERRY_OP_MATVEC, FT_Q6_K, {29, 1280}, TOL_DOT, "odd rows"},
@@ -65,6 +65,11 @@ static const struct op_case g_op_cases[] = {
   {FERRY_OP_MATVEC, FT_F32, {128, 2048}, TOL_DOT, "qwen3moe ffn_gate_inp (router)"},
   {FERRY_OP_MATVEC, FT_F32, {512, 2048}, TOL_DOT, "qwen3next ffn_gate_inp (router)"},
   {FERRY_OP_MATVEC, FT_Q6_K, {151936, 2048}, TOL_DOT, "output (lm head)"},
+  {FERRY_OP_MATVEC, FT_Q4_K, {64, 512, 1}, TOL_DOT, "misaligned"},
+  {FERRY_OP_MATVEC, FT_Q5_K, {19, 256, 1}, TOL_DOT, "misaligned"},
+  {FERRY_OP_MATVEC, FT_Q6_K, {33, 256, 1}, TOL_DOT, "misaligned"},
+  {FERRY_OP_MATVEC, FT_Q8_0, {21, 64, 1}, TOL_DOT, "misaligned"},
+  {FERRY_OP_MATVEC, FT_F32, {17, 64, 1}, TOL_DOT, "misaligned"},
   // MATMUL: p0 = rows, p1 = n, p2 = m tokens, p3 = extra X row stride, p4 = extra Y stride
   {FERRY_OP_MATMUL, FT_Q4_K, {67, 512, 5, 3, 1}, TOL_GEMM, "odd, padded strides"},
   {FERRY_OP_MATMUL, FT_Q5_K, {45, 256, 7}, TOL_GEMM, "odd"},
@@ -149,6 +154,7 @@ struct op_run {
   const struct op_case *c;
   struct ferry_backend *be;
   void *d[OPR_MAXBUF];     // backend buffers
+  void *v[OPR_MAXBUF];     // what the op gets: d[i] + an offset (misaligned cases)
   size_t bytes[OPR_MAXBUF];
   const void **wptr;        // grouped: host array of expert pointers
   int64_t *offs;            // grouped: host offsets
@@ -159,23 +165,36 @@ static inline void op_fill_normal(struct ferry_rng *r, float *x, int64_t n, floa
   for (int64_t i = 0; i < n; i++) x[i] = scale * ferry_rng_normal(r);
 }
 
-static inline int op_upload(struct op_run *r, int i, const void *h, size_t bytes) {
-  int rc = r->be->ops.mem_alloc(r->be, &r->d[i], bytes);
+// Buffer i of `bytes` at byte offset `off` inside a fresh allocation, filled from h (or
+// zeroed when h is NULL).
+static inline int op_upload_at(struct op_run *r, int i, const void *h, size_t bytes, size_t off) {
+  int rc = r->be->ops.mem_alloc(r->be, &r->d[i], bytes + off);
   if (rc) return rc;
+  r->v[i] = (uint8_t *)r->d[i] + off;
   r->bytes[i] = bytes;
-  if (h) return r->be->ops.copy_h2d(r->be, r->d[i], h, bytes, NULL);
-  return r->be->ops.memset0(r->be, r->d[i], bytes, NULL);
+  if (h) return r->be->ops.copy_h2d(r->be, r->v[i], h, bytes, NULL);
+  return r->be->ops.memset0(r->be, r->v[i], bytes, NULL);
 }
 
-static inline int op_upload_normal(struct op_run *r, int i, struct ferry_rng *rng, int64_t n, float sc) {
+static inline int op_upload(struct op_run *r, int i, const void *h, size_t bytes) {
+  return op_upload_at(r, i, h, bytes, 0);
+}
+
+static inline int op_upload_normal_at(struct op_run *r, int i, struct ferry_rng *rng, int64_t n,
+                                      float sc, size_t off) {
   float *h = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
   if (!h) return -ENOMEM;
   op_fill_normal(rng, h, n, sc);
-  int rc = op_upload(r, i, h, (size_t)n * sizeof(float));
+  int rc = op_upload_at(r, i, h, (size_t)n * sizeof(float), off);
   // Synchronous upload: the host copy goes away now.
   if (!rc) rc = r->be->ops.stream_sync(r->be, NULL);
   free(h);
   return rc;
+}
+
+static inline int op_upload_normal(struct op_run *r, int i, struct ferry_rng *rng, int64_t n,
+                                   float sc) {
+  return op_upload_normal_at(r, i, rng, n, sc, 0);
 }
 
 // nrows quantized rows of n: a few distinct random rows (quantizing 150k rows with the
@@ -202,11 +221,11 @@ static inline void *op_make_weights(struct ferry_rng *rng, enum ferry_type t, in
   return w;
 }
 
-static inline int op_upload_weights(struct op_run *r, int i, struct ferry_rng *rng, enum ferry_type t,
-                             int64_t nrows, int64_t n) {
+static inline int op_upload_weights_at(struct op_run *r, int i, struct ferry_rng *rng,
+                                       enum ferry_type t, int64_t nrows, int64_t n, size_t off) {
   size_t bytes;
   void *h = op_make_weights(rng, t, nrows, n, &bytes);
-  int rc = op_upload(r, i, h, bytes);
+  int rc = op_upload_at(r, i, h, bytes, off);
   if (!rc) rc = r->be->ops.stream_sync(r->be, NULL);
   free(h);
   return rc;
@@ -214,6 +233,11 @@ static inline int op_upload_weights(struct op_run *r, int i, struct ferry_rng *r
 
 static inline size_t op_kv_row_bytes(enum ferry_type t, int64_t elems) {
   return t == FT_F32 ? (size_t)elems * 4 : t == FT_F16 ? (size_t)elems * 2 : (size_t)elems / 32 * 34;
+}
+
+static inline int op_upload_weights(struct op_run *r, int i, struct ferry_rng *rng,
+                                    enum ferry_type t, int64_t nrows, int64_t n) {
+  return op_upload_weights_at(r, i, rng, t, nrows, n, 0);
 }
 
 // A KV cache of n_pos rows built on the host with the CPU store, then uploaded, so both
@@ -259,9 +283,9 @@ static inline int op_run_setup(struct op_run **out, const struct op_case *c, str
     rc = op_upload_weights(r, 0, &rng, c->type, 1, p[0]);
     if (!rc) rc = op_upload(r, 1, NULL, (size_t)p[0] * 4);
     break;
-  case FERRY_OP_MATVEC:
-    rc = op_upload_weights(r, 0, &rng, c->type, p[0], p[1]);
-    if (!rc) rc = op_upload_normal(r, 1, &rng, p[1], 1.0f);
+  case FERRY_OP_MATVEC: // p2: W and x 4 bytes past 16-byte alignment
+    rc = op_upload_weights_at(r, 0, &rng, c->type, p[0], p[1], p[2] ? 4 : 0);
+    if (!rc) rc = op_upload_normal_at(r, 1, &rng, p[1], 1.0f, p[2] ? 4 : 0);
     if (!rc) rc = op_upload(r, 2, NULL, (size_t)p[0] * 4);
     break;
   case FERRY_OP_MATMUL:
@@ -280,7 +304,7 @@ static inline int op_run_setup(struct op_run **out, const struct op_case *c, str
     int32_t *rows = malloc((size_t)(n_tok * k) * sizeof(int32_t));
     int *pick = malloc((size_t)(n_tok * k) * sizeof(int));
     FERRY_ASSERT(r->wptr && r->offs && rows && pick);
-    for (int64_t g = 0; g < n_group; g++) r->wptr[g] = (const uint8_t *)r->d[0] + (size_t)g * eb;
+    for (int64_t g = 0; g < n_group; g++) r->wptr[g] = (const uint8_t *)r->v[0] + (size_t)g * eb;
     // Each token picks k distinct experts, like a router.
     for (int64_t t = 0; t < n_tok; t++)
       for (int64_t j = 0; j < k; j++) {
@@ -379,7 +403,7 @@ static inline int op_run_invoke(struct op_run *r, struct ferry_stream *s) {
   const struct ferry_backend_ops *o = &r->be->ops;
   struct ferry_backend *be = r->be;
   const int64_t *p = c->p;
-  void **d = r->d;
+  void **d = r->v;
   switch (c->op) {
   case FERRY_OP_DEQUANT: return o->dequant(be, c->type, d[0], d[1], p[0], s);
   case FERRY_OP_MATVEC: return o->matvec(be, c->type, d[0], p[0], p[1], d[1], d[2], s);
@@ -410,7 +434,7 @@ static inline int op_run_invoke(struct op_run *r, struct ferry_stream *s) {
 }
 
 static inline int op_download(struct op_run *r, int i, void *h, size_t bytes) {
-  int rc = r->be->ops.copy_d2h(r->be, h, r->d[i], bytes, NULL);
+  int rc = r->be->ops.copy_d2h(r->be, h, r->v[i], bytes, NULL);
   return rc ? rc : r->be->ops.stream_sync(r->be, NULL);
 }
 
