@@ -4,6 +4,7 @@
 // independent naive BPE on random words, and decode(encode(s)) == NFC(s) on thousands of
 // random mixed-script strings. Needs $FERRY_FIXTURES (skips without it).
 #include <errno.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -768,6 +769,57 @@ static void check_naive_bpe(void) {
   gguf_close(f);
 }
 
+// The tokenizer is shared read-only: threads encoding at once get the single-thread ids.
+struct thr_arg {
+  const struct tokenizer *t;
+  const char *text;
+  size_t len;
+  const int32_t *want;
+  size_t n_want;
+  int bad;
+};
+
+static void *thr_main(void *p) {
+  struct thr_arg *a = p;
+  for (int it = 0; it < 20; it++) {
+    int32_t *ids;
+    size_t n;
+    if (tok_encode(a->t, a->text, a->len, true, &ids, &n) || n != a->n_want ||
+        memcmp(ids, a->want, n * sizeof *ids))
+      a->bad++;
+    free(ids);
+  }
+  return NULL;
+}
+
+static void check_threads(void) {
+  struct tokenizer *t = load_tok("qwen3moe-tiny-Q8_0.gguf");
+  CHECK(t != NULL);
+  if (!t) return;
+  struct ferry_rng r;
+  ferry_rng_seed(&r, 99);
+  enum { NT = 4 };
+  static char texts[NT][8192];
+  size_t lens[NT];
+  int32_t *want[NT];
+  size_t nw[NT];
+  pthread_t th[NT];
+  struct thr_arg args[NT];
+  for (int i = 0; i < NT; i++) {
+    lens[i] = 0;
+    while (lens[i] < 6000) lens[i] += random_string(&r, texts[i] + lens[i], sizeof texts[i] - lens[i]);
+    CHECK_EQ(tok_encode(t, texts[i], lens[i], true, &want[i], &nw[i]), 0);
+    args[i] = (struct thr_arg){t, texts[i], lens[i], want[i], nw[i], 0};
+  }
+  for (int i = 0; i < NT; i++) CHECK_EQ(pthread_create(&th[i], NULL, thr_main, &args[i]), 0);
+  for (int i = 0; i < NT; i++) {
+    pthread_join(th[i], NULL);
+    CHECK_EQ(args[i].bad, 0);
+    free(want[i]);
+  }
+  tok_destroy(t);
+}
+
 int main(void) {
   g_fix = getenv("FERRY_FIXTURES");
   if (!g_fix) SKIP("FERRY_FIXTURES not set");
@@ -785,6 +837,7 @@ int main(void) {
   check_eog_and_misc();
   check_invalid_utf8();
   check_naive_bpe();
+  check_threads();
   check_roundtrip("qwen3moe-tiny-Q8_0.gguf", 3000);
   check_roundtrip("pub-qwen3moe-tiny-F32.gguf", 2000);
   CHECK_DONE();
