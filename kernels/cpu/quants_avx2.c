@@ -36,9 +36,23 @@ TGT static inline __m256i dot_u8s8(__m256i q, __m256i a, __m256i sc16) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), sc16);
 }
 
-// Scale vector for 32 elements made of two 16-element groups.
-TGT static inline __m256i sc_pair(int lo, int hi) {
-  return _mm256_set_m128i(_mm_set1_epi16((short)hi), _mm_set1_epi16((short)lo));
+// For blocks with sixteen 16-element groups: `base` holds the int16 scales of one
+// 128-element half (groups 8h..8h+7) in both 128-bit lanes; pair_pick(base, k) gives the
+// scale vector of its 32-element chunk k (lanes 0-7 group 2k, lanes 8-15 group 2k+1).
+static const uint8_t k_pair16[4][32] __attribute__((aligned(32))) = {
+#define P16(a, b) {a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, \
+                   b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1}
+    P16(0, 2), P16(4, 6), P16(8, 10), P16(12, 14)
+#undef P16
+};
+
+// sc8: the sixteen int8 scales of a block; h selects groups 0-7 or 8-15.
+TGT static inline __m256i pair_base(__m128i sc8, int h) {
+  return _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(h ? _mm_unpackhi_epi64(sc8, sc8) : sc8));
+}
+
+TGT static inline __m256i pair_pick(__m256i base, int k) {
+  return _mm256_shuffle_epi8(base, _mm256_load_si256((const __m256i *)k_pair16[k]));
 }
 
 // ---------------------------------------------------------------- float types
@@ -223,7 +237,7 @@ TGT static float dot_q6_K_avx2(int64_t n, const void *w, const void *xq) {
   const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
   __m256 acc = _mm256_setzero_ps();
   for (int64_t i = 0; i < n / 256; i++) {
-    const int8_t *sc = a[i].scales;
+    __m128i sc8 = _mm_loadu_si128((const __m128i *)a[i].scales);
     __m256i v = _mm256_setzero_si256();
 #pragma GCC unroll 2
     for (int h = 0; h < 2; h++) {
@@ -236,19 +250,29 @@ TGT static float dot_q6_K_avx2(int64_t n, const void *w, const void *xq) {
       __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
                                    _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
       const int8_t *x = b[i].qs + 128 * h;
-      const int8_t *g = sc + 8 * h;
-      v = _mm256_add_epi32(v, dot_u8s8(q0, _mm256_loadu_si256((const __m256i *)x), sc_pair(g[0], g[1])));
-      v = _mm256_add_epi32(v, dot_u8s8(q1, _mm256_loadu_si256((const __m256i *)(x + 32)), sc_pair(g[2], g[3])));
-      v = _mm256_add_epi32(v, dot_u8s8(q2, _mm256_loadu_si256((const __m256i *)(x + 64)), sc_pair(g[4], g[5])));
-      v = _mm256_add_epi32(v, dot_u8s8(q3, _mm256_loadu_si256((const __m256i *)(x + 96)), sc_pair(g[6], g[7])));
+      __m256i base = pair_base(sc8, h);
+      v = _mm256_add_epi32(v, dot_u8s8(q0, _mm256_loadu_si256((const __m256i *)x), pair_pick(base, 0)));
+      v = _mm256_add_epi32(v, dot_u8s8(q1, _mm256_loadu_si256((const __m256i *)(x + 32)), pair_pick(base, 1)));
+      v = _mm256_add_epi32(v, dot_u8s8(q2, _mm256_loadu_si256((const __m256i *)(x + 64)), pair_pick(base, 2)));
+      v = _mm256_add_epi32(v, dot_u8s8(q3, _mm256_loadu_si256((const __m256i *)(x + 96)), pair_pick(base, 3)));
     }
     // The stored quants are q+32: remove 32·Σ_g sc_g·Σ_{p∈g} x_p using the bsums.
-    __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
-    __m256i off = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)b[i].bsums), sc16);
+    __m256i off = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)b[i].bsums), _mm256_cvtepi8_epi16(sc8));
     v = _mm256_sub_epi32(v, _mm256_slli_epi32(off, 5));
     acc = _mm256_fmadd_ps(_mm256_set1_ps(b[i].d * h2f(a[i].d)), _mm256_cvtepi32_ps(v), acc);
   }
   return hsum_ps(acc);
+}
+
+// Q3_K's sixteen 6-bit scales (minus 32) as int8, from the 12 bytes as words a0, a1, a2:
+// low nibbles of k<8 in a0/a1, of k>=8 in their high nibbles, 2-bit tops in a2.
+TGT static inline __m128i q3_scales(const uint8_t s[12]) {
+  uint32_t a0, a1, a2;
+  memcpy(&a0, s, 4), memcpy(&a1, s + 4, 4), memcpy(&a2, s + 8, 4);
+  const uint32_t m4 = 0x0F0F0F0Fu, m2 = 0x03030303u;
+  uint32_t w0 = (a0 & m4) | ((a2 & m2) << 4), w1 = (a1 & m4) | (((a2 >> 2) & m2) << 4);
+  uint32_t w2 = ((a0 >> 4) & m4) | (((a2 >> 4) & m2) << 4), w3 = ((a1 >> 4) & m4) | (((a2 >> 6) & m2) << 4);
+  return _mm_sub_epi8(_mm_set_epi32((int)w3, (int)w2, (int)w1, (int)w0), _mm_set1_epi8(32));
 }
 
 TGT static float dot_q3_K_avx2(int64_t n, const void *w, const void *xq) {
@@ -257,26 +281,27 @@ TGT static float dot_q3_K_avx2(int64_t n, const void *w, const void *xq) {
   const __m256i m3 = _mm256_set1_epi8(3), b2 = _mm256_set1_epi8(4);
   float s = 0;
   for (int64_t i = 0; i < n / 256; i++) {
-    int8_t sc[16];
-    cpu_unpack_q3_scales(a[i].scales, sc);
+    __m128i sc8 = q3_scales(a[i].scales);
     __m256i hm = _mm256_loadu_si256((const __m256i *)a[i].hmask);
     __m256i v = _mm256_setzero_si256();
 #pragma GCC unroll 2
     for (int h = 0; h < 2; h++) {
       __m256i q = _mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * h));
+      __m256i base = pair_base(sc8, h);
+      // The four 2-bit planes of q, lowest first (constant shifts).
+      __m256i planes[4] = {q, _mm256_srli_epi16(q, 2), _mm256_srli_epi16(q, 4), _mm256_srli_epi16(q, 6)};
 #pragma GCC unroll 4
       for (int j = 0; j < 4; j++) {
         int sb = 4 * h + j;
         __m256i bit = _mm256_set1_epi8((char)(1 << sb));
         __m256i hb = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), bit), b2);
-        __m256i lo = _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * j)), m3);
+        __m256i lo = _mm256_and_si256(planes[j], m3);
         __m256i x = _mm256_loadu_si256((const __m256i *)(b[i].qs + 32 * sb));
-        v = _mm256_add_epi32(v, dot_u8s8(_mm256_or_si256(lo, hb), x, sc_pair(sc[2 * sb], sc[2 * sb + 1])));
+        v = _mm256_add_epi32(v, dot_u8s8(_mm256_or_si256(lo, hb), x, pair_pick(base, j)));
       }
     }
     // Stored levels are q+4: remove 4·Σ_g sc_g·bsums_g.
-    __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
-    __m256i off = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)b[i].bsums), sc16);
+    __m256i off = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)b[i].bsums), _mm256_cvtepi8_epi16(sc8));
     v = _mm256_sub_epi32(v, _mm256_slli_epi32(off, 2));
     int sumi = hsum_epi32(v);
     s += b[i].d * h2f(a[i].d) * (float)sumi;
@@ -290,20 +315,22 @@ TGT static float dot_q2_K_avx2(int64_t n, const void *w, const void *xq) {
   const __m256i m3 = _mm256_set1_epi8(3);
   float s = 0;
   for (int64_t i = 0; i < n / 256; i++) {
-    const uint8_t *scb = a[i].scales;
+    __m128i s8 = _mm_loadu_si128((const __m128i *)a[i].scales);
+    __m128i sc4 = _mm_and_si128(s8, _mm_set1_epi8(15)); // 4-bit scales (mins in the high nibbles)
     __m256i v = _mm256_setzero_si256();
 #pragma GCC unroll 2
     for (int h = 0; h < 2; h++) {
       __m256i q = _mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * h));
+      __m256i base = pair_base(sc4, h);
+      __m256i planes[4] = {q, _mm256_srli_epi16(q, 2), _mm256_srli_epi16(q, 4), _mm256_srli_epi16(q, 6)};
 #pragma GCC unroll 4
       for (int j = 0; j < 4; j++) {
         int sb = 4 * h + j;
-        __m256i lo = _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * j)), m3);
+        __m256i lo = _mm256_and_si256(planes[j], m3);
         __m256i x = _mm256_loadu_si256((const __m256i *)(b[i].qs + 32 * sb));
-        v = _mm256_add_epi32(v, dot_u8s8(lo, x, sc_pair(scb[2 * sb] & 15, scb[2 * sb + 1] & 15)));
+        v = _mm256_add_epi32(v, dot_u8s8(lo, x, pair_pick(base, j)));
       }
     }
-    __m128i s8 = _mm_loadu_si128((const __m128i *)scb);
     __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s8, 4), _mm_set1_epi8(15)));
     int summ = hsum_epi32(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)b[i].bsums), mins));
     int sumi = hsum_epi32(v);
