@@ -36,55 +36,6 @@ static inline float silu_f(float x) { return x / (1.0f + expf(-x)); }
 
 #define DN_MAX_CONV_K 16
 
-// One output of channel c over the K input rows (rows[K-1] = current). Both the step and
-// the prefill go through this function so that they round identically.
-static inline float conv_chan(const float *wc, const float *const *rows, int64_t c, int64_t K) {
-  float acc = wc[0] * rows[0][c];
-  for (int64_t r = 1; r < K; r++) acc += wc[r] * rows[r][c];
-  return acc;
-}
-
-void cpu_ssm_conv_step(float *y, float *state, const float *u, const float *w, int64_t C,
-                       int64_t K, int apply_silu) {
-  FERRY_ASSERT(C > 0 && K >= 1 && K <= DN_MAX_CONV_K);
-  const float *rows[DN_MAX_CONV_K];
-  for (int64_t r = 0; r < K - 1; r++) rows[r] = state + r * C;
-  rows[K - 1] = u;
-  for (int64_t c = 0; c < C; c++) {
-    float acc = conv_chan(w + c * K, rows, c, K);
-    float uc = u[c]; // read before y[c] is written (y may alias u)
-    for (int64_t r = 0; r + 1 < K - 1; r++) state[r * C + c] = state[(r + 1) * C + c];
-    if (K > 1) state[(K - 2) * C + c] = uc;
-    y[c] = apply_silu ? silu_f(acc) : acc;
-  }
-}
-
-void cpu_ssm_conv_rows(float *y, float *state, const float *u, const float *w, int64_t T,
-                       int64_t C, int64_t K, int apply_silu) {
-  FERRY_ASSERT(C > 0 && K >= 1 && K <= DN_MAX_CONV_K && T >= 0);
-  const int64_t P = K - 1; // state rows
-  const float *rows[DN_MAX_CONV_K];
-  for (int64_t t = 0; t < T; t++) {
-    // Input r of the window of token t is overall index t - P + r of [state, u].
-    for (int64_t r = 0; r < K; r++) {
-      int64_t idx = t - P + r;
-      rows[r] = idx < 0 ? state + (P + idx) * C : u + idx * C;
-    }
-    float *yt = y + t * C;
-    for (int64_t c = 0; c < C; c++) {
-      float acc = conv_chan(w + c * K, rows, c, K);
-      yt[c] = apply_silu ? silu_f(acc) : acc;
-    }
-  }
-  if (P == 0 || T == 0) return;
-  if (T >= P) {
-    memcpy(state, u + (T - P) * C, (size_t)(P * C) * sizeof(float));
-  } else {
-    memmove(state, state + T * C, (size_t)((P - T) * C) * sizeof(float));
-    memcpy(state + (P - T) * C, u, (size_t)(T * C) * sizeof(float));
-  }
-}
-
 // ---------------------------------------------------------------------------------------
 // norms and gates
 // ---------------------------------------------------------------------------------------
@@ -113,19 +64,6 @@ void cpu_delta_gates(float *beta, float *g, float *decay, const float *b, const 
       if (g) g[i] = gi;
       if (decay) decay[i] = expf(gi);
     }
-  }
-}
-
-void cpu_gated_rmsnorm_heads(float *y, const float *o, const float *z, const float *w,
-                             int64_t n_heads, int64_t d, float eps) {
-  FERRY_ASSERT(n_heads >= 0 && d > 0);
-  for (int64_t h = 0; h < n_heads; h++) {
-    const float *oh = o + h * d, *zh = z + h * d;
-    float *yh = y + h * d;
-    double ss = 0.0;
-    for (int64_t i = 0; i < d; i++) ss += (double)oh[i] * oh[i];
-    float inv = (float)(1.0 / sqrt(ss / (double)d + (double)eps));
-    for (int64_t i = 0; i < d; i++) yh[i] = (oh[i] * inv) * w[i] * silu_f(zh[i]);
   }
 }
 
@@ -274,18 +212,45 @@ int cpu_delta_force(const char *path) {
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
-static ferry_pool_fn pick_recurrent(void) {
-  int l = dn_level();
-  return l == 2 ? recurrent_heads_avx512 : l == 1 ? recurrent_heads_avx2 : recurrent_heads_base;
-}
-static ferry_pool_fn pick_chunked(void) {
-  int l = dn_level();
-  return l == 2 ? chunked_heads_avx512 : l == 1 ? chunked_heads_avx2 : chunked_heads_base;
-}
+#define DN_PICK(name) (dn_level() == 2 ? name##_avx512 : dn_level() == 1 ? name##_avx2 : name##_base)
 #else
-static ferry_pool_fn pick_recurrent(void) { return recurrent_heads_base; }
-static ferry_pool_fn pick_chunked(void) { return chunked_heads_base; }
+#define DN_PICK(name) name##_base
 #endif
+
+// ---------------------------------------------------------------------------------------
+// conv1d and gated RMSNorm (vector bodies below)
+// ---------------------------------------------------------------------------------------
+
+void cpu_ssm_conv_step(float *y, float *state, const float *u, const float *w, int64_t C,
+                       int64_t K, int apply_silu) {
+  FERRY_ASSERT(C > 0 && K >= 1 && K <= DN_MAX_CONV_K);
+  DN_PICK(conv_step)(y, state, u, w, C, K, apply_silu);
+}
+
+void cpu_ssm_conv_rows(float *y, float *state, const float *u, const float *w, int64_t T,
+                       int64_t C, int64_t K, int apply_silu) {
+  FERRY_ASSERT(C > 0 && K >= 1 && K <= DN_MAX_CONV_K && T >= 0);
+  if (T == 0) return;
+  DN_PICK(conv_rows)(y, state, u, w, T, C, K, apply_silu);
+  const int64_t P = K - 1; // new state: the last P rows of [state, u]
+  if (P == 0) return;
+  if (T >= P) {
+    memcpy(state, u + (T - P) * C, (size_t)(P * C) * sizeof(float));
+  } else {
+    memmove(state, state + T * C, (size_t)((P - T) * C) * sizeof(float));
+    memcpy(state + (P - T) * C, u, (size_t)(T * C) * sizeof(float));
+  }
+}
+
+void cpu_gated_rmsnorm_heads(float *y, const float *o, const float *z, const float *w,
+                             int64_t n_heads, int64_t d, float eps) {
+  FERRY_ASSERT(n_heads >= 0 && d > 0);
+  DN_PICK(gated_rmsnorm)(y, o, z, w, n_heads, d, eps);
+}
+
+// ---------------------------------------------------------------------------------------
+// delta rule entry points
+// ---------------------------------------------------------------------------------------
 
 static void check_shape(int64_t Hk, int64_t Hv, int64_t dk, int64_t dv) {
   FERRY_ASSERT(Hk > 0 && Hv > 0 && Hv % Hk == 0);
@@ -311,7 +276,7 @@ void cpu_delta_recurrent(struct ferry_pool *pool, float *o, int64_t ldo, float *
   struct dn_args a = {.o = o, .ldo = ldo, .S = S, .q = q, .k = k, .v = v, .ldq = ldq,
                       .ldk = ldk, .ldv = ldv, .beta = beta, .gd = decay, .T = T,
                       .Hk = Hk, .Hv = Hv, .dk = dk, .dv = dv};
-  run_heads(pool, Hv, pick_recurrent(), &a);
+  run_heads(pool, Hv, DN_PICK(recurrent_heads), &a);
 }
 
 void cpu_delta_step(float *o, float *S, const float *q, const float *k, const float *v,
@@ -347,7 +312,7 @@ int cpu_delta_chunked(struct ferry_pool *pool, float *o, int64_t ldo, float *S,
                       .ldk = ldk, .ldv = ldv, .beta = beta, .gd = g, .T = T, .Hk = Hk,
                       .Hv = Hv, .dk = dk, .dv = dv, .chunk = Cm, .scratch = scratch,
                       .scratch_floats = per};
-  run_heads(pool, Hv, pick_chunked(), &a);
+  run_heads(pool, Hv, DN_PICK(chunked_heads), &a);
   ferry_free_aligned(scratch);
   return 0;
 }
@@ -384,6 +349,171 @@ int cpu_delta_prefill(struct ferry_pool *pool, float *o, int64_t ldo, float *S,
   } while (0)
 #define vf DN_FN(vf) // a distinct type name per instantiation
 typedef float vf __attribute__((vector_size(4 * DN_VW)));
+#define vi DN_FN(vi)
+typedef int32_t vi __attribute__((vector_size(4 * DN_VW)));
+#define vu DN_FN(vu)
+typedef uint32_t vu __attribute__((vector_size(4 * DN_VW)));
+
+// ---- exp and SiLU ----
+
+// x clamped to [lo, hi] (NaN passes through).
+DN_TARGET DN_INLINE vf DN_FN(vclamp)(vf x, float lo, float hi) {
+  vf l = (vf){0} + lo, h = (vf){0} + hi;
+  vi m = x < l;
+  x = (vf)(((vi)x & ~m) | ((vi)l & m));
+  m = x > h;
+  return (vf)(((vi)x & ~m) | ((vi)h & m));
+}
+
+// exp(x) for x in [-86, 88] (callers clamp), within a few ulp: 2^n e^r with
+// n = round(x/ln2) (by the 1.5*2^23 rounding trick), r = x - n ln2 in two parts
+// (|r| <= ln2/2), e^r by its degree-7 Taylor polynomial (truncation error < 6e-9).
+DN_TARGET DN_INLINE vf DN_FN(vexp)(vf x) {
+  const float magic = 12582912.0f;
+  vf t = x * 1.44269504f + magic;
+  vf n = t - magic;
+  vf r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  vf p = r * (1.0f / 5040.0f) + (1.0f / 720.0f);
+  p = p * r + (1.0f / 120.0f);
+  p = p * r + (1.0f / 24.0f);
+  p = p * r + (1.0f / 6.0f);
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  vu e = ((vu)t - (vu)((vf){0} + magic)) << 23; // n in the exponent field (unsigned: no UB)
+  return (vf)((vu)p + e);
+}
+
+// silu(x) = x / (1 + exp(-x)); exp's argument clamped so that it stays finite and normal,
+// and 0 below x = -88 (where |silu| < 1e-36; the clamp alone would give x / 1.6e38).
+DN_TARGET DN_INLINE vf DN_FN(vsilu)(vf x) {
+  vf s = x / (1.0f + DN_FN(vexp)(DN_FN(vclamp)(-x, -86.0f, 88.0f)));
+  return (vf)((vi)s & ~(x < -88.0f));
+}
+
+// ---- causal depthwise conv ----
+// Channels go in blocks of DN_CB; a block's taps are transposed to wT[r][i] (zero-padded
+// to whole vectors) so that each tap is one vector load.
+#define DN_CB (8 * DN_VW)
+
+#if DN_VW == 4
+#define DN_EVEN 0, 2, 4, 6
+#define DN_ODD 1, 3, 5, 7
+#elif DN_VW == 8
+#define DN_EVEN 0, 2, 4, 6, 8, 10, 12, 14
+#define DN_ODD 1, 3, 5, 7, 9, 11, 13, 15
+#else
+#define DN_EVEN 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30
+#define DN_ODD 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31
+#endif
+
+DN_TARGET DN_INLINE void DN_FN(conv_wT)(float *wT, const float *w, int64_t n, int64_t K) {
+  const int64_t np = (n + DN_VW - 1) / DN_VW * DN_VW;
+  int64_t i0 = 0;
+  if (K == 4) { // the model's kernel: de-interleave 4 taps by two even/odd rounds
+    for (; i0 + DN_VW <= n; i0 += DN_VW) {
+      const float *src = w + i0 * 4;
+      vf v0 = DN_LD(src), v1 = DN_LD(src + DN_VW), v2 = DN_LD(src + 2 * DN_VW),
+         v3 = DN_LD(src + 3 * DN_VW);
+      vf e0 = __builtin_shufflevector(v0, v1, DN_EVEN), o0 = __builtin_shufflevector(v0, v1, DN_ODD);
+      vf e1 = __builtin_shufflevector(v2, v3, DN_EVEN), o1 = __builtin_shufflevector(v2, v3, DN_ODD);
+      DN_ST(wT + i0, __builtin_shufflevector(e0, e1, DN_EVEN));
+      DN_ST(wT + DN_CB + i0, __builtin_shufflevector(o0, o1, DN_EVEN));
+      DN_ST(wT + 2 * DN_CB + i0, __builtin_shufflevector(e0, e1, DN_ODD));
+      DN_ST(wT + 3 * DN_CB + i0, __builtin_shufflevector(o0, o1, DN_ODD));
+    }
+  }
+  for (int64_t r = 0; r < K; r++) {
+    for (int64_t i = i0; i < n; i++) wT[r * DN_CB + i] = w[i * K + r];
+    for (int64_t i = n; i < np; i++) wT[r * DN_CB + i] = 0.0f;
+  }
+}
+#undef DN_EVEN
+#undef DN_ODD
+
+// One vector of outputs at channel offset c: sum_r wT[r][c] rows[r][c], then SiLU.
+DN_TARGET DN_INLINE vf DN_FN(conv_one)(const float *const *rows, const float *wT, int64_t c,
+                                       int64_t K, int act) {
+  vf acc = DN_LD(wT + c) * DN_LD(rows[0] + c);
+  for (int64_t r = 1; r < K; r++) acc += DN_LD(wT + r * DN_CB + c) * DN_LD(rows[r] + c);
+  return act ? DN_FN(vsilu)(acc) : acc;
+}
+
+// One token, channels [0, n) of a block. A partial last vector runs on zero-padded
+// copies of its inputs, so step and prefill (which split channels the same way) agree
+// bit for bit. y may alias rows[K-1] (each vector is read before it is written).
+DN_TARGET DN_INLINE void DN_FN(conv_vec)(float *y, const float *const *rows, const float *wT,
+                                         int64_t n, int64_t K, int act) {
+  int64_t c = 0;
+  for (; c + DN_VW <= n; c += DN_VW) DN_ST(y + c, DN_FN(conv_one)(rows, wT, c, K, act));
+  if (c < n) {
+    float pad[DN_MAX_CONV_K][DN_VW], out[DN_VW];
+    const float *prow[DN_MAX_CONV_K];
+    for (int64_t r = 0; r < K; r++) {
+      for (int64_t i = 0; i < DN_VW; i++) pad[r][i] = c + i < n ? rows[r][c + i] : 0.0f;
+      prow[r] = pad[r] - c; // conv_one indexes prow[r] + c
+    }
+    DN_ST(out, DN_FN(conv_one)(prow, wT, c, K, act));
+    memcpy(y + c, out, (size_t)(n - c) * sizeof(float));
+  }
+}
+
+DN_TARGET static void DN_FN(conv_rows)(float *y, const float *state, const float *u,
+                                       const float *w, int64_t T, int64_t C, int64_t K,
+                                       int act) {
+  float wT[DN_MAX_CONV_K * DN_CB];
+  const float *rows[DN_MAX_CONV_K];
+  const int64_t P = K - 1;
+  for (int64_t c0 = 0; c0 < C; c0 += DN_CB) {
+    const int64_t n = C - c0 < DN_CB ? C - c0 : DN_CB;
+    DN_FN(conv_wT)(wT, w + c0 * K, n, K);
+    for (int64_t t = 0; t < T; t++) {
+      for (int64_t r = 0; r < K; r++) { // input r of token t's window: index t-P+r of [state, u]
+        int64_t idx = t - P + r;
+        rows[r] = (idx < 0 ? state + (P + idx) * C : u + idx * C) + c0;
+      }
+      DN_FN(conv_vec)(y + t * C + c0, rows, wT, n, K, act);
+    }
+  }
+}
+
+DN_TARGET static void DN_FN(conv_step)(float *y, float *state, const float *u, const float *w,
+                                       int64_t C, int64_t K, int act) {
+  float wT[DN_MAX_CONV_K * DN_CB], ybuf[DN_CB];
+  const float *rows[DN_MAX_CONV_K];
+  for (int64_t c0 = 0; c0 < C; c0 += DN_CB) {
+    const int64_t n = C - c0 < DN_CB ? C - c0 : DN_CB;
+    const size_t nb = (size_t)n * sizeof(float);
+    DN_FN(conv_wT)(wT, w + c0 * K, n, K);
+    for (int64_t r = 0; r < K - 1; r++) rows[r] = state + r * C + c0;
+    rows[K - 1] = u + c0;
+    DN_FN(conv_vec)(ybuf, rows, wT, n, K, act);
+    // shift this block of the state and append u before y (which may alias u) is written
+    for (int64_t r = 0; r + 1 < K - 1; r++) memcpy(state + r * C + c0, state + (r + 1) * C + c0, nb);
+    if (K > 1) memcpy(state + (K - 2) * C + c0, u + c0, nb);
+    memcpy(y + c0, ybuf, nb);
+  }
+}
+
+// ---- gated RMSNorm ----
+DN_TARGET static void DN_FN(gated_rmsnorm)(float *y, const float *o, const float *z,
+                                           const float *w, int64_t n_heads, int64_t d,
+                                           float eps) {
+  for (int64_t h = 0; h < n_heads; h++) {
+    const float *oh = o + h * d, *zh = z + h * d;
+    float *yh = y + h * d;
+    double ss = 0.0;
+    for (int64_t i = 0; i < d; i++) ss += (double)oh[i] * oh[i];
+    const float inv = (float)(1.0 / sqrt(ss / (double)d + (double)eps));
+    int64_t i = 0;
+    for (; i + DN_VW <= d; i += DN_VW)
+      DN_ST(yh + i, DN_LD(oh + i) * inv * DN_LD(w + i) * DN_FN(vsilu)(DN_LD(zh + i)));
+    for (; i < d; i++) yh[i] = (oh[i] * inv) * w[i] * silu_f(zh[i]);
+  }
+}
+
+// ---- delta rule ----
 
 // Pass 1 for value columns [j, j + DN_VW*nv): m = S^T k.
 DN_INLINE void DN_FN(retrieve_tile)(float *m, const float *S, const float *k, int64_t dk, int64_t dv,
@@ -651,6 +781,9 @@ DN_TARGET static void DN_FN(chunked_heads)(void *ctx, int64_t h0, int64_t h1, in
 
 
 #undef vf
+#undef vi
+#undef vu
+#undef DN_CB
 #undef DN_LD
 #undef DN_ST
 #endif // DN_VW

@@ -102,6 +102,24 @@ static void test_conv(void) {
   CHECK(st[0] == 2 && st[1] == 3 && st[2] == 4);
 }
 
+// SiLU over its whole range (the vector exp): a 1-tap conv with weight 1 is silu(u).
+static void test_silu_range(void) {
+  const int64_t C = 4003;
+  float *u = malloc(sizeof(float) * C), *y = malloc(sizeof(float) * C), *w = malloc(sizeof(float) * C);
+  for (int64_t c = 0; c < C; c++) {
+    u[c] = -120.0f + 240.0f * (float)c / (float)(C - 1) + 1e-3f * ferry_rng_normal(&g_rng);
+    w[c] = 1.0f;
+  }
+  u[0] = -1e30f, u[1] = 1e30f, u[2] = 0.0f, u[3] = -87.5f, u[4] = 88.9f, u[5] = 1e-20f;
+  cpu_ssm_conv_step(y, NULL, u, w, C, 1, 1);
+  for (int64_t c = 0; c < C; c++) {
+    double ref = silu_d(u[c]);
+    if (fabs(ref) > 1e-30) CHECK_NEAR(y[c], ref, 4e-7 * fabs(ref));
+    else CHECK(fabs(y[c]) < 1e-30);
+  }
+  free(u), free(y), free(w);
+}
+
 // ---- L2 norm, gates, gated RMSNorm ----
 static void test_norms_gates(void) {
   const int64_t H = 5, d = 24;
@@ -421,10 +439,6 @@ static void test_regroup(void) {
 
 int main(void) {
   ferry_rng_seed(&g_rng, 20251123);
-  test_conv();
-  test_norms_gates();
-  test_worked_example();
-  test_head_mapping();
   test_regroup();
 
   struct ferry_pool *pool = NULL;
@@ -438,6 +452,9 @@ int main(void) {
       fprintf(stderr, "deltanet path %s not available here: not tested\n", paths[pi]);
       continue;
     }
+    test_conv();
+    test_silu_range();
+    test_norms_gates();
     test_worked_example();
     test_head_mapping();
     const int64_t Ts[] = {1, 7, 64, 65, 200};
