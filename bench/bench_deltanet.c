@@ -126,6 +126,30 @@ int main(int argc, char **argv) {
     if (dt < best) best = dt;
   }
   printf("  decode step           %9.1f us/token/layer\n", best * 1e6);
+  // the other per-token ops of the mixer (single-threaded kernels)
+  {
+    const int64_t C = ld, K = 4;
+    float *w = alloc_f(C * K), *cst = alloc_f((K - 1) * C), *y = alloc_f(T * C), *z = alloc_f(no);
+    for (int64_t i = 0; i < C * K; i++) w[i] = 0.3f * ferry_rng_normal(&rng);
+    for (int64_t i = 0; i < no; i++) z[i] = ferry_rng_normal(&rng);
+    memset(cst, 0, (K - 1) * C * sizeof(float));
+    double b_rows = 1e30, b_step = 1e30, b_norm = 1e30;
+    for (int r = 0; r < reps; r++) {
+      double t0 = now_s();
+      cpu_ssm_conv_rows(y, cst, row, w, T, C, K, 1);
+      double t1 = now_s();
+      for (int64_t t = 0; t < T; t++) cpu_ssm_conv_step(y + t * C, cst, row + t * C, w, C, K, 1);
+      double t2 = now_s();
+      cpu_gated_rmsnorm_heads(o, o_rec, z, w, T * HV, DV, 1e-6f);
+      double t3 = now_s();
+      b_rows = fmin(b_rows, t1 - t0), b_step = fmin(b_step, (t2 - t1) / T);
+      b_norm = fmin(b_norm, t3 - t2);
+    }
+    printf("  conv+silu prefill     %9.2f ms  (C=%lld, K=4)\n", b_rows * 1e3, (long long)C);
+    printf("  conv+silu step        %9.1f us/token/layer\n", b_step * 1e6);
+    printf("  gated rmsnorm         %9.2f ms  (T x %d heads)\n", b_norm * 1e3, HV);
+    ferry_free_aligned(w), ferry_free_aligned(cst), ferry_free_aligned(y), ferry_free_aligned(z);
+  }
   ferry_pool_destroy(pool);
   return 0;
 }

@@ -38,7 +38,8 @@ struct ferry_pool;
 //   u     [C]          this token's conv input (channel order [q | k | v], §5.6 step 2)
 //   w     [C x K]      taps of channel c at w + c*K; tap K-1 multiplies the current input,
 //                      tap 0 the oldest (GGUF ssm_conv1d, ne {K, C}). No bias.
-// y_c = sum_{r<K-1} w[c][r]*state[r][c] + w[c][K-1]*u_c, summed in that order in f32.
+// y_c = sum_{r<K-1} w[c][r]*state[r][c] + w[c][K-1]*u_c, summed in that order in f32
+// (fused multiply-adds where the CPU has them); SiLU uses a vector exp good to a few ulp.
 void cpu_ssm_conv_step(float *y, float *state, const float *u, const float *w, int64_t C,
                        int64_t K, int apply_silu);
 // T tokens (prefill): the same as T calls of cpu_ssm_conv_step, bit for bit.
