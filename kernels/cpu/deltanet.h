@@ -14,8 +14,8 @@
 // (ssm.time_step_rank), dk = head_k_dim, dv = head_v_dim, T = tokens, C = channels.
 // v-head h reads k-head h / (Hv/Hk) (repeat-interleave, NOT tiled, §5.6 step 6).
 // Functions are pure apart from their outputs and the state they are given, allocate
-// nothing (except cpu_delta_chunked, which says so), block until done, and are
-// thread-safe for disjoint outputs. Shape invariants are checked with FERRY_ASSERT
+// nothing (except cpu_delta_chunked and cpu_delta_prefill, which say so), block until
+// done, and are thread-safe for disjoint outputs. Shape invariants are checked with FERRY_ASSERT
 // (a wrong shape is a programming error, not input data).
 #pragma once
 #include <stdint.h>
@@ -38,11 +38,13 @@ struct ferry_pool;
 //   u     [C]          this token's conv input (channel order [q | k | v], §5.6 step 2)
 //   w     [C x K]      taps of channel c at w + c*K; tap K-1 multiplies the current input,
 //                      tap 0 the oldest (GGUF ssm_conv1d, ne {K, C}). No bias.
+//   K in [1, 16] (the model has 4).
 // y_c = sum_{r<K-1} w[c][r]*state[r][c] + w[c][K-1]*u_c, summed in that order in f32
 // (fused multiply-adds where the CPU has them); SiLU uses a vector exp good to a few ulp.
 void cpu_ssm_conv_step(float *y, float *state, const float *u, const float *w, int64_t C,
                        int64_t K, int apply_silu);
-// T tokens (prefill): the same as T calls of cpu_ssm_conv_step, bit for bit.
+// T tokens (prefill): the same as T calls of cpu_ssm_conv_step, bit for bit (on the same
+// kernel path, see cpu_delta_force).
 //   y [T x C] (must not overlap u), u [T x C], state as above (updated to the last K-1
 //   rows of [state, u_0..u_{T-1}]). T may be 0 (no-op).
 void cpu_ssm_conv_rows(float *y, float *state, const float *u, const float *w, int64_t T,
@@ -95,7 +97,7 @@ void cpu_delta_recurrent(struct ferry_pool *pool, float *o, int64_t ldo, float *
                          int64_t T, int64_t Hk, int64_t Hv, int64_t dk, int64_t dv);
 
 // T tokens by the chunked (WY) form of §5.7, chunks of `chunk` tokens (the tail chunk is
-// shorter); equal to cpu_delta_recurrent up to rounding (tests: ~1e-6 relative).
+// shorter); equal to cpu_delta_recurrent up to rounding (tests: < 1e-6 relative).
 // Arguments as cpu_delta_recurrent, except that it takes g [T x Hv] (log decay, <= 0)
 // instead of decay: cumulative decays are formed as exp of sums of g, which neither
 // underflows to log(0) nor loses precision the way log(decay) would.
@@ -128,9 +130,10 @@ int cpu_delta_prefill(struct ferry_pool *pool, float *o, int64_t ldo, float *S,
 void cpu_gated_rmsnorm_heads(float *y, const float *o, const float *z, const float *w,
                              int64_t n_heads, int64_t d, float eps);
 
-// Test/bench hook: force the recurrence kernels onto "base" (portable C), "avx2"
-// (AVX2+FMA) or "avx512" (AVX-512F), or back to "auto" (the best the CPU has). Returns 0, or -1 if that path is
-// unavailable here. Not for use while other threads run these kernels.
+// Test/bench hook: force the vector kernels (conv, gated norm, recurrence) onto "base"
+// (portable C), "avx2" (AVX2+FMA) or "avx512" (AVX-512F), or back to "auto" (the best
+// the CPU has). Returns 0, or -1 if that path is unavailable here. Not for use while
+// other threads run these kernels.
 int cpu_delta_force(const char *path);
 
 // ---- legacy projection regrouping, §5.4 and fixtures README §1.2 ----
