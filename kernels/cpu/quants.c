@@ -56,6 +56,7 @@ static void build(int level) {
   if (level >= 1) {
     memcpy(prev, tab, sizeof tab);
     cpu_quants_fill_avx2(tab);
+    cpu_quants_fill_avx2_dot4(tab4);
     for (int t = 0; t < FT_COUNT; t++)
       if (tab[t] != prev[t]) name[t] = "avx2";
   }

@@ -339,6 +339,96 @@ TGT static float dot_q2_K_avx2(int64_t n, const void *w, const void *xq) {
   return s;
 }
 
+// ---------------------------------------------------------------- 4 activations per row
+// cpu_matmul's kernels: the weight block is unpacked once per chunk and dotted with four
+// activation rows (xq + k*xs); per activation the arithmetic is the single-row kernel's.
+
+TGT static void dot4_q4_K_avx2(int64_t n, const void *w, const void *xq, size_t xs, float out[4]) {
+  const block_q4_K *a = w;
+  const uint8_t *x0 = xq;
+  const __m256i m4 = _mm256_set1_epi8(15);
+  __m256 acc[4], accm[4];
+  for (int k = 0; k < 4; k++) acc[k] = accm[k] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n / 256; i++) {
+    const block_q8_K *b[4];
+    for (int k = 0; k < 4; k++) b[k] = (const block_q8_K *)(x0 + k * xs) + i;
+    __m128i scm = k4_scales_mins(a[i].scales);
+    __m256i S = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scm));
+    __m256i v[4];
+    for (int k = 0; k < 4; k++) v[k] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; c++) {
+      __m256i q = _mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * c));
+      __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+      __m256i s0 = bcast16(S, 2 * c), s1 = bcast16(S, 2 * c + 1);
+#pragma GCC unroll 4
+      for (int k = 0; k < 4; k++) {
+        v[k] = _mm256_add_epi32(v[k], dot_u8s8(lo, _mm256_loadu_si256((const __m256i *)(b[k]->qs + 64 * c)), s0));
+        v[k] = _mm256_add_epi32(v[k], dot_u8s8(hi, _mm256_loadu_si256((const __m256i *)(b[k]->qs + 64 * c + 32)), s1));
+      }
+    }
+    float da = h2f(a[i].d), dm = h2f(a[i].dmin);
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++) {
+      acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(b[k]->d * da), _mm256_cvtepi32_ps(v[k]), acc[k]);
+      accm[k] = _mm256_fmadd_ps(_mm256_set1_ps(b[k]->d * dm), _mm256_cvtepi32_ps(k4_mins(scm, b[k]->bsums)), accm[k]);
+    }
+  }
+  // Same operations in the same order as dot_q4_K_avx2: bit-identical per activation, so
+  // prefill (cpu_matmul) and decode (cpu_matvec) give the same numbers for a token.
+  for (int k = 0; k < 4; k++) out[k] = hsum_ps(_mm256_sub_ps(acc[k], accm[k]));
+}
+
+TGT static void dot4_q6_K_avx2(int64_t n, const void *w, const void *xq, size_t xs, float out[4]) {
+  const block_q6_K *a = w;
+  const uint8_t *x0 = xq;
+  const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
+  __m256 acc[4];
+  for (int k = 0; k < 4; k++) acc[k] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n / 256; i++) {
+    const block_q8_K *b[4];
+    for (int k = 0; k < 4; k++) b[k] = (const block_q8_K *)(x0 + k * xs) + i;
+    __m128i sc8 = _mm_loadu_si128((const __m128i *)a[i].scales);
+    __m256i v[4];
+    for (int k = 0; k < 4; k++) v[k] = _mm256_setzero_si256();
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; h++) {
+      __m256i ql0 = _mm256_loadu_si256((const __m256i *)(a[i].ql + 64 * h));
+      __m256i ql1 = _mm256_loadu_si256((const __m256i *)(a[i].ql + 64 * h + 32));
+      __m256i qh = _mm256_loadu_si256((const __m256i *)(a[i].qh + 32 * h));
+      __m256i base = pair_base(sc8, h);
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; j++) {
+        __m256i lo4 = j & 1 ? ql1 : ql0;
+        if (j >= 2) lo4 = _mm256_srli_epi16(lo4, 4);
+        // qh bits 2j..2j+1 moved to bits 4..5: shift left 4, 2, 0 or right 2.
+        __m256i hb = j == 0 ? _mm256_slli_epi16(qh, 4) : j == 1 ? _mm256_slli_epi16(qh, 2)
+                   : j == 2 ? qh : _mm256_srli_epi16(qh, 2);
+        __m256i q = _mm256_or_si256(_mm256_and_si256(lo4, m4), _mm256_and_si256(hb, m30));
+        __m256i sj = pair_pick(base, j);
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++)
+          v[k] = _mm256_add_epi32(
+              v[k], dot_u8s8(q, _mm256_loadu_si256((const __m256i *)(b[k]->qs + 128 * h + 32 * j)), sj));
+      }
+    }
+    __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
+    float da = h2f(a[i].d);
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++) {
+      __m256i off = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)b[k]->bsums), sc16);
+      __m256i vk = _mm256_sub_epi32(v[k], _mm256_slli_epi32(off, 5));
+      acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(b[k]->d * da), _mm256_cvtepi32_ps(vk), acc[k]);
+    }
+  }
+  for (int k = 0; k < 4; k++) out[k] = hsum_ps(acc[k]);
+}
+
+void cpu_quants_fill_avx2_dot4(cpu_vec_dot4_fn tab4[FT_COUNT]) {
+  tab4[FT_Q4_K] = dot4_q4_K_avx2;
+  tab4[FT_Q6_K] = dot4_q6_K_avx2;
+}
+
 void cpu_quants_fill_avx2(cpu_vec_dot_fn tab[FT_COUNT]) {
   tab[FT_F32] = dot_f32_avx2;
   tab[FT_F16] = dot_f16_avx2;
@@ -355,5 +445,6 @@ void cpu_quants_fill_avx2(cpu_vec_dot_fn tab[FT_COUNT]) {
 #else // not x86: the scalar table stays
 
 void cpu_quants_fill_avx2(cpu_vec_dot_fn tab[FT_COUNT]) { (void)tab; }
+void cpu_quants_fill_avx2_dot4(cpu_vec_dot4_fn tab4[FT_COUNT]) { (void)tab4; }
 
 #endif

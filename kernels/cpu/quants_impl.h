@@ -53,7 +53,8 @@ typedef void (*cpu_vec_dot4_fn)(int64_t n, const void *w, const void *xq, size_t
 cpu_vec_dot_fn cpu_vec_dot_get(enum ferry_type t);
 // The 4-activation kernel of the current path for t, or NULL (then call the dot 4 times).
 cpu_vec_dot4_fn cpu_vec_dot4_get(enum ferry_type t);
-// Fills tab4[t] for the types the AVX-512 file has 4-activation kernels for.
+// Fill tab4[t] for the types each SIMD file has 4-activation kernels for.
+void cpu_quants_fill_avx2_dot4(cpu_vec_dot4_fn tab4[FT_COUNT]);
 void cpu_quants_fill_avx512_dot4(cpu_vec_dot4_fn tab4[FT_COUNT]);
 
 // Scalar table (quants_ref.c).

@@ -57,9 +57,12 @@ static void run_case(struct ferry_pool *pool, enum ferry_type t, struct shape s,
     for (int64_t rr = s.nrows; rr < ldy; rr++) CHECK(y[i * ldy + rr] == -777.0f);
   }
   CHECK_EQ(bad, 0);
-  // Matvec equals the first column of the matmul exactly (same dot function).
+  // Matvec equals the first column of the matmul bit for bit: the 4-activation kernels do
+  // the single-row kernel's operations, so a token gets the same numbers in prefill and decode.
   cpu_matvec(pool, t, w, s.nrows, s.n, xq, yv);
-  for (int64_t rr = 0; rr < s.nrows; rr++) CHECK(yv[rr] == y[rr]);
+  int diff = 0;
+  for (int64_t rr = 0; rr < s.nrows; rr++) diff += yv[rr] != y[rr];
+  CHECK_EQ(diff, 0);
 
   // Exact: dequantized weights · F32 activations in double.
   cpu_matmul_exact(pool, t, w, s.nrows, s.n, x, ldx, s.m, y, ldy);
@@ -75,7 +78,9 @@ static void run_case(struct ferry_pool *pool, enum ferry_type t, struct shape s,
     }
   CHECK_EQ(bad, 0);
   cpu_matvec_exact(pool, t, w, s.nrows, s.n, x, yv);
-  for (int64_t rr = 0; rr < s.nrows; rr++) CHECK(yv[rr] == y[rr]);
+  diff = 0;
+  for (int64_t rr = 0; rr < s.nrows; rr++) diff += yv[rr] != y[rr];
+  CHECK_EQ(diff, 0);
   free(wf), free(wd), free(x), free(w), free(xq), free(y), free(yv);
 }
 
