@@ -227,11 +227,32 @@ void cpu_ssm_conv_step(float *y, float *state, const float *u, const float *w, i
   DN_PICK(conv_step)(y, state, u, w, C, K, apply_silu);
 }
 
-void cpu_ssm_conv_rows(float *y, float *state, const float *u, const float *w, int64_t T,
-                       int64_t C, int64_t K, int apply_silu) {
+// Channels are split over the pool in groups of DN_CONV_GROUP, a multiple of every
+// ISA's block (DN_CB = 8 vectors: 32, 64 or 128 floats).
+#define DN_CONV_GROUP 128
+struct dn_conv_args {
+  float *y;
+  const float *state, *u, *w;
+  int64_t T, C, K;
+  int act;
+};
+static void conv_task(void *ctx, int64_t g0, int64_t g1, int tid) {
+  const struct dn_conv_args *a = ctx;
+  int64_t ce = g1 * DN_CONV_GROUP < a->C ? g1 * DN_CONV_GROUP : a->C;
+  DN_PICK(conv_rows)(a->y, a->state, a->u, a->w, a->T, a->C, a->K, a->act, g0 * DN_CONV_GROUP, ce);
+}
+
+void cpu_ssm_conv_rows_mt(struct ferry_pool *pool, float *y, float *state, const float *u,
+                          const float *w, int64_t T, int64_t C, int64_t K, int apply_silu) {
   FERRY_ASSERT(C > 0 && K >= 1 && K <= DN_MAX_CONV_K && T >= 0);
   if (T == 0) return;
-  DN_PICK(conv_rows)(y, state, u, w, T, C, K, apply_silu);
+  struct dn_conv_args a = {.y = y, .state = state, .u = u, .w = w, .T = T, .C = C, .K = K,
+                           .act = apply_silu};
+  const int64_t ng = (C + DN_CONV_GROUP - 1) / DN_CONV_GROUP;
+  if (pool)
+    ferry_pool_run(pool, ng, 1, conv_task, &a);
+  else
+    conv_task(&a, 0, ng, 0);
   const int64_t P = K - 1; // new state: the last P rows of [state, u]
   if (P == 0) return;
   if (T >= P) {
@@ -242,10 +263,36 @@ void cpu_ssm_conv_rows(float *y, float *state, const float *u, const float *w, i
   }
 }
 
+void cpu_ssm_conv_rows(float *y, float *state, const float *u, const float *w, int64_t T,
+                       int64_t C, int64_t K, int apply_silu) {
+  cpu_ssm_conv_rows_mt(NULL, y, state, u, w, T, C, K, apply_silu);
+}
+
+struct dn_norm_args {
+  float *y;
+  const float *o, *z, *w;
+  int64_t d;
+  float eps;
+};
+static void norm_task(void *ctx, int64_t h0, int64_t h1, int tid) {
+  const struct dn_norm_args *a = ctx;
+  DN_PICK(gated_rmsnorm)(a->y, a->o, a->z, a->w, h0, h1, a->d, a->eps);
+}
+
+void cpu_gated_rmsnorm_heads_mt(struct ferry_pool *pool, float *y, const float *o,
+                                const float *z, const float *w, int64_t n_heads, int64_t d,
+                                float eps) {
+  FERRY_ASSERT(n_heads >= 0 && d > 0);
+  struct dn_norm_args a = {.y = y, .o = o, .z = z, .w = w, .d = d, .eps = eps};
+  if (pool)
+    ferry_pool_run(pool, n_heads, 16, norm_task, &a);
+  else
+    norm_task(&a, 0, n_heads, 0);
+}
+
 void cpu_gated_rmsnorm_heads(float *y, const float *o, const float *z, const float *w,
                              int64_t n_heads, int64_t d, float eps) {
-  FERRY_ASSERT(n_heads >= 0 && d > 0);
-  DN_PICK(gated_rmsnorm)(y, o, z, w, n_heads, d, eps);
+  cpu_gated_rmsnorm_heads_mt(NULL, y, o, z, w, n_heads, d, eps);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -459,14 +506,16 @@ DN_TARGET DN_INLINE void DN_FN(conv_vec)(float *y, const float *const *rows, con
   }
 }
 
+// Channels [cb, ce) of T tokens; cb is a multiple of DN_CONV_GROUP (so the blocks, and
+// with them the rounding, are those of a whole-range call).
 DN_TARGET static void DN_FN(conv_rows)(float *y, const float *state, const float *u,
                                        const float *w, int64_t T, int64_t C, int64_t K,
-                                       int act) {
+                                       int act, int64_t cb, int64_t ce) {
   float wT[DN_MAX_CONV_K * DN_CB];
   const float *rows[DN_MAX_CONV_K];
   const int64_t P = K - 1;
-  for (int64_t c0 = 0; c0 < C; c0 += DN_CB) {
-    const int64_t n = C - c0 < DN_CB ? C - c0 : DN_CB;
+  for (int64_t c0 = cb; c0 < ce; c0 += DN_CB) {
+    const int64_t n = ce - c0 < DN_CB ? ce - c0 : DN_CB;
     DN_FN(conv_wT)(wT, w + c0 * K, n, K);
     for (int64_t t = 0; t < T; t++) {
       for (int64_t r = 0; r < K; r++) { // input r of token t's window: index t-P+r of [state, u]
@@ -497,10 +546,11 @@ DN_TARGET static void DN_FN(conv_step)(float *y, float *state, const float *u, c
 }
 
 // ---- gated RMSNorm ----
+// Heads [h0, h1).
 DN_TARGET static void DN_FN(gated_rmsnorm)(float *y, const float *o, const float *z,
-                                           const float *w, int64_t n_heads, int64_t d,
+                                           const float *w, int64_t h0, int64_t h1, int64_t d,
                                            float eps) {
-  for (int64_t h = 0; h < n_heads; h++) {
+  for (int64_t h = h0; h < h1; h++) {
     const float *oh = o + h * d, *zh = z + h * d;
     float *yh = y + h * d;
     double ss = 0.0;

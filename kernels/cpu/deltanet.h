@@ -49,6 +49,10 @@ void cpu_ssm_conv_step(float *y, float *state, const float *u, const float *w, i
 //   rows of [state, u_0..u_{T-1}]). T may be 0 (no-op).
 void cpu_ssm_conv_rows(float *y, float *state, const float *u, const float *w, int64_t T,
                        int64_t C, int64_t K, int apply_silu);
+// The same with the channels split over the pool's workers (pool may be NULL); the
+// same bits as cpu_ssm_conv_rows.
+void cpu_ssm_conv_rows_mt(struct ferry_pool *pool, float *y, float *state, const float *u,
+                          const float *w, int64_t T, int64_t C, int64_t K, int apply_silu);
 
 // ---- L2 norm per head, §5.6 step 5 ----
 // In place on x [n_heads x d]: x_h <- scale * x_h / sqrt(sum x_h^2 + eps) (sum in double).
@@ -129,6 +133,11 @@ int cpu_delta_prefill(struct ferry_pool *pool, float *o, int64_t ldo, float *S,
 // y may alias o or z. Sum of squares in double.
 void cpu_gated_rmsnorm_heads(float *y, const float *o, const float *z, const float *w,
                              int64_t n_heads, int64_t d, float eps);
+// The same with the heads split over the pool's workers (pool may be NULL); n_heads may
+// be T * Hv for T contiguous tokens.
+void cpu_gated_rmsnorm_heads_mt(struct ferry_pool *pool, float *y, const float *o,
+                                const float *z, const float *w, int64_t n_heads, int64_t d,
+                                float eps);
 
 // Test/bench hook: force the vector kernels (conv, gated norm, recurrence) onto "base"
 // (portable C), "avx2" (AVX2+FMA) or "avx512" (AVX-512F), or back to "auto" (the best

@@ -13,6 +13,7 @@
 #include "tests/check.h"
 
 static struct ferry_rng g_rng;
+static struct ferry_pool *g_pool; // 2 workers, or NULL if the pool cannot start
 
 static float *rnd_normal(int64_t n, float scale) {
   float *x = malloc((size_t)n * sizeof(float));
@@ -53,7 +54,7 @@ static double rel_err_f(const float *a, const float *b, int64_t n) {
 
 // ---- conv ----
 static void test_conv(void) {
-  const int64_t C = 37;
+  const int64_t C = 37 + 300 * (g_pool != NULL); // > 2 channel groups when pooled
   const int64_t Ks[] = {1, 2, 4};
   const int64_t Ts[] = {1, 2, 3, 5, 17};
   for (int ki = 0; ki < 3; ki++) {
@@ -85,6 +86,14 @@ static void test_conv(void) {
         cpu_ssm_conv_rows(yp, st_b, u, w, T, C, K, act);
         CHECK(memcmp(yp, ys, (size_t)(T * C) * sizeof(float)) == 0);
         CHECK(memcmp(st_a, st_b, (size_t)(P * C) * sizeof(float)) == 0);
+        // and so does the pooled prefill (C large enough for several channel groups)
+        if (g_pool) {
+          float *st_c = dup(st0, P * C + 1), *ym = malloc((size_t)(T * C) * sizeof(float));
+          cpu_ssm_conv_rows_mt(g_pool, ym, st_c, u, w, T, C, K, act);
+          CHECK(memcmp(ym, ys, (size_t)(T * C) * sizeof(float)) == 0);
+          CHECK(memcmp(st_c, st_a, (size_t)(P * C) * sizeof(float)) == 0);
+          free(st_c), free(ym);
+        }
         // the state is the last P raw inputs of [state, u]
         for (int64_t r = 0; r < P; r++) {
           int64_t idx = T - P + r;
@@ -174,6 +183,15 @@ static void test_norms_gates(void) {
   float *oa = dup(o, nh * dd); // in place (y aliases o)
   cpu_gated_rmsnorm_heads(oa, oa, z, wn, nh, dd, 1e-6f);
   CHECK(memcmp(oa, y, sizeof(float) * nh * dd) == 0);
+  { // pooled: 70 heads split over the workers give the same bits
+    const int64_t NH = 70;
+    float *o2 = rnd_normal(NH * dd, 1.0f), *z2 = rnd_normal(NH * dd, 1.0f);
+    float *y1 = malloc(sizeof(float) * NH * dd), *y2 = malloc(sizeof(float) * NH * dd);
+    cpu_gated_rmsnorm_heads(y1, o2, z2, wn, NH, dd, 1e-6f);
+    cpu_gated_rmsnorm_heads_mt(g_pool, y2, o2, z2, wn, NH, dd, 1e-6f);
+    CHECK(memcmp(y1, y2, sizeof(float) * NH * dd) == 0);
+    free(o2), free(z2), free(y1), free(y2);
+  }
   free(x), free(x0), free(b), free(a), free(ssm_a), free(dt), free(o), free(z), free(wn);
   free(y), free(oa);
 }
@@ -446,6 +464,7 @@ int main(void) {
     fprintf(stderr, "no pool (%s): pooled variants run inline\n", ferry_errmsg());
     pool = NULL;
   }
+  g_pool = pool;
   const char *paths[] = {"base", "avx2", "avx512"};
   for (int pi = 0; pi < 3; pi++) {
     if (cpu_delta_force(paths[pi]) != 0) {
