@@ -99,6 +99,7 @@ int main(void) {
       {5, 2048, 1},    // matvec via matmul
       {130, 512, 8},   // exactly one activation tile
       {9, 8192 + 768, 3}, // longer than one exact-path piece
+      {1, 256, 5},        // one row: fewer rows than threads
   };
   struct ferry_rng r;
   ferry_rng_seed(&r, 99);
@@ -113,6 +114,13 @@ int main(void) {
       }
   }
   cpu_vec_dot_force("auto");
+  // Empty products touch nothing.
+  float sentinel = 3.0f;
+  uint8_t wq[144] = {0}, xq8[292] = {0};
+  cpu_matvec(pool, FT_Q4_K, wq, 0, 256, xq8, &sentinel);
+  cpu_matmul(pool, FT_Q4_K, wq, 1, 256, xq8, 292, 0, &sentinel, 1);
+  cpu_matvec_exact(pool, FT_Q4_K, wq, 0, 256, (const float *)xq8, &sentinel);
+  CHECK(sentinel == 3.0f);
   ferry_pool_destroy(pool);
   CHECK_DONE();
 }
