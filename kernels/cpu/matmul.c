@@ -8,6 +8,7 @@
 // No allocation per call: the exact path dequantizes into a fixed 32 KiB stack piece
 // (rows longer than one piece are processed piece by piece), so there is no length cap and
 // no per-thread scratch to manage.
+#include <stdatomic.h>
 #include <string.h>
 
 #include "base/base.h"
@@ -18,11 +19,47 @@
 #include <immintrin.h>
 #endif
 
-// Rows handed to a worker at least once: keeps chunks of ≥ 32 KiB of weights so waking a
+// Rows per chunk handed to a worker: keeps chunks of ≥ 32 KiB of weights so waking a
 // thread is worth it, and never less than 4 rows.
 static int64_t row_grain(size_t row_bytes) {
   int64_t g = (int64_t)(32768 / (row_bytes ? row_bytes : 1));
   return g < 4 ? 4 : g;
+}
+
+// Rows are handed out dynamically: each pool worker takes the next chunk of rows from a
+// shared counter until none are left. With a static split one late or slowed worker (a
+// shared or oversubscribed machine, mixed core types) would hold the whole call up by
+// its full share; here the others simply take more chunks. One relaxed atomic per chunk
+// of ≥ 32 KiB of weights costs nothing measurable.
+struct dyn_rows {
+  _Atomic int64_t next;
+  int64_t nchunks, chunk, nrows;
+  ferry_pool_fn body;
+  void *ctx;
+};
+
+static void dyn_task(void *vctx, int64_t b, int64_t e, int tid) {
+  struct dyn_rows *d = vctx;
+  for (;;) {
+    int64_t c = atomic_fetch_add_explicit(&d->next, 1, memory_order_relaxed);
+    if (c >= d->nchunks) return;
+    int64_t r0 = c * d->chunk, r1 = r0 + d->chunk < d->nrows ? r0 + d->chunk : d->nrows;
+    d->body(d->ctx, r0, r1, tid);
+  }
+}
+
+static void run_rows(struct ferry_pool *pool, int64_t nrows, size_t row_bytes, ferry_pool_fn body, void *ctx) {
+  if (nrows <= 0) return;
+  // About 8 chunks per worker (enough to even out a slow worker), none under 32 KiB.
+  int64_t nw = ferry_pool_size(pool), chunk = (nrows + nw * 8 - 1) / (nw * 8);
+  if (chunk < row_grain(row_bytes)) chunk = row_grain(row_bytes);
+  int64_t nchunks = (nrows + chunk - 1) / chunk;
+  if (!pool || nw <= 1 || nchunks <= 1) {
+    body(ctx, 0, nrows, 0);
+    return;
+  }
+  struct dyn_rows d = {0, nchunks, chunk, nrows, body, ctx};
+  ferry_pool_run(pool, nw < nchunks ? nw : nchunks, 1, dyn_task, &d);
 }
 
 size_t cpu_act_row_bytes(enum ferry_type t, int64_t n) {
@@ -60,7 +97,7 @@ static void matvec_task(void *vctx, int64_t b, int64_t e, int tid) {
 void cpu_matvec(struct ferry_pool *pool, enum ferry_type t, const void *w, int64_t nrows, int64_t n,
                 const void *xq, float *y) {
   struct mm_ctx c = {cpu_vec_dot_get(t), NULL, w, weight_row_bytes(t, n), n, xq, 0, 1, y, 0};
-  ferry_pool_run(pool, nrows, row_grain(c.rb), matvec_task, &c);
+  run_rows(pool, nrows, c.rb, matvec_task, &c);
 }
 
 // Row blocks of MM_RB weight rows × tiles of MM_MT activation rows: a block (e.g. 16 rows
@@ -96,7 +133,7 @@ void cpu_matmul(struct ferry_pool *pool, enum ferry_type t, const void *w, int64
     return;
   }
   struct mm_ctx c = {cpu_vec_dot_get(t), cpu_vec_dot4_get(t), w, weight_row_bytes(t, n), n, xq, xq_stride, m, y, ldy};
-  ferry_pool_run(pool, nrows, row_grain(c.rb), matmul_task, &c);
+  run_rows(pool, nrows, c.rb, matmul_task, &c);
 }
 
 // ---------------------------------------------------------------- exact path
@@ -187,7 +224,7 @@ void cpu_matmul_exact(struct ferry_pool *pool, enum ferry_type t, const void *w,
                       const float *x, int64_t ldx, int64_t m, float *y, int64_t ldy) {
   if (m <= 0) return;
   struct ex_ctx c = {t, ferry_type_info(t), pick_dot_f64(), w, weight_row_bytes(t, n), n, x, ldx, m, y, ldy};
-  ferry_pool_run(pool, nrows, row_grain(c.rb), exact_task, &c);
+  run_rows(pool, nrows, c.rb, exact_task, &c);
 }
 
 void cpu_matvec_exact(struct ferry_pool *pool, enum ferry_type t, const void *w, int64_t nrows, int64_t n,
