@@ -170,6 +170,14 @@ TGT static inline __m256i bcast16(__m256i s, int k) {
   return _mm256_shuffle_epi8(s, _mm256_load_si256((const __m256i *)k_bcast16[k]));
 }
 
+// [d·xd, dmin·xd] from a block's adjacent f16 d and dmin in one conversion (the same
+// products as scalar h2f(d)·xd).
+TGT static inline __m128 k4_dd(const uint16_t *d_dmin, float xd) {
+  uint32_t u;
+  memcpy(&u, d_dmin, 4);
+  return _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)u)), _mm_set1_ps(xd));
+}
+
 // Mins term of one Q4_K/Q5_K block: 8 int32 lanes M_j·(bsums[2j] + bsums[2j+1]).
 TGT static inline __m256i k4_mins(__m128i scm, const int16_t *bsums) {
   __m256i md = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(scm, scm));
@@ -195,8 +203,9 @@ TGT static float dot_q4_K_avx2(int64_t n, const void *w, const void *xq) {
       v = _mm256_add_epi32(v, dot_u8s8(hi, _mm256_loadu_si256((const __m256i *)(b[i].qs + 64 * c + 32)),
                                        bcast16(S, 2 * c + 1)));
     }
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(b[i].d * h2f(a[i].d)), _mm256_cvtepi32_ps(v), acc);
-    accm = _mm256_fmadd_ps(_mm256_set1_ps(b[i].d * h2f(a[i].dmin)), _mm256_cvtepi32_ps(k4_mins(scm, b[i].bsums)),
+    __m128 dd = k4_dd(&a[i].d, b[i].d);
+    acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd), _mm256_cvtepi32_ps(v), acc);
+    accm = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)), _mm256_cvtepi32_ps(k4_mins(scm, b[i].bsums)),
                            accm);
   }
   return hsum_ps(_mm256_sub_ps(acc, accm));
@@ -224,8 +233,9 @@ TGT static float dot_q5_K_avx2(int64_t n, const void *w, const void *xq) {
       v = _mm256_add_epi32(v, dot_u8s8(hi, _mm256_loadu_si256((const __m256i *)(b[i].qs + 64 * c + 32)),
                                        bcast16(S, 2 * c + 1)));
     }
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(b[i].d * h2f(a[i].d)), _mm256_cvtepi32_ps(v), acc);
-    accm = _mm256_fmadd_ps(_mm256_set1_ps(b[i].d * h2f(a[i].dmin)), _mm256_cvtepi32_ps(k4_mins(scm, b[i].bsums)),
+    __m128 dd = k4_dd(&a[i].d, b[i].d);
+    acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd), _mm256_cvtepi32_ps(v), acc);
+    accm = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)), _mm256_cvtepi32_ps(k4_mins(scm, b[i].bsums)),
                            accm);
   }
   return hsum_ps(_mm256_sub_ps(acc, accm));
@@ -367,11 +377,12 @@ TGT static void dot4_q4_K_avx2(int64_t n, const void *w, const void *xq, size_t 
         v[k] = _mm256_add_epi32(v[k], dot_u8s8(hi, _mm256_loadu_si256((const __m256i *)(b[k]->qs + 64 * c + 32)), s1));
       }
     }
-    float da = h2f(a[i].d), dm = h2f(a[i].dmin);
 #pragma GCC unroll 4
     for (int k = 0; k < 4; k++) {
-      acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(b[k]->d * da), _mm256_cvtepi32_ps(v[k]), acc[k]);
-      accm[k] = _mm256_fmadd_ps(_mm256_set1_ps(b[k]->d * dm), _mm256_cvtepi32_ps(k4_mins(scm, b[k]->bsums)), accm[k]);
+      __m128 dd = k4_dd(&a[i].d, b[k]->d);
+      acc[k] = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd), _mm256_cvtepi32_ps(v[k]), acc[k]);
+      accm[k] = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)),
+                                _mm256_cvtepi32_ps(k4_mins(scm, b[k]->bsums)), accm[k]);
     }
   }
   // Same operations in the same order as dot_q4_K_avx2: bit-identical per activation, so

@@ -37,6 +37,14 @@ TGT static inline __m128i k4_scales_mins(const uint8_t *s) {
   return _mm_or_si128(lo, hi);
 }
 
+// [d·xd, dmin·xd] from a block's adjacent f16 d and dmin in one conversion (the same
+// products as the scalar h2f(d)·xd, so results do not change).
+TGT static inline __m128 k4_dd(const uint16_t *d_dmin, float xd) {
+  uint32_t u;
+  memcpy(&u, d_dmin, 4);
+  return _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)u)), _mm_set1_ps(xd));
+}
+
 // Per 64-element chunk c, dpbusd gives 16 int32 lanes (lanes 0-7 sub-block 2c, 8-15
 // sub-block 2c+1). Chunks are folded pairwise (64-bit unpacks keep each 128-bit lane's
 // sub-block) so two multiplies by the 6-bit scales cover a block. Integer sums are exact;
@@ -68,8 +76,9 @@ TGT static float dot_q4_K_avx512(int64_t n, const void *w, const void *xq) {
                                  _mm512_mullo_epi32(f23, _mm512_permutexvar_epi32(pick23, sc32)));
     __m256i md = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(scm, scm));
     __m256i mv = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)b[i].bsums), md);
-    acc = _mm512_fmadd_ps(_mm512_set1_ps(b[i].d * h2f(a[i].d)), _mm512_cvtepi32_ps(v), acc);
-    accm = _mm256_fmadd_ps(_mm256_set1_ps(b[i].d * h2f(a[i].dmin)), _mm256_cvtepi32_ps(mv), accm);
+    __m128 dd = k4_dd(&a[i].d, b[i].d);
+    acc = _mm512_fmadd_ps(_mm512_broadcastss_ps(dd), _mm512_cvtepi32_ps(v), acc);
+    accm = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)), _mm256_cvtepi32_ps(mv), accm);
   }
   return _mm512_reduce_add_ps(acc) - hsum256_ps(accm);
 }
@@ -152,10 +161,11 @@ TGT static void dot4_q4_K_avx512(int64_t n, const void *w, const void *xq, size_
     __m512i sc32 = _mm512_cvtepu8_epi32(scm);
     __m512i s01 = _mm512_permutexvar_epi32(pick01, sc32), s23 = _mm512_permutexvar_epi32(pick23, sc32);
     __m256i md = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(scm, scm));
-    float da = h2f(a[i].d), dm = h2f(a[i].dmin);
+    __m128 dd0 = _mm_cvtph_ps(_mm_cvtsi32_si128((int)(a[i].d | (uint32_t)a[i].dmin << 16)));
 #pragma GCC unroll 4
     for (int k = 0; k < 4; k++) {
       const block_q8_K *b = (const block_q8_K *)(x0 + k * xs) + i;
+      __m128 dd = _mm_mul_ps(dd0, _mm_set1_ps(b->d));
       __m512i p0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[0], _mm512_loadu_si512(b->qs));
       __m512i p1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[1], _mm512_loadu_si512(b->qs + 64));
       __m512i p2 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[2], _mm512_loadu_si512(b->qs + 128));
@@ -164,8 +174,8 @@ TGT static void dot4_q4_K_avx512(int64_t n, const void *w, const void *xq, size_
       __m512i f23 = _mm512_add_epi32(_mm512_unpacklo_epi64(p2, p3), _mm512_unpackhi_epi64(p2, p3));
       __m512i v = _mm512_add_epi32(_mm512_mullo_epi32(f01, s01), _mm512_mullo_epi32(f23, s23));
       __m256i mv = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)b->bsums), md);
-      acc[k] = _mm512_fmadd_ps(_mm512_set1_ps(b->d * da), _mm512_cvtepi32_ps(v), acc[k]);
-      accm[k] = _mm256_fmadd_ps(_mm256_set1_ps(b->d * dm), _mm256_cvtepi32_ps(mv), accm[k]);
+      acc[k] = _mm512_fmadd_ps(_mm512_broadcastss_ps(dd), _mm512_cvtepi32_ps(v), acc[k]);
+      accm[k] = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)), _mm256_cvtepi32_ps(mv), accm[k]);
     }
   }
   for (int k = 0; k < 4; k++) out[k] = _mm512_reduce_add_ps(acc[k]) - hsum256_ps(accm[k]);
