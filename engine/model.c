@@ -535,7 +535,7 @@ static void attention(struct model *m, int l, int T) {
 }
 
 // Gated DeltaNet mixer (qwen3next), token by token in the exact recurrent form.
-static void deltanet(struct model *m, int l, int T) {
+static int deltanet(struct model *m, int l, int T) {
   const struct model_hparams *hp = &m->hp;
   const struct layer_weights *L = &m->layers[l];
   int64_t d = hp->n_embd, nk = hp->ssm_n_k_heads, nv = hp->ssm_n_v_heads, dk = hp->ssm_head_k, dv = hp->ssm_head_v;
@@ -549,20 +549,29 @@ static void deltanet(struct model *m, int l, int T) {
     mm(m, &L->attn_gate, L->attn_gate.data, m->a, T, z);
   }
   mm(m, &L->ssm_ba, L->ssm_ba.data, m->a, T, m->tmp3);
-  float *b = m->tmp4, *a = b + T * nv, *beta = a + T * nv, *decay = beta + T * nv;
+  float *b = m->tmp4, *a = b + T * nv, *beta = a + T * nv, *g = beta + T * nv, *decay = g + T * nv;
   cpu_ssm_ba_regroup(b, a, m->tmp3, T, nk, nv);
-  cpu_delta_gates(beta, NULL, decay, b, a, L->ssm_a.data, L->ssm_dt.data, T, nv);
+  cpu_delta_gates(beta, g, decay, b, a, L->ssm_a.data, L->ssm_dt.data, T, nv);
   cpu_ssm_conv_rows(y, m->conv_state[l], u, L->ssm_conv1d.data, T, conv_dim, Kc, 1);
   for (int64_t t = 0; t < T; t++) {
     cpu_l2norm_heads(y + t * conv_dim, nk, dk, hp->eps, 1.0f / sqrtf((float)dk));
     cpu_l2norm_heads(y + t * conv_dim + key_dim, nk, dk, hp->eps, 1.0f);
   }
-  cpu_delta_recurrent(m->pool, o, value_dim, m->ssm_state[l], y, conv_dim, y + key_dim, conv_dim, y + 2 * key_dim,
-                      conv_dim, beta, decay, T, nk, nv, dk, dv);
+  // Decode and short chunks run the exact recurrence; longer prefill chunks the chunked
+  // (WY) form, equal up to rounding and faster from 16 tokens on (NOTES.md).
+  if (T < CPU_DELTA_CHUNK_MIN_T) {
+    cpu_delta_recurrent(m->pool, o, value_dim, m->ssm_state[l], y, conv_dim, y + key_dim, conv_dim, y + 2 * key_dim,
+                        conv_dim, beta, decay, T, nk, nv, dk, dv);
+  } else {
+    int rc = cpu_delta_prefill(m->pool, o, value_dim, m->ssm_state[l], y, conv_dim, y + key_dim, conv_dim,
+                               y + 2 * key_dim, conv_dim, beta, g, T, nk, nv, dk, dv);
+    if (rc) return rc;
+  }
   for (int64_t t = 0; t < T; t++)
     cpu_gated_rmsnorm_heads(o + t * value_dim, o + t * value_dim, z + t * value_dim, L->ssm_norm.data, nv, dv, hp->eps);
   mm(m, &L->ssm_out, L->ssm_out.data, o, T, m->tmp1);
   cpu_add(m->x, m->x, m->tmp1, T * d);
+  return 0;
 }
 
 // Applies one expert to the `cnt` rows of the gathered input m->ex; writes m->ed.
@@ -659,11 +668,12 @@ static int forward_chunk(struct model *m, const int32_t *tok, int T, const bool 
   for (uint32_t l = 0; l < hp->n_layer; l++) {
     const struct layer_weights *L = &m->layers[l];
     cpu_rmsnorm_rows(m->a, m->x, L->attn_norm.data, T, d, hp->eps);
-    if (hp->arch == ARCH_QWEN3NEXT && hp->recurrent[l]) deltanet(m, (int)l, T);
+    int rc = 0;
+    if (hp->arch == ARCH_QWEN3NEXT && hp->recurrent[l]) rc = deltanet(m, (int)l, T);
     else attention(m, (int)l, T);
-    cpu_rmsnorm_rows(m->a, m->x, L->ffn_norm.data, T, d, hp->eps);
-    int rc = moe(m, (int)l, T);
     if (rc) return rc;
+    cpu_rmsnorm_rows(m->a, m->x, L->ffn_norm.data, T, d, hp->eps);
+    if ((rc = moe(m, (int)l, T))) return rc;
   }
   m->pos += T;
   // output head for the requested rows

@@ -32,31 +32,13 @@ static int layer_layout(const struct gguf_file *f, uint32_t l, struct ecache_lay
   return 0;
 }
 
-// The cache splits its capacity between size classes (layers with equal slot bytes) in
-// proportion to their layer counts; every class needs k slots, so the smallest capacity
-// is max over classes j of k * denom / L_j, denom = sum_j L_j * slot_j.
 uint64_t stream_min_cache_bytes(const struct gguf_file *f, const struct model_hparams *hp) {
-  uint64_t cls_bytes[8] = {0}, cls_layers[8] = {0}, denom = 0, need = 0;
-  int n_cls = 0;
-  for (uint32_t l = 0; l < hp->n_layer; l++) {
-    struct ecache_layer L;
-    if (layer_layout(f, l, &L)) continue;
-    uint64_t slot = 0;
-    for (int p = 0; p < 3; p++) // as ecache sizes slots: worst misalignment unless block-strided
-      slot += L.part[p].stride % IO_ALIGN == 0 ? io_span_bytes(L.part[p].base, L.part[p].len) : io_span_max(L.part[p].len);
-    int k = 0;
-    while (k < n_cls && cls_bytes[k] != slot) k++;
-    if (k == n_cls) {
-      if (n_cls == 8) return UINT64_MAX / 4; // more size classes than any real model has
-      cls_bytes[n_cls++] = slot;
-    }
-    cls_layers[k]++;
-    denom += slot;
-  }
-  for (int k = 0; k < n_cls; k++) {
-    uint64_t nj = ((uint64_t)hp->n_expert_used * denom + cls_layers[k] - 1) / cls_layers[k];
-    if (nj > need) need = nj;
-  }
+  struct ecache_layer *layers = calloc(hp->n_layer, sizeof *layers);
+  if (!layers) return UINT64_MAX / 4;
+  for (uint32_t l = 0; l < hp->n_layer; l++)
+    if (layer_layout(f, l, &layers[l])) layers[l].n_experts = 0;
+  uint64_t need = ecache_min_host_bytes(layers, hp->n_layer, hp->n_expert_used);
+  free(layers);
   return need;
 }
 

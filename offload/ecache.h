@@ -130,6 +130,10 @@ void ecache_release(struct ecache *c, uint32_t layer, uint32_t n, struct ecache_
 // the number of reads started (>= 0) or -EINVAL for a bad layer or expert.
 int ecache_prefetch(struct ecache *c, uint32_t layer, uint32_t n, const int32_t *experts);
 
+// The smallest host_bytes for which ecache_create succeeds with these layers and
+// min_slots (every size class gets min_slots slots). Used to plan before creating.
+uint64_t ecache_min_host_bytes(const struct ecache_layer *layers, uint32_t n_layers, uint32_t min_slots);
+
 void ecache_stats(const struct ecache *c, struct ecache_stats *out);
 void ecache_layer_counters(const struct ecache *c, uint32_t layer, struct ecache_counters *out);
 // Bytes of one slot for a layer (its size class), and whether (layer, expert) is loaded.
