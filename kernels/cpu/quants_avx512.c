@@ -120,20 +120,32 @@ TGT static float dot_q6_K_avx512(int64_t n, const void *w, const void *xq) {
   return hsum256_ps(acc);
 }
 
+// u8·s8 needs an unsigned side: |w| against x carrying w's sign (exact, incl. w = −128;
+// activations are within ±127). Two blocks per 512-bit register.
 TGT static float dot_q8_0_avx512(int64_t n, const void *w, const void *xq) {
   const block_q8_0 *a = w, *b = xq;
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+  __m512 acc = _mm512_setzero_ps();
   int64_t nb = n / 32, i = 0;
-  for (; i < nb; i++) {
+  for (; i + 2 <= nb; i += 2) {
+    __m512i qw = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a[i].qs)),
+                                    _mm256_loadu_si256((const __m256i *)a[i + 1].qs), 1);
+    __m512i qx = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)b[i].qs)),
+                                    _mm256_loadu_si256((const __m256i *)b[i + 1].qs), 1);
+    __m512i sx = _mm512_mask_sub_epi8(qx, _mm512_movepi8_mask(qw), _mm512_setzero_si512(), qx);
+    __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(qw), sx);
+    __m512 d = _mm512_mask_broadcastss_ps(_mm512_set1_ps(h2f(a[i].d) * h2f(b[i].d)), 0xFF00,
+                                          _mm_set_ss(h2f(a[i + 1].d) * h2f(b[i + 1].d)));
+    acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(p), acc);
+  }
+  float s = _mm512_reduce_add_ps(acc);
+  if (i < nb) { // odd block count
     __m256i qw = _mm256_loadu_si256((const __m256i *)a[i].qs);
     __m256i qx = _mm256_loadu_si256((const __m256i *)b[i].qs);
-    // u8·s8 needs an unsigned side: |w| against x carrying w's sign (exact, incl. −128).
     __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(qw), _mm256_sign_epi8(qx, qw));
-    __m256 d = _mm256_set1_ps(h2f(a[i].d) * h2f(b[i].d));
-    if (i & 1) acc1 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc1);
-    else acc0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc0);
+    __m256 v = _mm256_mul_ps(_mm256_set1_ps(h2f(a[i].d) * h2f(b[i].d)), _mm256_cvtepi32_ps(p));
+    s += hsum256_ps(v);
   }
-  return hsum256_ps(_mm256_add_ps(acc0, acc1));
+  return s;
 }
 
 // ---------------------------------------------------------------- 4 activations per row
