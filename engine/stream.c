@@ -42,6 +42,32 @@ uint64_t stream_min_cache_bytes(const struct gguf_file *f, const struct model_hp
   return need;
 }
 
+// Test seam: FERRY_IO_FAULT="kind:nth:arg[,...]" (kind errno|short|delay; e.g.
+// "errno:40:5" fails the 40th expert read with EIO) arms the io/ fault injector so the
+// end-to-end tests can fail, shorten or delay reads of a real run.
+static void arm_faults_from_env(void) {
+  const char *env = getenv("FERRY_IO_FAULT");
+  if (!env || !*env) return;
+  char buf[256];
+  snprintf(buf, sizeof buf, "%s", env);
+  for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    char kind[16];
+    unsigned long long nth = 0;
+    long long arg = 0;
+    if (sscanf(tok, "%15[a-z]:%llu:%lld", kind, &nth, &arg) < 2) {
+      log_warn("FERRY_IO_FAULT: ignoring '%s'", tok);
+      continue;
+    }
+    enum io_fault_kind k = !strcmp(kind, "errno") ? IO_FAULT_ERRNO : !strcmp(kind, "short") ? IO_FAULT_SHORT
+                           : !strcmp(kind, "delay") ? IO_FAULT_DELAY : 0;
+    if (!k) {
+      log_warn("FERRY_IO_FAULT: unknown kind '%s'", kind);
+      continue;
+    }
+    io_fault_set(k, nth, arg);
+  }
+}
+
 int stream_create(struct stream **out, const struct gguf_file *f, const struct model_hparams *hp, struct budget *b) {
   *out = NULL;
   struct stream *s = calloc(1, sizeof *s);
@@ -71,6 +97,7 @@ int stream_create(struct stream **out, const struct gguf_file *f, const struct m
     goto fail;
   }
   if ((rc = io_reader_open(&s->reader, gguf_path(f), NULL))) goto fail;
+  arm_faults_from_env();
   struct ecache_params p = {.n_layers = hp->n_layer, .layers = s->layers, .reader = s->reader, .budget = b,
                             .host_bytes = left, .min_slots = hp->n_expert_used};
   if ((rc = ecache_create(&s->cache, &p))) goto fail;
