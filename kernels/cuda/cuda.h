@@ -73,8 +73,9 @@ int cuda_matmul_grouped(struct cuda_ctx *ctx, enum ferry_type t, const void *con
                         void *stream);
 
 // Self-test hooks (no device needed): the device decoders of cuda_dequant and the
-// per-lane piece schedule of cuda_matvec replayed on the host, so CI machines without a
-// GPU still check the CUDA format decoding against the CPU reference. Host pointers.
+// per-lane piece schedule of cuda_matvec replayed on the host, with the same wide or byte
+// loads the device would pick for this pointer's alignment, so CI machines without a GPU
+// still check the CUDA format decoding against the CPU reference. Host pointers.
 int cuda_host_dequant(enum ferry_type t, const void *src, float *dst, int64_t n);
 int cuda_host_matvec(enum ferry_type t, const void *w, int64_t nrows, int64_t n, const float *x,
                      float *y);

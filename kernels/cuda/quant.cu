@@ -24,12 +24,11 @@ __host__ __device__ __forceinline__ void scale_min_k4(const uint8_t *s, int j, f
   }
 }
 
-// Copies N bytes from p into o. On the device, when the caller guarantees p is aligned to
-// A bytes (A = 2, 4 or 16), it uses A-byte words: a lane reads its 16 quant bytes in one
-// 16-byte load instead of 16 byte loads. A = 1 (and the host replay) reads bytes.
+// Copies N bytes from p into o. When the caller guarantees p is aligned to A bytes (A = 2,
+// 4 or 16), it uses A-byte words: a lane reads its 16 quant bytes in one 16-byte load
+// instead of 16 byte loads. A = 1 reads bytes. (Also compiled for the host replay.)
 template <int N, int A>
 __host__ __device__ __forceinline__ void ldbytes(const uint8_t *p, uint8_t *o) {
-#ifdef __CUDA_ARCH__
   if constexpr (A >= 16 && N % 16 == 0) {
     FERRY_UNROLL
     for (int j = 0; j < N / 16; j++) {
@@ -52,9 +51,7 @@ __host__ __device__ __forceinline__ void ldbytes(const uint8_t *p, uint8_t *o) {
       o[2 * j] = (uint8_t)w;
       o[2 * j + 1] = (uint8_t)(w >> 8);
     }
-  } else
-#endif
-  {
+  } else {
     FERRY_UNROLL
     for (int i = 0; i < N; i++) o[i] = p[i];
   }
@@ -180,11 +177,9 @@ struct t_f32 {
   static constexpr int QK = 1, BYTES = 4, PL = 1, ALIGN = 4;
   template <int A>
   __host__ __device__ static void piece(const uint8_t *b, int, float *v) {
-#ifdef __CUDA_ARCH__
     if constexpr (A >= 4)
       v[0] = *(const float *)b;
     else
-#endif
       v[0] = bits_to_f32((uint32_t)b[0] | ((uint32_t)b[1] << 8) | ((uint32_t)b[2] << 16) |
                          ((uint32_t)b[3] << 24));
   }
@@ -194,11 +189,9 @@ struct t_f16 {
   static constexpr int QK = 1, BYTES = 2, PL = 1, ALIGN = 2;
   template <int A>
   __host__ __device__ static void piece(const uint8_t *b, int, float *v) {
-#ifdef __CUDA_ARCH__
     if constexpr (A >= 2)
       v[0] = __half2float(*(const __half *)b);
     else
-#endif
       v[0] = load_f16(b);
   }
 };
@@ -439,18 +432,19 @@ int convert_rows(int dt, const float *x, int64_t ldx, const int32_t *rows, int64
   return 0;
 }
 
-// Host replay of k_dequant / k_matvec: same decoders, same piece schedule per lane.
-template <class T>
+// Host replay of k_dequant / k_matvec: same decoders, same load widths (A), same piece
+// schedule per lane.
+template <class T, int A>
 void host_dequant(const uint8_t *src, float *dst, int64_t nblocks) {
   constexpr int NP = T::QK / T::PL;
   for (int64_t i = 0; i < nblocks * NP; i++) {
     float v[T::PL];
-    T::template piece<1>(src + (i / NP) * T::BYTES, (int)(i % NP), v);
+    T::template piece<A>(src + (i / NP) * T::BYTES, (int)(i % NP), v);
     for (int k = 0; k < T::PL; k++) dst[(i / NP) * T::QK + (i % NP) * T::PL + k] = v[k];
   }
 }
 
-template <class T>
+template <class T, int A>
 void host_matvec(const uint8_t *w, int64_t nrows, int64_t n, const float *x, float *y) {
   constexpr int NP = T::QK / T::PL;
   const int64_t nb = n / T::QK;
@@ -462,7 +456,7 @@ void host_matvec(const uint8_t *w, int64_t nrows, int64_t n, const float *x, flo
         const int64_t b = j / NP;
         const int pc = (int)(j % NP);
         float v[T::PL];
-        T::template piece<1>(wr + b * T::BYTES, pc, v);
+        T::template piece<A>(wr + b * T::BYTES, pc, v);
         const float *xb = x + b * T::QK + pc * T::PL;
         for (int k = 0; k < T::PL; k++) lanes[lane] = fmaf(v[k], xb[k], lanes[lane]);
       }
@@ -552,7 +546,12 @@ extern "C" int cuda_host_dequant(enum ferry_type t, const void *src, float *dst,
   const uint8_t *b = (const uint8_t *)src;
   switch (t) {
 #define H(FT, T)                                                                          \
-  case FT: host_dequant<T>(b, dst, n / T::QK); return 0;
+  case FT:                                                                                \
+    if ((uintptr_t)b % T::ALIGN == 0)                                                     \
+      host_dequant<T, T::ALIGN>(b, dst, n / T::QK);                                       \
+    else                                                                                  \
+      host_dequant<T, 1>(b, dst, n / T::QK);                                              \
+    return 0;
     H(FT_Q4_K, t_q4_k) H(FT_Q5_K, t_q5_k) H(FT_Q6_K, t_q6_k) H(FT_Q3_K, t_q3_k)
     H(FT_Q2_K, t_q2_k) H(FT_Q8_0, t_q8_0) H(FT_Q4_0, t_q4_0) H(FT_F32, t_f32)
     H(FT_F16, t_f16) H(FT_BF16, t_bf16)
@@ -568,7 +567,12 @@ extern "C" int cuda_host_matvec(enum ferry_type t, const void *w, int64_t nrows,
   const uint8_t *b = (const uint8_t *)w;
   switch (t) {
 #define H(FT, T)                                                                          \
-  case FT: host_matvec<T>(b, nrows, n, x, y); return 0;
+  case FT:                                                                                \
+    if ((uintptr_t)b % T::ALIGN == 0)                                                     \
+      host_matvec<T, T::ALIGN>(b, nrows, n, x, y);                                        \
+    else                                                                                  \
+      host_matvec<T, 1>(b, nrows, n, x, y);                                               \
+    return 0;
     H(FT_Q4_K, t_q4_k) H(FT_Q5_K, t_q5_k) H(FT_Q6_K, t_q6_k) H(FT_Q3_K, t_q3_k)
     H(FT_Q2_K, t_q2_k) H(FT_Q8_0, t_q8_0) H(FT_Q4_0, t_q4_0) H(FT_F32, t_f32)
     H(FT_F16, t_f16) H(FT_BF16, t_bf16)

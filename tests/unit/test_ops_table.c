@@ -317,7 +317,9 @@ static void test_table_on_cpu(void) {
 }
 
 #ifdef FERRY_HAVE_CUDA
-// The CUDA decoders and mat-vec schedule replayed on the host against the CPU reference.
+// The CUDA decoders and mat-vec schedule replayed on the host against the CPU reference:
+// once from an aligned buffer (the wide-load path) and once from a copy one byte past it
+// (the byte-load fallback).
 static void test_cuda_decoders_on_host(void) {
   static const enum ferry_type types[] = {FT_Q4_K, FT_Q5_K, FT_Q6_K, FT_Q3_K, FT_Q2_K,
                                           FT_Q8_0, FT_Q4_0, FT_F32,  FT_F16,  FT_BF16};
@@ -325,24 +327,31 @@ static void test_cuda_decoders_on_host(void) {
   ferry_rng_seed(&rng, 99);
   for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
     const enum ferry_type t = types[ti];
+    const char *name = ferry_type_info(t)->name;
     const int64_t nrows = 5, n = 768;
     size_t bytes;
     uint8_t *w = op_make_weights(&rng, t, nrows, n, &bytes);
+    uint8_t *shifted = ferry_alloc_aligned(64, bytes + 64);
+    memcpy(shifted + 1, w, bytes);
     float *ref = malloc(sizeof(float) * nrows * n), *got = malloc(sizeof(float) * nrows * n);
-    cpu_dequant_row(t, w, ref, nrows * n);
-    CHECK_EQ(cuda_host_dequant(t, w, got, nrows * n), 0);
-    bool finite;
-    const double e = op_nerr(got, ref, nrows * n, &finite);
-    if (!(e <= 1e-6)) fprintf(stderr, "host dequant %s: err %g\n", ferry_type_info(t)->name, e);
-    CHECK(e <= 1e-6 && finite);
     float x[768], y_ref[5], y_got[5];
     op_fill_normal(&rng, x, n, 1.0f);
+    cpu_dequant_row(t, w, ref, nrows * n);
     cpu_matvec_exact(NULL, t, w, nrows, n, x, y_ref);
-    CHECK_EQ(cuda_host_matvec(t, w, nrows, n, x, y_got), 0);
-    const double em = op_nerr(y_got, y_ref, nrows, &finite);
-    if (!(em <= 1e-5)) fprintf(stderr, "host matvec %s: err %g\n", ferry_type_info(t)->name, em);
-    CHECK(em <= 1e-5 && finite);
+    for (int pass = 0; pass < 2; pass++) {
+      const uint8_t *src = pass ? shifted + 1 : w;
+      bool finite;
+      CHECK_EQ(cuda_host_dequant(t, src, got, nrows * n), 0);
+      const double e = op_nerr(got, ref, nrows * n, &finite);
+      if (!(e <= 1e-6)) fprintf(stderr, "host dequant %s pass %d: err %g\n", name, pass, e);
+      CHECK(e <= 1e-6 && finite);
+      CHECK_EQ(cuda_host_matvec(t, src, nrows, n, x, y_got), 0);
+      const double em = op_nerr(y_got, y_ref, nrows, &finite);
+      if (!(em <= 1e-5)) fprintf(stderr, "host matvec %s pass %d: err %g\n", name, pass, em);
+      CHECK(em <= 1e-5 && finite);
+    }
     free(w);
+    ferry_free_aligned(shifted);
     free(ref);
     free(got);
   }
