@@ -228,23 +228,14 @@ __global__ void k_dequant(const uint8_t *__restrict__ src, OUT *__restrict__ dst
 
 constexpr int MV_WARPS = 4; // rows per 128-thread block
 
-// One warp per weight row; lanes stride over the row's pieces; F32 activations.
-// blockIdx.y picks the activation row: x + (rows ? rows[i] : i)*ldx -> y + i*ldy, so one
-// launch serves a few tokens (small prefill batches, small expert groups).
-// A > 1 (the "aligned" instantiation): w meets T::ALIGN (so every block does) and x rows
-// are 16-byte aligned, so quant bytes and activations are read in wide words.
+// The dot of one weight row (nb blocks at wr) with x, by one warp: lanes stride over the
+// row's pieces; the sum lands in every lane. A > 1 (the "aligned" instantiation): the
+// row meets T::ALIGN (so every block does) and x is 16-byte aligned, so quant bytes and
+// activations are read in wide words.
 template <class T, int A>
-__global__ void __launch_bounds__(MV_WARPS * 32)
-    k_matvec(const uint8_t *__restrict__ w, int64_t nrows, int64_t n, const float *__restrict__ x,
-             int64_t ldx, const int32_t *__restrict__ rows, float *__restrict__ y, int64_t ldy) {
+__device__ __forceinline__ float warp_row_dot(const uint8_t *__restrict__ wr, int64_t nb,
+                                              const float *__restrict__ xi, int lane) {
   constexpr int NP = T::QK / T::PL;
-  const int lane = threadIdx.x & 31;
-  const int64_t row = (int64_t)blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
-  if (row >= nrows) return; // whole warp leaves together
-  const int64_t i = blockIdx.y;
-  const float *xi = x + (rows ? (int64_t)rows[i] : i) * ldx;
-  const int64_t nb = n / T::QK;
-  const uint8_t *wr = w + row * nb * T::BYTES;
   float acc = 0.0f;
   for (int64_t j = lane; j < nb * NP; j += 32) {
     const int64_t b = j / NP;
@@ -266,7 +257,46 @@ __global__ void __launch_bounds__(MV_WARPS * 32)
       for (int k = 0; k < T::PL; k++) acc = fmaf(v[k], xb[k], acc);
     }
   }
-  acc = warp_sum(acc);
+  return warp_sum(acc);
+}
+
+// One warp per weight row. blockIdx.y picks the activation row: x + (rows ? rows[i] :
+// i)*ldx -> y + i*ldy, so one launch serves a few tokens (small prefill batches).
+template <class T, int A>
+__global__ void __launch_bounds__(MV_WARPS * 32)
+    k_matvec(const uint8_t *__restrict__ w, int64_t nrows, int64_t n, const float *__restrict__ x,
+             int64_t ldx, const int32_t *__restrict__ rows, float *__restrict__ y, int64_t ldy) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = (int64_t)blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
+  if (row >= nrows) return; // whole warp leaves together
+  const int64_t i = blockIdx.y;
+  const int64_t nb = n / T::QK;
+  const float acc = warp_row_dot<T, A>(w + row * nb * T::BYTES, nb,
+                                       x + (rows ? (int64_t)rows[i] : i) * ldx, lane);
+  if (lane == 0) y[i * ldy + row] = acc;
+}
+
+// Up to MV_ITEMS (weight matrix, pair) items per launch, passed by value: the small
+// groups of a grouped product (decode: one token per expert) in one launch instead of
+// one per expert. Item k multiplies matrix w[k] with x row rows[pair[k]] into y row pair[k].
+constexpr int MV_ITEMS = 64;
+struct mv_items {
+  const uint8_t *w[MV_ITEMS];
+  int32_t pair[MV_ITEMS];
+};
+
+template <class T, int A>
+__global__ void __launch_bounds__(MV_WARPS * 32)
+    k_matvec_items(const mv_items items, int64_t nrows, int64_t n, const float *__restrict__ x,
+                   int64_t ldx, const int32_t *__restrict__ rows, float *__restrict__ y,
+                   int64_t ldy) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = (int64_t)blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
+  if (row >= nrows) return;
+  const int64_t i = items.pair[blockIdx.y];
+  const int64_t nb = n / T::QK;
+  const float acc = warp_row_dot<T, A>(items.w[blockIdx.y] + row * nb * T::BYTES, nb,
+                                       x + (int64_t)rows[i] * ldx, lane);
   if (lane == 0) y[i * ldy + row] = acc;
 }
 
@@ -355,6 +385,36 @@ int launch_matvec(const void *w, int64_t nrows, int64_t n, const float *x, int64
                                                   ldy);
   CUDA_CHECK_LAUNCH("matvec");
   return 0;
+}
+
+template <class T>
+int launch_matvec_items(const mv_items &it, int count, int64_t nrows, int64_t n, const float *x,
+                        int64_t ldx, const int32_t *rows, float *y, int64_t ldy, cudaStream_t s) {
+  const int64_t blocks = (nrows + MV_WARPS - 1) / MV_WARPS;
+  if (blocks > 0x7fffffffLL) return ferry_fail(-EINVAL, "cuda matvec: too many rows");
+  bool aligned = (uintptr_t)x % 16 == 0 && ldx % 4 == 0;
+  for (int k = 0; k < count; k++) aligned = aligned && (uintptr_t)it.w[k] % T::ALIGN == 0;
+  const dim3 grid((unsigned)blocks, (unsigned)count);
+  if (aligned)
+    k_matvec_items<T, T::ALIGN><<<grid, MV_WARPS * 32, 0, s>>>(it, nrows, n, x, ldx, rows, y, ldy);
+  else
+    k_matvec_items<T, 1><<<grid, MV_WARPS * 32, 0, s>>>(it, nrows, n, x, ldx, rows, y, ldy);
+  CUDA_CHECK_LAUNCH("matvec_items");
+  return 0;
+}
+
+int matvec_items(enum ferry_type t, const mv_items &it, int count, int64_t nrows, int64_t n,
+                 const float *x, int64_t ldx, const int32_t *rows, float *y, int64_t ldy,
+                 cudaStream_t s) {
+  switch (t) {
+#define M(FT, T)                                                                          \
+  case FT: return launch_matvec_items<T>(it, count, nrows, n, x, ldx, rows, y, ldy, s);
+    M(FT_Q4_K, t_q4_k) M(FT_Q5_K, t_q5_k) M(FT_Q6_K, t_q6_k) M(FT_Q3_K, t_q3_k)
+    M(FT_Q2_K, t_q2_k) M(FT_Q8_0, t_q8_0) M(FT_Q4_0, t_q4_0) M(FT_F32, t_f32)
+    M(FT_F16, t_f16) M(FT_BF16, t_bf16)
+#undef M
+  default: return ferry_fail(-EINVAL, "cuda matvec: type %d not supported", (int)t);
+  }
 }
 
 // Mat-vec for m activation rows (see k_matvec); type already checked.
@@ -519,21 +579,36 @@ extern "C" int cuda_matmul_grouped(struct cuda_ctx *ctx, enum ferry_type t,
   cudaStream_t s = (cudaStream_t)stream;
   const int dt = gemm_dtype(t);
   const size_t esz = dt == DT_HALF ? 2 : 4;
-  void *xc;
-  if ((rc = cuda_ctx_scratch(ctx, CUDA_SCRATCH_X, (size_t)total * n * esz, s, &xc))) return rc;
-  if ((rc = convert_rows(dt, x, ldx, rows, total, n, xc, s))) return rc;
+  bool any_gemm = false;
+  for (int64_t g = 0; g < n_group; g++) any_gemm |= offs[g + 1] - offs[g] >= GEMM_MIN_ROWS;
+  void *xc = NULL;
+  if (any_gemm) { // the GEMM groups read X gathered and converted once
+    if ((rc = cuda_ctx_scratch(ctx, CUDA_SCRATCH_X, (size_t)total * n * esz, s, &xc))) return rc;
+    if ((rc = convert_rows(dt, x, ldx, rows, total, n, xc, s))) return rc;
+  }
+  // A group of one or two tokens reads the expert once per token either way: such groups
+  // go to the mat-vec kernel (no dequantization into scratch), batched MV_ITEMS
+  // (expert, token) items per launch; decode's k experts of one token are one launch.
+  mv_items items;
+  int n_items = 0;
   for (int64_t g = 0; g < n_group; g++) {
     const int64_t cnt = offs[g + 1] - offs[g];
-    if (cnt == 0) continue;
-    const uint8_t *xg = (const uint8_t *)xc + (size_t)offs[g] * n * esz;
-    // A group of one or two tokens reads the expert once per token either way; the
-    // mat-vec kernel avoids dequantizing the whole expert into scratch.
-    if (cnt < GEMM_MIN_ROWS) {
-      if ((rc = matvec_rows(t, w[g], nrows, n, x, ldx, rows + offs[g], cnt, y + offs[g] * ldy,
-                            ldy, s)))
-        return rc;
-      continue;
+    if (cnt == 0 || cnt >= GEMM_MIN_ROWS) continue;
+    for (int64_t i = offs[g]; i < offs[g + 1]; i++) {
+      items.w[n_items] = (const uint8_t *)w[g];
+      items.pair[n_items++] = (int32_t)i;
+      if (n_items == MV_ITEMS) {
+        if ((rc = matvec_items(t, items, n_items, nrows, n, x, ldx, rows, y, ldy, s))) return rc;
+        n_items = 0;
+      }
     }
+  }
+  if (n_items && (rc = matvec_items(t, items, n_items, nrows, n, x, ldx, rows, y, ldy, s)))
+    return rc;
+  for (int64_t g = 0; g < n_group; g++) {
+    const int64_t cnt = offs[g + 1] - offs[g];
+    if (cnt < GEMM_MIN_ROWS) continue;
+    const uint8_t *xg = (const uint8_t *)xc + (size_t)offs[g] * n * esz;
     if ((rc = matmul_converted(ctx, t, w[g], nrows, n, xg, cnt, y + offs[g] * ldy, ldy, s)))
       return rc;
   }
