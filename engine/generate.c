@@ -121,11 +121,18 @@ void topk_logprobs(const double *lp, int n, int k, int32_t *ids, double *vals) {
   }
 }
 
+// Flags win; then the file's general.sampling.* recommendations; then the model card's
+// (temp 0.7, top-k 20, top-p 0.8, min-p 0 for the Qwen3 Instruct models).
 static void sampling_defaults(struct session *s, const struct run_opts *o, struct sampler_params *sp) {
-  const struct gguf_file *f = NULL;
-  (void)f;
+  const struct gguf_file *f = session_gguf(s);
   sp->temp = o->temp, sp->top_k = o->top_k, sp->top_p = o->top_p, sp->min_p = o->min_p, sp->seed = o->seed;
-  (void)s;
+  float v;
+  uint32_t k;
+  if (!o->temp_set && gguf_get_f32(f, "general.sampling.temp", &v) == 0 && v >= 0) sp->temp = v;
+  if (!o->top_p_set && gguf_get_f32(f, "general.sampling.top_p", &v) == 0 && v >= 0 && v <= 1) sp->top_p = v;
+  if (!o->min_p_set && gguf_get_f32(f, "general.sampling.min_p", &v) == 0 && v >= 0 && v <= 1) sp->min_p = v;
+  if (!o->top_k_set && gguf_get_u32(f, "general.sampling.top_k", &k) == 0) sp->top_k = (int)k;
+  ferry_clear_error(); // a mistyped recommendation is ignored, not fatal
 }
 
 int gen_run(struct session *s, const struct run_opts *o, const int32_t *prompt, int n_prompt, FILE *out,

@@ -272,6 +272,7 @@ void session_close(struct session *s) {
 }
 
 struct model *session_model(struct session *s) { return s->m; }
+const struct gguf_file *session_gguf(struct session *s) { return s->f; }
 const struct tokenizer *session_tokenizer(struct session *s) { return s->tok; }
 const char *session_mode_name(const struct session *s) { return s->mode == MODE_STREAM ? "stream" : "full"; }
 

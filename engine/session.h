@@ -60,6 +60,7 @@ struct session;
 int session_open(struct session **out, const struct run_opts *o);
 void session_close(struct session *s);
 struct model *session_model(struct session *s);
+const struct gguf_file *session_gguf(struct session *s);
 const struct tokenizer *session_tokenizer(struct session *s);
 const char *session_mode_name(const struct session *s);
 void session_fill_stats(struct session *s, struct run_stats *st);
