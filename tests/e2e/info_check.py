@@ -10,7 +10,8 @@ sections = re.split(r"^#### `([^`]+\.gguf)`", readme, flags=re.M)
 checked = 0
 for name, body in zip(sections[1::2], sections[2::2]):
     head = re.search(r"([\d,]+) bytes, sha256 `\w+`, (\d+) tensors \(([^)]*)\)", body)
-    meta = dict(re.findall(r"`([\w.]+)`=([^;\n]+)", body.split("\n\n")[1] if "\n\n" in body else body))
+    mline = re.search(r"^Metadata: (.*)$", body, flags=re.M)
+    meta = dict(re.findall(r"`([\w.]+)`=([^;\n]+)", mline.group(1))) if mline else {}
     out = subprocess.run([BIN, "info", "-m", os.path.join(FIX, "models", name)], capture_output=True, text=True)
     if out.returncode:
         print("FAIL", name, out.stderr.strip()); ok = False; continue
@@ -30,6 +31,9 @@ for name, body in zip(sections[1::2], sections[2::2]):
         "expert_shared_feed_forward_length": r"shared expert ff %s\b", "ssm.group_count": r"%s k-heads",
         "ssm.time_step_rank": r"%s v-heads", "ssm.conv_kernel": r"conv %s\b",
     }
+    n_keys = sum(k in meta for k in expect)
+    if n_keys < 7:
+        errs.append("only %d metadata keys found in the README" % n_keys)
     for key, pat in expect.items():
         if key in meta and not re.search(pat % re.escape(meta[key].strip()), info):
             errs.append("%s=%s" % (key, meta[key].strip()))
