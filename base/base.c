@@ -49,7 +49,10 @@ int ferry_fail_ctx(int code, const char *fmt, ...) {
   vsnprintf(ctx, sizeof ctx, fmt, ap);
   va_end(ap);
   memcpy(old, t_err, sizeof old);
-  snprintf(t_err, sizeof t_err, "%s: %s", ctx, old[0] ? old : strerror(code < 0 ? -code : code));
+  const char *rest = old[0] ? old : strerror(code < 0 ? -code : code);
+  // the message may be cut at the buffer's end; say so rather than warn about it
+  int n = snprintf(t_err, sizeof t_err, "%.500s: ", ctx);
+  if (n > 0 && (size_t)n < sizeof t_err) snprintf(t_err + n, sizeof t_err - (size_t)n, "%.500s", rest);
   return code;
 }
 

@@ -35,7 +35,11 @@ void ferry_clear_error(void);
   do {                                                                                    \
     if (!(c)) ferry_assert_fail(__FILE__, __LINE__, #c);                                  \
   } while (0)
+#ifdef __cplusplus
+[[noreturn]] void ferry_assert_fail(const char *file, int line, const char *expr);
+#else
 _Noreturn void ferry_assert_fail(const char *file, int line, const char *expr);
+#endif
 
 // ---- checked arithmetic (return 0 on success, -1 on overflow) ----
 static inline int ferry_mul_u64(uint64_t a, uint64_t b, uint64_t *out) {
