@@ -8,6 +8,7 @@ const struct ferry_cmd ferry_cmds[] = {
     {"run", cmd_run},
     {"score", cmd_score},
     {"tokenize", cmd_tokenize},
+    {"bench", cmd_bench},
     {"synth", cmd_synth},
     {NULL, NULL},
 };
