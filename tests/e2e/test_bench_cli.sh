@@ -1,0 +1,95 @@
+# `ferry bench` on a qwen3moe and a qwen3next fixture: the side-by-side table is printed
+# with every row, the --json report parses and has the documented fields, the modes
+# generated identical tokens, stream mode really read expert bytes from disk (its default
+# budget holds a quarter of the experts) while full mode read none, and each mode's peak
+# RSS is its own (stream's is below full's). Bad --modes values and flag clashes end with
+# one clear error.
+source "$(dirname "$0")/lib.sh"
+
+check_bench_json() { # check_bench_json JSON N_PREDICT CHECK_RSS(0/1)
+  python3 - "$1" "$2" "$3" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+n = int(sys.argv[2])
+def need(c, what):
+    if not c:
+        sys.exit("bad bench json: " + what)
+need(isinstance(d.get("model"), str), "model")
+need(isinstance(d.get("prompt_tokens"), list) and len(d["prompt_tokens"]) > 0, "prompt_tokens")
+need(all(isinstance(t, int) for t in d["prompt_tokens"]), "prompt_tokens ints")
+need(d.get("n_prompt") == len(d["prompt_tokens"]), "n_prompt")
+need(d.get("identical") is True, "identical is %r" % d.get("identical"))
+modes = d.get("modes")
+need(isinstance(modes, list) and [m.get("mode") for m in modes] == ["full", "stream"], "modes full,stream")
+for m in modes:
+    for k in ("load_s", "ttft_s", "prefill_tok_s", "decode_tok_s"):
+        need(isinstance(m.get(k), (int, float)) and not isinstance(m[k], bool) and m[k] >= 0, k)
+    need(m["prefill_tok_s"] > 0 and m["decode_tok_s"] > 0, "rates > 0")
+    need(isinstance(m.get("peak_rss_bytes"), int) and m["peak_rss_bytes"] > 0, "peak_rss_bytes")
+    io = m.get("io", {})
+    for k in ("bytes_read", "reads"):
+        need(isinstance(io.get(k), int) and io[k] >= 0, "io." + k)
+    need(isinstance(io.get("direct"), bool), "io.direct")
+    for tier in ("host", "device"):
+        t = m.get("expert_cache", {}).get(tier, {})
+        for k in ("capacity", "hits", "misses", "evictions"):
+            need(isinstance(t.get(k), int) and t[k] >= 0, "expert_cache.%s.%s" % (tier, k))
+    g = m.get("generated_tokens")
+    need(isinstance(g, list) and 0 < len(g) <= n and all(isinstance(t, int) for t in g), "generated_tokens")
+full, stream = modes
+need(full["io"]["bytes_read"] == 0 and full["io"]["reads"] == 0, "full mode read expert bytes")
+need(full["expert_cache"]["host"]["capacity"] == 0, "full mode has an expert cache")
+need(stream["io"]["bytes_read"] > 0 and stream["io"]["reads"] > 0, "stream mode read nothing")
+c = stream["expert_cache"]["host"]
+need(c["capacity"] > 0 and c["misses"] > 0, "stream cache unused")
+need(stream["generated_tokens"] == full["generated_tokens"], "tokens differ")
+need(sys.argv[3] == "0" or stream["peak_rss_bytes"] < full["peak_rss_bytes"], "stream peak RSS %d not below full %d"
+     % (stream["peak_rss_bytes"], full["peak_rss_bytes"]))
+EOF
+}
+
+check_table() { # check_table OUT N_MODES
+  local row
+  for row in "load s" "TTFT s" "prefill tok/s" "decode tok/s" "peak RSS" "bytes read" "reads" \
+             "expert hit rate" "generated tokens"; do
+    grep -q "^$row  " "$1" || { echo "row '$row' missing"; cat "$1"; return 1; }
+  done
+  grep -qE '^ +full +stream$' "$1" || { echo "header row missing"; cat "$1"; return 1; }
+  grep -q '^identical tokens   yes$' "$1" || { echo "identical line"; cat "$1"; return 1; }
+  # full mode read nothing; stream mode read a non-zero amount
+  awk '$1 == "reads" { exit !($2 == 0 && $3 > 0) }' "$1" || { echo "reads row"; cat "$1"; return 1; }
+}
+
+bench_case() { # bench_case MODEL N CHECK_RSS [extra flags]
+  local m=$1 n=$2 rss=$3; shift 3
+  local out=$TMP/$m.out json=$TMP/$m.json
+  "$FERRY_BIN" bench -m "$FERRY_FIXTURES/models/$m.gguf" -n "$n" -t 2 --json "$json" "$@" >"$out" 2>"$TMP/$m.err" ||
+    { echo "ferry bench failed"; cat "$TMP/$m.err"; return 1; }
+  check_table "$out" && check_bench_json "$json" "$n" "$rss"
+}
+
+for m in qwen3moe-tiny-Q8_0 qwen3next-tiny-Q8_0; do
+  run_case "$m bench default prompt" bench_case "$m" 12 1
+  run_case "$m bench -p, --seed, --temp 0" bench_case "$m" 6 1 -p "Name three colours." --seed 7 --temp 0
+done
+# a file prompt and an explicit stream budget
+printf 'Write one sentence about ferries.' >"$TMP/prompt.txt"
+run_case "qwen3moe bench -f --ram" bench_case pub-qwen3moe-kq-Q4_K_M 5 0 -f "$TMP/prompt.txt" --ram 64M
+
+# (with --ram the stream cache takes the whole budget, so its RSS may exceed full's)
+# no --json: the table alone, default -n 32 (32 tokens unless an end token comes first)
+default_n() {
+  "$FERRY_BIN" bench -m "$FERRY_FIXTURES/models/qwen3moe-tiny-Q8_0.gguf" -t 2 --temp 0 >"$TMP/d.out" 2>/dev/null &&
+    check_table "$TMP/d.out" 2 && awk '$1 == "generated" { exit !($3 == 32 && $4 == 32) }' "$TMP/d.out"
+}
+run_case "bench default -n 32" default_n
+
+M=$FERRY_FIXTURES/models/qwen3moe-tiny-Q8_0.gguf
+expect_error "bad --modes value" "--modes: 'fast' is not full, stream or auto" \
+  "$FERRY_BIN" bench -m "$M" --modes full,fast
+expect_error "empty --modes entry" "--modes: '' is not full, stream or auto" "$FERRY_BIN" bench -m "$M" --modes stream,
+expect_error "-p and -f" "either -p or -f" "$FERRY_BIN" bench -m "$M" -p hi -f "$TMP/prompt.txt"
+expect_error "missing model" "missing -m" "$FERRY_BIN" bench --modes full
+expect_error "stream budget too small" "mode stream: RAM budget .* too small for stream mode" \
+  "$FERRY_BIN" bench -m "$M" --modes stream --ram 1M
+finish
