@@ -160,10 +160,13 @@ int gen_run(struct session *s, const struct run_opts *o, const int32_t *prompt, 
   r->k = o->logprobs;
   if (r->k > n_vocab) r->k = n_vocab;
   r->steps = calloc(n_max + 1, sizeof *r->steps);
+  // per-step top-K storage is allocated once, not per generated token
+  r->top_ids_all = malloc(sizeof(int32_t) * (size_t)(n_max + 1) * (r->k ? r->k : 1));
+  r->top_lp_all = malloc(sizeof(double) * (size_t)(n_max + 1) * (r->k ? r->k : 1));
   size_t text_cap = 4096;
   r->text = malloc(text_cap);
   int rc = 0;
-  if (!logits || !lp || !r->prompt || !r->tokens || !r->steps || !r->text) {
+  if (!logits || !lp || !r->prompt || !r->tokens || !r->steps || !r->text || !r->top_ids_all || !r->top_lp_all) {
     rc = ferry_fail(-ENOMEM, "out of memory");
     goto done;
   }
@@ -183,12 +186,8 @@ int gen_run(struct session *s, const struct run_opts *o, const int32_t *prompt, 
     if (r->k > 0) {
       logsoftmax(logits, n_vocab, lp);
       r->steps[i].id = id;
-      r->steps[i].top_ids = malloc(sizeof(int32_t) * r->k);
-      r->steps[i].top_lp = malloc(sizeof(double) * r->k);
-      if (!r->steps[i].top_ids || !r->steps[i].top_lp) {
-        rc = ferry_fail(-ENOMEM, "out of memory");
-        goto done;
-      }
+      r->steps[i].top_ids = r->top_ids_all + (size_t)i * r->k;
+      r->steps[i].top_lp = r->top_lp_all + (size_t)i * r->k;
       topk_logprobs(lp, n_vocab, r->k, r->steps[i].top_ids, r->steps[i].top_lp);
     }
     r->tokens[r->n_generated++] = id;
@@ -241,9 +240,9 @@ done:
 }
 
 void gen_result_free(struct gen_result *r) {
-  if (r->steps)
-    for (int i = 0; i < r->n_generated; i++) free(r->steps[i].top_ids), free(r->steps[i].top_lp);
   free(r->steps);
+  free(r->top_ids_all);
+  free(r->top_lp_all);
   free(r->prompt);
   free(r->tokens);
   free(r->text);

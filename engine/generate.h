@@ -22,6 +22,8 @@ struct gen_result {
   char *text;      // decoded generated text
   size_t text_len;
   struct gen_step *steps; // n_generated entries when logprobs > 0
+  int32_t *top_ids_all;   // storage of the steps' top_ids / top_lp
+  double *top_lp_all;
   int k;
   struct run_stats st;
 };

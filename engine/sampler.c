@@ -56,13 +56,36 @@ static int cmp_cand(const void *a, const void *b) {
   return x->id - y->id;
 }
 
+// Moves the k best candidates (by cmp_cand order) to c[0..k) by quickselect; a full
+// sort of a 151,936-entry vocabulary would cost milliseconds per token.
+static void select_top(struct cand *c, int n, int k) {
+  int lo = 0, hi = n - 1;
+  while (lo < hi) {
+    struct cand pivot = c[lo + (hi - lo) / 2];
+    int i = lo, j = hi;
+    while (i <= j) {
+      while (cmp_cand(&c[i], &pivot) < 0) i++;
+      while (cmp_cand(&c[j], &pivot) > 0) j--;
+      if (i <= j) {
+        struct cand t = c[i];
+        c[i] = c[j], c[j] = t;
+        i++, j--;
+      }
+    }
+    if (k - 1 <= j) hi = j;
+    else if (k - 1 >= i) lo = i;
+    else break;
+  }
+}
+
 int32_t sampler_sample(struct sampler *s, const float *logits) {
   if (s->p.temp <= 0) return argmax(logits, s->n_vocab);
   int n = s->n_vocab;
   for (int i = 0; i < n; i++) s->c[i] = (struct cand){i, logits[i]};
   // partial order: with top-k, select the k best first; otherwise a full sort
   int k = s->p.top_k > 0 && s->p.top_k < n ? s->p.top_k : n;
-  qsort(s->c, n, sizeof *s->c, cmp_cand);
+  if (k < n) select_top(s->c, n, k); // O(n): only the k best are sorted below
+  qsort(s->c, k, sizeof *s->c, cmp_cand);
   n = k;
   double maxl = s->c[0].logit, sum = 0;
   for (int i = 0; i < n; i++) sum += (s->prob[i] = exp(((double)s->c[i].logit - maxl)));
