@@ -35,6 +35,7 @@ expect_error "bad mode"          "--mode: 'fast'"         $F run -m "$M" -p hi -
 expect_error "bad temp"          "--temp: -1 is out of range" $F run -m "$M" -p hi --temp -1
 expect_error "bad top-p"         "--top-p: 2 is out of range" $F run -m "$M" -p hi --top-p 2
 expect_error "bad cache type"    "not a KV cache type"    $F run -m "$M" -p hi --cache-type-k q4_0
+expect_error "q8_0 KV, head 16"  "multiple of 32"        $F run -m "$M" -p hi --cache-type-k q8_0 --cache-type-v q8_0
 expect_error "-p and -f"         "either -p or -f"        $F run -m "$M" -p hi -f "$TMP/long.txt"
 expect_error "no prompt"         "missing -p PROMPT"      $F run -m "$M"
 expect_error "unreadable file"   "cannot open prompt file" $F run -m "$M" -f "$TMP/none.txt"

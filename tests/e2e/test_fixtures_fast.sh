@@ -13,4 +13,8 @@ for m in pub-qwen3moe-kq-Q4_K_M pub-qwen3moe-kq-Q8_0 qwen3moe-tiny-Q8_0 pub-qwen
          pub-qwen3next-legacy-kq-Q4_K_M qwen3next-tiny-Q8_0; do
   run_case "fast greedy until gap $m" $CHECK greedy "$m" --golden golden --until-gap
 done
+# the q8_0 KV cache (the setting users tune llama.cpp and Ollama with) stays within rule 2
+for m in pub-qwen3moe-kq-Q4_K_M pub-qwen3next-kq-Q4_K_M; do
+  run_case "fast score q8_0 KV $m" $CHECK score "$m" --rule golden --extra="--cache-type-k q8_0 --cache-type-v q8_0"
+done
 finish
