@@ -20,6 +20,9 @@
 # usage: bench/stream_cgroup.sh            (defaults below; all overridable by env)
 #   MODEL=/var/tmp/s30.gguf LIMIT=1.5G RAM=1.2G N=64 THREADS=2 FERRY=build/ferry
 #   PROMPT="..." OUT=dir (keeps the JSON files) FULL=1 SEQ_MB=2048
+#   SAMPLING="--temp 0" (e.g. "--temp 1 --seed 1": random weights tend to repeat one token
+#   under greedy decoding, which makes expert routing unrealistically repetitive)
+# Besides the report it writes OUT/summary.json with the headline numbers.
 # Needs root (cgroup v1 /sys/fs/cgroup/memory or v2). Prints a markdown-friendly report.
 set -euo pipefail
 src="$(cd "$(dirname "$0")/.." && pwd)"
@@ -32,6 +35,7 @@ FERRY=${FERRY:-$src/build/ferry}
 PROMPT=${PROMPT:-"Explain how a car ferry loads vehicles, in three short paragraphs."}
 FULL=${FULL:-1}
 SEQ_MB=${SEQ_MB:-2048}
+SAMPLING=${SAMPLING:-"--temp 0"}
 OUT=${OUT:-$(mktemp -d /tmp/ferry_bench_stream.XXXXXX)}
 mkdir -p "$OUT"
 
@@ -97,13 +101,13 @@ run_stream() { # N JSON
   local c0; c0=$(cached "$MODEL")
   /usr/bin/time -f "%e s wall, %M KiB maxrss" -o "$OUT/time.$1" \
     bash -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$CG" \
-    "$FERRY" run -m "$MODEL" --mode stream --ram "$RAM" -p "$PROMPT" -n "$1" --temp 0 -t "$THREADS" \
+    "$FERRY" run -m "$MODEL" --mode stream --ram "$RAM" -p "$PROMPT" -n "$1" $SAMPLING -t "$THREADS" \
     --stats --json "$2" >"$OUT/stream.$1.out" 2>"$OUT/stream.$1.err" ||
     { echo "stream run -n $1 failed:" >&2; tail -n 5 "$OUT/stream.$1.err" >&2; exit 1; }
   echo "$c0 $(cached "$MODEL") $(cg_peak) $(cg_stat $([ $CGV = 1 ] && echo cache || echo file)) \
     $(cat "$CG/memory.failcnt" 2>/dev/null || echo -)" >"$OUT/cg.$1"
 }
-echo "## stream mode: --ram $RAM in a $LIMIT cgroup, -n $N, -t $THREADS, --temp 0"
+echo "## stream mode: --ram $RAM in a $LIMIT cgroup, -n $N, -t $THREADS, $SAMPLING"
 run_stream 1 "$OUT/s1.json"
 run_stream "$N" "$OUT/sN.json"
 read -r c0 c1 cgpeak cgcache failcnt <"$OUT/cg.$N"
@@ -129,12 +133,18 @@ echo "- decode read wait $(calc "round($dec_r, 2)") s = $(calc "round(100 * $dec
 echo "- **achieved read bandwidth: $(calc "round($BW_WAIT/1e6)") MB/s over read-wait time ($(calc "round(100*$BW_WAIT/$SEQ_BW)")% of dd sequential), $(calc "round($BW_WALL/1e6)") MB/s over decode wall time ($(calc "round(100*$BW_WALL/$SEQ_BW)")% of dd sequential)**"
 echo "- peak RSS $(jget "$J" "d['peak_rss_bytes']") B (budget $(jget "$J" "d['ram_budget_bytes']")); cgroup peak $cgpeak B of $LIMIT_B, page cache charged $cgcache B, failcnt $failcnt; model pages cached $c0 -> $c1 B"
 echo "- /usr/bin/time: $(cat "$OUT/time.$N")"
+hit_dec=$(calc "($hits-$h1)/max(1,$hits-$h1+$miss-$m1)")
+cat >"$OUT/summary.json" <<EOF
+{"model": "$MODEL", "limit": $LIMIT_B, "ram": "$RAM", "seq_bw": $SEQ_BW, "decode_tok_s": $tps,
+ "decode_tokens": $((ngen - 1)), "decode_s": $dec_s, "decode_bytes": $dec_b, "decode_read_wait_s": $dec_r,
+ "decode_reads": $((nN - n1)), "decode_hit_rate": $hit_dec, "capacity": $(jget "$J" "d['expert_cache']['host']['capacity']")}
+EOF
 
 # ---- 4. full mode, no cgroup ----
 if [ "$FULL" = 1 ]; then
   echo "## full mode (no cgroup, default RAM budget), same prompt and flags"
   drop_cache "$MODEL"
-  "$FERRY" run -m "$MODEL" --mode full -p "$PROMPT" -n "$N" --temp 0 -t "$THREADS" --json "$OUT/full.json" \
+  "$FERRY" run -m "$MODEL" --mode full -p "$PROMPT" -n "$N" $SAMPLING -t "$THREADS" --json "$OUT/full.json" \
     >"$OUT/full.out" 2>"$OUT/full.err" || { echo "full run failed:"; tail -n 3 "$OUT/full.err"; }
   if [ -s "$OUT/full.json" ]; then
     Jf=$OUT/full.json
