@@ -2,6 +2,7 @@
 #include "base/base.h"
 
 #include <ctype.h>
+#include <stdbool.h>
 #include <errno.h>
 #include <math.h>
 #include <string.h>
@@ -123,7 +124,93 @@ static uint64_t read_status_kb(const char *path, const char *key) {
 }
 
 uint64_t ferry_peak_rss_bytes(void) { return read_status_kb("/proc/self/status", "VmHWM:"); }
-uint64_t ferry_mem_available_bytes(void) { return read_status_kb("/proc/meminfo", "MemAvailable:"); }
+static uint64_t read_u64_file(const char *path, bool *ok) {
+  FILE *f = fopen(path, "r");
+  *ok = false;
+  if (!f) return 0;
+  char line[64];
+  uint64_t v = 0;
+  if (fgets(line, sizeof line, f) && strncmp(line, "max", 3)) {
+    v = strtoull(line, NULL, 10);
+    *ok = true;
+  }
+  fclose(f);
+  return v;
+}
+
+static uint64_t read_stat_key(const char *path, const char *key) {
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  char line[256];
+  uint64_t v = 0;
+  size_t kl = strlen(key);
+  while (fgets(line, sizeof line, f))
+    if (!strncmp(line, key, kl) && line[kl] == ' ') {
+      v = strtoull(line + kl + 1, NULL, 10);
+      break;
+    }
+  fclose(f);
+  return v;
+}
+
+// Memory the cgroup hierarchy of this process still allows: min over the process's
+// cgroup and its ancestors of limit - usage + inactive file pages (reclaimable).
+// UINT64_MAX when no limit applies. Handles cgroup v1 (memory controller) and v2.
+static uint64_t cgroup_available(void) {
+  FILE *f = fopen("/proc/self/cgroup", "r");
+  if (!f) return UINT64_MAX;
+  char line[1024], rel[1024] = "";
+  bool v1 = false, found = false;
+  while (fgets(line, sizeof line, f)) {
+    line[strcspn(line, "\n")] = 0;
+    char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+    if (!c2) continue;
+    *c2 = 0;
+    const char *ctrl = c1 + 1;
+    if (strstr(ctrl, "memory")) { // v1 line "N:memory:/path" (possibly "memory,..."")
+      snprintf(rel, sizeof rel, "%s", c2 + 1);
+      v1 = found = true;
+      break;
+    }
+    if (!*ctrl && !found) { // v2 line "0::/path"
+      snprintf(rel, sizeof rel, "%s", c2 + 1);
+      found = true;
+    }
+  }
+  fclose(f);
+  if (!found) return UINT64_MAX;
+  uint64_t best = UINT64_MAX;
+  char dir[1200];
+  for (;;) {
+    snprintf(dir, sizeof dir, "/sys/fs/cgroup%s%s", v1 ? "/memory" : "", rel);
+    char p[1300];
+    bool ok1, ok2;
+    snprintf(p, sizeof p, "%s/%s", dir, v1 ? "memory.limit_in_bytes" : "memory.max");
+    uint64_t limit = read_u64_file(p, &ok1);
+    snprintf(p, sizeof p, "%s/%s", dir, v1 ? "memory.usage_in_bytes" : "memory.current");
+    uint64_t usage = read_u64_file(p, &ok2);
+    if (ok1 && ok2 && limit < (1ull << 60)) {
+      snprintf(p, sizeof p, "%s/memory.stat", dir);
+      uint64_t inactive = read_stat_key(p, v1 ? "total_inactive_file" : "inactive_file");
+      uint64_t avail = limit > usage ? limit - usage : 0;
+      avail += inactive < usage ? inactive : 0;
+      if (avail > limit) avail = limit;
+      if (avail < best) best = avail;
+    }
+    char *slash = strrchr(rel, '/');
+    if (!slash || rel[0] == 0 || !strcmp(rel, "/")) break;
+    if (slash == rel) rel[1] = 0, rel[0] = '/';
+    else *slash = 0;
+    if (!strcmp(rel, "/") && dir[strlen(dir) - 1] == '/') break;
+  }
+  return best;
+}
+
+uint64_t ferry_mem_available_bytes(void) {
+  uint64_t sys = read_status_kb("/proc/meminfo", "MemAvailable:");
+  uint64_t cg = cgroup_available();
+  return cg < sys ? cg : sys;
+}
 
 void *ferry_alloc_aligned(size_t align, size_t size) {
   void *p = NULL;
