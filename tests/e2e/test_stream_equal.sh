@@ -2,6 +2,7 @@
 # exact and the fast path, through `ferry score` and `ferry run` — for expert caches from
 # the smallest that works (read from ferry's own error message) to everything-fits; one
 # byte less than the minimum must be refused with a message naming it.
+# ctest-labels: slow
 source "$(dirname "$0")/lib.sh"
 min_ram() { # prints the --ram value ferry names as the minimum for stream mode
   "$FERRY_BIN" score -m "$1" --ids "1 2" --from 1 --json "$TMP/x.json" --mode stream --ram 1 $2 2>&1 |
