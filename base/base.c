@@ -247,6 +247,32 @@ float ferry_rng_normal(struct ferry_rng *r) {
   return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
 
+size_t ferry_utf8_seq(const unsigned char *s, size_t n) {
+  if (!n) return 0;
+  unsigned char c = s[0];
+  size_t l;
+  unsigned lo = 0x80, hi = 0xBF;
+  if (c < 0x80) return 1;
+  if (c >= 0xC2 && c <= 0xDF) l = 2;
+  else if (c >= 0xE0 && c <= 0xEF) l = 3, lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+  else if (c >= 0xF0 && c <= 0xF4) l = 4, lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+  else return 0;
+  if (l > n || s[1] < lo || s[1] > hi) return 0;
+  for (size_t k = 2; k < l; k++)
+    if ((s[k] & 0xC0) != 0x80) return 0;
+  return l;
+}
+
+size_t ferry_utf8_invalid_at(const char *s, size_t n) {
+  const unsigned char *u = (const unsigned char *)s;
+  for (size_t i = 0; i < n;) {
+    size_t l = ferry_utf8_seq(u + i, n - i);
+    if (!l) return i;
+    i += l;
+  }
+  return n;
+}
+
 float ferry_f16_to_f32(uint16_t h) {
   uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
   union { uint32_t u; float f; } v;

@@ -69,6 +69,11 @@ uint64_t ferry_rng_u64(struct ferry_rng *r);
 float ferry_rng_uniform(struct ferry_rng *r);  // [0,1)
 float ferry_rng_normal(struct ferry_rng *r);   // N(0,1)
 
+// UTF-8: length (1..4) of the valid sequence at s[0..n) (shortest form, no surrogates,
+// <= U+10FFFF), or 0 if it is not one; and the offset of the first invalid byte (n if none).
+size_t ferry_utf8_seq(const unsigned char *s, size_t n);
+size_t ferry_utf8_invalid_at(const char *s, size_t n);
+
 // f16 / bf16 conversions (IEEE round-to-nearest-even)
 float ferry_f16_to_f32(uint16_t h);
 uint16_t ferry_f32_to_f16(float f);

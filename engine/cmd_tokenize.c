@@ -66,26 +66,6 @@ static int read_all(const char *path, char **out, size_t *len) {
   return 0;
 }
 
-// Offset of the first byte that is not part of valid UTF-8, or len.
-static size_t utf8_invalid_at(const unsigned char *s, size_t len) {
-  for (size_t i = 0; i < len;) {
-    unsigned char c = s[i];
-    size_t l;
-    unsigned lo = 0x80, hi = 0xBF;
-    if (c < 0x80) l = 1;
-    else if (c >= 0xC2 && c <= 0xDF) l = 2;
-    else if (c >= 0xE0 && c <= 0xEF) l = 3, lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
-    else if (c >= 0xF0 && c <= 0xF4) l = 4, lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
-    else return i;
-    if (i + l > len) return i;
-    if (l > 1 && (s[i + 1] < lo || s[i + 1] > hi)) return i;
-    for (size_t k = 2; k < l; k++)
-      if ((s[i + k] & 0xC0) != 0x80) return i;
-    i += l;
-  }
-  return len;
-}
-
 static void print_piece(const char *b, size_t n) {
   putchar('"');
   for (size_t i = 0; i < n; i++) {
@@ -100,7 +80,7 @@ static void print_piece(const char *b, size_t n) {
         if (c < 0x20 || c == 0x7F) {
           printf("\\x%02X", c);
         } else if (c >= 0x80) { // whole UTF-8 characters as is, stray bytes escaped
-          size_t l = utf8_invalid_at((const unsigned char *)b + i, n - i) > 0 ? 1 : 0;
+          size_t l = ferry_utf8_invalid_at(b + i, n - i) > 0 ? 1 : 0;
           if (l) {
             size_t cl = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
             fwrite(b + i, 1, cl, stdout);
@@ -161,13 +141,13 @@ int cmd_tokenize(int argc, char **argv) {
     len = strlen(prompt);
   }
   const char *src = file ? text : prompt, *what = file ? file : "-p text";
-  size_t bad = utf8_invalid_at((const unsigned char *)src, len);
+  size_t bad = ferry_utf8_invalid_at(src, len);
   if (bad < len) {
     rc = ferry_fail(-EINVAL, "%s: invalid UTF-8 at byte %zu", what, bad);
     free(text);
     return rc;
   }
-  if (system && utf8_invalid_at((const unsigned char *)system, strlen(system)) < strlen(system)) {
+  if (system && ferry_utf8_invalid_at(system, strlen(system)) < strlen(system)) {
     free(text);
     return ferry_fail(-EINVAL, "--system: invalid UTF-8");
   }

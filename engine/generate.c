@@ -9,26 +9,9 @@
 #include "engine/json.h"
 #include "engine/sampler.h"
 
-static bool utf8_valid(const unsigned char *s, size_t n, size_t *bad) {
-  size_t i = 0;
-  while (i < n) {
-    unsigned c = s[i];
-    size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    if (!len || i + len > n) goto bad;
-    uint32_t cp = len == 1 ? c : len == 2 ? (c & 0x1f) : len == 3 ? (c & 0x0f) : (c & 0x07);
-    for (size_t k = 1; k < len; k++) {
-      if ((s[i + k] & 0xc0) != 0x80) goto bad;
-      cp = (cp << 6) | (s[i + k] & 0x3f);
-    }
-    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-        (cp >= 0xd800 && cp <= 0xdfff))
-      goto bad;
-    i += len;
-  }
-  return true;
-bad:
-  *bad = i;
-  return false;
+static bool utf8_valid(const char *s, size_t n, size_t *bad) {
+  *bad = ferry_utf8_invalid_at(s, n);
+  return *bad == n;
 }
 
 static int read_file(const char *path, char **out, size_t *n) {
@@ -78,12 +61,12 @@ int gen_prompt_ids(struct session *s, const struct run_opts *o, int32_t **ids, i
     len = strlen(text);
   }
   size_t bad;
-  if (!utf8_valid((const unsigned char *)text, len, &bad)) {
+  if (!utf8_valid(text, len, &bad)) {
     free(text);
     return ferry_fail(-EINVAL, "the prompt%s%s is not valid UTF-8 (at byte %zu)", o->prompt_file ? " file " : "",
                       o->prompt_file ? o->prompt_file : "", bad);
   }
-  if (o->system && !utf8_valid((const unsigned char *)o->system, strlen(o->system), &bad)) {
+  if (o->system && !utf8_valid(o->system, strlen(o->system), &bad)) {
     free(text);
     return ferry_fail(-EINVAL, "--system is not valid UTF-8 (at byte %zu)", bad);
   }

@@ -1,6 +1,8 @@
 // engine/json.c: the JSON writer.
 #include "engine/json.h"
 
+#include "base/base.h"
+
 #include <math.h>
 #include <string.h>
 
@@ -37,22 +39,6 @@ void jw_arr_end(struct jw *w) {
   fputc(']', w->f);
 }
 
-// Length of the valid UTF-8 sequence at s[0..n), or 0 if it is not one.
-static size_t utf8_seq(const unsigned char *s, size_t n) {
-  unsigned c = s[0];
-  size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-  if (!len || len > n) return 0;
-  uint32_t cp = len == 1 ? c : len == 2 ? (c & 0x1f) : len == 3 ? (c & 0x0f) : (c & 0x07);
-  for (size_t k = 1; k < len; k++) {
-    if ((s[k] & 0xc0) != 0x80) return 0;
-    cp = (cp << 6) | (s[k] & 0x3f);
-  }
-  if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-      (cp >= 0xd800 && cp <= 0xdfff))
-    return 0;
-  return len;
-}
-
 // JSON strings must be Unicode: bytes that are not valid UTF-8 (a model can emit any
 // byte sequence) are written as U+FFFD, one per byte.
 static void raw_str(FILE *f, const char *s, size_t n) {
@@ -60,7 +46,7 @@ static void raw_str(FILE *f, const char *s, size_t n) {
   fputc('"', f);
   for (size_t i = 0; i < n;) {
     unsigned char c = u[i];
-    size_t len = utf8_seq(u + i, n - i);
+    size_t len = ferry_utf8_seq(u + i, n - i);
     if (len == 0) {
       fputs("\\ufffd", f);
       i++;
