@@ -69,8 +69,8 @@ for name, s in (("greedy", g), ("sampled", t)):
     print(f"- measured here ({name}): hit rate {100*s['decode_hit_rate']:.1f}% with {s['capacity']} slots; "
           f"{per_tok/2**20:.1f} MiB/token over {n_layer_s} layers; decode {s['decode_tok_s']:.2f} tok/s; "
           f"read wait {100*s['decode_read_wait_s']/s['decode_s']:.0f}% of decode time; "
-          f"bandwidth over wait {s['decode_bytes']/max(s['decode_read_wait_s'],1e-9)/1e6:.0f} MB/s "
-          f"(dd sequential {s['seq_bw']/1e6:.0f} MB/s)")
+          f"read bandwidth over decode wall time {s['decode_bytes']/s['decode_s']/1e6:.0f} MB/s "
+          f"(dd sequential {s['seq_bw']/1e6:.0f} MB/s, 4 x dd {s['par_bw']/1e6:.0f} MB/s)")
     cpu_layer = (s["decode_s"] - s["decode_read_wait_s"]) / s["decode_tokens"] / n_layer_s
     print(f"  compute (decode time not waiting on reads) {1e3*cpu_layer:.1f} ms/layer/token on this machine "
           f"-> {1e3*cpu_layer*L:.0f} ms/token at 48 layers ({1/(cpu_layer*L):.1f} tok/s CPU bound here)")
