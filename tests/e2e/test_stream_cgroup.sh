@@ -156,5 +156,17 @@ expect_refusal "full mode --ram $RAM in the cgroup refuses (not killed)" \
 expect_refusal "full mode without --ram in the cgroup refuses (not killed)" \
   in_cg timeout 120 "$F" run -m "$M" --mode full -p hi -n 4 --temp 0 -t 2
 
+# ---- auto mode without --ram: the default budget must respect the cgroup's limit ----
+# (picks stream and runs, or refuses with one error line; never picks full and dies)
+in_cg timeout 120 "$F" run -m "$M" -p hi -n 4 --temp 0 -t 2 --json "$WORK/auto.json" >/dev/null 2>"$WORK/auto.err"
+rc=$?
+if [ $rc -eq 0 ] && [ "$(jget "$WORK/auto.json" "d['mode']")" = stream ]; then
+  pass "auto mode without --ram in the cgroup picks stream and runs"
+elif [ $rc -ne 0 ] && [ $rc -lt 128 ] && [ "$(grep -c 'error:' "$WORK/auto.err")" -eq 1 ]; then
+  pass "auto mode without --ram in the cgroup refuses cleanly: $(grep 'error:' "$WORK/auto.err")"
+else
+  fail "auto mode without --ram in the cgroup (rc=$rc; killed if >= 128)"; tail -n 3 "$WORK/auto.err" | sed 's/^/     /'
+fi
+
 echo "$PASSES passed, $FAILS failed"
 [ "$FAILS" -eq 0 ]
