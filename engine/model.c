@@ -257,6 +257,8 @@ static int load_data(struct model *m) {
       pos += ferry_align_up(t->nbytes, 64);
       progress(m, pos, total);
     }
+    // Stream mode promises no page-cache growth: drop what these buffered reads cached.
+    posix_fadvise(gguf_fd(f), 0, 0, POSIX_FADV_DONTNEED);
   }
   m->load_s = ferry_now_s() - t0;
   return 0;
