@@ -74,11 +74,12 @@ in_cg() { bash -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$CG" "$@"; }
 # ---- 1. machine ----
 dev=$(df --output=source "$MODEL" | tail -1)
 disk=$(lsblk -ndo NAME,MODEL,SIZE,ROTA,TRAN "$dev" 2>/dev/null | xargs || echo "$dev")
+fstype=$(df --output=fstype "$MODEL" | tail -1)
 echo "## machine"
 echo "- date: $(date -u +%FT%TZ); commit: $(git -C "$src" rev-parse --short HEAD)$(git -C "$src" diff --quiet HEAD -- engine offload io kernels || echo ' (dirty)')"
 echo "- cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs), nproc $(nproc)"
 echo "- ram: $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo); kernel $(uname -r); cgroup v$CGV"
-echo "- disk: $disk ($(stat -f -c %T "$MODEL") on $dev); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "- disk: $disk ($fstype on $dev, scheduler $(cat /sys/block/$(basename "$dev")/queue/scheduler 2>/dev/null || echo ?)); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "- model: $MODEL, $SIZE bytes ($(calc "round($SIZE/2**30, 2)") GiB)"
 
 # ---- 2. disk ----
