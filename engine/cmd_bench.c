@@ -80,11 +80,13 @@ static int parse_modes(const char *s, enum run_mode *modes, int *n) {
 }
 
 // Whether the user gave -n / --n-predict (run_opts_parse defaults it to 256; bench
-// defaults to 32). Recognises the forms getopt_long accepts for this flag on its own.
+// defaults to 32). Recognises the forms getopt_long accepts for this flag on its own
+// (-n N, -nN, --n-predict N, --n-predict=N); a flag value that itself starts with -n
+// (say -p "-nothing") also counts, which only changes the default.
 static bool n_given(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--")) break;
-    if (!strncmp(argv[i], "-n", 2) && argv[i][1] == 'n') return true;
+    if (!strncmp(argv[i], "-n", 2)) return true;
     if (!strncmp(argv[i], "--n-predict", 11)) return true;
   }
   return false;
