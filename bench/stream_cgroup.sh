@@ -77,6 +77,7 @@ disk=$(lsblk -ndo NAME,MODEL,SIZE,ROTA,TRAN "$dev" 2>/dev/null | xargs || echo "
 fstype=$(df --output=fstype "$MODEL" | tail -1)
 echo "## machine"
 echo "- date: $(date -u +%FT%TZ); commit: $(git -C "$src" rev-parse --short HEAD)$(git -C "$src" diff --quiet HEAD -- engine offload io kernels || echo ' (dirty)')"
+echo "- binary: $FERRY, built $(date -u -r "$FERRY" +%FT%TZ) (commits after that are not in it)"
 echo "- cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs), nproc $(nproc)"
 echo "- ram: $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo); kernel $(uname -r); cgroup v$CGV"
 echo "- disk: $disk ($fstype on $dev, scheduler $(cat /sys/block/$(basename "$dev")/queue/scheduler 2>/dev/null || echo ?)); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
