@@ -58,6 +58,12 @@ struct model {
   float *top_w;
   int32_t *grp_rows, *grp_cnt, *grp_off, *uniq;
   bool *done;               // [n_expert] per acquired expert: computed
+  int32_t *sel, *pos_of;    // [n_expert] experts computed together; [B*K] pair -> grouped row
+  const void *(*eptr)[3];   // [n_expert] bytes of the selected experts
+  uint8_t *xg_g, *xg_u, *hq;  // fast path: quantized expert inputs in grouped order
+  uint8_t *qin;             // fast path: [B] token inputs quantized for gate and up
+  float *eG, *eU;           // fast path: [B*K][ff] gate / up outputs in grouped order
+  size_t rb_g, rb_u, rb_d;  // their activation row bytes
   int res_layer;            // full mode: the layer of the last acquire
   const int32_t *res_experts;
   uint8_t *actq;
@@ -360,6 +366,29 @@ static int alloc_scratch(struct model *m, bool dry) {
   m->mlog = falloc(m, B * E), m->moe_out = falloc(m, B * d), m->slot_out = falloc(m, B * K * d);
   m->tmp1 = falloc(m, B * wide), m->tmp2 = falloc(m, B * wide), m->tmp3 = falloc(m, B * wide), m->tmp4 = falloc(m, B * wide);
   m->eg = falloc(m, B * ff), m->eu = falloc(m, B * ff), m->ed = falloc(m, B * d), m->ex = falloc(m, B * d);
+  m->sel = (int32_t *)falloc(m, E + 1);
+  m->pos_of = (int32_t *)falloc(m, B * K);
+  m->eptr = (const void *(*)[3])falloc(m, (E + 1) * 3 * sizeof(void *) / sizeof(float));
+  // Fast path: every (token, slot) pair of a chunk gets its own row of quantized input,
+  // gate/up output and quantized hidden, so a whole batch of experts runs in two pool
+  // calls. Row bytes are the widest of the layers' expert types.
+  m->rb_g = m->rb_u = m->rb_d = 0;
+  if (!m->o.exact && m->layers)
+    for (uint32_t l = 0; l < hp->n_layer; l++) {
+      const struct layer_weights *L = &m->layers[l];
+      size_t g = cpu_act_row_bytes(L->exps[EXP_GATE].type, d), u = cpu_act_row_bytes(L->exps[EXP_UP].type, d);
+      size_t dn = cpu_act_row_bytes(L->exps[EXP_DOWN].type, hp->n_ff_exp);
+      if (g > m->rb_g) m->rb_g = g;
+      if (u > m->rb_u) m->rb_u = u;
+      if (dn > m->rb_d) m->rb_d = dn;
+    }
+  int64_t pairs = B * K;
+  m->xg_g = (uint8_t *)falloc(m, (pairs * m->rb_g + 3) / 4 + 1);
+  m->xg_u = (uint8_t *)falloc(m, (pairs * m->rb_u + 3) / 4 + 1);
+  m->hq = (uint8_t *)falloc(m, (pairs * m->rb_d + 3) / 4 + 1);
+  m->qin = (uint8_t *)falloc(m, (B * (m->rb_g + m->rb_u) + 3) / 4 + 1);
+  m->eG = falloc(m, m->o.exact ? 1 : pairs * hp->n_ff_exp);
+  m->eU = falloc(m, m->o.exact ? 1 : pairs * hp->n_ff_exp);
   m->top_w = falloc(m, B * K);
   m->top_ids = (int32_t *)falloc(m, B * K);
   m->grp_rows = (int32_t *)falloc(m, B * K);
@@ -372,6 +401,7 @@ static int alloc_scratch(struct model *m, bool dry) {
   if (dry) return 0;
   if (!m->x || !m->a || !m->q || !m->k || !m->v || !m->att || !m->gate || !m->mlog || !m->moe_out || !m->slot_out ||
       !m->tmp1 || !m->tmp2 || !m->tmp3 || !m->tmp4 || !m->eg || !m->eu || !m->ed || !m->ex || !m->top_w ||
+      !m->sel || !m->pos_of || !m->eptr || !m->xg_g || !m->xg_u || !m->hq || !m->qin || !m->eG || !m->eU ||
       !m->top_ids || !m->grp_rows || !m->grp_cnt || !m->grp_off || !m->uniq || !m->done || !m->actq)
     return ferry_fail_ctx(-ENOMEM, "scratch buffers");
   return 0;
@@ -386,6 +416,7 @@ static int resident_acquire(void *ctx, int layer, int n, const int32_t *experts)
   return 0;
 }
 static bool resident_ready(void *ctx, int i) { return true; }
+static void resident_release(void *ctx, int layer, int n) {}
 static int resident_get(void *ctx, int i, const void *ptrs[3]) {
   struct model *m = ctx;
   const struct layer_weights *L = &m->layers[m->res_layer];
@@ -417,7 +448,8 @@ int model_load(struct model **out, const struct gguf_file *f, const struct model
       struct weight *w = (struct weight *)&m->layers[l];
       for (int j = 0; j < per; j++) resolve(m, &w[j]);
     }
-    m->src = (struct expert_source){.ctx = m, .acquire = resident_acquire, .ready = resident_ready, .get = resident_get};
+    m->src = (struct expert_source){.ctx = m, .acquire = resident_acquire, .ready = resident_ready, .get = resident_get,
+                                   .release = resident_release};
     m->src_set = true;
   }
   if ((rc = alloc_state(m)) || (rc = alloc_scratch(m, false))) goto fail;
@@ -434,6 +466,11 @@ int model_plan(const struct gguf_file *f, const struct model_opts *o, uint64_t *
   struct model tmp = {.f = f, .o = *o};
   int rc = hparams_load(&tmp.hp, f);
   if (rc) return rc;
+  if ((rc = bind_all(&tmp))) { // scratch sizes depend on the expert types
+    free(tmp.layers);
+    hparams_free(&tmp.hp);
+    return rc;
+  }
   int n_ctx = o->n_ctx > 0 ? o->n_ctx : 4096;
   if ((uint32_t)n_ctx > tmp.hp.n_ctx_train) n_ctx = (int)tmp.hp.n_ctx_train;
   tmp.B = o->n_batch > 0 ? o->n_batch : 256;
@@ -446,6 +483,7 @@ int model_plan(const struct gguf_file *f, const struct model_opts *o, uint64_t *
     const struct gguf_tensor *t = gguf_tensor_at(f, i);
     if (!(o->dense_only && is_routed(t))) *weights += ferry_align_up(t->nbytes, 64);
   }
+  free(tmp.layers);
   hparams_free(&tmp.hp);
   return 0;
 }
@@ -459,6 +497,7 @@ void model_destroy(struct model *m) {
   free(m->kc), free(m->vc), free(m->conv_state), free(m->ssm_state);
   void *bufs[] = {m->x, m->a, m->q, m->k, m->v, m->att, m->gate, m->mlog, m->moe_out, m->slot_out, m->tmp1, m->tmp2,
                   m->tmp3, m->tmp4, m->eg, m->eu, m->ed, m->ex, m->top_w, m->top_ids, m->grp_rows, m->grp_cnt,
+                  m->sel, m->pos_of, (void *)m->eptr, m->xg_g, m->xg_u, m->hq, m->qin, m->eG, m->eU,
                   m->grp_off, m->uniq, m->done, m->actq};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) ferry_free_aligned(bufs[i]);
   ferry_free_aligned(m->wbuf);
@@ -594,12 +633,47 @@ static int deltanet(struct model *m, int l, int T) {
   return 0;
 }
 
-// Applies one expert to the `cnt` rows of the gathered input m->ex; writes m->ed.
-static void expert_ffn(struct model *m, const struct layer_weights *L, const void *const *p, int cnt) {
+// Exact path, one expert at a time: gathers its tokens' F32 rows, and writes its
+// outputs to the grouped rows [grp_off[e], +cnt) of slot_out.
+static void expert_exact(struct model *m, const struct layer_weights *L, int32_t e, const void *const *p) {
+  int64_t d = m->hp.n_embd, K = m->hp.n_expert_used;
+  int cnt = m->grp_cnt[e];
+  const int32_t *rows = m->grp_rows + m->grp_off[e];
+  for (int r = 0; r < cnt; r++) memcpy(m->ex + (int64_t)r * d, m->a + (int64_t)(rows[r] / K) * d, d * sizeof(float));
   mm(m, &L->exps[EXP_GATE], p[EXP_GATE], m->ex, cnt, m->eg);
   mm(m, &L->exps[EXP_UP], p[EXP_UP], m->ex, cnt, m->eu);
   cpu_swiglu(m->eg, m->eg, m->eu, (int64_t)cnt * L->exps[EXP_GATE].nrows);
-  mm(m, &L->exps[EXP_DOWN], p[EXP_DOWN], m->eg, cnt, m->ed);
+  cpu_matmul_exact(m->pool, L->exps[EXP_DOWN].type, p[EXP_DOWN], d, L->exps[EXP_DOWN].n, m->eg,
+                   L->exps[EXP_DOWN].n, cnt, m->slot_out + (int64_t)m->grp_off[e] * d, d);
+}
+
+// Fast path, n experts at once: the gate and up products of all of them in one pool
+// call, then the down products in another. Inputs were quantized into grouped rows
+// (xg_g / xg_u) by moe(); outputs land in the grouped rows of slot_out.
+static void experts_fast(struct model *m, const struct layer_weights *L, int n) {
+  int64_t d = m->hp.n_embd, ff = m->hp.n_ff_exp;
+  const struct weight *wg = &L->exps[EXP_GATE], *wu = &L->exps[EXP_UP], *wd = &L->exps[EXP_DOWN];
+  struct cpu_mm_job jobs[2 * n];
+  for (int i = 0; i < n; i++) {
+    int32_t e = m->sel[i];
+    int64_t p0 = m->grp_off[e], cnt = m->grp_cnt[e];
+    jobs[2 * i] = (struct cpu_mm_job){wg->type, m->eptr[i][EXP_GATE], ff, d, m->xg_g + p0 * m->rb_g, m->rb_g, cnt,
+                                      m->eG + p0 * ff, ff};
+    jobs[2 * i + 1] = (struct cpu_mm_job){wu->type, m->eptr[i][EXP_UP], ff, d, m->xg_u + p0 * m->rb_u, m->rb_u, cnt,
+                                          m->eU + p0 * ff, ff};
+  }
+  cpu_matmul_batch(m->pool, 2 * n, jobs);
+  enum ferry_type vt = cpu_vec_dot_type(wd->type);
+  size_t rb = cpu_act_row_bytes(wd->type, ff);
+  for (int i = 0; i < n; i++) {
+    int32_t e = m->sel[i];
+    int64_t p0 = m->grp_off[e], cnt = m->grp_cnt[e];
+    cpu_swiglu(m->eG + p0 * ff, m->eG + p0 * ff, m->eU + p0 * ff, cnt * ff);
+    for (int64_t r = p0; r < p0 + cnt; r++) cpu_quantize_act(vt, m->eG + r * ff, m->hq + r * rb, ff);
+    jobs[i] = (struct cpu_mm_job){wd->type, m->eptr[i][EXP_DOWN], d, ff, m->hq + p0 * rb, rb, cnt,
+                                  m->slot_out + p0 * d, d};
+  }
+  cpu_matmul_batch(m->pool, n, jobs);
 }
 
 static int moe(struct model *m, int l, int T) {
@@ -626,8 +700,26 @@ static int moe(struct model *m, int l, int T) {
     int32_t e = m->top_ids[i];
     m->grp_rows[m->grp_off[e] + m->grp_cnt[e]++] = (int32_t)i;
   }
-  // Acquire the layer's experts in as few batches as the source can hold; compute the
-  // ones already resident first while the misses are read.
+  for (int64_t p = 0; p < T * K; p++) m->pos_of[m->grp_rows[p]] = (int32_t)p;
+  if (!m->o.exact) {
+    // quantize each token's input once, then copy it to the grouped rows of its pairs
+    const struct weight *wg = &L->exps[EXP_GATE], *wu = &L->exps[EXP_UP];
+    size_t rbg = cpu_act_row_bytes(wg->type, d), rbu = cpu_act_row_bytes(wu->type, d);
+    FERRY_ASSERT(rbg <= m->rb_g && rbu <= m->rb_u);
+    uint8_t *qg = m->qin, *qu = m->qin + (size_t)T * rbg;
+    for (int64_t t = 0; t < T; t++) {
+      cpu_quantize_act(cpu_vec_dot_type(wg->type), mn + t * d, qg + t * rbg, d);
+      cpu_quantize_act(cpu_vec_dot_type(wu->type), mn + t * d, qu + t * rbu, d);
+    }
+    for (int64_t p = 0; p < T * K; p++) {
+      int64_t t = m->grp_rows[p] / K;
+      memcpy(m->xg_g + p * m->rb_g, qg + t * rbg, rbg);
+      memcpy(m->xg_u + p * m->rb_u, qu + t * rbu, rbu);
+    }
+  }
+  // Acquire the layer's experts in as few batches as the source can hold. Compute what
+  // is resident (or has landed) together while the other reads are in flight; when
+  // nothing is ready, block on the next one.
   int maxb = nu;
   for (int u0 = 0; u0 < nu;) {
     int nb = nu - u0 < maxb ? nu - u0 : maxb;
@@ -638,31 +730,37 @@ static int moe(struct model *m, int l, int T) {
     }
     if (rc) return ferry_fail_ctx(rc, "layer %d experts", l);
     memset(m->done, 0, nb);
-    for (int pass = 0; pass < 2; pass++)
-      for (int j = 0; j < nb; j++) {
-        if (m->done[j] || (pass == 0 && !m->src.ready(m->src.ctx, j))) continue;
-        const void *p[3];
-        rc = m->src.get(m->src.ctx, j, p);
+    for (int left = nb; left > 0;) {
+      int ns = 0, idx[nb];
+      for (int j = 0; j < nb; j++)
+        if (!m->done[j] && m->src.ready(m->src.ctx, j)) idx[ns++] = j;
+      if (ns == 0)
+        for (int j = 0; j < nb && !ns; j++)
+          if (!m->done[j]) idx[ns++] = j;
+      for (int i = 0; i < ns; i++) {
+        rc = m->src.get(m->src.ctx, idx[i], m->eptr[i]);
         if (rc) {
           m->src.release(m->src.ctx, l, nb);
           return rc;
         }
-        int32_t e = m->uniq[u0 + j];
-        int cnt = m->grp_cnt[e];
-        const int32_t *rows = m->grp_rows + m->grp_off[e];
-        for (int r = 0; r < cnt; r++) memcpy(m->ex + (int64_t)r * d, mn + (int64_t)(rows[r] / K) * d, d * sizeof(float));
-        expert_ffn(m, L, p, cnt);
-        for (int r = 0; r < cnt; r++) memcpy(m->slot_out + (int64_t)rows[r] * d, m->ed + (int64_t)r * d, d * sizeof(float));
-        m->done[j] = true;
+        m->sel[i] = m->uniq[u0 + idx[i]];
+        m->done[idx[i]] = true;
       }
-    if (m->src.release) m->src.release(m->src.ctx, l, nb);
+      if (m->o.exact)
+        for (int i = 0; i < ns; i++) expert_exact(m, L, m->sel[i], m->eptr[i]);
+      else
+        experts_fast(m, L, ns);
+      left -= ns;
+    }
+    m->src.release(m->src.ctx, l, nb);
     u0 += nb;
   }
   // weighted sum in router order
   for (int64_t t = 0; t < T; t++) {
     float *y = m->moe_out + t * d;
     memset(y, 0, d * sizeof(float));
-    for (int64_t s = 0; s < K; s++) cpu_axpy(y, m->slot_out + (t * K + s) * d, m->top_w[t * K + s], d);
+    for (int64_t s = 0; s < K; s++)
+      cpu_axpy(y, m->slot_out + (int64_t)m->pos_of[t * K + s] * d, m->top_w[t * K + s], d);
   }
   if (hp->arch == ARCH_QWEN3NEXT) {
     // shared expert with a sigmoid scalar gate

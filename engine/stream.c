@@ -16,6 +16,7 @@ struct stream {
   struct ecache_layer *layers;
   struct ecache_ref *refs; // [n_expert] refs of the current acquire
   uint32_t n_layer, n_expert;
+  uint32_t n_acq; // refs of the current acquire
 };
 
 static int layer_layout(const struct gguf_file *f, uint32_t l, struct ecache_layer *out) {
@@ -119,10 +120,13 @@ void stream_destroy(struct stream *s) {
 
 static int src_acquire(void *ctx, int layer, int n, const int32_t *experts) {
   struct stream *s = ctx;
+  s->n_acq = (uint32_t)n;
   return ecache_acquire(s->cache, (uint32_t)layer, (uint32_t)n, experts, s->refs);
 }
+// Non-blocking: reaps completed reads so experts are computed as they land.
 static bool src_ready(void *ctx, int i) {
   struct stream *s = ctx;
+  if (s->refs[i].state != ECACHE_READY) ecache_poll(s->cache, s->n_acq, s->refs);
   return s->refs[i].state == ECACHE_READY;
 }
 static int src_get(void *ctx, int i, const void *ptrs[3]) {

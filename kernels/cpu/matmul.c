@@ -136,6 +136,63 @@ void cpu_matmul(struct ferry_pool *pool, enum ferry_type t, const void *w, int64
   run_rows(pool, nrows, c.rb, matmul_task, &c);
 }
 
+// Batched products: chunks of rows never cross a job; a shared counter hands out chunks
+// over all jobs, so one pool call (one barrier) covers e.g. the gate and up products of
+// every expert of a decode step.
+struct batch_ctx {
+  _Atomic int64_t next;
+  int n_jobs;
+  const int64_t *first;  // [n_jobs + 1] index of each job's first chunk
+  const int64_t *chunk;  // [n_jobs] rows per chunk
+  const struct mm_ctx *c; // [n_jobs]
+  const int64_t *nrows;  // [n_jobs]
+};
+
+static void batch_task(void *vctx, int64_t b, int64_t e, int tid) {
+  struct batch_ctx *d = vctx;
+  int64_t total = d->first[d->n_jobs];
+  for (;;) {
+    int64_t k = atomic_fetch_add_explicit(&d->next, 1, memory_order_relaxed);
+    if (k >= total) return;
+    int lo = 0, hi = d->n_jobs - 1; // the job whose chunk range holds k
+    while (lo < hi) {
+      int mid = (lo + hi + 1) / 2;
+      if (d->first[mid] <= k) lo = mid;
+      else hi = mid - 1;
+    }
+    int64_t r0 = (k - d->first[lo]) * d->chunk[lo];
+    int64_t r1 = r0 + d->chunk[lo] < d->nrows[lo] ? r0 + d->chunk[lo] : d->nrows[lo];
+    const struct mm_ctx *c = &d->c[lo];
+    if (c->m == 1) matvec_task((void *)c, r0, r1, tid);
+    else matmul_task((void *)c, r0, r1, tid);
+  }
+}
+
+void cpu_matmul_batch(struct ferry_pool *pool, int n_jobs, const struct cpu_mm_job *jobs) {
+  if (n_jobs <= 0) return;
+  FERRY_ASSERT(n_jobs <= 4096);
+  int64_t first[n_jobs + 1], chunk[n_jobs], nrows[n_jobs];
+  struct mm_ctx c[n_jobs];
+  int64_t nw = pool ? ferry_pool_size(pool) : 1, total = 0;
+  for (int j = 0; j < n_jobs; j++) {
+    const struct cpu_mm_job *J = &jobs[j];
+    size_t rb = weight_row_bytes(J->t, J->n);
+    c[j] = (struct mm_ctx){cpu_vec_dot_get(J->t), J->m > 1 ? cpu_vec_dot4_get(J->t) : NULL, J->w, rb, J->n, J->xq,
+                           J->xq_stride, J->m, J->y, J->ldy};
+    // the same chunking rule as run_rows, so a lone job splits as cpu_matmul would
+    int64_t ch = (J->nrows + nw * 8 - 1) / (nw * 8);
+    if (ch < row_grain(rb)) ch = row_grain(rb);
+    chunk[j] = ch;
+    nrows[j] = J->m > 0 ? J->nrows : 0;
+    first[j] = total;
+    total += (nrows[j] + ch - 1) / ch;
+  }
+  first[n_jobs] = total;
+  struct batch_ctx d = {0, n_jobs, first, chunk, c, nrows};
+  if (!pool || nw <= 1 || total <= 1) batch_task(&d, 0, 1, 0);
+  else ferry_pool_run(pool, nw < total ? nw : total, 1, batch_task, &d);
+}
+
 // ---------------------------------------------------------------- exact path
 
 // Σ a[i]·b[i] in double. Products of two floats are exact in double, so only the

@@ -23,6 +23,22 @@ void cpu_matvec(struct ferry_pool *pool, enum ferry_type t, const void *w, int64
 // y + i*ldy (floats). Reads each weight row once per tile of activations.
 void cpu_matmul(struct ferry_pool *pool, enum ferry_type t, const void *w, int64_t nrows,
                 int64_t n, const void *xq, size_t xq_stride, int64_t m, float *y, int64_t ldy);
+// Several fast-path products in one pool call (one barrier instead of one per product):
+// job j computes Y_j[i][r] = W_j[r] . X_j[i] like cpu_matmul. Each output row is
+// computed exactly as cpu_matmul would compute it for that job alone, so results do not
+// depend on how products are batched.
+struct cpu_mm_job {
+  enum ferry_type t;
+  const void *w;
+  int64_t nrows, n;
+  const void *xq;
+  size_t xq_stride;
+  int64_t m;
+  float *y;
+  int64_t ldy;
+};
+void cpu_matmul_batch(struct ferry_pool *pool, int n_jobs, const struct cpu_mm_job *jobs);
+
 // Exact versions: x / X are F32 (X row stride ldx floats).
 void cpu_matvec_exact(struct ferry_pool *pool, enum ferry_type t, const void *w, int64_t nrows,
                       int64_t n, const float *x, float *y);
