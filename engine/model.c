@@ -59,6 +59,8 @@ struct model {
   int32_t *grp_rows, *grp_cnt, *grp_off, *uniq;
   bool *done;               // [n_expert] per acquired expert: computed
   int32_t *sel, *pos_of;    // [n_expert] experts computed together; [B*K] pair -> grouped row
+  int32_t *pf_ids;          // [k] prefetch guess for the next layer
+  float *pf_w;
   const void *(*eptr)[3];   // [n_expert] bytes of the selected experts
   uint8_t *xg_g, *xg_u, *hq;  // fast path: quantized expert inputs in grouped order
   uint8_t *qin;             // fast path: [B] token inputs quantized for gate and up
@@ -363,10 +365,11 @@ static int alloc_scratch(struct model *m, bool dry) {
   if (ff > wide) wide = ff;
   m->x = falloc(m, B * d), m->a = falloc(m, B * d), m->q = falloc(m, B * wide), m->k = falloc(m, B * wide);
   m->v = falloc(m, B * wide), m->att = falloc(m, B * wide), m->gate = falloc(m, B * wide);
-  m->mlog = falloc(m, B * E), m->moe_out = falloc(m, B * d), m->slot_out = falloc(m, B * K * d);
+  m->mlog = falloc(m, (B + 1) * E), m->moe_out = falloc(m, B * d), m->slot_out = falloc(m, B * K * d);
   m->tmp1 = falloc(m, B * wide), m->tmp2 = falloc(m, B * wide), m->tmp3 = falloc(m, B * wide), m->tmp4 = falloc(m, B * wide);
   m->eg = falloc(m, B * ff), m->eu = falloc(m, B * ff), m->ed = falloc(m, B * d), m->ex = falloc(m, B * d);
   m->sel = (int32_t *)falloc(m, E + 1);
+  m->pf_ids = (int32_t *)falloc(m, K), m->pf_w = falloc(m, K);
   m->pos_of = (int32_t *)falloc(m, B * K);
   m->eptr = (const void *(*)[3])falloc(m, (E + 1) * 3 * sizeof(void *) / sizeof(float));
   // Fast path: every (token, slot) pair of a chunk gets its own row of quantized input,
@@ -401,7 +404,7 @@ static int alloc_scratch(struct model *m, bool dry) {
   if (dry) return 0;
   if (!m->x || !m->a || !m->q || !m->k || !m->v || !m->att || !m->gate || !m->mlog || !m->moe_out || !m->slot_out ||
       !m->tmp1 || !m->tmp2 || !m->tmp3 || !m->tmp4 || !m->eg || !m->eu || !m->ed || !m->ex || !m->top_w ||
-      !m->sel || !m->pos_of || !m->eptr || !m->xg_g || !m->xg_u || !m->hq || !m->qin || !m->eG || !m->eU ||
+      !m->sel || !m->pos_of || !m->pf_ids || !m->pf_w || !m->eptr || !m->xg_g || !m->xg_u || !m->hq || !m->qin || !m->eG || !m->eU ||
       !m->top_ids || !m->grp_rows || !m->grp_cnt || !m->grp_off || !m->uniq || !m->done || !m->actq)
     return ferry_fail_ctx(-ENOMEM, "scratch buffers");
   return 0;
@@ -497,7 +500,7 @@ void model_destroy(struct model *m) {
   free(m->kc), free(m->vc), free(m->conv_state), free(m->ssm_state);
   void *bufs[] = {m->x, m->a, m->q, m->k, m->v, m->att, m->gate, m->mlog, m->moe_out, m->slot_out, m->tmp1, m->tmp2,
                   m->tmp3, m->tmp4, m->eg, m->eu, m->ed, m->ex, m->top_w, m->top_ids, m->grp_rows, m->grp_cnt,
-                  m->sel, m->pos_of, (void *)m->eptr, m->xg_g, m->xg_u, m->hq, m->qin, m->eG, m->eU,
+                  m->sel, m->pos_of, m->pf_ids, m->pf_w, (void *)m->eptr, m->xg_g, m->xg_u, m->hq, m->qin, m->eG, m->eU,
                   m->grp_off, m->uniq, m->done, m->actq};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) ferry_free_aligned(bufs[i]);
   ferry_free_aligned(m->wbuf);
@@ -676,6 +679,21 @@ static void experts_fast(struct model *m, const struct layer_weights *L, int n) 
   cpu_matmul_batch(m->pool, n, jobs);
 }
 
+// Decode in stream mode: guess the next layer's experts by running its router on this
+// layer's MoE input (the residual stream changes little from one layer to the next) and
+// start reading them, so their reads overlap this layer's compute. A wrong guess costs a
+// read and may evict a cached expert. Off unless --prefetch: on random-weight models the
+// guesses are wrong and it reads 4x more (NOTES.md); to be measured on real weights.
+static void prefetch_next(struct model *m, int l, int T, const float *mn) {
+  const struct model_hparams *hp = &m->hp;
+  if (T != 1 || !m->src.prefetch || (uint32_t)l + 1 >= hp->n_layer || !m->o.prefetch) return;
+  int64_t E = hp->n_expert, K = hp->n_expert_used;
+  const struct layer_weights *N = &m->layers[l + 1];
+  float *lg = m->mlog + E; // mlog has room for (B + 1) * E
+  mm(m, &N->router, N->router.data, mn, 1, lg);
+  if (cpu_router_topk(lg, E, K, m->pf_ids, m->pf_w) == 0) m->src.prefetch(m->src.ctx, l + 1, (int)K, m->pf_ids);
+}
+
 static int moe(struct model *m, int l, int T) {
   const struct model_hparams *hp = &m->hp;
   const struct layer_weights *L = &m->layers[l];
@@ -729,6 +747,7 @@ static int moe(struct model *m, int l, int T) {
       continue;
     }
     if (rc) return ferry_fail_ctx(rc, "layer %d experts", l);
+    if (u0 == 0) prefetch_next(m, l, T, mn); // after this layer's own misses are queued
     memset(m->done, 0, nb);
     for (int left = nb; left > 0;) {
       int ns = 0, idx[nb];

@@ -51,6 +51,8 @@ struct expert_source {
   bool (*ready)(void *ctx, int i);
   int (*get)(void *ctx, int i, const void *ptrs[3]);
   void (*release)(void *ctx, int layer, int n);
+  // Optional hint: start reading these experts of `layer` (not pinned, never blocks).
+  void (*prefetch)(void *ctx, int layer, int n, const int32_t *experts);
 };
 
 enum kv_type_sel { KV_F16 = FT_F16, KV_F32 = FT_F32, KV_Q8_0 = FT_Q8_0 };
@@ -62,6 +64,7 @@ struct model_opts {
   int n_batch;         // prefill chunk (tokens per forward call)
   enum ferry_type kv_k, kv_v;
   bool progress;       // progress bar on stderr while loading
+  bool prefetch;       // stream mode: prefetch the next layer's guessed experts (off by default)
 };
 
 struct model;

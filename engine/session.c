@@ -18,7 +18,7 @@
 enum {
   OPT_SYSTEM = 256, OPT_RAW, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_SEED, OPT_MODE, OPT_RAM, OPT_VRAM,
   OPT_CPU, OPT_STATS, OPT_JSON, OPT_LOGPROBS, OPT_EXACT, OPT_IDS, OPT_FROM, OPT_CTK, OPT_CTV, OPT_MODES,
-  OPT_NOPROG, OPT_HELP,
+  OPT_NOPROG, OPT_PREFETCH, OPT_HELP,
 };
 
 static const struct option k_opts[] = {
@@ -36,6 +36,7 @@ static const struct option k_opts[] = {
     {"ids", required_argument, 0, OPT_IDS}, {"from", required_argument, 0, OPT_FROM},
     {"cache-type-k", required_argument, 0, OPT_CTK}, {"cache-type-v", required_argument, 0, OPT_CTV},
     {"modes", required_argument, 0, OPT_MODES}, {"no-progress", no_argument, 0, OPT_NOPROG},
+    {"prefetch", no_argument, 0, OPT_PREFETCH},
     {"help", no_argument, 0, OPT_HELP},     {0, 0, 0, 0}};
 
 static int parse_int(const char *flag, const char *s, long lo, long hi, int *out) {
@@ -135,6 +136,7 @@ int run_opts_parse(struct run_opts *o, const char *cmd, int argc, char **argv) {
       case OPT_CTV: rc = parse_kv_type("--cache-type-v", optarg, &o->kv_v), o->kv_set = true; break;
       case OPT_MODES: o->modes = optarg; break;
       case OPT_NOPROG: o->no_progress = true; break;
+      case OPT_PREFETCH: o->prefetch = true; break;
       case 'h':
       case OPT_HELP: usage(cmd); return 1;
       case ':': return ferry_fail(-EINVAL, "option '%s' needs a value", flag);
@@ -186,7 +188,8 @@ int session_open(struct session **out, const struct run_opts *o) {
   if ((rc = tok_create(&s->tok, s->f))) goto fail;
 
   struct model_opts mo = {.exact = o->exact, .n_ctx = o->n_ctx, .n_batch = o->n_batch, .kv_k = o->kv_k,
-                          .kv_v = o->kv_v, .progress = !o->no_progress && isatty(2)};
+                          .kv_v = o->kv_v, .progress = !o->no_progress && isatty(2),
+                          .prefetch = o->prefetch};
   s->ram_budget = o->ram;
   if (!s->ram_budget) {
     uint64_t avail = ferry_mem_available_bytes();

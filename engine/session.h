@@ -35,6 +35,7 @@ struct run_opts {
   enum ferry_type kv_k, kv_v;
   bool kv_set;
   bool no_progress;
+  bool prefetch;
 };
 
 // Parses argv (argv[0] is the subcommand). `cmd` selects which flags are legal.

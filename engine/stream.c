@@ -144,9 +144,14 @@ static void src_release(void *ctx, int layer, int n) {
   ecache_release(s->cache, (uint32_t)layer, (uint32_t)n, s->refs);
 }
 
+static void src_prefetch(void *ctx, int layer, int n, const int32_t *experts) {
+  struct stream *s = ctx;
+  if (ecache_prefetch(s->cache, (uint32_t)layer, (uint32_t)n, experts) < 0) ferry_clear_error(); // only a hint
+}
+
 void stream_expert_source(struct stream *s, struct expert_source *src) {
   *src = (struct expert_source){.ctx = s, .acquire = src_acquire, .ready = src_ready, .get = src_get,
-                                .release = src_release};
+                                .release = src_release, .prefetch = src_prefetch};
 }
 
 void stream_fill_stats(struct stream *s, struct run_stats *st) {

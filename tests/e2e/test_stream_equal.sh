@@ -26,4 +26,10 @@ for m in "${MODELS[@]}"; do
       $CHECK same-run "$m" --extra-a="--mode full $exact" --extra-b="--mode stream --ram $min $exact"
   done
 done
+# next-layer prefetch changes what is cached, never the numbers
+for m in pub-qwen3moe-kq-Q4_K_M pub-qwen3next-kq-Q4_K_M; do
+  min=$(min_ram "$FERRY_FIXTURES/models/$m.gguf" "")
+  run_case "$m run stream --prefetch == full" \
+    $CHECK same-run "$m" --extra-a="--mode full" --extra-b="--mode stream --ram $min --prefetch"
+done
 finish
