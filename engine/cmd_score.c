@@ -64,6 +64,13 @@ int cmd_score(int argc, char **argv) {
   }
   struct model *m = session_model(s);
   int n_vocab = (int)model_hparams(m)->n_vocab;
+  for (int i = 0; i < L; i++) // the last id is only a target, but it must be a token too
+    if (ids[i] >= n_vocab) {
+      rc = ferry_fail(-EINVAL, "token id %d is out of range (vocabulary of %d)", ids[i], n_vocab);
+      free(ids);
+      session_close(s);
+      return rc;
+    }
   int n_in = L - 1, n_steps = L - o.from;
   int K = o.logprobs < n_vocab ? o.logprobs : n_vocab;
   bool *want = calloc(n_in, sizeof *want);
@@ -117,7 +124,7 @@ int cmd_score(int argc, char **argv) {
     jw_obj(&w);
     jw_key(&w, "pos"), jw_int(&w, i);
     jw_key(&w, "target"), jw_int(&w, target);
-    jw_key(&w, "logprob_target"), jw_num(&w, target < n_vocab ? lp[target] : -INFINITY);
+    jw_key(&w, "logprob_target"), jw_num(&w, lp[target]);
     jw_key(&w, "top"), jw_arr(&w);
     for (int t = 0; t < K; t++) {
       jw_obj(&w);

@@ -118,6 +118,24 @@ static void sampling_defaults(struct session *s, const struct run_opts *o, struc
   ferry_clear_error(); // a mistyped recommendation is ignored, not fatal
 }
 
+// Appends decoded bytes to the result text (and stdout when out is set).
+static int emit(struct gen_result *r, size_t *cap, FILE *out, const char *bytes, size_t nb) {
+  if (!nb) return 0;
+  if (out) {
+    fwrite(bytes, 1, nb, out);
+    fflush(out);
+  }
+  while (r->text_len + nb + 1 > *cap) {
+    char *nt = realloc(r->text, *cap *= 2);
+    if (!nt) return ferry_fail(-ENOMEM, "out of memory");
+    r->text = nt;
+  }
+  memcpy(r->text + r->text_len, bytes, nb);
+  r->text_len += nb;
+  r->text[r->text_len] = 0;
+  return 0;
+}
+
 int gen_run(struct session *s, const struct run_opts *o, const int32_t *prompt, int n_prompt, FILE *out,
             struct gen_result *r) {
   memset(r, 0, sizeof *r);
@@ -177,24 +195,7 @@ int gen_run(struct session *s, const struct run_opts *o, const int32_t *prompt, 
     if (tok_is_eog(tok, id)) break;
     const char *bytes;
     size_t nb;
-    if ((rc = tok_decoder_push(dec, id, &bytes, &nb))) goto done;
-    if (nb) {
-      if (out) {
-        fwrite(bytes, 1, nb, out);
-        fflush(out);
-      }
-      while (r->text_len + nb + 1 > text_cap) {
-        char *nt = realloc(r->text, text_cap *= 2);
-        if (!nt) {
-          rc = ferry_fail(-ENOMEM, "out of memory");
-          goto done;
-        }
-        r->text = nt;
-      }
-      memcpy(r->text + r->text_len, bytes, nb);
-      r->text_len += nb;
-      r->text[r->text_len] = 0;
-    }
+    if ((rc = tok_decoder_push(dec, id, &bytes, &nb)) || (rc = emit(r, &text_cap, out, bytes, nb))) goto done;
     if (i + 1 == n_max) break;
     if ((rc = model_forward(m, &id, 1, NULL, logits))) goto done;
   }
@@ -202,7 +203,7 @@ int gen_run(struct session *s, const struct run_opts *o, const int32_t *prompt, 
     const char *bytes;
     size_t nb;
     tok_decoder_flush(dec, &bytes, &nb);
-    if (nb && out) fwrite(bytes, 1, nb, out);
+    if ((rc = emit(r, &text_cap, out, bytes, nb))) goto done;
   }
   if (out) {
     fputc('\n', out);

@@ -72,8 +72,8 @@ static void usage(const char *cmd) {
     printf("usage: ferry score -m MODEL.gguf --ids \"ID ID ...\" --from N [--logprobs K] [--exact]\n"
            "                   [--mode auto|full|stream] [--ram SIZE] [-t N] [-c CTX] --json PATH\n");
   else if (!strcmp(cmd, "bench"))
-    printf("usage: ferry bench -m MODEL.gguf [--modes full,stream] [-p PROMPT] [-n N] [-t N] [--ram SIZE]\n"
-           "                   [--seed S] [--json PATH]\n");
+    printf("usage: ferry bench -m MODEL.gguf [--modes auto,full,stream] [-p PROMPT | -f FILE] [--raw] [-n N]\n"
+           "                   [-t N] [--ram SIZE] [--temp T] [--seed S] [--json PATH]\n");
   else
     printf("usage: ferry run -m MODEL.gguf [-p PROMPT | -f FILE] [--system TEXT] [-n N] [--raw]\n"
            "                 [--temp T] [--top-k K] [--top-p P] [--min-p P] [--seed S] [-t THREADS] [-c CTX]\n"

@@ -99,8 +99,15 @@ int stream_create(struct stream **out, const struct gguf_file *f, const struct m
   }
   if ((rc = io_reader_open(&s->reader, gguf_path(f), NULL))) goto fail;
   arm_faults_from_env();
+  // No more slots than there are experts: a cache larger than all of them is wasted RAM.
+  uint64_t all = 0;
+  for (uint32_t l = 0; l < hp->n_layer; l++) {
+    uint64_t slot = 0;
+    for (int q = 0; q < 3; q++) slot += io_span_max(s->layers[l].part[q].len);
+    all += slot * s->layers[l].n_experts;
+  }
   struct ecache_params p = {.n_layers = hp->n_layer, .layers = s->layers, .reader = s->reader, .budget = b,
-                            .host_bytes = left, .min_slots = hp->n_expert_used};
+                            .host_bytes = left < all ? left : all, .min_slots = hp->n_expert_used};
   if ((rc = ecache_create(&s->cache, &p))) goto fail;
   *out = s;
   return 0;

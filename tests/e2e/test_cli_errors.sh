@@ -47,5 +47,6 @@ expect_error "score: no --ids"   "missing --ids"          $F score -m "$M" --fro
 expect_error "score: bad id"     "not a token id"         $F score -m "$M" --ids "1 x 3" --from 1 --json "$TMP/o.json"
 expect_error "score: from"       "--from 5 must be at most 2" $F score -m "$M" --ids "1 2 3" --from 5 --json "$TMP/o.json"
 expect_error "score: id range"   "token id 99999 is out of range" $F score -m "$M" --ids "1 99999 3" --from 1 --json "$TMP/o.json"
+expect_error "score: last id range" "token id 99999 is out of range" $F score -m "$M" --ids "1 2 99999" --from 1 --json "$TMP/o.json"
 expect_error "json unwritable"   "cannot write --json"    $F run -m "$M" -p hi -n 1 --json /nonexistent/dir/o.json
 finish
