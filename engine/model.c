@@ -21,10 +21,13 @@
 #include <unistd.h>
 
 #include "base/base.h"
+#include "kernels/cpu/attn.h"
 #include "kernels/cpu/deltanet.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quants.h"
+#include "numa/pool.h"
+#include "numa/topo.h"
 
 struct model {
   const struct gguf_file *f;
@@ -60,6 +63,8 @@ struct model {
   bool *done;               // [n_expert] per acquired expert: computed
   int32_t *sel, *pos_of;    // [n_expert] experts computed together; [B*K] pair -> grouped row
   int32_t *pf_ids;          // [k] prefetch guess for the next layer
+  float *attn_scratch;      // [attn_workers] x cpu_attn_scratch_floats(n_ctx, ...)
+  int attn_workers;
   float *pf_w;
   const void *(*eptr)[3];   // [n_expert] bytes of the selected experts
   uint8_t *xg_g, *xg_u, *hq;  // fast path: quantized expert inputs in grouped order
@@ -370,6 +375,12 @@ static int alloc_scratch(struct model *m, bool dry) {
   m->eg = falloc(m, B * ff), m->eu = falloc(m, B * ff), m->ed = falloc(m, B * d), m->ex = falloc(m, B * d);
   m->sel = (int32_t *)falloc(m, E + 1);
   m->pf_ids = (int32_t *)falloc(m, K), m->pf_w = falloc(m, K);
+  // attention scratch for every pool worker the session may create
+  int cores = numa_topo_physical_cores();
+  m->attn_workers = m->o.n_threads > cores ? m->o.n_threads : cores > 0 ? cores : 1;
+  m->attn_scratch =
+      falloc(m, (uint64_t)m->attn_workers *
+                    cpu_attn_scratch_floats(m->o.n_ctx > 0 ? m->o.n_ctx : 4096, hp->n_head, hp->n_head_kv, hp->head_dim));
   m->pos_of = (int32_t *)falloc(m, B * K);
   m->eptr = (const void *(*)[3])falloc(m, (E + 1) * 3 * sizeof(void *) / sizeof(float));
   // Fast path: every (token, slot) pair of a chunk gets its own row of quantized input,
@@ -404,7 +415,7 @@ static int alloc_scratch(struct model *m, bool dry) {
   if (dry) return 0;
   if (!m->x || !m->a || !m->q || !m->k || !m->v || !m->att || !m->gate || !m->mlog || !m->moe_out || !m->slot_out ||
       !m->tmp1 || !m->tmp2 || !m->tmp3 || !m->tmp4 || !m->eg || !m->eu || !m->ed || !m->ex || !m->top_w ||
-      !m->sel || !m->pos_of || !m->pf_ids || !m->pf_w || !m->eptr || !m->xg_g || !m->xg_u || !m->hq || !m->qin || !m->eG || !m->eU ||
+      !m->sel || !m->pos_of || !m->pf_ids || !m->pf_w || !m->attn_scratch || !m->eptr || !m->xg_g || !m->xg_u || !m->hq || !m->qin || !m->eG || !m->eU ||
       !m->top_ids || !m->grp_rows || !m->grp_cnt || !m->grp_off || !m->uniq || !m->done || !m->actq)
     return ferry_fail_ctx(-ENOMEM, "scratch buffers");
   return 0;
@@ -500,7 +511,7 @@ void model_destroy(struct model *m) {
   free(m->kc), free(m->vc), free(m->conv_state), free(m->ssm_state);
   void *bufs[] = {m->x, m->a, m->q, m->k, m->v, m->att, m->gate, m->mlog, m->moe_out, m->slot_out, m->tmp1, m->tmp2,
                   m->tmp3, m->tmp4, m->eg, m->eu, m->ed, m->ex, m->top_w, m->top_ids, m->grp_rows, m->grp_cnt,
-                  m->sel, m->pos_of, m->pf_ids, m->pf_w, (void *)m->eptr, m->xg_g, m->xg_u, m->hq, m->qin, m->eG, m->eU,
+                  m->sel, m->pos_of, m->pf_ids, m->pf_w, m->attn_scratch, (void *)m->eptr, m->xg_g, m->xg_u, m->hq, m->qin, m->eG, m->eU,
                   m->grp_off, m->uniq, m->done, m->actq};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) ferry_free_aligned(bufs[i]);
   ferry_free_aligned(m->wbuf);
@@ -511,7 +522,10 @@ void model_destroy(struct model *m) {
 
 const struct model_hparams *model_hparams(const struct model *m) { return &m->hp; }
 const struct layer_weights *model_layer(const struct model *m, int l) { return &m->layers[l]; }
-void model_set_pool(struct model *m, struct ferry_pool *pool) { m->pool = pool; }
+void model_set_pool(struct model *m, struct ferry_pool *pool) {
+  FERRY_ASSERT(!pool || ferry_pool_size(pool) <= m->attn_workers);
+  m->pool = pool;
+}
 void model_set_expert_source(struct model *m, const struct expert_source *src) {
   m->src = *src;
   m->src_set = true;
@@ -590,7 +604,11 @@ static void attention(struct model *m, int l, int T) {
   rc = cpu_kv_store(m->vc[l], m->o.kv_v, m->kv_stride, m->pos, T, v, Hkv * hd);
   FERRY_ASSERT(rc == 0);
   FERRY_ASSERT(m->o.kv_k == m->o.kv_v);
-  cpu_attn_prefill(o, q, m->kc[l], m->vc[l], m->o.kv_k, T, m->pos, H, Hkv, hd, m->kv_stride, 1.0f / sqrtf((float)hd));
+  if (m->o.exact) // the scalar reference: double sums, what the exact path promises
+    cpu_attn_prefill(o, q, m->kc[l], m->vc[l], m->o.kv_k, T, m->pos, H, Hkv, hd, m->kv_stride, 1.0f / sqrtf((float)hd));
+  else
+    cpu_attn_fast(m->pool, o, q, m->kc[l], m->vc[l], m->o.kv_k, T, m->pos, H, Hkv, hd, m->kv_stride,
+                  1.0f / sqrtf((float)hd), m->attn_scratch, m->n_ctx);
   if (gated) cpu_sigmoid_mul(o, o, m->gate, T * qdim);
   mm(m, &L->wo, L->wo.data, o, T, m->tmp1);
   cpu_add(m->x, m->x, m->tmp1, T * d);

@@ -62,6 +62,7 @@ struct model_opts {
   bool dense_only;     // stream mode: do not load routed experts
   int n_ctx;           // context length to allocate state for
   int n_batch;         // prefill chunk (tokens per forward call)
+  int n_threads;       // pool size the model will be used with (0: one per physical core)
   enum ferry_type kv_k, kv_v;
   bool progress;       // progress bar on stderr while loading
   bool prefetch;       // stream mode: prefetch the next layer's guessed experts (off by default)

@@ -187,7 +187,7 @@ int session_open(struct session **out, const struct run_opts *o) {
   if (rc) goto fail;
   if ((rc = tok_create(&s->tok, s->f))) goto fail;
 
-  struct model_opts mo = {.exact = o->exact, .n_ctx = o->n_ctx, .n_batch = o->n_batch, .kv_k = o->kv_k,
+  struct model_opts mo = {.exact = o->exact, .n_ctx = o->n_ctx, .n_batch = o->n_batch, .n_threads = o->threads, .kv_k = o->kv_k,
                           .kv_v = o->kv_v, .progress = !o->no_progress && isatty(2),
                           .prefetch = o->prefetch};
   s->ram_budget = o->ram;
