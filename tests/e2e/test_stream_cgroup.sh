@@ -95,11 +95,12 @@ D=$(pick_dir)
 [ -n "$D" ] || { echo "SKIP: no disk-backed directory (FERRY_BUILD, /var/tmp) for a 820 MB model"; exit 77; }
 WORK=$(mktemp -d "$D/ferry_e2e_cg.XXXXXX")
 M=$WORK/m.gguf
-# qwen3moe Q8_0, 8 layers x 64 experts of 1.6 MB, 32k vocab: 924 MiB, of which 108 MiB
-# dense (12%, like the real 30B's share once its 48 layers are counted), so the dense
-# load is large enough to show in the page-cache checks too.
+# qwen3moe Q8_0, 8 layers x 64 experts of 1.6 MB, 64k vocab: ~1 GB, of which ~180 MB
+# dense. The dense part is well above the 64 MiB slack on purpose: real models carry
+# 1.0 GB (30B) to 1.65 GB (80B) of dense weights, and loading them must not go through
+# (and balloon) the page cache either, not even for a moment.
 "$F" synth --arch qwen3moe --quant q8_0 --layers 8 --embd 1024 --heads 16 --kv-heads 2 --head-dim 128 \
-  --experts 64 --experts-used 8 --expert-ff 512 --vocab 32768 --seed 7 -o "$M" >/dev/null 2>"$WORK/synth.err" ||
+  --experts 64 --experts-used 8 --expert-ff 512 --vocab 65536 --seed 7 -o "$M" >/dev/null 2>"$WORK/synth.err" ||
   { echo "FAIL synth"; cat "$WORK/synth.err"; exit 1; }
 SIZE=$(stat -c %s "$M")
 LIMIT=$((SIZE / 3))
@@ -134,8 +135,9 @@ else
   check "file's page cache grew < 64 MiB ($c0 -> $c1)" "$c1 - $c0 < 64 * 2**20"
   check "cgroup page cache < 64 MiB ($cgc)" "$cgc < 64 * 2**20"
   # RSS + page cache charged to the group stayed under --ram + 64 MiB at every moment:
-  # page cache that appeared and was reclaimed under pressure still shows up here.
-  check "cgroup never reached its limit (failcnt $hits)" "$hits == 0"
+  # page cache that appeared (e.g. while loading) and was dropped or reclaimed later
+  # still shows up here.
+  check "cgroup usage never reached --ram + 64 MiB (limit hit $hits times, peak $peak)" "$hits == 0"
 fi
 
 # ---- full mode under the same limit refuses before loading ----
