@@ -225,11 +225,6 @@ static int run_mode_child(const struct run_opts *o, struct bench_mode *m) {
   return 0;
 }
 
-static double rate(int n, double s) { return s > 0 ? n / s : 0; }
-static double decode_rate(const struct run_stats *st) {
-  // like --stats: the first token comes from the prefill, so decode counts the rest
-  return rate(st->n_generated > 1 ? st->n_generated - 1 : 0, st->decode_s);
-}
 
 static bool same_ids(const int32_t *a, int na, const int32_t *b, int nb) {
   return na == nb && (na == 0 || !memcmp(a, b, sizeof(int32_t) * (size_t)na));
@@ -253,9 +248,9 @@ static void print_table(FILE *f, const struct run_opts *o, const struct bench_mo
   print_row(f, "load s", c, n);
   for (int i = 0; i < n; i++) snprintf(c[i], sizeof c[i], "%.3f", ms[i].w.st.ttft_s);
   print_row(f, "TTFT s", c, n);
-  for (int i = 0; i < n; i++) snprintf(c[i], sizeof c[i], "%.2f", rate(ms[i].w.st.n_prompt, ms[i].w.st.prefill_s));
+  for (int i = 0; i < n; i++) snprintf(c[i], sizeof c[i], "%.2f", gen_prefill_rate(&ms[i].w.st));
   print_row(f, "prefill tok/s", c, n);
-  for (int i = 0; i < n; i++) snprintf(c[i], sizeof c[i], "%.2f", decode_rate(&ms[i].w.st));
+  for (int i = 0; i < n; i++) snprintf(c[i], sizeof c[i], "%.2f", gen_decode_rate(&ms[i].w.st));
   print_row(f, "decode tok/s", c, n);
   for (int i = 0; i < n; i++) ferry_format_size(ms[i].w.st.peak_rss, c[i], sizeof c[i]);
   print_row(f, "peak RSS", c, n);
@@ -283,35 +278,9 @@ static void print_table(FILE *f, const struct run_opts *o, const struct bench_mo
 }
 
 static void json_mode(struct jw *w, const struct bench_mode *m) {
-  const struct run_stats *st = &m->w.st;
   jw_obj(w);
   jw_key(w, "mode"), jw_str(w, m->w.mode);
-  jw_key(w, "load_s"), jw_num(w, st->load_s);
-  jw_key(w, "ttft_s"), jw_num(w, st->ttft_s);
-  jw_key(w, "prefill_tok_s"), jw_num(w, rate(st->n_prompt, st->prefill_s));
-  jw_key(w, "decode_tok_s"), jw_num(w, decode_rate(st));
-  jw_key(w, "peak_rss_bytes"), jw_uint(w, st->peak_rss);
-  jw_key(w, "ram_budget_bytes"), jw_uint(w, st->ram_budget);
-  jw_key(w, "io"), jw_obj(w);
-  jw_key(w, "bytes_read"), jw_uint(w, st->io_bytes);
-  jw_key(w, "reads"), jw_uint(w, st->io_reads);
-  jw_key(w, "read_s"), jw_num(w, st->io_s);
-  jw_key(w, "direct"), jw_bool(w, st->io_direct);
-  jw_obj_end(w);
-  jw_key(w, "expert_cache"), jw_obj(w);
-  jw_key(w, "host"), jw_obj(w);
-  jw_key(w, "capacity"), jw_uint(w, st->host_capacity);
-  jw_key(w, "hits"), jw_uint(w, st->host_hits);
-  jw_key(w, "misses"), jw_uint(w, st->host_misses);
-  jw_key(w, "evictions"), jw_uint(w, st->host_evictions);
-  jw_obj_end(w);
-  jw_key(w, "device"), jw_obj(w);
-  jw_key(w, "capacity"), jw_uint(w, st->dev_capacity);
-  jw_key(w, "hits"), jw_uint(w, st->dev_hits);
-  jw_key(w, "misses"), jw_uint(w, st->dev_misses);
-  jw_key(w, "evictions"), jw_uint(w, st->dev_evictions);
-  jw_obj_end(w);
-  jw_obj_end(w);
+  gen_json_stats(w, &m->w.st);
   jw_key(w, "n_generated"), jw_int(w, m->w.n_generated);
   jw_key(w, "generated_tokens"), jw_arr(w);
   for (int i = 0; i < m->w.n_generated; i++) jw_int(w, m->tokens[i]);

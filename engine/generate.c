@@ -234,13 +234,17 @@ void gen_result_free(struct gen_result *r) {
 }
 
 static double rate(int n, double s) { return s > 0 ? n / s : 0; }
+double gen_prefill_rate(const struct run_stats *st) { return rate(st->n_prompt, st->prefill_s); }
+// decode rate counts the tokens after the first (the first comes from the prefill)
+double gen_decode_rate(const struct run_stats *st) {
+  return rate(st->n_generated > 1 ? st->n_generated - 1 : 0, st->decode_s);
+}
 
-static void json_stats(struct jw *w, const struct run_stats *st) {
+void gen_json_stats(struct jw *w, const struct run_stats *st) {
   jw_key(w, "load_s"), jw_num(w, st->load_s);
   jw_key(w, "ttft_s"), jw_num(w, st->ttft_s);
-  jw_key(w, "prefill_tok_s"), jw_num(w, rate(st->n_prompt, st->prefill_s));
-  // decode rate counts the tokens after the first (the first comes from the prefill)
-  jw_key(w, "decode_tok_s"), jw_num(w, rate(st->n_generated > 1 ? st->n_generated - 1 : 0, st->decode_s));
+  jw_key(w, "prefill_tok_s"), jw_num(w, gen_prefill_rate(st));
+  jw_key(w, "decode_tok_s"), jw_num(w, gen_decode_rate(st));
   jw_key(w, "peak_rss_bytes"), jw_uint(w, st->peak_rss);
   jw_key(w, "peak_vram_bytes"), jw_uint(w, st->peak_vram);
   jw_key(w, "ram_budget_bytes"), jw_uint(w, st->ram_budget);
@@ -287,7 +291,7 @@ int gen_write_json(struct session *s, const struct run_opts *o, const struct gen
   jw_key(&w, "text"), jw_strn(&w, r->text ? r->text : "", r->text_len);
   jw_key(&w, "n_prompt"), jw_int(&w, r->n_prompt);
   jw_key(&w, "n_generated"), jw_int(&w, r->n_generated);
-  json_stats(&w, &r->st);
+  gen_json_stats(&w, &r->st);
   if (r->k > 0) {
     jw_key(&w, "steps"), jw_arr(&w);
     for (int i = 0; i < r->n_generated; i++) {
@@ -321,9 +325,8 @@ void gen_print_stats(FILE *f, const char *mode, const struct run_stats *st) {
   fprintf(f, "  mode             %s\n", mode);
   fprintf(f, "  load time        %.2f s\n", st->load_s);
   fprintf(f, "  TTFT             %.3f s\n", st->ttft_s);
-  fprintf(f, "  prefill          %.2f tok/s (%d tokens)\n", rate(st->n_prompt, st->prefill_s), st->n_prompt);
-  fprintf(f, "  decode           %.2f tok/s (%d tokens)\n",
-          rate(st->n_generated > 1 ? st->n_generated - 1 : 0, st->decode_s), st->n_generated);
+  fprintf(f, "  prefill          %.2f tok/s (%d tokens)\n", gen_prefill_rate(st), st->n_prompt);
+  fprintf(f, "  decode           %.2f tok/s (%d tokens)\n", gen_decode_rate(st), st->n_generated);
   fprintf(f, "  peak RAM (RSS)   %s (budget %s)\n", rss, bud);
   fprintf(f, "  peak VRAM        %llu B\n", (unsigned long long)st->peak_vram);
   fprintf(f, "  read from disk   %s in %llu reads, %.2f s waiting%s\n", io, (unsigned long long)st->io_reads, st->io_s,

@@ -37,5 +37,10 @@ int gen_run(struct session *s, const struct run_opts *o, const int32_t *prompt, 
 void gen_result_free(struct gen_result *r);
 int gen_write_json(struct session *s, const struct run_opts *o, const struct gen_result *r, const char *path);
 void gen_print_stats(FILE *f, const char *mode, const struct run_stats *st);
+// The statistics fields of DESIGN §6 (load_s ... expert_cache) into an open JSON object.
+struct jw;
+void gen_json_stats(struct jw *w, const struct run_stats *st);
+double gen_prefill_rate(const struct run_stats *st);
+double gen_decode_rate(const struct run_stats *st); // tokens after the first / decode time
 // Top-K of a log-softmax (descending; ties -> lower id).
 void topk_logprobs(const double *lp, int n, int k, int32_t *ids, double *vals);
