@@ -475,6 +475,10 @@ fail:
   return rc;
 }
 
+// Five times the header's size on disk: measured 4.5x with the full Qwen3 vocabulary
+// (5.9 MB header; 14 MB parsed, 12 MB more for the tokenizer's tables).
+uint64_t model_meta_bytes(const struct gguf_file *f) { return 5 * gguf_data_offset(f); }
+
 int model_plan(const struct gguf_file *f, const struct model_opts *o, uint64_t *weights, uint64_t *state,
                uint64_t *scratch) {
   struct model tmp = {.f = f, .o = *o};

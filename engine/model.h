@@ -86,6 +86,8 @@ uint64_t model_state_bytes(const struct model_hparams *hp, int n_ctx, enum ferry
 // The bytes model_load would allocate for weights, state and scratch, without loading.
 int model_plan(const struct gguf_file *f, const struct model_opts *o, uint64_t *weights, uint64_t *state,
                uint64_t *scratch);
+// RAM of the parsed metadata and the tokenizer (charged as scratch by the session).
+uint64_t model_meta_bytes(const struct gguf_file *f);
 double model_load_seconds(const struct model *m);
 int model_n_ctx(const struct model *m);
 

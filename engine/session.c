@@ -197,11 +197,7 @@ int session_open(struct session **out, const struct run_opts *o) {
   }
   uint64_t w = 0, st = 0, sc = 0;
   if ((rc = model_plan(s->f, &mo, &w, &st, &sc))) goto fail;
-  // The parsed metadata and the tokenizer (vocabulary, merges) live in RAM too: charged
-  // as scratch at five times the header's size on disk (measured 4.5x with the full
-  // Qwen3 vocabulary: 5.9 MB header, 14 MB parsed, 12 MB tokenizer), so budgets hold
-  // for what a user watches in top.
-  uint64_t meta = 5 * gguf_data_offset(s->f);
+  uint64_t meta = model_meta_bytes(s->f);
   sc += meta;
   uint64_t need_full = w + st + sc;
   char b1[32], b2[32], b3[32], b4[32], b5[32];
