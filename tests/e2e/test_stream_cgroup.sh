@@ -14,8 +14,15 @@ CG=""
 WORK=""
 
 cleanup() {
-  # Move ourselves out first (we never join the group, but be safe), then remove it.
+  # Only our own children ever join the group (this shell never does): if the test is
+  # interrupted while one runs, end it by its pid, then remove the group.
   if [ -n "$CG" ] && [ -d "$CG" ]; then
+    local pid try
+    for try in 1 2 3 4 5 6 7 8 9 10; do
+      [ -s "$CG/cgroup.procs" ] || break
+      while read -r pid; do kill "$pid" 2>/dev/null; done <"$CG/cgroup.procs"
+      sleep 0.2
+    done
     rmdir "$CG" 2>/dev/null || { sleep 0.5; rmdir "$CG" 2>/dev/null; } || echo "warning: could not remove $CG"
   fi
   [ -n "$WORK" ] && rm -rf "$WORK"
