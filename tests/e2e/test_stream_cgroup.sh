@@ -102,18 +102,24 @@ D=$(pick_dir)
 [ -n "$D" ] || { echo "SKIP: no disk-backed directory (FERRY_BUILD, /var/tmp) for a 820 MB model"; exit 77; }
 WORK=$(mktemp -d "$D/ferry_e2e_cg.XXXXXX")
 M=$WORK/m.gguf
-# qwen3moe Q8_0, 8 layers x 64 experts of 1.6 MB, 64k vocab: ~1 GB, of which ~180 MB
+# qwen3moe Q8_0, 12 layers x 64 experts of 1.6 MB, 64k vocab: ~1.5 GB, of which ~190 MB
 # dense. The dense part is well above the 64 MiB slack on purpose: real models carry
 # 1.0 GB (30B) to 1.65 GB (80B) of dense weights, and loading them must not go through
 # (and balloon) the page cache either, not even for a moment.
-"$F" synth --arch qwen3moe --quant q8_0 --layers 8 --embd 1024 --heads 16 --kv-heads 2 --head-dim 128 \
+"$F" synth --arch qwen3moe --quant q8_0 --layers 12 --embd 1024 --heads 16 --kv-heads 2 --head-dim 128 \
   --experts 64 --experts-used 8 --expert-ff 512 --vocab 65536 --seed 7 -o "$M" >/dev/null 2>"$WORK/synth.err" ||
   { echo "FAIL synth"; cat "$WORK/synth.err"; exit 1; }
 SIZE=$(stat -c %s "$M")
-LIMIT=$((SIZE / 3))
-RAM=$((LIMIT - 64 * MB)) # ferry's budget; the rest of the limit is slack for the binary, stacks, libc
+# --ram: the smallest budget ferry accepts for stream mode (from its own error message)
+# plus room for 24 more experts; the cgroup limit adds 64 MiB of slack for the binary,
+# stacks and libc. The model must be at least 3x that limit.
+MIN=$("$F" run -m "$M" --mode stream --ram 1 -p hi -n 1 2>&1 | sed -n 's/.*use --ram \([0-9]*\).*/\1/p')
+[ -n "$MIN" ] || { echo "FAIL no minimum in stream mode's --ram error"; exit 1; }
+RAM=$((MIN + 40 * MB))
+LIMIT=$((RAM + 64 * MB))
 echo "model $SIZE bytes, cgroup v$CGV limit $LIMIT, --ram $RAM"
 check "model is at least 600 MB" "$SIZE >= 600 * 2**20"
+check "model is at least 3x the cgroup limit" "$SIZE >= 3 * $LIMIT"
 cg_set_limit $LIMIT
 
 # ---- stream mode inside the limit ----
