@@ -261,17 +261,36 @@ static int load_data(struct model *m) {
     m->wbuf = ferry_alloc_aligned(4096, total);
     if (!m->wbuf) return ferry_fail_ctx(-ENOMEM, "loading dense weights");
     m->wbuf_base = 0;
+    // O_DIRECT through an aligned bounce buffer: stream mode promises that nothing it
+    // reads lands in the page cache (a memory cgroup would be charged for it).
+    const uint64_t bounce_bytes = 8u << 20;
+    uint8_t *bounce = ferry_alloc_aligned(4096, bounce_bytes + 8192);
+    int fd = bounce ? open(gguf_path(f), O_RDONLY | O_DIRECT | O_CLOEXEC) : -1;
     uint64_t pos = 0;
-    for (int64_t i = 0; i < nt; i++) {
+    int rc = 0;
+    for (int64_t i = 0; i < nt && !rc; i++) {
       const struct gguf_tensor *t = gguf_tensor_at(f, i);
       if (is_routed(t)) continue;
-      int rc = gguf_pread(f, m->wbuf + pos, t->nbytes, t->abs_offset);
-      if (rc) return rc;
+      for (uint64_t done = 0; done < t->nbytes && !rc;) {
+        uint64_t n = t->nbytes - done < bounce_bytes ? t->nbytes - done : bounce_bytes;
+        uint64_t off = t->abs_offset + done, a0 = off - off % 4096, span = ferry_align_up(off + n, 4096) - a0;
+        ssize_t r = fd >= 0 ? pread(fd, bounce, span, (off_t)a0) : -1;
+        if (r >= (ssize_t)(off - a0 + n)) {
+          memcpy(m->wbuf + pos + done, bounce + (off - a0), n);
+        } else { // O_DIRECT refused or short: buffered read of this piece
+          if (fd >= 0) close(fd);
+          fd = -1;
+          rc = gguf_pread(f, m->wbuf + pos + done, n, off);
+        }
+        done += n;
+      }
       pos += ferry_align_up(t->nbytes, 64);
       progress(m, pos, total);
     }
-    // Stream mode promises no page-cache growth: drop what these buffered reads cached.
-    posix_fadvise(gguf_fd(f), 0, 0, POSIX_FADV_DONTNEED);
+    if (fd >= 0) close(fd);
+    else posix_fadvise(gguf_fd(f), 0, 0, POSIX_FADV_DONTNEED); // what buffered reads cached
+    ferry_free_aligned(bounce);
+    if (rc) return rc;
   }
   m->load_s = ferry_now_s() - t0;
   return 0;

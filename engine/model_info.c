@@ -7,6 +7,7 @@
 #include "base/base.h"
 #include "engine/hparams.h"
 #include "engine/model.h"
+#include "engine/session.h"
 #include "engine/stream.h"
 #include "io/reader.h"
 #include "numa/topo.h"
@@ -35,8 +36,7 @@ static int print_plan(const struct gguf_file *f, FILE *o, const struct model_hpa
   sc += model_meta_bytes(f); // metadata and tokenizer, as the session charges them
   bool ram_given = ram != 0;
   if (!ram) {
-    uint64_t avail = ferry_mem_available_bytes();
-    ram = avail > (1ull << 30) ? avail - (512ull << 20) : avail / 2;
+    ram = session_default_ram();
   }
   uint64_t min_cache = stream_min_cache_bytes(f, hp), dense_total = wd + st + sc;
   char b[8][32];
@@ -48,7 +48,7 @@ static int print_plan(const struct gguf_file *f, FILE *o, const struct model_hpa
   ferry_format_size(wd, b[5], 32);
   ferry_format_size(dense_total + min_cache, b[6], 32);
   fprintf(o, "plan         RAM budget %s%s, context %d, prefill batch %d, KV f16\n", b[0],
-          ram_given ? "" : " (available memory minus 512 MiB)", mo.n_ctx, mo.n_batch);
+          ram_given ? "" : " (available memory minus a margin)", mo.n_ctx, mo.n_batch);
   fprintf(o, "  full       needs %s: weights %s + KV/state %s + scratch %s -> %s\n", b[1], b[2], b[3], b[4],
           w + st + sc <= ram ? "fits" : "does not fit");
   fprintf(o, "  stream     dense weights %s + KV/state %s + scratch %s resident; minimum --ram %s (%llu)\n", b[5], b[3],

@@ -175,7 +175,14 @@ struct session {
   double load_s;
 };
 
-static const uint64_t k_ram_margin = 512ull << 20;
+uint64_t session_default_ram(void) {
+  // Leave room for the rest of the system: an eighth of what is available, at least
+  // 64 MiB and at most 512 MiB (so a small memory cgroup is not mostly given away).
+  uint64_t avail = ferry_mem_available_bytes(), margin = avail / 8;
+  if (margin < (64ull << 20)) margin = 64ull << 20;
+  if (margin > (512ull << 20)) margin = 512ull << 20;
+  return avail > 2 * margin ? avail - margin : avail / 2;
+}
 
 int session_open(struct session **out, const struct run_opts *o) {
   *out = NULL;
@@ -192,8 +199,7 @@ int session_open(struct session **out, const struct run_opts *o) {
                           .prefetch = o->prefetch};
   s->ram_budget = o->ram;
   if (!s->ram_budget) {
-    uint64_t avail = ferry_mem_available_bytes();
-    s->ram_budget = avail > 2 * k_ram_margin ? avail - k_ram_margin : avail / 2;
+    s->ram_budget = session_default_ram();
   }
   uint64_t w = 0, st = 0, sc = 0;
   if ((rc = model_plan(s->f, &mo, &w, &st, &sc))) goto fail;

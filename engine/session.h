@@ -55,6 +55,10 @@ struct run_stats {
 
 struct session;
 
+// The RAM budget when --ram is not given: available memory (host or memory cgroup, the
+// smaller) minus a margin of an eighth, clamped to [64 MiB, 512 MiB].
+uint64_t session_default_ram(void);
+
 // Opens the model, plans memory against the budgets, picks the mode (printing the
 // choice for auto), and loads. Fails with one message (file errors, budget too small,
 // unsupported model).
