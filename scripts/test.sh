@@ -12,5 +12,5 @@ cmake --build build -j"$jobs"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DFERRY_SANITIZE=ON -DFERRY_CUDA=OFF
 cmake --build build-asan -j"$jobs"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-   ctest --output-on-failure -j"$jobs" -L 'unit|e2e' -LE slow)
+   ctest --output-on-failure -j"$jobs" -L 'unit|e2e' -LE 'slow|nosan')
 echo "ferry: all test suites passed"

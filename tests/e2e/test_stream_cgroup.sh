@@ -4,6 +4,9 @@
 # instead of being OOM-killed. DESIGN §7: "A model several times larger than a memory
 # limit (cgroup) must run in stream mode with bounded RSS and no page-cache growth."
 # Needs root and a writable memory cgroup (v1 or v2); exits 77 (SKIP) otherwise.
+# ctest-labels: nosan
+# (ASan reserves shadow memory and inflates RSS, so the RSS bound is checked in the
+#  Release pass only)
 set -u
 : "${FERRY_BIN:?FERRY_BIN must point at the ferry binary}"
 F=$FERRY_BIN
