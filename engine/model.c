@@ -471,6 +471,9 @@ int model_load(struct model **out, const struct gguf_file *f, const struct model
   if (m->o.n_batch <= 0) m->o.n_batch = 256;
   m->B = m->o.n_batch;
   if ((rc = bind_all(m))) goto fail;
+  if (m->hp.n_layer_file > m->hp.n_layer)
+    log_info("%s: ignoring %u multi-token-prediction block(s) (blk.%u and up)", gguf_path(f),
+             m->hp.n_layer_file - m->hp.n_layer, m->hp.n_layer);
   if ((rc = load_data(m))) goto fail;
   if (m->o.dense_only) {
     resolve_packed(m);

@@ -5,7 +5,8 @@
   gguf_patch.py IN OUT set-dim TENSOR AXIS VALUE  (rewrite one ne[] entry)
   gguf_patch.py IN OUT set-str KEY VALUE          (same length as the old value)
   gguf_patch.py IN OUT set-u32 KEY VALUE
-Only the header changes; tensor data is copied as is.
+  gguf_patch.py IN OUT add-u32 KEY VALUE          (append a new u32 metadata pair)
+Only the header changes; tensor data is copied as is (re-padded to the alignment).
 """
 import struct, sys
 
@@ -44,11 +45,13 @@ def main():
     r.u32()
     nt, nkv = r.u64(), r.u64()
     kv = {}
+    kv_count_at = 16
     for _ in range(nkv):
         k, _, _ = r.s()
         t = r.u32()
         kv[k] = (t, r.p)
         r.skip(t)
+    kv_end = r.p
     tensors = {}
     for _ in range(nt):
         name, at, n = r.s()
@@ -57,6 +60,11 @@ def main():
         r.p += 8 * nd
         r.u32(); r.u64()
         tensors[name] = (at, n, nd, dims_at)
+    infos_end = r.p
+    align = 32
+    if "general.alignment" in kv:
+        align = struct.unpack_from("<I", b, kv["general.alignment"][1])[0]
+    data_at = (infos_end + align - 1) // align * align
     if op == "rename-tensor":
         old, new = sys.argv[4], sys.argv[5]
         at, n, _, _ = tensors[old]
@@ -79,6 +87,13 @@ def main():
         t, p = kv[key]
         assert t == 4
         struct.pack_into("<I", b, p, val)
+    elif op == "add-u32":
+        key, val = sys.argv[4].encode(), int(sys.argv[5])
+        pair = struct.pack("<Q", len(key)) + key + struct.pack("<II", 4, val)
+        head = b[:kv_end] + pair + b[kv_end:infos_end]
+        struct.pack_into("<Q", head, kv_count_at, nkv + 1)
+        pad = (-len(head)) % align
+        b = head + bytes(pad) + b[data_at:]
     else:
         sys.exit("unknown op " + op)
     open(dst, "wb").write(b)
