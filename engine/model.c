@@ -263,7 +263,7 @@ static int load_data(struct model *m) {
     m->wbuf_base = 0;
     // O_DIRECT through an aligned bounce buffer: stream mode promises that nothing it
     // reads lands in the page cache (a memory cgroup would be charged for it).
-    const uint64_t bounce_bytes = 8u << 20;
+    const uint64_t bounce_bytes = 2u << 20;
     uint8_t *bounce = ferry_alloc_aligned(4096, bounce_bytes + 8192);
     int fd = bounce ? open(gguf_path(f), O_RDONLY | O_DIRECT | O_CLOEXEC) : -1;
     uint64_t pos = 0;
@@ -516,7 +516,7 @@ int model_plan(const struct gguf_file *f, const struct model_opts *o, uint64_t *
   tmp.B = o->n_batch > 0 ? o->n_batch : 256;
   tmp.kv_stride = (int64_t)tmp.hp.n_head_kv * tmp.hp.head_dim;
   alloc_scratch(&tmp, true);
-  *scratch = tmp.scratch_bytes;
+  *scratch = tmp.scratch_bytes + model_meta_bytes(f); // the session charges this too
   *state = model_state_bytes(&tmp.hp, n_ctx, o->kv_k, o->kv_v);
   *weights = 0;
   for (int64_t i = 0; i < gguf_n_tensors(f); i++) {

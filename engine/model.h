@@ -83,7 +83,8 @@ void model_set_expert_source(struct model *m, const struct expert_source *src);
 void model_mem(const struct model *m, uint64_t *weights, uint64_t *state, uint64_t *scratch);
 // Bytes of per-sequence state for n_ctx positions (for the plan, before loading).
 uint64_t model_state_bytes(const struct model_hparams *hp, int n_ctx, enum ferry_type kv_k, enum ferry_type kv_v);
-// The bytes model_load would allocate for weights, state and scratch, without loading.
+// The bytes a session needs for weights, state and scratch (model_load's allocations plus
+// model_meta_bytes for the parsed metadata and tokenizer), without loading.
 int model_plan(const struct gguf_file *f, const struct model_opts *o, uint64_t *weights, uint64_t *state,
                uint64_t *scratch);
 // RAM of the parsed metadata and the tokenizer (charged as scratch by the session).

@@ -33,7 +33,6 @@ static int print_plan(const struct gguf_file *f, FILE *o, const struct model_hpa
   if (rc) return rc;
   mo.dense_only = true;
   if ((rc = model_plan(f, &mo, &wd, &st, &sc))) return rc;
-  sc += model_meta_bytes(f); // metadata and tokenizer, as the session charges them
   bool ram_given = ram != 0;
   if (!ram) {
     ram = session_default_ram();

@@ -203,8 +203,7 @@ int session_open(struct session **out, const struct run_opts *o) {
   }
   uint64_t w = 0, st = 0, sc = 0;
   if ((rc = model_plan(s->f, &mo, &w, &st, &sc))) goto fail;
-  uint64_t meta = model_meta_bytes(s->f);
-  sc += meta;
+  uint64_t meta = model_meta_bytes(s->f); // included in model_plan's scratch
   uint64_t need_full = w + st + sc;
   char b1[32], b2[32], b3[32], b4[32], b5[32];
   ferry_format_size(need_full, b1, sizeof b1);
@@ -228,7 +227,6 @@ int session_open(struct session **out, const struct run_opts *o) {
     mo.dense_only = true;
     uint64_t wd = 0;
     if ((rc = model_plan(s->f, &mo, &wd, &st, &sc))) goto fail;
-    sc += meta;
     struct model_hparams hp;
     if ((rc = hparams_load(&hp, s->f))) goto fail;
     uint64_t min_cache = stream_min_cache_bytes(s->f, &hp);
