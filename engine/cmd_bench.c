@@ -290,10 +290,9 @@ static void json_mode(struct jw *w, const struct bench_mode *m) {
 
 static int write_json(const char *path, const struct run_opts *o, const struct bench_mode *ms, int n,
                       bool identical) {
-  FILE *f = fopen(path, "w");
-  if (!f) return ferry_fail(-errno, "cannot write --json file '%s': %s", path, strerror(errno));
   struct jw w;
-  jw_init(&w, f);
+  int rc = jw_open(&w, path);
+  if (rc) return rc;
   jw_obj(&w);
   jw_key(&w, "model"), jw_str(&w, o->model);
   jw_key(&w, "threads"), jw_int(&w, o->threads);
@@ -307,9 +306,7 @@ static int write_json(const char *path, const struct run_opts *o, const struct b
   jw_arr_end(&w);
   jw_key(&w, "identical"), jw_bool(&w, identical);
   jw_obj_end(&w);
-  fputc('\n', f);
-  if (fclose(f)) return ferry_fail(-EIO, "cannot write --json file '%s'", path);
-  return 0;
+  return jw_close(&w, path);
 }
 
 int cmd_bench(int argc, char **argv) {

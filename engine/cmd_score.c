@@ -78,7 +78,6 @@ int cmd_score(int argc, char **argv) {
   double *lp = malloc(sizeof(double) * n_vocab);
   int32_t *tid = malloc(sizeof(int32_t) * K);
   double *tlp = malloc(sizeof(double) * K);
-  FILE *f = NULL;
   if (!want || !logits || !lp || !tid || !tlp) {
     rc = ferry_fail(-ENOMEM, "out of memory");
     goto done;
@@ -92,13 +91,8 @@ int cmd_score(int argc, char **argv) {
   st.n_prompt = n_in;
   st.prefill_s = dt;
   session_fill_stats(s, &st);
-  f = fopen(o.json_path, "w");
-  if (!f) {
-    rc = ferry_fail(-errno, "cannot write --json file '%s': %s", o.json_path, strerror(errno));
-    goto done;
-  }
   struct jw w;
-  jw_init(&w, f);
+  if ((rc = jw_open(&w, o.json_path))) goto done;
   jw_obj(&w);
   jw_key(&w, "model"), jw_str(&w, o.model);
   jw_key(&w, "arch"), jw_str(&w, model_hparams(m)->arch_name);
@@ -125,24 +119,14 @@ int cmd_score(int argc, char **argv) {
     jw_key(&w, "pos"), jw_int(&w, i);
     jw_key(&w, "target"), jw_int(&w, target);
     jw_key(&w, "logprob_target"), jw_num(&w, lp[target]);
-    jw_key(&w, "top"), jw_arr(&w);
-    for (int t = 0; t < K; t++) {
-      jw_obj(&w);
-      jw_key(&w, "id"), jw_int(&w, tid[t]);
-      jw_key(&w, "logprob"), jw_num(&w, tlp[t]);
-      jw_obj_end(&w);
-    }
-    jw_arr_end(&w);
+    jw_key(&w, "top"), jw_top(&w, tid, tlp, K);
     jw_obj_end(&w);
   }
   jw_arr_end(&w);
   jw_obj_end(&w);
-  fputc('\n', f);
-  if (fclose(f)) rc = ferry_fail(-EIO, "cannot write --json file '%s'", o.json_path);
-  f = NULL;
+  rc = jw_close(&w, o.json_path);
   if (o.stats) gen_print_stats(stderr, session_mode_name(s), &st);
 done:
-  if (f) fclose(f);
   free(want), free(logits), free(lp), free(tid), free(tlp), free(ids);
   session_close(s);
   return rc;

@@ -240,6 +240,15 @@ double gen_decode_rate(const struct run_stats *st) {
   return rate(st->n_generated > 1 ? st->n_generated - 1 : 0, st->decode_s);
 }
 
+static void json_tier(struct jw *w, const char *name, uint64_t cap, uint64_t hits, uint64_t misses, uint64_t ev) {
+  jw_key(w, name), jw_obj(w);
+  jw_key(w, "capacity"), jw_uint(w, cap);
+  jw_key(w, "hits"), jw_uint(w, hits);
+  jw_key(w, "misses"), jw_uint(w, misses);
+  jw_key(w, "evictions"), jw_uint(w, ev);
+  jw_obj_end(w);
+}
+
 void gen_json_stats(struct jw *w, const struct run_stats *st) {
   jw_key(w, "load_s"), jw_num(w, st->load_s);
   jw_key(w, "ttft_s"), jw_num(w, st->ttft_s);
@@ -256,26 +265,15 @@ void gen_json_stats(struct jw *w, const struct run_stats *st) {
   jw_key(w, "direct"), jw_bool(w, st->io_direct);
   jw_obj_end(w);
   jw_key(w, "expert_cache"), jw_obj(w);
-  jw_key(w, "host"), jw_obj(w);
-  jw_key(w, "capacity"), jw_uint(w, st->host_capacity);
-  jw_key(w, "hits"), jw_uint(w, st->host_hits);
-  jw_key(w, "misses"), jw_uint(w, st->host_misses);
-  jw_key(w, "evictions"), jw_uint(w, st->host_evictions);
-  jw_obj_end(w);
-  jw_key(w, "device"), jw_obj(w);
-  jw_key(w, "capacity"), jw_uint(w, st->dev_capacity);
-  jw_key(w, "hits"), jw_uint(w, st->dev_hits);
-  jw_key(w, "misses"), jw_uint(w, st->dev_misses);
-  jw_key(w, "evictions"), jw_uint(w, st->dev_evictions);
-  jw_obj_end(w);
+  json_tier(w, "host", st->host_capacity, st->host_hits, st->host_misses, st->host_evictions);
+  json_tier(w, "device", st->dev_capacity, st->dev_hits, st->dev_misses, st->dev_evictions);
   jw_obj_end(w);
 }
 
 int gen_write_json(struct session *s, const struct run_opts *o, const struct gen_result *r, const char *path) {
-  FILE *f = fopen(path, "w");
-  if (!f) return ferry_fail(-errno, "cannot write --json file '%s': %s", path, strerror(errno));
   struct jw w;
-  jw_init(&w, f);
+  int rc = jw_open(&w, path);
+  if (rc) return rc;
   jw_obj(&w);
   jw_key(&w, "model"), jw_str(&w, o->model);
   jw_key(&w, "arch"), jw_str(&w, model_hparams(session_model(s))->arch_name);
@@ -297,22 +295,13 @@ int gen_write_json(struct session *s, const struct run_opts *o, const struct gen
     for (int i = 0; i < r->n_generated; i++) {
       jw_obj(&w);
       jw_key(&w, "id"), jw_int(&w, r->steps[i].id);
-      jw_key(&w, "top"), jw_arr(&w);
-      for (int j = 0; j < r->k; j++) {
-        jw_obj(&w);
-        jw_key(&w, "id"), jw_int(&w, r->steps[i].top_ids[j]);
-        jw_key(&w, "logprob"), jw_num(&w, r->steps[i].top_lp[j]);
-        jw_obj_end(&w);
-      }
-      jw_arr_end(&w);
+      jw_key(&w, "top"), jw_top(&w, r->steps[i].top_ids, r->steps[i].top_lp, r->k);
       jw_obj_end(&w);
     }
     jw_arr_end(&w);
   }
   jw_obj_end(&w);
-  fputc('\n', f);
-  if (fclose(f)) return ferry_fail(-EIO, "cannot write --json file '%s'", path);
-  return 0;
+  return jw_close(&w, path);
 }
 
 void gen_print_stats(FILE *f, const char *mode, const struct run_stats *st) {

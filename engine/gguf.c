@@ -100,7 +100,7 @@ static int cur_str(struct cursor *c, struct gguf_str *s, const char *what) {
   return 0;
 }
 
-static uint64_t scalar_size(uint32_t t) {
+uint64_t gguf_vtype_size(uint32_t t) {
   switch (t) {
     case GGUF_U8: case GGUF_I8: case GGUF_BOOL: return 1;
     case GGUF_U16: case GGUF_I16: return 2;
@@ -145,7 +145,7 @@ static int read_array(struct cursor *c, struct gguf_kv *kv, int depth) {
   if ((rc = cur_u64(c, &n, "array length"))) return rc;
   // Every element takes at least one byte (strings at least 8), so a count larger than the
   // rest of the file is malformed before anything is allocated.
-  uint64_t min_el = et == GGUF_STRING ? 8 : et == GGUF_ARRAY ? 12 : scalar_size(et);
+  uint64_t min_el = et == GGUF_STRING ? 8 : et == GGUF_ARRAY ? 12 : gguf_vtype_size(et);
   if (n > remaining(c) / min_el) {
     char m[160];
     snprintf(m, sizeof m, "array length %llu is larger than the file allows", (unsigned long long)n);
@@ -203,7 +203,7 @@ static int read_kv(struct cursor *c, struct gguf_kv *kv) {
   if (kv->type == GGUF_STRING) return cur_str(c, &kv->str, "metadata string");
   if (kv->type == GGUF_ARRAY) return read_array(c, kv, 0);
   uint8_t b[8];
-  uint64_t sz = scalar_size(kv->type);
+  uint64_t sz = gguf_vtype_size(kv->type);
   if ((rc = cur_read(c, b, sz, "metadata value"))) return rc;
   if (kv->type == GGUF_BOOL && b[0] > 1) return cur_fail(c, "bool value is not 0 or 1");
   decode_scalar(kv, kv->type, b);

@@ -84,6 +84,8 @@ const struct gguf_tensor *gguf_find_tensor(const struct gguf_file *f, const char
 int gguf_pread(const struct gguf_file *f, void *buf, uint64_t len, uint64_t off);
 
 const char *gguf_vtype_name(uint32_t t);
+// Bytes of one scalar value of type t; 0 for STRING, ARRAY and unknown types.
+uint64_t gguf_vtype_size(uint32_t t);
 
 #ifdef __cplusplus
 }

@@ -103,16 +103,6 @@ static int gw_put_str(struct gguf_writer *w, const char *s, uint64_t len) {
   return rc ? rc : gw_put(w, s, (size_t)len);
 }
 
-static size_t gw_scalar_size(uint32_t t) {
-  switch (t) {
-  case GGUF_U8: case GGUF_I8: case GGUF_BOOL: return 1;
-  case GGUF_U16: case GGUF_I16: return 2;
-  case GGUF_U32: case GGUF_I32: case GGUF_F32: return 4;
-  case GGUF_U64: case GGUF_I64: case GGUF_F64: return 8;
-  default: return 0;
-  }
-}
-
 // Checks state and key, records the key and writes "key, type". The caller then writes
 // the payload; a failure there poisons the writer (state FAILED), so no half pair is
 // ever followed by another.
@@ -138,7 +128,7 @@ static int gw_begin_kv(struct gguf_writer *w, const char *key, uint32_t type) {
 
 int gguf_writer_add_scalar(struct gguf_writer *w, const char *key, enum gguf_vtype type, const void *v) {
   if (type == GGUF_STRING) return gguf_writer_add_str(w, key, (const char *)v);
-  size_t sz = gw_scalar_size(type);
+  size_t sz = (size_t)gguf_vtype_size(type);
   if (!sz) return ferry_fail(-EINVAL, "gguf writer: '%s': %s is not a scalar type", key, gguf_vtype_name(type));
   int rc = gw_begin_kv(w, key, type);
   return rc ? rc : gw_put(w, v, sz);
@@ -177,7 +167,7 @@ int gguf_writer_add_str(struct gguf_writer *w, const char *key, const char *s) {
 
 int gguf_writer_add_array(struct gguf_writer *w, const char *key, enum gguf_vtype elem_type,
                           const void *data, uint64_t n) {
-  size_t sz = gw_scalar_size(elem_type);
+  size_t sz = (size_t)gguf_vtype_size(elem_type);
   if (!sz)
     return ferry_fail(-EINVAL, "gguf writer: '%s': arrays of %s need their own function", key ? key : "",
                       gguf_vtype_name(elem_type));
@@ -210,7 +200,7 @@ int gguf_writer_copy_kv(struct gguf_writer *w, const struct gguf_kv *kv) {
   if (kv->type != GGUF_ARRAY) {
     // The reader widened the value; narrow it back to the stored width (little-endian).
     uint8_t tmp[8];
-    size_t sz = gw_scalar_size(kv->type);
+    size_t sz = (size_t)gguf_vtype_size(kv->type);
     if (!sz) return ferry_fail(-EINVAL, "gguf writer: '%s': unknown type %u", kv->key, kv->type);
     if (kv->type == GGUF_F32) {
       float f = (float)kv->v.f64;

@@ -3,6 +3,7 @@
 
 #include "base/base.h"
 
+#include <errno.h>
 #include <math.h>
 #include <string.h>
 
@@ -109,4 +110,29 @@ void jw_bool(struct jw *w, bool v) {
 void jw_null(struct jw *w) {
   sep(w);
   fputs("null", w->f);
+}
+
+int jw_open(struct jw *w, const char *path) {
+  FILE *f = fopen(path, "w");
+  if (!f) return ferry_fail(-errno, "cannot write --json file '%s': %s", path, strerror(errno));
+  jw_init(w, f);
+  return 0;
+}
+
+int jw_close(struct jw *w, const char *path) {
+  fputc('\n', w->f);
+  bool bad = ferror(w->f);
+  if (fclose(w->f) || bad) return ferry_fail(-EIO, "cannot write --json file '%s'", path);
+  return 0;
+}
+
+void jw_top(struct jw *w, const int32_t *ids, const double *logprobs, int k) {
+  jw_arr(w);
+  for (int j = 0; j < k; j++) {
+    jw_obj(w);
+    jw_key(w, "id"), jw_int(w, ids[j]);
+    jw_key(w, "logprob"), jw_num(w, logprobs[j]);
+    jw_obj_end(w);
+  }
+  jw_arr_end(w);
 }

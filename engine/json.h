@@ -13,6 +13,12 @@ struct jw {
 };
 
 void jw_init(struct jw *w, FILE *f);
+// Opens path for a --json report (0, or -errno with "cannot write --json file" set) and
+// closes it with a final newline, reporting a failed write.
+int jw_open(struct jw *w, const char *path);
+int jw_close(struct jw *w, const char *path);
+// [{"id", "logprob"} x k], the top-K list of --logprobs and ferry score.
+void jw_top(struct jw *w, const int32_t *ids, const double *logprobs, int k);
 void jw_obj(struct jw *w);     // {
 void jw_obj_end(struct jw *w); // }
 void jw_arr(struct jw *w);     // [
