@@ -2,9 +2,9 @@
 #include "base/base.h"
 
 #include <ctype.h>
-#include <stdbool.h>
 #include <errno.h>
 #include <math.h>
+#include <stdbool.h>
 #include <string.h>
 #include <time.h>
 
@@ -30,7 +30,11 @@ void ferry_log(enum ferry_log_level lvl, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(buf, sizeof buf, fmt, ap);
   va_end(ap);
-  fprintf(stderr, "ferry: %s%s\n", lvl == FERRY_LOG_ERROR ? "error: " : lvl == FERRY_LOG_WARN ? "warning: " : "", buf);
+  fprintf(stderr, "ferry: %s%s\n",
+          lvl == FERRY_LOG_ERROR  ? "error: "
+          : lvl == FERRY_LOG_WARN ? "warning: "
+                                  : "",
+          buf);
 }
 
 static _Thread_local char t_err[1024];
@@ -53,7 +57,8 @@ int ferry_fail_ctx(int code, const char *fmt, ...) {
   const char *rest = old[0] ? old : strerror(code < 0 ? -code : code);
   // the message may be cut at the buffer's end; say so rather than warn about it
   int n = snprintf(t_err, sizeof t_err, "%.500s: ", ctx);
-  if (n > 0 && (size_t)n < sizeof t_err) snprintf(t_err + n, sizeof t_err - (size_t)n, "%.500s", rest);
+  if (n > 0 && (size_t)n < sizeof t_err)
+    snprintf(t_err + n, sizeof t_err - (size_t)n, "%.500s", rest);
   return code;
 }
 
@@ -104,8 +109,10 @@ void ferry_format_size(uint64_t bytes, char *buf, size_t n) {
   double v = (double)bytes;
   int i = 0;
   while (v >= 1024 && i < 4) v /= 1024, i++;
-  if (i == 0) snprintf(buf, n, "%llu B", (unsigned long long)bytes);
-  else snprintf(buf, n, "%.2f %s", v, u[i]);
+  if (i == 0)
+    snprintf(buf, n, "%llu B", (unsigned long long)bytes);
+  else
+    snprintf(buf, n, "%.2f %s", v, u[i]);
 }
 
 static uint64_t read_status_kb(const char *path, const char *key) {
@@ -199,8 +206,10 @@ static uint64_t cgroup_available(void) {
     }
     char *slash = strrchr(rel, '/');
     if (!slash || rel[0] == 0 || !strcmp(rel, "/")) break;
-    if (slash == rel) rel[1] = 0, rel[0] = '/';
-    else *slash = 0;
+    if (slash == rel)
+      rel[1] = 0, rel[0] = '/';
+    else
+      *slash = 0;
     if (!strcmp(rel, "/") && dir[strlen(dir) - 1] == '/') break;
   }
   return best;
@@ -240,7 +249,9 @@ uint64_t ferry_rng_u64(struct ferry_rng *r) {
   s[2] ^= s[0], s[3] ^= s[1], s[1] ^= s[2], s[0] ^= s[3], s[2] ^= t, s[3] = rotl(s[3], 45);
   return res;
 }
-float ferry_rng_uniform(struct ferry_rng *r) { return (float)(ferry_rng_u64(r) >> 40) * (1.0f / 16777216.0f); }
+float ferry_rng_uniform(struct ferry_rng *r) {
+  return (float)(ferry_rng_u64(r) >> 40) * (1.0f / 16777216.0f);
+}
 float ferry_rng_normal(struct ferry_rng *r) {
   double u1 = ((double)(ferry_rng_u64(r) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
   double u2 = (double)(ferry_rng_u64(r) >> 11) * (1.0 / 9007199254740992.0);
@@ -253,10 +264,14 @@ size_t ferry_utf8_seq(const unsigned char *s, size_t n) {
   size_t l;
   unsigned lo = 0x80, hi = 0xBF;
   if (c < 0x80) return 1;
-  if (c >= 0xC2 && c <= 0xDF) l = 2;
-  else if (c >= 0xE0 && c <= 0xEF) l = 3, lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
-  else if (c >= 0xF0 && c <= 0xF4) l = 4, lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
-  else return 0;
+  if (c >= 0xC2 && c <= 0xDF)
+    l = 2;
+  else if (c >= 0xE0 && c <= 0xEF)
+    l = 3, lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+  else if (c >= 0xF0 && c <= 0xF4)
+    l = 4, lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+  else
+    return 0;
   if (l > n || s[1] < lo || s[1] > hi) return 0;
   for (size_t k = 2; k < l; k++)
     if ((s[k] & 0xC0) != 0x80) return 0;
@@ -275,7 +290,10 @@ size_t ferry_utf8_invalid_at(const char *s, size_t n) {
 
 float ferry_f16_to_f32(uint16_t h) {
   uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
-  union { uint32_t u; float f; } v;
+  union {
+    uint32_t u;
+    float f;
+  } v;
   if (exp == 0) {
     float m = ldexpf((float)man, -24);
     return sign ? -m : m;
@@ -288,13 +306,16 @@ float ferry_f16_to_f32(uint16_t h) {
 }
 
 uint16_t ferry_f32_to_f16(float f) {
-  union { float f; uint32_t u; } v = {.f = f};
+  union {
+    float f;
+    uint32_t u;
+  } v = {.f = f};
   uint32_t x = v.u, sign = (x >> 16) & 0x8000;
   uint32_t ax = x & 0x7fffffff;
   if (ax >= 0x7f800000) return (uint16_t)(sign | 0x7c00 | (ax > 0x7f800000 ? 0x200 : 0));
   if (ax >= 0x477ff000) return (uint16_t)(sign | 0x7c00); // rounds to inf
-  if (ax < 0x38800000) { // subnormal or zero in f16
-    float a = fabsf(f) * 16777216.0f; // / 2^-24
+  if (ax < 0x38800000) {                                  // subnormal or zero in f16
+    float a = fabsf(f) * 16777216.0f;                     // / 2^-24
     uint32_t m = (uint32_t)nearbyintf(a);
     return (uint16_t)(sign | m);
   }
@@ -306,7 +327,10 @@ uint16_t ferry_f32_to_f16(float f) {
 }
 
 uint16_t ferry_f32_to_bf16(float f) {
-  union { float f; uint32_t u; } v = {.f = f};
+  union {
+    float f;
+    uint32_t u;
+  } v = {.f = f};
   if ((v.u & 0x7fffffff) > 0x7f800000) return (uint16_t)((v.u >> 16) | 64); // quiet NaN
   return (uint16_t)((v.u + (0x7fff + ((v.u >> 16) & 1))) >> 16);
 }

@@ -77,14 +77,13 @@ int main(int argc, char **argv) {
   for (int64_t i = 0; i < ns; i++) S0[i] = 0.1f * ferry_rng_normal(&rng);
   const float *q = row, *k = row + HK * DK, *v = row + 2 * HK * DK;
 
-  printf("deltanet Hk=%d Hv=%d dk=%d dv=%d T=%lld threads=%d path=%s (best of %d, %s time)\n",
-         HK, HV, DK, DV, (long long)T, threads, path, reps, g_cpu_clock ? "thread CPU" : "wall");
+  printf("deltanet Hk=%d Hv=%d dk=%d dv=%d T=%lld threads=%d path=%s (best of %d, %s time)\n", HK,
+         HV, DK, DV, (long long)T, threads, path, reps, g_cpu_clock ? "thread CPU" : "wall");
   double best = 1e30;
   for (int r = 0; r < reps; r++) {
     memcpy(S, S0, ns * sizeof(float));
     double t0 = now_s();
-    cpu_delta_recurrent(pool, o_rec, HV * DV, S, q, ld, k, ld, v, ld, beta, dec, T, HK, HV, DK,
-                        DV);
+    cpu_delta_recurrent(pool, o_rec, HV * DV, S, q, ld, k, ld, v, ld, beta, dec, T, HK, HV, DK, DV);
     double dt = now_s() - t0;
     if (dt < best) best = dt;
   }
@@ -96,8 +95,8 @@ int main(int argc, char **argv) {
     for (int r = 0; r < reps; r++) {
       memcpy(S, S0, ns * sizeof(float));
       double t0 = now_s();
-      if (cpu_delta_chunked(pool, o, HV * DV, S, q, ld, k, ld, v, ld, beta, g, T, HK, HV, DK,
-                            DV, chunks[c]) != 0) {
+      if (cpu_delta_chunked(pool, o, HV * DV, S, q, ld, k, ld, v, ld, beta, g, T, HK, HV, DK, DV,
+                            chunks[c]) != 0) {
         fprintf(stderr, "chunked: %s\n", ferry_errmsg());
         return 1;
       }
@@ -120,8 +119,8 @@ int main(int argc, char **argv) {
     int64_t n = T < 64 ? T : 64;
     double t0 = now_s();
     for (int64_t t = 0; t < n; t++)
-      cpu_delta_step_mt(pool, o + t * HV * DV, S, q + t * ld, k + t * ld, v + t * ld,
-                        beta + t * HV, dec + t * HV, HK, HV, DK, DV);
+      cpu_delta_step_mt(pool, o + t * HV * DV, S, q + t * ld, k + t * ld, v + t * ld, beta + t * HV,
+                        dec + t * HV, HK, HV, DK, DV);
     double dt = (now_s() - t0) / (double)n;
     if (dt < best) best = dt;
   }

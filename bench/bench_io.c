@@ -84,14 +84,19 @@ fail:
   return -1;
 }
 
-struct seq_ctx { uint64_t size; };
+struct seq_ctx {
+  uint64_t size;
+};
 static void seq_next(uint64_t i, uint64_t *off, uint64_t *len, void *ctx) {
   struct seq_ctx *s = ctx;
   *off = i * SEQ_CHUNK;
   *len = s->size - *off < SEQ_CHUNK ? s->size - *off : SEQ_CHUNK;
 }
 
-struct rand_ctx { uint64_t file_size, span; struct ferry_rng rng; };
+struct rand_ctx {
+  uint64_t file_size, span;
+  struct ferry_rng rng;
+};
 static void rand_next(uint64_t i, uint64_t *off, uint64_t *len, void *ctx) {
   struct rand_ctx *c = ctx;
   (void)i;
@@ -117,8 +122,12 @@ static void bench_ecache(struct io_reader *r, uint64_t tokens, uint64_t cache) {
   struct budget *b = NULL;
   budget_create(&b, BUDGET_UNLIMITED, 0);
   struct ecache *c = NULL;
-  struct ecache_params p = {.n_layers = nl, .layers = L, .reader = r, .budget = b,
-                            .host_bytes = cache, .min_slots = (uint32_t)k};
+  struct ecache_params p = {.n_layers = nl,
+                            .layers = L,
+                            .reader = r,
+                            .budget = b,
+                            .host_bytes = cache,
+                            .min_slots = (uint32_t)k};
   if (ecache_create(&c, &p)) {
     fprintf(stderr, "bench_io: %s\n", ferry_errmsg());
     free(L);
@@ -158,11 +167,12 @@ out:;
   ecache_stats(c, &st);
   struct ecache_counters h = st.tier[ECACHE_HOST];
   uint64_t bytes = s1.bytes_read - s0.bytes_read;
-  printf("ecache %u layers x 8 of 128 experts, cache %.2f GiB (%u slots): %.1f ms/token, "
-         "%.1f MB/s, hit rate %.1f%% (%llu hits, %llu misses)\n", nl,
-         st.capacity_bytes[ECACHE_HOST] / 1073741824.0, st.capacity_slots[ECACHE_HOST],
-         dt / tokens * 1e3, bytes / dt / 1e6, 100.0 * h.hits / (h.acquires ? h.acquires : 1),
-         (unsigned long long)h.hits, (unsigned long long)h.misses);
+  printf(
+      "ecache %u layers x 8 of 128 experts, cache %.2f GiB (%u slots): %.1f ms/token, "
+      "%.1f MB/s, hit rate %.1f%% (%llu hits, %llu misses)\n",
+      nl, st.capacity_bytes[ECACHE_HOST] / 1073741824.0, st.capacity_slots[ECACHE_HOST],
+      dt / tokens * 1e3, bytes / dt / 1e6, 100.0 * h.hits / (h.acquires ? h.acquires : 1),
+      (unsigned long long)h.hits, (unsigned long long)h.misses);
   (void)sink;
   ecache_destroy(c);
   budget_destroy(b);
@@ -171,8 +181,9 @@ out:;
 
 int main(int argc, char **argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: bench_io FILE [--create SIZE] [--seq SIZE] [--reads N] "
-                    "[--span BYTES] [--qd 8,16,32] [--buffered]\n");
+    fprintf(stderr,
+            "usage: bench_io FILE [--create SIZE] [--seq SIZE] [--reads N] "
+            "[--span BYTES] [--qd 8,16,32] [--buffered]\n");
     return 2;
   }
   const char *path = argv[1];
@@ -183,15 +194,24 @@ int main(int argc, char **argv) {
   for (int i = 2; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     int rc = 0;
-    if (!strcmp(a, "--create") && v) rc = ferry_parse_size(v, &create), i++;
-    else if (!strcmp(a, "--seq") && v) rc = ferry_parse_size(v, &seq), i++;
-    else if (!strcmp(a, "--span") && v) rc = ferry_parse_size(v, &span), i++;
-    else if (!strcmp(a, "--reads") && v) reads = strtoull(v, NULL, 10), i++;
-    else if (!strcmp(a, "--qd") && v) qds = v, i++;
-    else if (!strcmp(a, "--buffered")) buffered = true;
-    else if (!strcmp(a, "--tokens") && v) tokens = strtoull(v, NULL, 10), i++;
-    else if (!strcmp(a, "--cache") && v) rc = ferry_parse_size(v, &cache), i++;
-    else rc = ferry_fail(-EINVAL, "unknown argument '%s'", a);
+    if (!strcmp(a, "--create") && v)
+      rc = ferry_parse_size(v, &create), i++;
+    else if (!strcmp(a, "--seq") && v)
+      rc = ferry_parse_size(v, &seq), i++;
+    else if (!strcmp(a, "--span") && v)
+      rc = ferry_parse_size(v, &span), i++;
+    else if (!strcmp(a, "--reads") && v)
+      reads = strtoull(v, NULL, 10), i++;
+    else if (!strcmp(a, "--qd") && v)
+      qds = v, i++;
+    else if (!strcmp(a, "--buffered"))
+      buffered = true;
+    else if (!strcmp(a, "--tokens") && v)
+      tokens = strtoull(v, NULL, 10), i++;
+    else if (!strcmp(a, "--cache") && v)
+      rc = ferry_parse_size(v, &cache), i++;
+    else
+      rc = ferry_fail(-EINVAL, "unknown argument '%s'", a);
     if (rc) {
       fprintf(stderr, "bench_io: %s\n", ferry_errmsg());
       return 2;
@@ -208,8 +228,10 @@ int main(int argc, char **argv) {
   for (const char *s = qds; *s && n_qd < 16;) {
     uint32_t q = (uint32_t)strtoul(s, (char **)&s, 10);
     if (q) qd_list[n_qd++] = q, qd_max = q > qd_max ? q : qd_max;
-    if (*s == ',') s++;
-    else if (*s) break;
+    if (*s == ',')
+      s++;
+    else if (*s)
+      break;
   }
   struct io_reader *r = NULL;
   struct io_reader_opts o = {.queue_depth = 2 * qd_max, .force_buffered = buffered};
@@ -258,8 +280,8 @@ int main(int argc, char **argv) {
     bench_ecache(r, tokens, cache);
   }
   io_reader_stats(r, &st);
-  printf("reader: %llu reads, %.2f GB, %.2f s waiting, direct=%d\n",
-         (unsigned long long)st.reads, st.bytes_read / 1e9, st.read_s, st.direct);
+  printf("reader: %llu reads, %.2f GB, %.2f s waiting, direct=%d\n", (unsigned long long)st.reads,
+         st.bytes_read / 1e9, st.read_s, st.direct);
   io_reader_close(r);
   free(iov);
   ferry_free_aligned(slab);

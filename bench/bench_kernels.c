@@ -24,7 +24,11 @@ static double g_min_time = 0.3;
 static int g_hot; // --hot: one small matrix kept in L2 (kernel compute speed, no DRAM)
 
 // ---- memory bandwidth
-struct rd_ctx { const uint8_t *buf; size_t bytes; double *sums; };
+struct rd_ctx {
+  const uint8_t *buf;
+  size_t bytes;
+  double *sums;
+};
 
 #if defined(__x86_64__)
 __attribute__((target("avx2"))) static double read_chunk(const uint8_t *p, size_t n) {
@@ -55,7 +59,10 @@ static void read_task(void *vc, int64_t b, int64_t e, int tid) {
   c->sums[tid] += s;
 }
 
-struct cp_ctx { uint8_t *dst; const uint8_t *src; };
+struct cp_ctx {
+  uint8_t *dst;
+  const uint8_t *src;
+};
 static void copy_task(void *vc, int64_t b, int64_t e, int tid) {
   struct cp_ctx *c = vc;
   memcpy(c->dst + (size_t)b * RD_CHUNK, c->src + (size_t)b * RD_CHUNK, (size_t)(e - b) * RD_CHUNK);
@@ -88,13 +95,18 @@ static void bench_memory(struct ferry_pool *pool, int threads) {
     double g = (double)bytes / (ferry_now_s() - c0) / 1e9;
     if (g > cp) cp = g;
   }
-  printf("memory   threads %d: read %.1f GB/s, memcpy %.1f GB/s (read+write bytes %.1f GB/s), best pass%s\n",
-         threads, rd, cp, 2 * cp, sums[0] == 12345.0 ? " " : "");
+  printf(
+      "memory   threads %d: read %.1f GB/s, memcpy %.1f GB/s (read+write bytes %.1f GB/s), best "
+      "pass%s\n",
+      threads, rd, cp, 2 * cp, sums[0] == 12345.0 ? " " : "");
   ferry_free_aligned(a), ferry_free_aligned(b);
 }
 
 // ---- matvec
-struct shape { const char *name; int64_t rows, n; };
+struct shape {
+  const char *name;
+  int64_t rows, n;
+};
 
 static void bench_matvec(struct ferry_pool *pool, int threads, enum ferry_type t, const char *path,
                          struct shape s) {
@@ -116,7 +128,8 @@ static void bench_matvec(struct ferry_pool *pool, int threads, enum ferry_type t
     for (int64_t i = 0; i < s.n; i++) x[i] = 0.02f * ferry_rng_normal(&r);
     cpu_quantize_row(t, x, w + k * rb, s.n);
   }
-  for (size_t off = 64 * rb; off < mat * copies; off += rb) memcpy(w + off, w + (off / rb % 64) * rb, rb);
+  for (size_t off = 64 * rb; off < mat * copies; off += rb)
+    memcpy(w + off, w + (off / rb % 64) * rb, rb);
   for (int64_t i = 0; i < s.n; i++) x[i] = ferry_rng_normal(&r);
   void *xq = malloc(cpu_act_row_bytes(t, s.n));
   cpu_quantize_act(cpu_vec_dot_type(t), x, xq, s.n);
@@ -132,8 +145,9 @@ static void bench_matvec(struct ferry_pool *pool, int threads, enum ferry_type t
     if (c1 < best) best = c1;
     it++;
   } while ((el = ferry_now_s() - t0) < g_min_time || it < 3);
-  printf("matvec   %-5s %-6s threads %d %-18s best %7.2f GB/s  mean %7.2f GB/s  %9.1f us/call\n", ti->name,
-         cpu_vec_dot_path(t), threads, s.name, (double)mat / best / 1e9, (double)mat * it / el / 1e9, el / it * 1e6);
+  printf("matvec   %-5s %-6s threads %d %-18s best %7.2f GB/s  mean %7.2f GB/s  %9.1f us/call\n",
+         ti->name, cpu_vec_dot_path(t), threads, s.name, (double)mat / best / 1e9,
+         (double)mat * it / el / 1e9, el / it * 1e6);
   fflush(stdout);
   free(x), free(y), free(xq);
   ferry_free_aligned(w);
@@ -151,13 +165,20 @@ int main(int argc, char **argv) {
   const char *formats = NULL, *paths = "scalar,avx2,avx512";
   int threads = 2;
   for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--quick")) g_min_time = 0.1;
-    else if (!strcmp(argv[i], "--hot")) g_hot = 1;
-    else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
-    else if (!strcmp(argv[i], "--formats") && i + 1 < argc) formats = argv[++i];
-    else if (!strcmp(argv[i], "--paths") && i + 1 < argc) paths = argv[++i];
+    if (!strcmp(argv[i], "--quick"))
+      g_min_time = 0.1;
+    else if (!strcmp(argv[i], "--hot"))
+      g_hot = 1;
+    else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+      threads = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--formats") && i + 1 < argc)
+      formats = argv[++i];
+    else if (!strcmp(argv[i], "--paths") && i + 1 < argc)
+      paths = argv[++i];
     else {
-      fprintf(stderr, "usage: %s [--quick] [--hot] [--threads N] [--formats q4_K,...] [--paths scalar,avx2,avx512]\n",
+      fprintf(stderr,
+              "usage: %s [--quick] [--hot] [--threads N] [--formats q4_K,...] [--paths "
+              "scalar,avx2,avx512]\n",
               argv[0]);
       return 2;
     }

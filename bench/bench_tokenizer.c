@@ -12,14 +12,93 @@
 #include "engine/tokenizer.h"
 
 static const char *const k_words[] = {
-    "the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by",
-    "on", "not", "he", "I", "this", "are", "or", "his", "from", "at", "which", "but", "have", "an",
-    "had", "they", "you", "were", "their", "one", "all", "we", "can", "her", "has", "there", "been",
-    "if", "more", "when", "will", "would", "who", "so", "no", "time", "people", "government",
-    "information", "development", "international", "understanding", "nevertheless", "river",
-    "mountain", "village", "quick", "brown", "fox", "jumps", "lazy", "dog", "computer", "science",
-    "history", "language", "model", "tokenizer", "performance", "however", "although", "because",
-    "Mr.", "Smith", "London", "January", "Monday", "don't", "it's", "we're", "they've", "I'll",
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "a",
+    "is",
+    "that",
+    "for",
+    "it",
+    "as",
+    "was",
+    "with",
+    "be",
+    "by",
+    "on",
+    "not",
+    "he",
+    "I",
+    "this",
+    "are",
+    "or",
+    "his",
+    "from",
+    "at",
+    "which",
+    "but",
+    "have",
+    "an",
+    "had",
+    "they",
+    "you",
+    "were",
+    "their",
+    "one",
+    "all",
+    "we",
+    "can",
+    "her",
+    "has",
+    "there",
+    "been",
+    "if",
+    "more",
+    "when",
+    "will",
+    "would",
+    "who",
+    "so",
+    "no",
+    "time",
+    "people",
+    "government",
+    "information",
+    "development",
+    "international",
+    "understanding",
+    "nevertheless",
+    "river",
+    "mountain",
+    "village",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "lazy",
+    "dog",
+    "computer",
+    "science",
+    "history",
+    "language",
+    "model",
+    "tokenizer",
+    "performance",
+    "however",
+    "although",
+    "because",
+    "Mr.",
+    "Smith",
+    "London",
+    "January",
+    "Monday",
+    "don't",
+    "it's",
+    "we're",
+    "they've",
+    "I'll",
 };
 
 // Sentences of 5..24 words, capitalized, with commas, numbers and paragraph breaks.
@@ -39,7 +118,8 @@ static char *english_text(size_t bytes, uint64_t seed) {
       if (w == 0 && s[n] >= 'a' && s[n] <= 'z') s[n] -= 32;
       n += l;
       if (ferry_rng_u64(&r) % 12 == 0) s[n++] = ',';
-      if (ferry_rng_u64(&r) % 40 == 0) n += (size_t)snprintf(s + n, 8, " %u", (unsigned)(ferry_rng_u64(&r) % 10000));
+      if (ferry_rng_u64(&r) % 40 == 0)
+        n += (size_t)snprintf(s + n, 8, " %u", (unsigned)(ferry_rng_u64(&r) % 10000));
     }
     s[n++] = '.';
     s[n++] = ferry_rng_u64(&r) % 6 == 0 ? '\n' : ' ';
@@ -49,8 +129,13 @@ static char *english_text(size_t bytes, uint64_t seed) {
 }
 
 static char *mixed_text(size_t bytes, uint64_t seed) {
-  static const char *const parts[] = {"人工智能是计算机科学的一个分支。", "日本語のテキスト。", "Привет, как дела? ",
-                                      "café naïve ", "🚀 ✅ ", "def f(x):\n    return x + 1\n", "  \t\n"};
+  static const char *const parts[] = {"人工智能是计算机科学的一个分支。",
+                                      "日本語のテキスト。",
+                                      "Привет, как дела? ",
+                                      "café naïve ",
+                                      "🚀 ✅ ",
+                                      "def f(x):\n    return x + 1\n",
+                                      "  \t\n"};
   struct ferry_rng r;
   ferry_rng_seed(&r, seed);
   char *s = malloc(bytes + 64);
@@ -107,9 +192,11 @@ static void run(const struct tokenizer *t, const char *name, const char *text, s
   size_t dl;
   if (tok_decode(t, ids, n, true, &dec, &dl)) exit(1);
   double ddt = ferry_now_s() - t0;
-  printf("%-8s %6.2f MB %8zu tokens %5.2f B/token  encode %7.2f MB/s (cpu time: %7.2f MB/s)  decode %7.1f MB/s  roundtrip %s\n",
-         name, len / 1e6, n, (double)len / (double)n, len / 1e6 / best, len / 1e6 / best_cpu, dl / 1e6 / ddt,
-         dl == len && !memcmp(dec, text, len) ? "ok" : "DIFFERS");
+  printf(
+      "%-8s %6.2f MB %8zu tokens %5.2f B/token  encode %7.2f MB/s (cpu time: %7.2f MB/s)  decode "
+      "%7.1f MB/s  roundtrip %s\n",
+      name, len / 1e6, n, (double)len / (double)n, len / 1e6 / best, len / 1e6 / best_cpu,
+      dl / 1e6 / ddt, dl == len && !memcmp(dec, text, len) ? "ok" : "DIFFERS");
   free(dec);
   free(ids);
 }
@@ -135,14 +222,16 @@ int main(int argc, char **argv) {
     fprintf(stderr, "%s\n", ferry_errmsg());
     return 1;
   }
-  printf("model %s: %d tokens, tokenizer built in %.3f s\n", model, tok_n_vocab(t), ferry_now_s() - t0);
+  printf("model %s: %d tokens, tokenizer built in %.3f s\n", model, tok_n_vocab(t),
+         ferry_now_s() - t0);
   gguf_close(f);
   char *en = english_text(bytes, 1), *mx = mixed_text(bytes, 2), *un = unique_text(bytes / 4, 3);
   run(t, "english", en, bytes);
   run(t, "mixed", mx, bytes);
   run(t, "unique", un, bytes / 4);
   // A short prompt, the common interactive case (no word cache).
-  const char *p = "The quick brown fox jumps over the lazy dog. Once upon a time, in a small village,";
+  const char *p =
+      "The quick brown fox jumps over the lazy dog. Once upon a time, in a small village,";
   double best = 1e9;
   for (int rep = 0; rep < 2000; rep++) {
     int32_t *ids;

@@ -37,7 +37,8 @@ static uint64_t sum_words(const uint64_t *p, size_t n) {
   size_t i = 0;
   for (; i + 32 <= n; i += 32) {
     v8u64 x0, x1, x2, x3;
-    memcpy(&x0, p + i, 64), memcpy(&x1, p + i + 8, 64), memcpy(&x2, p + i + 16, 64), memcpy(&x3, p + i + 24, 64);
+    memcpy(&x0, p + i, 64), memcpy(&x1, p + i + 8, 64), memcpy(&x2, p + i + 16, 64),
+        memcpy(&x3, p + i + 24, 64);
     a0 += x0, a1 += x1, a2 += x2, a3 += x3;
   }
   v8u64 a = a0 + a1 + a2 + a3;
@@ -74,7 +75,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "membw: cannot allocate %zu MiB\n", mib);
     return 1;
   }
-  for (size_t i = 0; i < words; i++) buf[i] = i * 0x9E3779B97F4A7C15ull; // touch every page, non-zero
+  for (size_t i = 0; i < words; i++)
+    buf[i] = i * 0x9E3779B97F4A7C15ull; // touch every page, non-zero
   uint64_t check = 0;
   for (int t = 1; t <= max_t; t++) {
     double *gbs = malloc(sizeof(double) * passes);
@@ -98,8 +100,8 @@ int main(int argc, char **argv) {
       gbs[r] = bytes / dt / 1e9;
     }
     qsort(gbs, passes, sizeof *gbs, cmp_d);
-    printf("membw: %zu MiB, %d thread%s: best %.2f GB/s, median %.2f GB/s (%d passes)\n", mib, t, t > 1 ? "s" : "",
-           gbs[passes - 1], gbs[passes / 2], passes);
+    printf("membw: %zu MiB, %d thread%s: best %.2f GB/s, median %.2f GB/s (%d passes)\n", mib, t,
+           t > 1 ? "s" : "", gbs[passes - 1], gbs[passes / 2], passes);
     free(gbs), free(jobs), free(th);
   }
   fprintf(stderr, "(checksum %llx)\n", (unsigned long long)check);

@@ -33,22 +33,25 @@
 #define BENCH_MAX_MODES 8
 
 static const char k_default_prompt[] =
-    "The harbour at dawn was quiet except for the gulls. A small ferry waited at the pier, its engine "
-    "ticking as it warmed, while the first passengers carried bicycles and baskets of bread up the ramp. "
-    "The captain checked the tide tables, looked at the grey sky over the islands, and decided the crossing "
+    "The harbour at dawn was quiet except for the gulls. A small ferry waited at the pier, its "
+    "engine "
+    "ticking as it warmed, while the first passengers carried bicycles and baskets of bread up the "
+    "ramp. "
+    "The captain checked the tide tables, looked at the grey sky over the islands, and decided the "
+    "crossing "
     "would be calm enough. Describe what the passengers might see during the trip.";
 
 // One mode's outcome, as the child sends it (fixed part; then the ids follow).
 struct bench_wire {
-  int rc;             // 0, or the child's negative error code
-  char err[512];      // the child's error message when rc < 0
-  char mode[16];      // the mode that ran (auto resolves to full or stream)
+  int rc;        // 0, or the child's negative error code
+  char err[512]; // the child's error message when rc < 0
+  char mode[16]; // the mode that ran (auto resolves to full or stream)
   struct run_stats st;
   int n_prompt, n_generated;
 };
 
 struct bench_mode {
-  enum run_mode req;  // what was asked for
+  enum run_mode req; // what was asked for
   struct bench_wire w;
   int32_t *prompt, *tokens;
 };
@@ -65,13 +68,20 @@ static int parse_modes(const char *s, enum run_mode *modes, int *n) {
     const char *e = strchr(p, ',');
     size_t len = e ? (size_t)(e - p) : strlen(p);
     enum run_mode m;
-    if (len == 4 && !strncmp(p, "full", 4)) m = MODE_FULL;
-    else if (len == 6 && !strncmp(p, "stream", 6)) m = MODE_STREAM;
-    else if (len == 4 && !strncmp(p, "auto", 4)) m = MODE_AUTO;
+    if (len == 4 && !strncmp(p, "full", 4))
+      m = MODE_FULL;
+    else if (len == 6 && !strncmp(p, "stream", 6))
+      m = MODE_STREAM;
+    else if (len == 4 && !strncmp(p, "auto", 4))
+      m = MODE_AUTO;
     else
-      return ferry_fail(-EINVAL, "--modes: '%.*s' is not full, stream or auto (give a comma-separated list, e.g. "
-                        "--modes full,stream)", (int)len, p);
-    if (*n == BENCH_MAX_MODES) return ferry_fail(-EINVAL, "--modes: at most %d modes", BENCH_MAX_MODES);
+      return ferry_fail(
+          -EINVAL,
+          "--modes: '%.*s' is not full, stream or auto (give a comma-separated list, e.g. "
+          "--modes full,stream)",
+          (int)len, p);
+    if (*n == BENCH_MAX_MODES)
+      return ferry_fail(-EINVAL, "--modes: at most %d modes", BENCH_MAX_MODES);
     modes[(*n)++] = m;
     if (!e) break;
     p = e + 1;
@@ -101,8 +111,12 @@ static int default_stream_ram(const struct run_opts *o, uint64_t *out) {
   if (rc) goto done;
   if ((rc = hparams_load(&hp, f))) goto done;
   hp_ok = true;
-  struct model_opts mo = {.exact = o->exact, .n_ctx = o->n_ctx, .n_batch = o->n_batch, .n_threads = o->threads,
-                          .kv_k = o->kv_k, .kv_v = o->kv_v};
+  struct model_opts mo = {.exact = o->exact,
+                          .n_ctx = o->n_ctx,
+                          .n_batch = o->n_batch,
+                          .n_threads = o->threads,
+                          .kv_k = o->kv_k,
+                          .kv_v = o->kv_v};
   uint64_t w_all = 0, wd = 0, st = 0, sc = 0;
   if ((rc = model_plan(f, &mo, &w_all, &st, &sc))) goto done;
   mo.dense_only = true;
@@ -163,8 +177,9 @@ static int child_run(const struct run_opts *o, int fd) {
     w.n_generated = r.n_generated;
   }
   int bad = write_all(fd, &w, sizeof w);
-  if (!rc && !bad) bad = write_all(fd, r.prompt, sizeof(int32_t) * (size_t)r.n_prompt) ||
-                         write_all(fd, r.tokens, sizeof(int32_t) * (size_t)r.n_generated);
+  if (!rc && !bad)
+    bad = write_all(fd, r.prompt, sizeof(int32_t) * (size_t)r.n_prompt) ||
+          write_all(fd, r.tokens, sizeof(int32_t) * (size_t)r.n_generated);
   gen_result_free(&r);
   free(ids);
   session_close(s);
@@ -194,12 +209,14 @@ static int run_mode_child(const struct run_opts *o, struct bench_mode *m) {
   size_t got = read_all(fds[0], &m->w, sizeof m->w);
   int rc = 0;
   if (got == sizeof m->w && m->w.rc == 0) {
-    if (m->w.n_prompt < 0 || m->w.n_generated < 0 || m->w.n_prompt > (1 << 28) || m->w.n_generated > (1 << 28)) {
+    if (m->w.n_prompt < 0 || m->w.n_generated < 0 || m->w.n_prompt > (1 << 28) ||
+        m->w.n_generated > (1 << 28)) {
       rc = ferry_fail(-EIO, "mode %s: malformed result from the child process", name);
     } else {
       m->prompt = malloc(sizeof(int32_t) * ((size_t)m->w.n_prompt + 1));
       m->tokens = malloc(sizeof(int32_t) * ((size_t)m->w.n_generated + 1));
-      if (!m->prompt || !m->tokens) rc = ferry_fail(-ENOMEM, "out of memory");
+      if (!m->prompt || !m->tokens)
+        rc = ferry_fail(-ENOMEM, "out of memory");
       else if (read_all(fds[0], m->prompt, sizeof(int32_t) * (size_t)m->w.n_prompt) !=
                    sizeof(int32_t) * (size_t)m->w.n_prompt ||
                read_all(fds[0], m->tokens, sizeof(int32_t) * (size_t)m->w.n_generated) !=
@@ -209,8 +226,7 @@ static int run_mode_child(const struct run_opts *o, struct bench_mode *m) {
   }
   close(fds[0]);
   int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
   if (rc) return rc;
   if (got == sizeof m->w && m->w.rc) {
     m->w.err[sizeof m->w.err - 1] = 0;
@@ -225,7 +241,6 @@ static int run_mode_child(const struct run_opts *o, struct bench_mode *m) {
   return 0;
 }
 
-
 static bool same_ids(const int32_t *a, int na, const int32_t *b, int nb) {
   return na == nb && (na == 0 || !memcmp(a, b, sizeof(int32_t) * (size_t)na));
 }
@@ -236,12 +251,16 @@ static void print_row(FILE *f, const char *label, char (*cells)[48], int n) {
   fputc('\n', f);
 }
 
-static void print_table(FILE *f, const struct run_opts *o, const struct bench_mode *ms, int n, bool identical) {
+static void print_table(FILE *f, const struct run_opts *o, const struct bench_mode *ms, int n,
+                        bool identical) {
   char c[BENCH_MAX_MODES][48];
   char th[32];
-  if (o->threads) snprintf(th, sizeof th, "%d threads", o->threads);
-  else snprintf(th, sizeof th, "one thread per physical core");
-  fprintf(f, "ferry bench: %s, %d prompt tokens, -n %d, %s\n", o->model, ms[0].w.n_prompt, o->n_predict, th);
+  if (o->threads)
+    snprintf(th, sizeof th, "%d threads", o->threads);
+  else
+    snprintf(th, sizeof th, "one thread per physical core");
+  fprintf(f, "ferry bench: %s, %d prompt tokens, -n %d, %s\n", o->model, ms[0].w.n_prompt,
+          o->n_predict, th);
   for (int i = 0; i < n; i++) snprintf(c[i], sizeof c[i], "%s", ms[i].w.mode);
   print_row(f, "", c, n);
   for (int i = 0; i < n; i++) snprintf(c[i], sizeof c[i], "%.3f", ms[i].w.st.load_s);
@@ -258,18 +277,22 @@ static void print_table(FILE *f, const struct run_opts *o, const struct bench_mo
   print_row(f, "RAM budget", c, n);
   for (int i = 0; i < n; i++) ferry_format_size(ms[i].w.st.io_bytes, c[i], sizeof c[i]);
   print_row(f, "bytes read", c, n);
-  for (int i = 0; i < n; i++) snprintf(c[i], sizeof c[i], "%llu", (unsigned long long)ms[i].w.st.io_reads);
+  for (int i = 0; i < n; i++)
+    snprintf(c[i], sizeof c[i], "%llu", (unsigned long long)ms[i].w.st.io_reads);
   print_row(f, "reads", c, n);
   for (int i = 0; i < n; i++) snprintf(c[i], sizeof c[i], "%.3f", ms[i].w.st.io_s);
   print_row(f, "read wait s", c, n);
   for (int i = 0; i < n; i++) {
     const struct run_stats *st = &ms[i].w.st;
     uint64_t acc = st->host_hits + st->host_misses;
-    if (acc) snprintf(c[i], sizeof c[i], "%.1f%%", 100.0 * (double)st->host_hits / (double)acc);
-    else snprintf(c[i], sizeof c[i], "-");
+    if (acc)
+      snprintf(c[i], sizeof c[i], "%.1f%%", 100.0 * (double)st->host_hits / (double)acc);
+    else
+      snprintf(c[i], sizeof c[i], "-");
   }
   print_row(f, "expert hit rate", c, n);
-  for (int i = 0; i < n; i++) snprintf(c[i], sizeof c[i], "%llu", (unsigned long long)ms[i].w.st.host_capacity);
+  for (int i = 0; i < n; i++)
+    snprintf(c[i], sizeof c[i], "%llu", (unsigned long long)ms[i].w.st.host_capacity);
   print_row(f, "cache slots", c, n);
   for (int i = 0; i < n; i++) snprintf(c[i], sizeof c[i], "%d", ms[i].w.n_generated);
   print_row(f, "generated tokens", c, n);
@@ -288,8 +311,8 @@ static void json_mode(struct jw *w, const struct bench_mode *m) {
   jw_obj_end(w);
 }
 
-static int write_json(const char *path, const struct run_opts *o, const struct bench_mode *ms, int n,
-                      bool identical) {
+static int write_json(const char *path, const struct run_opts *o, const struct bench_mode *ms,
+                      int n, bool identical) {
   struct jw w;
   int rc = jw_open(&w, path);
   if (rc) return rc;
@@ -315,7 +338,8 @@ int cmd_bench(int argc, char **argv) {
   if (rc) return rc > 0 ? 0 : rc;
   if (o.prompt && o.prompt_file) return ferry_fail(-EINVAL, "give either -p or -f, not both");
   if (o.ids) return ferry_fail(-EINVAL, "--ids is for ferry score, not bench");
-  if (o.logprobs) return ferry_fail(-EINVAL, "--logprobs is not used by bench (see ferry run --json)");
+  if (o.logprobs)
+    return ferry_fail(-EINVAL, "--logprobs is not used by bench (see ferry run --json)");
   if (!o.prompt && !o.prompt_file) o.prompt = k_default_prompt;
   if (!n_given(argc, argv)) o.n_predict = 32;
   enum run_mode req[BENCH_MAX_MODES];
@@ -328,7 +352,10 @@ int cmd_bench(int argc, char **argv) {
     if ((rc = default_stream_ram(&o, &stream_ram))) return rc;
     char b[32];
     ferry_format_size(stream_ram, b, sizeof b);
-    log_info("bench: stream mode budget %s (dense + state + scratch + 1/4 of the expert bytes; --ram overrides)", b);
+    log_info(
+        "bench: stream mode budget %s (dense + state + scratch + 1/4 of the expert bytes; --ram "
+        "overrides)",
+        b);
   }
   struct bench_mode ms[BENCH_MAX_MODES];
   memset(ms, 0, sizeof ms);
@@ -344,7 +371,8 @@ int cmd_bench(int argc, char **argv) {
   if (!rc) {
     for (int i = 1; i < n; i++) {
       if (!same_ids(ms[0].prompt, ms[0].w.n_prompt, ms[i].prompt, ms[i].w.n_prompt)) {
-        rc = ferry_fail(-EIO, "modes %s and %s tokenized the prompt differently", ms[0].w.mode, ms[i].w.mode);
+        rc = ferry_fail(-EIO, "modes %s and %s tokenized the prompt differently", ms[0].w.mode,
+                        ms[i].w.mode);
         break;
       }
       identical &= same_ids(ms[0].tokens, ms[0].w.n_generated, ms[i].tokens, ms[i].w.n_generated);

@@ -14,9 +14,10 @@
 int cmd_info(int argc, char **argv) {
   const char *path = NULL;
   bool json = false;
-  static const struct option opts[] = {{"model", required_argument, 0, 'm'}, {"ram", required_argument, 0, 'r'},
-                                       {"vram", required_argument, 0, 'v'},  {"json", no_argument, 0, 'j'},
-                                       {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
+  static const struct option opts[] = {
+      {"model", required_argument, 0, 'm'}, {"ram", required_argument, 0, 'r'},
+      {"vram", required_argument, 0, 'v'},  {"json", no_argument, 0, 'j'},
+      {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
   uint64_t ram = 0, vram = 0;
   int c;
   optind = 1;
@@ -24,11 +25,17 @@ int cmd_info(int argc, char **argv) {
   while ((c = getopt_long(argc, argv, "m:h", opts, NULL)) != -1) {
     switch (c) {
       case 'm': path = optarg; break;
-      case 'r': if (ferry_parse_size(optarg, &ram)) return ferry_fail_ctx(-EINVAL, "--ram"); break;
-      case 'v': if (ferry_parse_size(optarg, &vram)) return ferry_fail_ctx(-EINVAL, "--vram"); break;
+      case 'r':
+        if (ferry_parse_size(optarg, &ram)) return ferry_fail_ctx(-EINVAL, "--ram");
+        break;
+      case 'v':
+        if (ferry_parse_size(optarg, &vram)) return ferry_fail_ctx(-EINVAL, "--vram");
+        break;
       case 'j': json = true; break;
       case 'h': printf("usage: ferry info -m MODEL.gguf [--ram SIZE] [--vram SIZE]\n"); return 0;
-      default: return ferry_fail(-EINVAL, "unknown or incomplete option '%s' (see ferry info --help)", argv[optind - 1]);
+      default:
+        return ferry_fail(-EINVAL, "unknown or incomplete option '%s' (see ferry info --help)",
+                          argv[optind - 1]);
     }
   }
   if (optind < argc) return ferry_fail(-EINVAL, "unexpected argument '%s'", argv[optind]);

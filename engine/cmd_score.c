@@ -54,7 +54,8 @@ int cmd_score(int argc, char **argv) {
   }
   if (o.from > L - 1) {
     free(ids);
-    return ferry_fail(-EINVAL, "--from %d must be at most %d (the number of ids minus one)", o.from, L - 1);
+    return ferry_fail(-EINVAL, "--from %d must be at most %d (the number of ids minus one)", o.from,
+                      L - 1);
   }
   if (!o.logprobs) o.logprobs = 5;
   struct session *s;

@@ -47,31 +47,69 @@ static int parse_u32(const char *flag, const char *s, uint32_t lo, uint32_t hi, 
 }
 
 enum {
-  O_ARCH = 256, O_PRESET, O_LAYERS, O_EMBD, O_FF, O_HEADS, O_KV_HEADS, O_HEAD_DIM, O_ROPE_DIMS,
-  O_EXPERTS, O_EXPERTS_USED, O_EXPERT_FF, O_SHARED_FF, O_CTX, O_ROPE_BASE, O_SSM_CONV, O_SSM_STATE,
-  O_SSM_GROUPS, O_SSM_DT_RANK, O_SSM_INNER, O_ATTN_INTERVAL, O_VOCAB, O_LAYOUT, O_QUANT,
-  O_VOCAB_FROM, O_SEED, O_NAME, O_EXACT,
+  O_ARCH = 256,
+  O_PRESET,
+  O_LAYERS,
+  O_EMBD,
+  O_FF,
+  O_HEADS,
+  O_KV_HEADS,
+  O_HEAD_DIM,
+  O_ROPE_DIMS,
+  O_EXPERTS,
+  O_EXPERTS_USED,
+  O_EXPERT_FF,
+  O_SHARED_FF,
+  O_CTX,
+  O_ROPE_BASE,
+  O_SSM_CONV,
+  O_SSM_STATE,
+  O_SSM_GROUPS,
+  O_SSM_DT_RANK,
+  O_SSM_INNER,
+  O_ATTN_INTERVAL,
+  O_VOCAB,
+  O_LAYOUT,
+  O_QUANT,
+  O_VOCAB_FROM,
+  O_SEED,
+  O_NAME,
+  O_EXACT,
 };
 
 int cmd_synth(int argc, char **argv) {
-  static const struct option opts[] = {
-      {"arch", required_argument, 0, O_ARCH},         {"preset", required_argument, 0, O_PRESET},
-      {"layers", required_argument, 0, O_LAYERS},     {"embd", required_argument, 0, O_EMBD},
-      {"ff", required_argument, 0, O_FF},             {"heads", required_argument, 0, O_HEADS},
-      {"kv-heads", required_argument, 0, O_KV_HEADS}, {"head-dim", required_argument, 0, O_HEAD_DIM},
-      {"rope-dims", required_argument, 0, O_ROPE_DIMS}, {"experts", required_argument, 0, O_EXPERTS},
-      {"experts-used", required_argument, 0, O_EXPERTS_USED}, {"expert-ff", required_argument, 0, O_EXPERT_FF},
-      {"shared-ff", required_argument, 0, O_SHARED_FF}, {"ctx", required_argument, 0, O_CTX},
-      {"rope-base", required_argument, 0, O_ROPE_BASE}, {"ssm-conv", required_argument, 0, O_SSM_CONV},
-      {"ssm-state", required_argument, 0, O_SSM_STATE}, {"ssm-groups", required_argument, 0, O_SSM_GROUPS},
-      {"ssm-dt-rank", required_argument, 0, O_SSM_DT_RANK}, {"ssm-inner", required_argument, 0, O_SSM_INNER},
-      {"attn-interval", required_argument, 0, O_ATTN_INTERVAL}, {"vocab", required_argument, 0, O_VOCAB},
-      {"layout", required_argument, 0, O_LAYOUT},     {"quant", required_argument, 0, O_QUANT},
-      {"vocab-from", required_argument, 0, O_VOCAB_FROM}, {"seed", required_argument, 0, O_SEED},
-      {"name", required_argument, 0, O_NAME},         {"exact-quant", no_argument, 0, O_EXACT},
-              {"threads", required_argument, 0, 't'},
-      {"output", required_argument, 0, 'o'},          {"help", no_argument, 0, 'h'},
-      {0, 0, 0, 0}};
+  static const struct option opts[] = {{"arch", required_argument, 0, O_ARCH},
+                                       {"preset", required_argument, 0, O_PRESET},
+                                       {"layers", required_argument, 0, O_LAYERS},
+                                       {"embd", required_argument, 0, O_EMBD},
+                                       {"ff", required_argument, 0, O_FF},
+                                       {"heads", required_argument, 0, O_HEADS},
+                                       {"kv-heads", required_argument, 0, O_KV_HEADS},
+                                       {"head-dim", required_argument, 0, O_HEAD_DIM},
+                                       {"rope-dims", required_argument, 0, O_ROPE_DIMS},
+                                       {"experts", required_argument, 0, O_EXPERTS},
+                                       {"experts-used", required_argument, 0, O_EXPERTS_USED},
+                                       {"expert-ff", required_argument, 0, O_EXPERT_FF},
+                                       {"shared-ff", required_argument, 0, O_SHARED_FF},
+                                       {"ctx", required_argument, 0, O_CTX},
+                                       {"rope-base", required_argument, 0, O_ROPE_BASE},
+                                       {"ssm-conv", required_argument, 0, O_SSM_CONV},
+                                       {"ssm-state", required_argument, 0, O_SSM_STATE},
+                                       {"ssm-groups", required_argument, 0, O_SSM_GROUPS},
+                                       {"ssm-dt-rank", required_argument, 0, O_SSM_DT_RANK},
+                                       {"ssm-inner", required_argument, 0, O_SSM_INNER},
+                                       {"attn-interval", required_argument, 0, O_ATTN_INTERVAL},
+                                       {"vocab", required_argument, 0, O_VOCAB},
+                                       {"layout", required_argument, 0, O_LAYOUT},
+                                       {"quant", required_argument, 0, O_QUANT},
+                                       {"vocab-from", required_argument, 0, O_VOCAB_FROM},
+                                       {"seed", required_argument, 0, O_SEED},
+                                       {"name", required_argument, 0, O_NAME},
+                                       {"exact-quant", no_argument, 0, O_EXACT},
+                                       {"threads", required_argument, 0, 't'},
+                                       {"output", required_argument, 0, 'o'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
   // Two passes: the first finds --arch/--preset (which reset every dimension), the second
   // applies the explicit dims on top, whatever the order on the command line.
   const char *arch = NULL, *preset = NULL, *out = NULL, *quant = NULL, *layout = NULL;
@@ -80,15 +118,18 @@ int cmd_synth(int argc, char **argv) {
   opterr = 0;
   while ((c = getopt_long(argc, argv, "o:t:h", opts, NULL)) != -1) {
     switch (c) {
-    case O_ARCH: arch = optarg; break;
-    case O_PRESET: preset = optarg; break;
-    case 'h': synth_usage(stdout); return 0;
-    case '?':
-    case ':': return ferry_fail(-EINVAL, "unknown or incomplete option '%s' (see ferry synth --help)", argv[optind - 1]);
-    default: break;
+      case O_ARCH: arch = optarg; break;
+      case O_PRESET: preset = optarg; break;
+      case 'h': synth_usage(stdout); return 0;
+      case '?':
+      case ':':
+        return ferry_fail(-EINVAL, "unknown or incomplete option '%s' (see ferry synth --help)",
+                          argv[optind - 1]);
+      default: break;
     }
   }
-  if (optind < argc) return ferry_fail(-EINVAL, "unexpected argument '%s' (see ferry synth --help)", argv[optind]);
+  if (optind < argc)
+    return ferry_fail(-EINVAL, "unexpected argument '%s' (see ferry synth --help)", argv[optind]);
   struct synth_params p;
   int rc;
   if (preset) {
@@ -96,11 +137,15 @@ int cmd_synth(int argc, char **argv) {
     if ((rc = synth_params_preset(&p, preset))) return rc;
     const char *parch = p.arch == SYNTH_QWEN3MOE ? "qwen3moe" : "qwen3next";
     if (arch && strcmp(arch, parch))
-      return ferry_fail(-EINVAL, "--arch %s contradicts --preset %s (a %s model)", arch, preset, parch);
+      return ferry_fail(-EINVAL, "--arch %s contradicts --preset %s (a %s model)", arch, preset,
+                        parch);
   } else if (arch) {
-    if (!strcmp(arch, "qwen3moe")) synth_params_default(&p, SYNTH_QWEN3MOE);
-    else if (!strcmp(arch, "qwen3next")) synth_params_default(&p, SYNTH_QWEN3NEXT);
-    else return ferry_fail(-EINVAL, "--arch must be qwen3moe or qwen3next (got '%s')", arch);
+    if (!strcmp(arch, "qwen3moe"))
+      synth_params_default(&p, SYNTH_QWEN3MOE);
+    else if (!strcmp(arch, "qwen3next"))
+      synth_params_default(&p, SYNTH_QWEN3NEXT);
+    else
+      return ferry_fail(-EINVAL, "--arch must be qwen3moe or qwen3next (got '%s')", arch);
   } else {
     return ferry_fail(-EINVAL, "need --arch or --preset (see ferry synth --help)");
   }
@@ -110,8 +155,11 @@ int cmd_synth(int argc, char **argv) {
   while (!rc && (c = getopt_long(argc, argv, "o:t:h", opts, NULL)) != -1) {
     uint32_t v = 0;
     switch (c) {
-#define DIM(opt, flag, field, lo, hi) \
-  case opt: rc = parse_u32(flag, optarg, lo, hi, &v); p.field = v; break
+#define DIM(opt, flag, field, lo, hi)         \
+  case opt:                                   \
+    rc = parse_u32(flag, optarg, lo, hi, &v); \
+    p.field = v;                              \
+    break
       DIM(O_LAYERS, "--layers", n_layer, 1, 1024);
       DIM(O_EMBD, "--embd", n_embd, 1, 65536);
       DIM(O_FF, "--ff", n_ff, 1, 1u << 20);
@@ -132,39 +180,50 @@ int cmd_synth(int argc, char **argv) {
       DIM(O_ATTN_INTERVAL, "--attn-interval", full_attn_interval, 1, 1024);
       DIM(O_VOCAB, "--vocab", n_vocab, 1, 1u << 24);
 #undef DIM
-    case O_ROPE_BASE: {
-      char *end;
-      p.rope_base = strtof(optarg, &end);
-      if (!*optarg || *end || !(p.rope_base > 0)) rc = ferry_fail(-EINVAL, "--rope-base: '%s' is not a positive number", optarg);
-      break;
-    }
-    case O_LAYOUT: layout = optarg; break;
-    case O_QUANT: quant = optarg; break;
-    case O_VOCAB_FROM: p.vocab_from = optarg; break;
-    case O_NAME: p.name = optarg; break;
-    case O_EXACT: p.exact = true; break;
-    case O_SEED: {
-      char *end;
-      errno = 0;
-      p.seed = strtoull(optarg, &end, 0);
-      if (!*optarg || *end || errno || optarg[0] == '-') rc = ferry_fail(-EINVAL, "--seed: '%s' is not an unsigned integer", optarg);
-      break;
-    }
-    case 't': rc = parse_u32("--threads", optarg, 1, 4096, &v); p.n_threads = (int)v; break;
-    case 'o': out = optarg; break;
-    default: break;
+      case O_ROPE_BASE: {
+        char *end;
+        p.rope_base = strtof(optarg, &end);
+        if (!*optarg || *end || !(p.rope_base > 0))
+          rc = ferry_fail(-EINVAL, "--rope-base: '%s' is not a positive number", optarg);
+        break;
+      }
+      case O_LAYOUT: layout = optarg; break;
+      case O_QUANT: quant = optarg; break;
+      case O_VOCAB_FROM: p.vocab_from = optarg; break;
+      case O_NAME: p.name = optarg; break;
+      case O_EXACT: p.exact = true; break;
+      case O_SEED: {
+        char *end;
+        errno = 0;
+        p.seed = strtoull(optarg, &end, 0);
+        if (!*optarg || *end || errno || optarg[0] == '-')
+          rc = ferry_fail(-EINVAL, "--seed: '%s' is not an unsigned integer", optarg);
+        break;
+      }
+      case 't':
+        rc = parse_u32("--threads", optarg, 1, 4096, &v);
+        p.n_threads = (int)v;
+        break;
+      case 'o': out = optarg; break;
+      default: break;
     }
   }
   if (rc) return rc;
   if (!quant) return ferry_fail(-EINVAL, "missing --quant f32|q8_0|q4_k_m");
-  if (!strcasecmp(quant, "f32")) p.recipe = SYNTH_F32;
-  else if (!strcasecmp(quant, "q8_0")) p.recipe = SYNTH_Q8_0;
-  else if (!strcasecmp(quant, "q4_k_m")) p.recipe = SYNTH_Q4_K_M;
-  else return ferry_fail(-EINVAL, "--quant must be f32, q8_0 or q4_k_m (got '%s')", quant);
+  if (!strcasecmp(quant, "f32"))
+    p.recipe = SYNTH_F32;
+  else if (!strcasecmp(quant, "q8_0"))
+    p.recipe = SYNTH_Q8_0;
+  else if (!strcasecmp(quant, "q4_k_m"))
+    p.recipe = SYNTH_Q4_K_M;
+  else
+    return ferry_fail(-EINVAL, "--quant must be f32, q8_0 or q4_k_m (got '%s')", quant);
   if (layout) {
     if (p.arch != SYNTH_QWEN3NEXT) return ferry_fail(-EINVAL, "--layout applies to qwen3next only");
-    if (!strcmp(layout, "legacy")) p.legacy = true;
-    else if (strcmp(layout, "split")) return ferry_fail(-EINVAL, "--layout must be split or legacy (got '%s')", layout);
+    if (!strcmp(layout, "legacy"))
+      p.legacy = true;
+    else if (strcmp(layout, "split"))
+      return ferry_fail(-EINVAL, "--layout must be split or legacy (got '%s')", layout);
   }
   if (!out) return ferry_fail(-EINVAL, "missing -o OUT.gguf");
   if ((rc = synth_params_validate(&p))) return rc;
@@ -174,14 +233,17 @@ int cmd_synth(int argc, char **argv) {
   if (rc) return ferry_fail_ctx(rc, "%s", out);
   char sz[32];
   ferry_format_size(st.file_bytes, sz, sizeof sz);
-  printf("wrote %s: %s %s, %lld tensors, vocab %u, %s (%llu bytes) in %.1f s (%.0f MB/s)\n", out,
-         p.arch == SYNTH_QWEN3MOE ? "qwen3moe" : (p.legacy ? "qwen3next legacy" : "qwen3next split"), quant,
-         (long long)st.n_tensors, st.n_vocab, sz, (unsigned long long)st.file_bytes, st.seconds,
-         st.file_bytes / 1e6 / (st.seconds > 0 ? st.seconds : 1));
+  printf(
+      "wrote %s: %s %s, %lld tensors, vocab %u, %s (%llu bytes) in %.1f s (%.0f MB/s)\n", out,
+      p.arch == SYNTH_QWEN3MOE ? "qwen3moe" : (p.legacy ? "qwen3next legacy" : "qwen3next split"),
+      quant, (long long)st.n_tensors, st.n_vocab, sz, (unsigned long long)st.file_bytes, st.seconds,
+      st.file_bytes / 1e6 / (st.seconds > 0 ? st.seconds : 1));
   printf("types:");
   for (int t = 0; t < FT_COUNT; t++)
-    if (st.type_count[t]) printf(" %s x%llu", ferry_type_info((uint32_t)t)->name, (unsigned long long)st.type_count[t]);
+    if (st.type_count[t])
+      printf(" %s x%llu", ferry_type_info((uint32_t)t)->name, (unsigned long long)st.type_count[t]);
   printf("\n");
-  if (st.n_fallback) printf("fallbacks: %d tensor(s) with rows not a multiple of the block size\n", st.n_fallback);
+  if (st.n_fallback)
+    printf("fallbacks: %d tensor(s) with rows not a multiple of the block size\n", st.n_fallback);
   return 0;
 }

@@ -16,18 +16,19 @@
 #include "engine/tokenizer.h"
 
 static void tokenize_usage(FILE *o) {
-  fprintf(o,
-          "usage: ferry tokenize -m MODEL.gguf (-p TEXT | -f FILE) [options]\n"
-          "  -m, --model PATH   GGUF file whose tokenizer is used\n"
-          "  -p, --prompt TEXT  text to tokenize\n"
-          "  -f, --file PATH    read the text from a file ('-' = stdin)\n"
-          "      --pieces       one line per token: id, tab, the token's bytes as a C string\n"
-          "      --no-special   treat control-token texts (<|im_start|> ...) as plain text\n"
-          "      --chat         wrap the text in the ChatML prompt (user turn + generation prompt)\n"
-          "      --system TEXT  with --chat: a system turn first\n"
-          "      --no-think     with --chat on a hybrid (thinking) template: empty think block\n"
-          "      --count        print only the number of tokens\n"
-          "Special tokens in the text are parsed by default, as for a rendered prompt.\n");
+  fprintf(
+      o,
+      "usage: ferry tokenize -m MODEL.gguf (-p TEXT | -f FILE) [options]\n"
+      "  -m, --model PATH   GGUF file whose tokenizer is used\n"
+      "  -p, --prompt TEXT  text to tokenize\n"
+      "  -f, --file PATH    read the text from a file ('-' = stdin)\n"
+      "      --pieces       one line per token: id, tab, the token's bytes as a C string\n"
+      "      --no-special   treat control-token texts (<|im_start|> ...) as plain text\n"
+      "      --chat         wrap the text in the ChatML prompt (user turn + generation prompt)\n"
+      "      --system TEXT  with --chat: a system turn first\n"
+      "      --no-think     with --chat on a hybrid (thinking) template: empty think block\n"
+      "      --count        print only the number of tokens\n"
+      "Special tokens in the text are parsed by default, as for a rendered prompt.\n");
 }
 
 static int read_all(const char *path, char **out, size_t *len) {
@@ -51,7 +52,9 @@ static int read_all(const char *path, char **out, size_t *len) {
     size_t r = fread(b + n, 1, cap - 1 - n, fp);
     n += r;
     if (r == 0) {
-      if (ferror(fp)) rc = ferry_fail(errno ? -errno : -EIO, "%s: %s", path, errno ? strerror(errno) : "read error");
+      if (ferror(fp))
+        rc = ferry_fail(errno ? -errno : -EIO, "%s: %s", path,
+                        errno ? strerror(errno) : "read error");
       break;
     }
   }
@@ -100,13 +103,17 @@ int cmd_tokenize(int argc, char **argv) {
   const char *model = NULL, *prompt = NULL, *file = NULL, *system = NULL;
   bool pieces = false, no_special = false, chat = false, no_think = false, count = false;
   enum { O_PIECES = 256, O_NO_SPECIAL, O_CHAT, O_SYSTEM, O_NO_THINK, O_COUNT };
-  static const struct option opts[] = {
-      {"model", required_argument, 0, 'm'},     {"prompt", required_argument, 0, 'p'},
-      {"file", required_argument, 0, 'f'},      {"pieces", no_argument, 0, O_PIECES},
-      {"no-special", no_argument, 0, O_NO_SPECIAL}, {"chat", no_argument, 0, O_CHAT},
-      {"system", required_argument, 0, O_SYSTEM}, {"no-think", no_argument, 0, O_NO_THINK},
-      {"count", no_argument, 0, O_COUNT},       {"help", no_argument, 0, 'h'},
-      {0, 0, 0, 0}};
+  static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                       {"prompt", required_argument, 0, 'p'},
+                                       {"file", required_argument, 0, 'f'},
+                                       {"pieces", no_argument, 0, O_PIECES},
+                                       {"no-special", no_argument, 0, O_NO_SPECIAL},
+                                       {"chat", no_argument, 0, O_CHAT},
+                                       {"system", required_argument, 0, O_SYSTEM},
+                                       {"no-think", no_argument, 0, O_NO_THINK},
+                                       {"count", no_argument, 0, O_COUNT},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
   int c;
   optind = 1;
   opterr = 0;
@@ -123,14 +130,16 @@ int cmd_tokenize(int argc, char **argv) {
       case O_COUNT: count = true; break;
       case 'h': tokenize_usage(stdout); return 0;
       default:
-        return ferry_fail(-EINVAL, "unknown or incomplete option '%s' (see ferry tokenize --help)", argv[optind - 1]);
+        return ferry_fail(-EINVAL, "unknown or incomplete option '%s' (see ferry tokenize --help)",
+                          argv[optind - 1]);
     }
   }
   if (optind < argc) return ferry_fail(-EINVAL, "unexpected argument '%s'", argv[optind]);
   if (!model) return ferry_fail(-EINVAL, "missing -m MODEL.gguf");
   if (!prompt && !file) return ferry_fail(-EINVAL, "missing -p TEXT or -f FILE");
   if (prompt && file) return ferry_fail(-EINVAL, "give either -p or -f, not both");
-  if ((system || no_think) && !chat) return ferry_fail(-EINVAL, "--system and --no-think need --chat");
+  if ((system || no_think) && !chat)
+    return ferry_fail(-EINVAL, "--system and --no-think need --chat");
 
   char *text = NULL, *rendered = NULL;
   size_t len = 0;
@@ -166,7 +175,8 @@ int cmd_tokenize(int argc, char **argv) {
       rc = ferry_fail(-EINVAL, "%s: NUL byte in a chat message", what);
       goto done;
     }
-    if ((rc = tok_render_chat(t, system, src, no_think ? TOK_CHAT_NO_THINK : 0, &rendered))) goto done;
+    if ((rc = tok_render_chat(t, system, src, no_think ? TOK_CHAT_NO_THINK : 0, &rendered)))
+      goto done;
     src = rendered;
     len = strlen(rendered);
   }

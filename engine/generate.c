@@ -63,8 +63,8 @@ int gen_prompt_ids(struct session *s, const struct run_opts *o, int32_t **ids, i
   size_t bad;
   if (!utf8_valid(text, len, &bad)) {
     free(text);
-    return ferry_fail(-EINVAL, "the prompt%s%s is not valid UTF-8 (at byte %zu)", o->prompt_file ? " file " : "",
-                      o->prompt_file ? o->prompt_file : "", bad);
+    return ferry_fail(-EINVAL, "the prompt%s%s is not valid UTF-8 (at byte %zu)",
+                      o->prompt_file ? " file " : "", o->prompt_file ? o->prompt_file : "", bad);
   }
   if (o->system && !utf8_valid(o->system, strlen(o->system), &bad)) {
     free(text);
@@ -106,14 +106,18 @@ void topk_logprobs(const double *lp, int n, int k, int32_t *ids, double *vals) {
 
 // Flags win; then the file's general.sampling.* recommendations; then the model card's
 // (temp 0.7, top-k 20, top-p 0.8, min-p 0 for the Qwen3 Instruct models).
-static void sampling_defaults(struct session *s, const struct run_opts *o, struct sampler_params *sp) {
+static void sampling_defaults(struct session *s, const struct run_opts *o,
+                              struct sampler_params *sp) {
   const struct gguf_file *f = session_gguf(s);
-  sp->temp = o->temp, sp->top_k = o->top_k, sp->top_p = o->top_p, sp->min_p = o->min_p, sp->seed = o->seed;
+  sp->temp = o->temp, sp->top_k = o->top_k, sp->top_p = o->top_p, sp->min_p = o->min_p,
+  sp->seed = o->seed;
   float v;
   uint32_t k;
   if (!o->temp_set && gguf_get_f32(f, "general.sampling.temp", &v) == 0 && v >= 0) sp->temp = v;
-  if (!o->top_p_set && gguf_get_f32(f, "general.sampling.top_p", &v) == 0 && v >= 0 && v <= 1) sp->top_p = v;
-  if (!o->min_p_set && gguf_get_f32(f, "general.sampling.min_p", &v) == 0 && v >= 0 && v <= 1) sp->min_p = v;
+  if (!o->top_p_set && gguf_get_f32(f, "general.sampling.top_p", &v) == 0 && v >= 0 && v <= 1)
+    sp->top_p = v;
+  if (!o->min_p_set && gguf_get_f32(f, "general.sampling.min_p", &v) == 0 && v >= 0 && v <= 1)
+    sp->min_p = v;
   if (!o->top_k_set && gguf_get_u32(f, "general.sampling.top_k", &k) == 0) sp->top_k = (int)k;
   ferry_clear_error(); // a mistyped recommendation is ignored, not fatal
 }
@@ -136,15 +140,16 @@ static int emit(struct gen_result *r, size_t *cap, FILE *out, const char *bytes,
   return 0;
 }
 
-int gen_run(struct session *s, const struct run_opts *o, const int32_t *prompt, int n_prompt, FILE *out,
-            struct gen_result *r) {
+int gen_run(struct session *s, const struct run_opts *o, const int32_t *prompt, int n_prompt,
+            FILE *out, struct gen_result *r) {
   memset(r, 0, sizeof *r);
   struct model *m = session_model(s);
   const struct tokenizer *tok = session_tokenizer(s);
   int n_vocab = (int)model_hparams(m)->n_vocab;
   int n_ctx = model_n_ctx(m);
   if (n_prompt > n_ctx)
-    return ferry_fail(-EINVAL, "the prompt has %d tokens but the context is %d (raise -c)", n_prompt, n_ctx);
+    return ferry_fail(-EINVAL, "the prompt has %d tokens but the context is %d (raise -c)",
+                      n_prompt, n_ctx);
   int n_max = o->n_predict;
   if (n_prompt + n_max > n_ctx) {
     log_warn("generation limited to %d tokens by the context of %d", n_ctx - n_prompt, n_ctx);
@@ -167,14 +172,16 @@ int gen_run(struct session *s, const struct run_opts *o, const int32_t *prompt, 
   size_t text_cap = 4096;
   r->text = malloc(text_cap);
   int rc = 0;
-  if (!logits || !lp || !r->prompt || !r->tokens || !r->steps || !r->text || !r->top_ids_all || !r->top_lp_all) {
+  if (!logits || !lp || !r->prompt || !r->tokens || !r->steps || !r->text || !r->top_ids_all ||
+      !r->top_lp_all) {
     rc = ferry_fail(-ENOMEM, "out of memory");
     goto done;
   }
   r->text[0] = 0;
   memcpy(r->prompt, prompt, sizeof(int32_t) * n_prompt);
   r->n_prompt = n_prompt;
-  if ((rc = sampler_create(&smp, &sp, n_vocab)) || (rc = tok_decoder_create(&dec, tok, false))) goto done;
+  if ((rc = sampler_create(&smp, &sp, n_vocab)) || (rc = tok_decoder_create(&dec, tok, false)))
+    goto done;
   model_reset(m);
   double t0 = ferry_now_s();
   if ((rc = model_forward(m, prompt, n_prompt, NULL, logits))) goto done;
@@ -195,7 +202,8 @@ int gen_run(struct session *s, const struct run_opts *o, const int32_t *prompt, 
     if (tok_is_eog(tok, id)) break;
     const char *bytes;
     size_t nb;
-    if ((rc = tok_decoder_push(dec, id, &bytes, &nb)) || (rc = emit(r, &text_cap, out, bytes, nb))) goto done;
+    if ((rc = tok_decoder_push(dec, id, &bytes, &nb)) || (rc = emit(r, &text_cap, out, bytes, nb)))
+      goto done;
     if (i + 1 == n_max) break;
     if ((rc = model_forward(m, &id, 1, NULL, logits))) goto done;
   }
@@ -240,7 +248,8 @@ double gen_decode_rate(const struct run_stats *st) {
   return rate(st->n_generated > 1 ? st->n_generated - 1 : 0, st->decode_s);
 }
 
-static void json_tier(struct jw *w, const char *name, uint64_t cap, uint64_t hits, uint64_t misses, uint64_t ev) {
+static void json_tier(struct jw *w, const char *name, uint64_t cap, uint64_t hits, uint64_t misses,
+                      uint64_t ev) {
   jw_key(w, name), jw_obj(w);
   jw_key(w, "capacity"), jw_uint(w, cap);
   jw_key(w, "hits"), jw_uint(w, hits);
@@ -270,7 +279,8 @@ void gen_json_stats(struct jw *w, const struct run_stats *st) {
   jw_obj_end(w);
 }
 
-int gen_write_json(struct session *s, const struct run_opts *o, const struct gen_result *r, const char *path) {
+int gen_write_json(struct session *s, const struct run_opts *o, const struct gen_result *r,
+                   const char *path) {
   struct jw w;
   int rc = jw_open(&w, path);
   if (rc) return rc;
@@ -318,10 +328,12 @@ void gen_print_stats(FILE *f, const char *mode, const struct run_stats *st) {
   fprintf(f, "  decode           %.2f tok/s (%d tokens)\n", gen_decode_rate(st), st->n_generated);
   fprintf(f, "  peak RAM (RSS)   %s (budget %s)\n", rss, bud);
   fprintf(f, "  peak VRAM        %llu B\n", (unsigned long long)st->peak_vram);
-  fprintf(f, "  read from disk   %s in %llu reads, %.2f s waiting%s\n", io, (unsigned long long)st->io_reads, st->io_s,
+  fprintf(f, "  read from disk   %s in %llu reads, %.2f s waiting%s\n", io,
+          (unsigned long long)st->io_reads, st->io_s,
           st->io_reads ? (st->io_direct ? " (O_DIRECT)" : " (buffered)") : "");
   if (acc)
-    fprintf(f, "  expert hit rate  host %.1f%% (%llu hits, %llu misses, %llu evictions, %llu slots)\n",
+    fprintf(f,
+            "  expert hit rate  host %.1f%% (%llu hits, %llu misses, %llu evictions, %llu slots)\n",
             100.0 * (double)st->host_hits / (double)acc, (unsigned long long)st->host_hits,
             (unsigned long long)st->host_misses, (unsigned long long)st->host_evictions,
             (unsigned long long)st->host_capacity);

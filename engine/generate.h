@@ -19,7 +19,7 @@ struct gen_result {
   int n_prompt;
   int32_t *tokens; // generated ids (an end-of-generation token, if any, is the last)
   int n_generated;
-  char *text;      // decoded generated text
+  char *text; // decoded generated text
   size_t text_len;
   struct gen_step *steps; // n_generated entries when logprobs > 0
   int32_t *top_ids_all;   // storage of the steps' top_ids / top_lp
@@ -32,10 +32,11 @@ struct gen_result {
 // Fails on unreadable files, invalid UTF-8, or an empty prompt.
 int gen_prompt_ids(struct session *s, const struct run_opts *o, int32_t **ids, int *n);
 // Runs generation; streams decoded text to `out` when non-NULL.
-int gen_run(struct session *s, const struct run_opts *o, const int32_t *prompt, int n_prompt, FILE *out,
-            struct gen_result *r);
+int gen_run(struct session *s, const struct run_opts *o, const int32_t *prompt, int n_prompt,
+            FILE *out, struct gen_result *r);
 void gen_result_free(struct gen_result *r);
-int gen_write_json(struct session *s, const struct run_opts *o, const struct gen_result *r, const char *path);
+int gen_write_json(struct session *s, const struct run_opts *o, const struct gen_result *r,
+                   const char *path);
 void gen_print_stats(FILE *f, const char *mode, const struct run_stats *st);
 // The statistics fields of DESIGN §6 (load_s ... expert_cache) into an open JSON object.
 struct jw;

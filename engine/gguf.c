@@ -12,10 +12,10 @@
 #include "base/base.h"
 #include "kernels/types.h"
 
-#define GGUF_MAGIC 0x46554747u
+#define GGUF_MAGIC             0x46554747u
 #define GGUF_DEFAULT_ALIGNMENT 32
-#define GGUF_MAX_DIMS 4
-#define GGUF_MAX_DEPTH 8 // nested arrays
+#define GGUF_MAX_DIMS          4
+#define GGUF_MAX_DEPTH         8 // nested arrays
 
 struct gguf_file {
   char *path;
@@ -34,20 +34,22 @@ struct gguf_file {
 // ---- buffered cursor ------------------------------------------------------------------
 struct cursor {
   struct gguf_file *f;
-  uint64_t pos;           // file offset of the next byte
+  uint64_t pos; // file offset of the next byte
   uint8_t buf[1 << 16];
   uint64_t buf_off, buf_len;
 };
 
 static int cur_fail(struct cursor *c, const char *what) {
-  return ferry_fail(-EINVAL, "%s: %s (at offset %llu)", c->f->path, what, (unsigned long long)c->pos);
+  return ferry_fail(-EINVAL, "%s: %s (at offset %llu)", c->f->path, what,
+                    (unsigned long long)c->pos);
 }
 
 static int cur_read(struct cursor *c, void *dst, uint64_t n, const char *what) {
   if (n > c->f->size || c->pos > c->f->size - n) {
     char m[256];
     snprintf(m, sizeof m, "file is truncated: %s needs %llu bytes, %llu remain", what,
-             (unsigned long long)n, (unsigned long long)(c->f->size - (c->pos < c->f->size ? c->pos : c->f->size)));
+             (unsigned long long)n,
+             (unsigned long long)(c->f->size - (c->pos < c->f->size ? c->pos : c->f->size)));
     return cur_fail(c, m);
   }
   uint8_t *d = dst;
@@ -71,10 +73,16 @@ static int cur_read(struct cursor *c, void *dst, uint64_t n, const char *what) {
   return 0;
 }
 
-static uint64_t remaining(const struct cursor *c) { return c->pos < c->f->size ? c->f->size - c->pos : 0; }
+static uint64_t remaining(const struct cursor *c) {
+  return c->pos < c->f->size ? c->f->size - c->pos : 0;
+}
 
-static int cur_u32(struct cursor *c, uint32_t *v, const char *what) { return cur_read(c, v, 4, what); }
-static int cur_u64(struct cursor *c, uint64_t *v, const char *what) { return cur_read(c, v, 8, what); }
+static int cur_u32(struct cursor *c, uint32_t *v, const char *what) {
+  return cur_read(c, v, 4, what);
+}
+static int cur_u64(struct cursor *c, uint64_t *v, const char *what) {
+  return cur_read(c, v, 8, what);
+}
 
 static int cur_str(struct cursor *c, struct gguf_str *s, const char *what) {
   uint64_t len;
@@ -102,10 +110,17 @@ static int cur_str(struct cursor *c, struct gguf_str *s, const char *what) {
 
 uint64_t gguf_vtype_size(uint32_t t) {
   switch (t) {
-    case GGUF_U8: case GGUF_I8: case GGUF_BOOL: return 1;
-    case GGUF_U16: case GGUF_I16: return 2;
-    case GGUF_U32: case GGUF_I32: case GGUF_F32: return 4;
-    case GGUF_U64: case GGUF_I64: case GGUF_F64: return 8;
+    case GGUF_U8:
+    case GGUF_I8:
+    case GGUF_BOOL: return 1;
+    case GGUF_U16:
+    case GGUF_I16: return 2;
+    case GGUF_U32:
+    case GGUF_I32:
+    case GGUF_F32: return 4;
+    case GGUF_U64:
+    case GGUF_I64:
+    case GGUF_F64: return 8;
     default: return 0;
   }
 }
@@ -116,16 +131,49 @@ const char *gguf_vtype_name(uint32_t t) { return t < GGUF_VTYPE_COUNT ? k_vtype_
 
 static void decode_scalar(struct gguf_kv *kv, uint32_t t, const uint8_t *p) {
   switch (t) {
-    case GGUF_U8: case GGUF_BOOL: kv->v.u64 = p[0]; break;
+    case GGUF_U8:
+    case GGUF_BOOL: kv->v.u64 = p[0]; break;
     case GGUF_I8: kv->v.i64 = (int8_t)p[0]; break;
-    case GGUF_U16: { uint16_t x; memcpy(&x, p, 2); kv->v.u64 = x; } break;
-    case GGUF_I16: { int16_t x; memcpy(&x, p, 2); kv->v.i64 = x; } break;
-    case GGUF_U32: { uint32_t x; memcpy(&x, p, 4); kv->v.u64 = x; } break;
-    case GGUF_I32: { int32_t x; memcpy(&x, p, 4); kv->v.i64 = x; } break;
-    case GGUF_F32: { float x; memcpy(&x, p, 4); kv->v.f64 = x; } break;
-    case GGUF_U64: { uint64_t x; memcpy(&x, p, 8); kv->v.u64 = x; } break;
-    case GGUF_I64: { int64_t x; memcpy(&x, p, 8); kv->v.i64 = x; } break;
-    case GGUF_F64: { double x; memcpy(&x, p, 8); kv->v.f64 = x; } break;
+    case GGUF_U16: {
+      uint16_t x;
+      memcpy(&x, p, 2);
+      kv->v.u64 = x;
+    } break;
+    case GGUF_I16: {
+      int16_t x;
+      memcpy(&x, p, 2);
+      kv->v.i64 = x;
+    } break;
+    case GGUF_U32: {
+      uint32_t x;
+      memcpy(&x, p, 4);
+      kv->v.u64 = x;
+    } break;
+    case GGUF_I32: {
+      int32_t x;
+      memcpy(&x, p, 4);
+      kv->v.i64 = x;
+    } break;
+    case GGUF_F32: {
+      float x;
+      memcpy(&x, p, 4);
+      kv->v.f64 = x;
+    } break;
+    case GGUF_U64: {
+      uint64_t x;
+      memcpy(&x, p, 8);
+      kv->v.u64 = x;
+    } break;
+    case GGUF_I64: {
+      int64_t x;
+      memcpy(&x, p, 8);
+      kv->v.i64 = x;
+    } break;
+    case GGUF_F64: {
+      double x;
+      memcpy(&x, p, 8);
+      kv->v.f64 = x;
+    } break;
   }
 }
 
@@ -148,7 +196,8 @@ static int read_array(struct cursor *c, struct gguf_kv *kv, int depth) {
   uint64_t min_el = et == GGUF_STRING ? 8 : et == GGUF_ARRAY ? 12 : gguf_vtype_size(et);
   if (n > remaining(c) / min_el) {
     char m[160];
-    snprintf(m, sizeof m, "array length %llu is larger than the file allows", (unsigned long long)n);
+    snprintf(m, sizeof m, "array length %llu is larger than the file allows",
+             (unsigned long long)n);
     c->pos -= 8;
     return cur_fail(c, m);
   }
@@ -157,14 +206,18 @@ static int read_array(struct cursor *c, struct gguf_kv *kv, int depth) {
     struct gguf_str *a = NULL;
     if (kv) {
       a = calloc(n ? n : 1, sizeof *a);
-      if (!a) return ferry_fail(-ENOMEM, "out of memory for a string array of %llu", (unsigned long long)n);
+      if (!a)
+        return ferry_fail(-ENOMEM, "out of memory for a string array of %llu",
+                          (unsigned long long)n);
       kv->arr = a;
     }
     for (uint64_t i = 0; i < n; i++) {
       struct gguf_str s;
       if ((rc = cur_str(c, &s, "array string"))) return rc;
-      if (a) a[i] = s;
-      else free(s.data);
+      if (a)
+        a[i] = s;
+      else
+        free(s.data);
     }
   } else if (et == GGUF_ARRAY) {
     for (uint64_t i = 0; i < n; i++)
@@ -173,7 +226,9 @@ static int read_array(struct cursor *c, struct gguf_kv *kv, int depth) {
     uint64_t bytes = n * min_el;
     if (kv) {
       kv->arr = malloc(bytes ? bytes : 1);
-      if (!kv->arr) return ferry_fail(-ENOMEM, "out of memory for an array of %llu bytes", (unsigned long long)bytes);
+      if (!kv->arr)
+        return ferry_fail(-ENOMEM, "out of memory for an array of %llu bytes",
+                          (unsigned long long)bytes);
       if ((rc = cur_read(c, kv->arr, bytes, "array data"))) return rc;
       if (et == GGUF_BOOL)
         for (uint64_t i = 0; i < n; i++)
@@ -222,7 +277,8 @@ static int read_tensor_info(struct cursor *c, struct gguf_tensor *t) {
   uint64_t at = c->pos;
   if ((rc = cur_str(c, &name, "tensor name"))) return rc;
   t->name = name.data;
-  if (name.len == 0 || strlen(name.data) != name.len) return cur_fail(c, "tensor name is empty or contains NUL");
+  if (name.len == 0 || strlen(name.data) != name.len)
+    return cur_fail(c, "tensor name is empty or contains NUL");
   if ((rc = cur_u32(c, &t->n_dims, "tensor dimension count"))) return rc;
   if (t->n_dims < 1 || t->n_dims > GGUF_MAX_DIMS) {
     char m[300];
@@ -237,7 +293,9 @@ static int read_tensor_info(struct cursor *c, struct gguf_tensor *t) {
   char m[400];
   const struct ferry_type_info *ti = ferry_type_info(t->type);
   if (!ti || !ti->weight) {
-    snprintf(m, sizeof m, "tensor '%.200s' has unsupported type %u (ferry reads f32, f16, bf16, q4_0, q8_0, q2_K..q6_K)",
+    snprintf(m, sizeof m,
+             "tensor '%.200s' has unsupported type %u (ferry reads f32, f16, bf16, q4_0, q8_0, "
+             "q2_K..q6_K)",
              t->name, t->type);
     c->pos = at;
     return cur_fail(c, m);
@@ -245,13 +303,15 @@ static int read_tensor_info(struct cursor *c, struct gguf_tensor *t) {
   uint64_t nel = 1;
   for (int i = 0; i < 4; i++) {
     if (t->ne[i] == 0 || ferry_mul_u64(nel, t->ne[i], &nel) || nel > (1ULL << 48)) {
-      snprintf(m, sizeof m, "tensor '%.200s' has invalid dimensions (zero or overflowing)", t->name);
+      snprintf(m, sizeof m, "tensor '%.200s' has invalid dimensions (zero or overflowing)",
+               t->name);
       c->pos = at;
       return cur_fail(c, m);
     }
   }
   if (t->ne[0] % ti->blck) {
-    snprintf(m, sizeof m, "tensor '%.200s': row length %llu is not a multiple of the %s block size %u", t->name,
+    snprintf(m, sizeof m,
+             "tensor '%.200s': row length %llu is not a multiple of the %s block size %u", t->name,
              (unsigned long long)t->ne[0], ti->name, ti->blck);
     c->pos = at;
     return cur_fail(c, m);
@@ -322,7 +382,8 @@ int gguf_open(struct gguf_file **out, const char *path) {
     goto fail;
   }
   uint64_t n_tensors, n_kv;
-  if ((rc = cur_u64(c, &n_tensors, "tensor count")) || (rc = cur_u64(c, &n_kv, "metadata count"))) goto fail;
+  if ((rc = cur_u64(c, &n_tensors, "tensor count")) || (rc = cur_u64(c, &n_kv, "metadata count")))
+    goto fail;
   // Each kv needs >= 8+1+4+1 bytes and each tensor info >= 8+1+4+8+4+8 bytes.
   if (n_kv > remaining(c) / 14 || n_tensors > remaining(c) / 33) {
     c->pos = 8;
@@ -369,8 +430,8 @@ int gguf_open(struct gguf_file **out, const char *path) {
     if ((rc = read_tensor_info(c, t))) goto fail;
     if (t->offset % f->alignment) {
       char m[300];
-      snprintf(m, sizeof m, "tensor '%.200s' offset %llu is not a multiple of the alignment %llu", t->name,
-               (unsigned long long)t->offset, (unsigned long long)f->alignment);
+      snprintf(m, sizeof m, "tensor '%.200s' offset %llu is not a multiple of the alignment %llu",
+               t->name, (unsigned long long)t->offset, (unsigned long long)f->alignment);
       rc = cur_fail(c, m);
       goto fail;
     }
@@ -391,11 +452,13 @@ int gguf_open(struct gguf_file **out, const char *path) {
   for (int64_t i = 0; i < f->n_tensors; i++) {
     struct gguf_tensor *t = &f->tensors[i];
     uint64_t end;
-    if (ferry_add_u64(f->data_offset, t->offset, &t->abs_offset) || ferry_add_u64(t->abs_offset, t->nbytes, &end) ||
-        end > f->size) {
-      rc = ferry_fail(-EINVAL, "%s: tensor '%s' (%llu bytes at offset %llu) extends past the end of the file (%llu bytes)",
-                      path, t->name, (unsigned long long)t->nbytes, (unsigned long long)t->abs_offset,
-                      (unsigned long long)f->size);
+    if (ferry_add_u64(f->data_offset, t->offset, &t->abs_offset) ||
+        ferry_add_u64(t->abs_offset, t->nbytes, &end) || end > f->size) {
+      rc = ferry_fail(-EINVAL,
+                      "%s: tensor '%s' (%llu bytes at offset %llu) extends past the end of the "
+                      "file (%llu bytes)",
+                      path, t->name, (unsigned long long)t->nbytes,
+                      (unsigned long long)t->abs_offset, (unsigned long long)f->size);
       goto fail;
     }
   }
@@ -411,15 +474,16 @@ int gguf_open(struct gguf_file **out, const char *path) {
     // shell sort by offset: n is at most a few thousand
     for (int64_t gap = n / 2; gap > 0; gap /= 2)
       for (int64_t i = gap; i < n; i++)
-        for (int64_t j = i; j >= gap && f->tensors[idx[j - gap]].offset > f->tensors[idx[j]].offset; j -= gap) {
+        for (int64_t j = i; j >= gap && f->tensors[idx[j - gap]].offset > f->tensors[idx[j]].offset;
+             j -= gap) {
           int64_t tmp = idx[j];
           idx[j] = idx[j - gap], idx[j - gap] = tmp;
         }
     for (int64_t i = 1; i < n; i++) {
       const struct gguf_tensor *a = &f->tensors[idx[i - 1]], *b = &f->tensors[idx[i]];
       if (a->offset + a->nbytes > b->offset) {
-        rc = ferry_fail(-EINVAL, "%s: tensors '%s' and '%s' overlap (at offset %llu)", path, a->name, b->name,
-                        (unsigned long long)b->abs_offset);
+        rc = ferry_fail(-EINVAL, "%s: tensors '%s' and '%s' overlap (at offset %llu)", path,
+                        a->name, b->name, (unsigned long long)b->abs_offset);
         free(idx);
         goto fail;
       }
@@ -452,18 +516,22 @@ const struct gguf_kv *gguf_find_kv(const struct gguf_file *f, const char *key) {
 }
 
 static bool is_int(uint32_t t) {
-  return t == GGUF_U8 || t == GGUF_I8 || t == GGUF_U16 || t == GGUF_I16 || t == GGUF_U32 || t == GGUF_I32 ||
-         t == GGUF_U64 || t == GGUF_I64;
+  return t == GGUF_U8 || t == GGUF_I8 || t == GGUF_U16 || t == GGUF_I16 || t == GGUF_U32 ||
+         t == GGUF_I32 || t == GGUF_U64 || t == GGUF_I64;
 }
-static bool is_signed(uint32_t t) { return t == GGUF_I8 || t == GGUF_I16 || t == GGUF_I32 || t == GGUF_I64; }
+static bool is_signed(uint32_t t) {
+  return t == GGUF_I8 || t == GGUF_I16 || t == GGUF_I32 || t == GGUF_I64;
+}
 
 int gguf_get_u64(const struct gguf_file *f, const char *key, uint64_t *out) {
   const struct gguf_kv *kv = gguf_find_kv(f, key);
   if (!kv) return -ENOENT;
   if (!is_int(kv->type))
-    return ferry_fail(-EINVAL, "%s: metadata '%s' is %s, expected an integer", f->path, key, gguf_vtype_name(kv->type));
+    return ferry_fail(-EINVAL, "%s: metadata '%s' is %s, expected an integer", f->path, key,
+                      gguf_vtype_name(kv->type));
   if (is_signed(kv->type) && kv->v.i64 < 0)
-    return ferry_fail(-EINVAL, "%s: metadata '%s' is negative (%lld)", f->path, key, (long long)kv->v.i64);
+    return ferry_fail(-EINVAL, "%s: metadata '%s' is negative (%lld)", f->path, key,
+                      (long long)kv->v.i64);
   *out = kv->v.u64;
   return 0;
 }
@@ -472,7 +540,9 @@ int gguf_get_u32(const struct gguf_file *f, const char *key, uint32_t *out) {
   uint64_t v;
   int rc = gguf_get_u64(f, key, &v);
   if (rc) return rc;
-  if (v > UINT32_MAX) return ferry_fail(-EINVAL, "%s: metadata '%s' = %llu is out of range", f->path, key, (unsigned long long)v);
+  if (v > UINT32_MAX)
+    return ferry_fail(-EINVAL, "%s: metadata '%s' = %llu is out of range", f->path, key,
+                      (unsigned long long)v);
   *out = (uint32_t)v;
   return 0;
 }
@@ -480,16 +550,22 @@ int gguf_get_u32(const struct gguf_file *f, const char *key, uint32_t *out) {
 int gguf_get_f32(const struct gguf_file *f, const char *key, float *out) {
   const struct gguf_kv *kv = gguf_find_kv(f, key);
   if (!kv) return -ENOENT;
-  if (kv->type == GGUF_F32 || kv->type == GGUF_F64) *out = (float)kv->v.f64;
-  else if (is_int(kv->type)) *out = is_signed(kv->type) ? (float)kv->v.i64 : (float)kv->v.u64;
-  else return ferry_fail(-EINVAL, "%s: metadata '%s' is %s, expected a number", f->path, key, gguf_vtype_name(kv->type));
+  if (kv->type == GGUF_F32 || kv->type == GGUF_F64)
+    *out = (float)kv->v.f64;
+  else if (is_int(kv->type))
+    *out = is_signed(kv->type) ? (float)kv->v.i64 : (float)kv->v.u64;
+  else
+    return ferry_fail(-EINVAL, "%s: metadata '%s' is %s, expected a number", f->path, key,
+                      gguf_vtype_name(kv->type));
   return 0;
 }
 
 int gguf_get_bool(const struct gguf_file *f, const char *key, bool *out) {
   const struct gguf_kv *kv = gguf_find_kv(f, key);
   if (!kv) return -ENOENT;
-  if (kv->type != GGUF_BOOL) return ferry_fail(-EINVAL, "%s: metadata '%s' is %s, expected bool", f->path, key, gguf_vtype_name(kv->type));
+  if (kv->type != GGUF_BOOL)
+    return ferry_fail(-EINVAL, "%s: metadata '%s' is %s, expected bool", f->path, key,
+                      gguf_vtype_name(kv->type));
   *out = kv->v.u64 != 0;
   return 0;
 }
@@ -501,7 +577,9 @@ const char *gguf_get_str(const struct gguf_file *f, const char *key) {
 
 const struct gguf_kv *gguf_get_arr(const struct gguf_file *f, const char *key, uint32_t elem_type) {
   const struct gguf_kv *kv = gguf_find_kv(f, key);
-  return kv && kv->type == GGUF_ARRAY && kv->arr_type == elem_type && (kv->arr || kv->arr_n == 0) ? kv : NULL;
+  return kv && kv->type == GGUF_ARRAY && kv->arr_type == elem_type && (kv->arr || kv->arr_n == 0)
+             ? kv
+             : NULL;
 }
 
 int64_t gguf_n_tensors(const struct gguf_file *f) { return f->n_tensors; }
@@ -521,16 +599,19 @@ const struct gguf_tensor *gguf_find_tensor(const struct gguf_file *f, const char
 int gguf_pread(const struct gguf_file *f, void *buf, uint64_t len, uint64_t off) {
   uint8_t *p = buf;
   if (off > f->size || len > f->size - off)
-    return ferry_fail(-EINVAL, "%s: read of %llu bytes at offset %llu is past the end of the file", f->path,
-                      (unsigned long long)len, (unsigned long long)off);
+    return ferry_fail(-EINVAL, "%s: read of %llu bytes at offset %llu is past the end of the file",
+                      f->path, (unsigned long long)len, (unsigned long long)off);
   while (len) {
     size_t chunk = len > (1u << 30) ? (1u << 30) : (size_t)len;
     ssize_t r = pread(f->fd, p, chunk, (off_t)off);
     if (r < 0) {
       if (errno == EINTR) continue;
-      return ferry_fail(-errno, "%s: read error at offset %llu: %s", f->path, (unsigned long long)off, strerror(errno));
+      return ferry_fail(-errno, "%s: read error at offset %llu: %s", f->path,
+                        (unsigned long long)off, strerror(errno));
     }
-    if (r == 0) return ferry_fail(-EIO, "%s: unexpected end of file at offset %llu", f->path, (unsigned long long)off);
+    if (r == 0)
+      return ferry_fail(-EIO, "%s: unexpected end of file at offset %llu", f->path,
+                        (unsigned long long)off);
     p += r, off += (uint64_t)r, len -= (uint64_t)r;
   }
   return 0;

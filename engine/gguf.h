@@ -11,9 +11,20 @@ extern "C" {
 #endif
 
 enum gguf_vtype {
-  GGUF_U8 = 0, GGUF_I8 = 1, GGUF_U16 = 2, GGUF_I16 = 3, GGUF_U32 = 4, GGUF_I32 = 5,
-  GGUF_F32 = 6, GGUF_BOOL = 7, GGUF_STRING = 8, GGUF_ARRAY = 9, GGUF_U64 = 10,
-  GGUF_I64 = 11, GGUF_F64 = 12, GGUF_VTYPE_COUNT = 13,
+  GGUF_U8 = 0,
+  GGUF_I8 = 1,
+  GGUF_U16 = 2,
+  GGUF_I16 = 3,
+  GGUF_U32 = 4,
+  GGUF_I32 = 5,
+  GGUF_F32 = 6,
+  GGUF_BOOL = 7,
+  GGUF_STRING = 8,
+  GGUF_ARRAY = 9,
+  GGUF_U64 = 10,
+  GGUF_I64 = 11,
+  GGUF_F64 = 12,
+  GGUF_VTYPE_COUNT = 13,
 };
 
 struct gguf_str {
@@ -23,12 +34,12 @@ struct gguf_str {
 
 struct gguf_kv {
   char *key;
-  uint32_t type;       // enum gguf_vtype
-  uint64_t file_off;   // where the pair starts in the file
+  uint32_t type;     // enum gguf_vtype
+  uint64_t file_off; // where the pair starts in the file
   union {
-    uint64_t u64;      // any unsigned integer or bool
-    int64_t i64;       // any signed integer
-    double f64;        // F32/F64
+    uint64_t u64; // any unsigned integer or bool
+    int64_t i64;  // any signed integer
+    double f64;   // F32/F64
   } v;
   struct gguf_str str; // GGUF_STRING
   uint32_t arr_type;   // GGUF_ARRAY: element type

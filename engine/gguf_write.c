@@ -19,9 +19,9 @@
 #include "base/base.h"
 #include "kernels/types.h"
 
-#define GW_MAGIC 0x46554747u
-#define GW_VERSION 3u
-#define GW_BUF_BYTES ((size_t)32 << 20) // virtual disks want large requests
+#define GW_MAGIC        0x46554747u
+#define GW_VERSION      3u
+#define GW_BUF_BYTES    ((size_t)32 << 20) // virtual disks want large requests
 #define GW_DIRECT_ALIGN 4096
 
 struct gw_tensor {
@@ -69,7 +69,7 @@ struct gguf_writer {
   size_t job_len;
   uint64_t job_off;
   bool stop;
-  int io_err; // errno of the first failed pwrite (0: none)
+  int io_err;    // errno of the first failed pwrite (0: none)
   double wait_s; // time the caller spent waiting for the disk (reported at debug level)
 };
 
@@ -108,10 +108,12 @@ static int gw_put_str(struct gguf_writer *w, const char *s, uint64_t len) {
 // ever followed by another.
 static int gw_begin_kv(struct gguf_writer *w, const char *key, uint32_t type) {
   if (w->state != GW_DECLARE)
-    return ferry_fail(-EINVAL, "gguf writer: metadata '%s' added after the data started", key ? key : "");
+    return ferry_fail(-EINVAL, "gguf writer: metadata '%s' added after the data started",
+                      key ? key : "");
   if (!key || !*key) return ferry_fail(-EINVAL, "gguf writer: empty metadata key");
   for (uint64_t i = 0; i < w->n_kv; i++)
-    if (!strcmp(w->keys[i], key)) return ferry_fail(-EEXIST, "gguf writer: duplicate metadata key '%s'", key);
+    if (!strcmp(w->keys[i], key))
+      return ferry_fail(-EEXIST, "gguf writer: duplicate metadata key '%s'", key);
   if (w->n_kv == w->keys_cap) {
     size_t cap = w->keys_cap ? w->keys_cap * 2 : 64;
     char **k = realloc(w->keys, cap * sizeof *k);
@@ -126,17 +128,20 @@ static int gw_begin_kv(struct gguf_writer *w, const char *key, uint32_t type) {
   return rc;
 }
 
-int gguf_writer_add_scalar(struct gguf_writer *w, const char *key, enum gguf_vtype type, const void *v) {
+int gguf_writer_add_scalar(struct gguf_writer *w, const char *key, enum gguf_vtype type,
+                           const void *v) {
   if (type == GGUF_STRING) return gguf_writer_add_str(w, key, (const char *)v);
   size_t sz = (size_t)gguf_vtype_size(type);
-  if (!sz) return ferry_fail(-EINVAL, "gguf writer: '%s': %s is not a scalar type", key, gguf_vtype_name(type));
+  if (!sz)
+    return ferry_fail(-EINVAL, "gguf writer: '%s': %s is not a scalar type", key,
+                      gguf_vtype_name(type));
   int rc = gw_begin_kv(w, key, type);
   return rc ? rc : gw_put(w, v, sz);
 }
 
-#define GW_SCALAR_FN(name, ctype, vt)                                                   \
-  int gguf_writer_add_##name(struct gguf_writer *w, const char *key, ctype v) {        \
-    return gguf_writer_add_scalar(w, key, vt, &v);                                      \
+#define GW_SCALAR_FN(name, ctype, vt)                                           \
+  int gguf_writer_add_##name(struct gguf_writer *w, const char *key, ctype v) { \
+    return gguf_writer_add_scalar(w, key, vt, &v);                              \
   }
 GW_SCALAR_FN(u8, uint8_t, GGUF_U8)
 GW_SCALAR_FN(i8, int8_t, GGUF_I8)
@@ -169,8 +174,8 @@ int gguf_writer_add_array(struct gguf_writer *w, const char *key, enum gguf_vtyp
                           const void *data, uint64_t n) {
   size_t sz = (size_t)gguf_vtype_size(elem_type);
   if (!sz)
-    return ferry_fail(-EINVAL, "gguf writer: '%s': arrays of %s need their own function", key ? key : "",
-                      gguf_vtype_name(elem_type));
+    return ferry_fail(-EINVAL, "gguf writer: '%s': arrays of %s need their own function",
+                      key ? key : "", gguf_vtype_name(elem_type));
   uint64_t bytes;
   if (ferry_mul_u64(n, sz, &bytes) || bytes > ((uint64_t)1 << 40) || (n && !data))
     return ferry_fail(-EINVAL, "gguf writer: '%s': bad array (%llu elements)", key ? key : "",
@@ -184,13 +189,17 @@ int gguf_writer_add_array(struct gguf_writer *w, const char *key, enum gguf_vtyp
 
 int gguf_writer_add_str_array(struct gguf_writer *w, const char *key, const char *const *strs,
                               const uint64_t *lens, uint64_t n) {
-  if (n && !strs) return ferry_fail(-EINVAL, "gguf writer: '%s': NULL string array", key ? key : "");
+  if (n && !strs)
+    return ferry_fail(-EINVAL, "gguf writer: '%s': NULL string array", key ? key : "");
   for (uint64_t i = 0; i < n; i++)
-    if (!strs[i]) return ferry_fail(-EINVAL, "gguf writer: '%s': string %llu is NULL", key ? key : "", (unsigned long long)i);
+    if (!strs[i])
+      return ferry_fail(-EINVAL, "gguf writer: '%s': string %llu is NULL", key ? key : "",
+                        (unsigned long long)i);
   int rc = gw_begin_kv(w, key, GGUF_ARRAY);
   if (!rc) rc = gw_put_u32(w, GGUF_STRING);
   if (!rc) rc = gw_put_u64(w, n);
-  for (uint64_t i = 0; !rc && i < n; i++) rc = gw_put_str(w, strs[i], lens ? lens[i] : strlen(strs[i]));
+  for (uint64_t i = 0; !rc && i < n; i++)
+    rc = gw_put_str(w, strs[i], lens ? lens[i] : strlen(strs[i]));
   return rc;
 }
 
@@ -230,21 +239,27 @@ int gguf_writer_copy_kv(struct gguf_writer *w, const struct gguf_kv *kv) {
 int gguf_writer_add_tensor(struct gguf_writer *w, const char *name, uint32_t n_dims,
                            const uint64_t *ne, uint32_t type) {
   if (w->state != GW_DECLARE)
-    return ferry_fail(-EINVAL, "gguf writer: tensor '%s' added after the data started", name ? name : "");
+    return ferry_fail(-EINVAL, "gguf writer: tensor '%s' added after the data started",
+                      name ? name : "");
   if (!name || !*name || strlen(name) >= 64)
-    return ferry_fail(-EINVAL, "gguf writer: tensor name '%s' is empty or longer than 63 bytes", name ? name : "");
-  if (n_dims < 1 || n_dims > 4) return ferry_fail(-EINVAL, "gguf writer: '%s': %u dims (1..4)", name, n_dims);
+    return ferry_fail(-EINVAL, "gguf writer: tensor name '%s' is empty or longer than 63 bytes",
+                      name ? name : "");
+  if (n_dims < 1 || n_dims > 4)
+    return ferry_fail(-EINVAL, "gguf writer: '%s': %u dims (1..4)", name, n_dims);
   const struct ferry_type_info *ti = ferry_type_info(type);
-  if (!ti || !ti->weight) return ferry_fail(-EINVAL, "gguf writer: '%s': unsupported type %u", name, type);
+  if (!ti || !ti->weight)
+    return ferry_fail(-EINVAL, "gguf writer: '%s': unsupported type %u", name, type);
   for (int64_t i = 0; i < w->n_t; i++)
-    if (!strcmp(w->t[i].name, name)) return ferry_fail(-EEXIST, "gguf writer: duplicate tensor '%s'", name);
+    if (!strcmp(w->t[i].name, name))
+      return ferry_fail(-EEXIST, "gguf writer: duplicate tensor '%s'", name);
   uint64_t n_el = 1;
   for (uint32_t d = 0; d < n_dims; d++)
     if (ne[d] == 0 || ferry_mul_u64(n_el, ne[d], &n_el))
       return ferry_fail(-EINVAL, "gguf writer: '%s': bad dimension ne[%u]", name, d);
   if (ne[0] % ti->blck)
-    return ferry_fail(-EINVAL, "gguf writer: '%s': ne[0] = %llu is not a multiple of the %s block (%u)", name,
-                      (unsigned long long)ne[0], ti->name, ti->blck);
+    return ferry_fail(-EINVAL,
+                      "gguf writer: '%s': ne[0] = %llu is not a multiple of the %s block (%u)",
+                      name, (unsigned long long)ne[0], ti->name, ti->blck);
   uint64_t nbytes;
   if (ferry_mul_u64(n_el / ti->blck, ti->size, &nbytes) || nbytes > ((uint64_t)1 << 50))
     return ferry_fail(-EINVAL, "gguf writer: '%s': tensor too large", name);
@@ -321,7 +336,8 @@ static int gw_io_wait(struct gguf_writer *w) {
   }
   int err = w->io_err;
   pthread_mutex_unlock(&w->mu);
-  if (err) return gw_failed(w, ferry_fail(-err, "%s: write failed: %s", w->tmp_path, strerror(err)));
+  if (err)
+    return gw_failed(w, ferry_fail(-err, "%s: write failed: %s", w->tmp_path, strerror(err)));
   return 0;
 }
 
@@ -393,7 +409,8 @@ int gguf_writer_create(struct gguf_writer **out, const char *path, uint32_t alig
   *out = NULL;
   if (!path || !*path) return ferry_fail(-EINVAL, "gguf writer: empty output path");
   if (alignment == 0) alignment = 32;
-  if (alignment & (alignment - 1)) return ferry_fail(-EINVAL, "gguf writer: alignment %u is not a power of two", alignment);
+  if (alignment & (alignment - 1))
+    return ferry_fail(-EINVAL, "gguf writer: alignment %u is not a power of two", alignment);
   struct gguf_writer *w = calloc(1, sizeof *w);
   if (!w) return ferry_fail(-ENOMEM, "gguf writer: out of memory");
   w->fd = -1;
@@ -480,7 +497,8 @@ static int gw_advance(struct gguf_writer *w) {
 }
 
 int gguf_writer_begin_data(struct gguf_writer *w) {
-  if (w->state != GW_DECLARE) return ferry_fail(-EINVAL, "gguf writer: begin_data called twice or after a failure");
+  if (w->state != GW_DECLARE)
+    return ferry_fail(-EINVAL, "gguf writer: begin_data called twice or after a failure");
   // Header: magic, version, counts, then the kv bytes, then the tensor infos.
   uint8_t hdr[24];
   uint32_t magic = GW_MAGIC, ver = GW_VERSION;
@@ -514,12 +532,16 @@ int gguf_writer_begin_data(struct gguf_writer *w) {
 
 int gguf_writer_write(struct gguf_writer *w, const void *data, uint64_t len) {
   if (w->state != GW_DATA)
-    return ferry_fail(-EINVAL, "gguf writer: tensor data written before begin_data or after finish/failure");
-  if (w->cur >= w->n_t) return gw_failed(w, ferry_fail(-EINVAL, "gguf writer: more data than the declared tensors hold"));
+    return ferry_fail(-EINVAL,
+                      "gguf writer: tensor data written before begin_data or after finish/failure");
+  if (w->cur >= w->n_t)
+    return gw_failed(w,
+                     ferry_fail(-EINVAL, "gguf writer: more data than the declared tensors hold"));
   const struct gw_tensor *t = &w->t[w->cur];
   if (len > t->nbytes - w->cur_done)
-    return gw_failed(w, ferry_fail(-EINVAL, "gguf writer: '%s': %llu bytes written past its size %llu", t->name,
-                                   (unsigned long long)(w->cur_done + len), (unsigned long long)t->nbytes));
+    return gw_failed(
+        w, ferry_fail(-EINVAL, "gguf writer: '%s': %llu bytes written past its size %llu", t->name,
+                      (unsigned long long)(w->cur_done + len), (unsigned long long)t->nbytes));
   int rc = gw_out(w, data, (size_t)len);
   if (rc) return rc;
   w->cur_done += len;
@@ -527,10 +549,12 @@ int gguf_writer_write(struct gguf_writer *w, const void *data, uint64_t len) {
 }
 
 int gguf_writer_finish(struct gguf_writer *w) {
-  if (w->state != GW_DATA) return ferry_fail(-EINVAL, "gguf writer: finish without begin_data (or after a failure)");
+  if (w->state != GW_DATA)
+    return ferry_fail(-EINVAL, "gguf writer: finish without begin_data (or after a failure)");
   if (w->cur < w->n_t)
-    return gw_failed(w, ferry_fail(-EINVAL, "gguf writer: tensor '%s' has %llu of %llu bytes", w->t[w->cur].name,
-                                   (unsigned long long)w->cur_done, (unsigned long long)w->t[w->cur].nbytes));
+    return gw_failed(
+        w, ferry_fail(-EINVAL, "gguf writer: tensor '%s' has %llu of %llu bytes", w->t[w->cur].name,
+                      (unsigned long long)w->cur_done, (unsigned long long)w->t[w->cur].nbytes));
   int rc = gw_drain(w);
   if (rc) return rc;
   if (fdatasync(w->fd) != 0 && errno != EINVAL && errno != EROFS)
@@ -543,7 +567,8 @@ int gguf_writer_finish(struct gguf_writer *w) {
   log_debug("gguf writer: %s: %llu bytes, %s, caller waited %.2f s for the disk", w->path,
             (unsigned long long)w->written, w->direct ? "O_DIRECT" : "buffered", w->wait_s);
   if (rename(w->tmp_path, w->path) != 0)
-    return gw_failed(w, ferry_fail(-errno, "cannot rename %s to %s: %s", w->tmp_path, w->path, strerror(errno)));
+    return gw_failed(
+        w, ferry_fail(-errno, "cannot rename %s to %s: %s", w->tmp_path, w->path, strerror(errno)));
   w->state = GW_DONE;
   return 0;
 }

@@ -30,7 +30,8 @@ void gguf_writer_destroy(struct gguf_writer *w);
 // ---- metadata (only before gguf_writer_begin_data; keys must be unique) -------------
 // Scalar of any non-array type; v points to the value in its on-disk width (bool: one
 // byte 0/1; GGUF_STRING: a NUL-terminated char*, i.e. v is `const char *`).
-int gguf_writer_add_scalar(struct gguf_writer *w, const char *key, enum gguf_vtype type, const void *v);
+int gguf_writer_add_scalar(struct gguf_writer *w, const char *key, enum gguf_vtype type,
+                           const void *v);
 int gguf_writer_add_u8(struct gguf_writer *w, const char *key, uint8_t v);
 int gguf_writer_add_i8(struct gguf_writer *w, const char *key, int8_t v);
 int gguf_writer_add_u16(struct gguf_writer *w, const char *key, uint16_t v);

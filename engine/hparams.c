@@ -9,8 +9,8 @@
 
 #include "base/base.h"
 
-static int get_u32(const struct gguf_file *f, const char *arch, const char *key, uint32_t *out, bool required,
-                   uint32_t def) {
+static int get_u32(const struct gguf_file *f, const char *arch, const char *key, uint32_t *out,
+                   bool required, uint32_t def) {
   char k[128];
   snprintf(k, sizeof k, "%s.%s", arch, key);
   int rc = gguf_get_u32(f, k, out);
@@ -22,7 +22,8 @@ static int get_u32(const struct gguf_file *f, const char *arch, const char *key,
   return rc;
 }
 
-static int get_f32(const struct gguf_file *f, const char *arch, const char *key, float *out, float def) {
+static int get_f32(const struct gguf_file *f, const char *arch, const char *key, float *out,
+                   float def) {
   char k[128];
   snprintf(k, sizeof k, "%s.%s", arch, key);
   int rc = gguf_get_f32(f, k, out);
@@ -43,9 +44,14 @@ int hparams_load(struct model_hparams *hp, const struct gguf_file *f) {
   const char *path = gguf_path(f);
   const char *arch = gguf_get_str(f, "general.architecture");
   if (!arch) return ferry_fail(-EINVAL, "%s: missing metadata 'general.architecture'", path);
-  if (!strcmp(arch, "qwen3moe")) hp->arch = ARCH_QWEN3MOE;
-  else if (!strcmp(arch, "qwen3next")) hp->arch = ARCH_QWEN3NEXT;
-  else return ferry_fail(-EINVAL, "%s: unsupported architecture '%.40s' (ferry runs qwen3moe and qwen3next)", path, arch);
+  if (!strcmp(arch, "qwen3moe"))
+    hp->arch = ARCH_QWEN3MOE;
+  else if (!strcmp(arch, "qwen3next"))
+    hp->arch = ARCH_QWEN3NEXT;
+  else
+    return ferry_fail(-EINVAL,
+                      "%s: unsupported architecture '%.40s' (ferry runs qwen3moe and qwen3next)",
+                      path, arch);
   snprintf(hp->arch_name, sizeof hp->arch_name, "%s", arch);
   int rc;
   uint32_t nextn = 0, key_len, val_len;
@@ -68,25 +74,32 @@ int hparams_load(struct model_hparams *hp, const struct gguf_file *f) {
   if (!key_len) key_len = hp->n_embd / hp->n_head;
   if (!val_len) val_len = key_len;
   if (key_len != val_len)
-    return ferry_fail(-EINVAL, "%s: attention key_length %u != value_length %u (unsupported)", path, key_len, val_len);
+    return ferry_fail(-EINVAL, "%s: attention key_length %u != value_length %u (unsupported)", path,
+                      key_len, val_len);
   hp->head_dim = key_len;
   if ((rc = get_u32(f, arch, "rope.dimension_count", &hp->n_rot, false, hp->head_dim))) return rc;
-  if (nextn >= hp->n_layer_file) return ferry_fail(-EINVAL, "%s: nextn_predict_layers %u >= block_count %u", path, nextn, hp->n_layer_file);
+  if (nextn >= hp->n_layer_file)
+    return ferry_fail(-EINVAL, "%s: nextn_predict_layers %u >= block_count %u", path, nextn,
+                      hp->n_layer_file);
   hp->n_layer = hp->n_layer_file - nextn;
   if (hp->n_head_kv == 0 || hp->n_head % hp->n_head_kv)
-    return ferry_fail(-EINVAL, "%s: head_count %u is not a multiple of head_count_kv %u", path, hp->n_head, hp->n_head_kv);
+    return ferry_fail(-EINVAL, "%s: head_count %u is not a multiple of head_count_kv %u", path,
+                      hp->n_head, hp->n_head_kv);
   if (hp->n_rot == 0 || hp->n_rot > hp->head_dim || hp->n_rot % 2)
-    return ferry_fail(-EINVAL, "%s: rope.dimension_count %u must be even and <= head dim %u", path, hp->n_rot, hp->head_dim);
+    return ferry_fail(-EINVAL, "%s: rope.dimension_count %u must be even and <= head dim %u", path,
+                      hp->n_rot, hp->head_dim);
   if (hp->n_expert == 0 || hp->n_expert_used == 0 || hp->n_expert_used > hp->n_expert)
-    return ferry_fail(-EINVAL, "%s: expert_used_count %u must be in 1..expert_count (%u)", path, hp->n_expert_used, hp->n_expert);
+    return ferry_fail(-EINVAL, "%s: expert_used_count %u must be in 1..expert_count (%u)", path,
+                      hp->n_expert_used, hp->n_expert);
   if (!(hp->rope_base > 0) || !(hp->eps > 0) || hp->eps > 1)
     return ferry_fail(-EINVAL, "%s: invalid rope.freq_base or rms epsilon", path);
 
   const struct gguf_tensor *emb = gguf_find_tensor(f, "token_embd.weight");
   if (!emb) return ferry_fail(-EINVAL, "%s: missing tensor 'token_embd.weight'", path);
   if (emb->ne[0] != hp->n_embd)
-    return ferry_fail(-EINVAL, "%s: token_embd.weight has row length %llu, expected embedding_length %u", path,
-                      (unsigned long long)emb->ne[0], hp->n_embd);
+    return ferry_fail(-EINVAL,
+                      "%s: token_embd.weight has row length %llu, expected embedding_length %u",
+                      path, (unsigned long long)emb->ne[0], hp->n_embd);
   if (emb->ne[1] > INT32_MAX) return ferry_fail(-EINVAL, "%s: vocabulary too large", path);
   hp->n_vocab = (uint32_t)emb->ne[1];
 
@@ -101,7 +114,8 @@ int hparams_load(struct model_hparams *hp, const struct gguf_file *f) {
     if (!hp->ssm_conv_k || !hp->ssm_head_k || !hp->ssm_n_k_heads || !hp->ssm_n_v_heads ||
         hp->ssm_n_v_heads % hp->ssm_n_k_heads || hp->ssm_inner % hp->ssm_n_v_heads)
       return ferry_fail(-EINVAL,
-                        "%s: inconsistent DeltaNet head counts (group_count %u, time_step_rank %u, inner_size %u, state_size %u)",
+                        "%s: inconsistent DeltaNet head counts (group_count %u, time_step_rank %u, "
+                        "inner_size %u, state_size %u)",
                         path, hp->ssm_n_k_heads, hp->ssm_n_v_heads, hp->ssm_inner, hp->ssm_head_k);
     hp->ssm_head_v = hp->ssm_inner / hp->ssm_n_v_heads;
     hp->recurrent = calloc(hp->n_layer, sizeof *hp->recurrent);
@@ -115,8 +129,10 @@ int hparams_load(struct model_hparams *hp, const struct gguf_file *f) {
     for (uint32_t l = 0; l < hp->n_layer; l++) hp->recurrent[l] = (l + 1) % interval != 0;
     if (rl) {
       if (rl->type != GGUF_ARRAY || rl->arr_type != GGUF_BOOL || rl->arr_n < hp->n_layer)
-        return ferry_fail(-EINVAL, "%s: '%s' must be a bool array of at least %u entries", path, k, hp->n_layer);
-      for (uint32_t l = 0; l < hp->n_layer; l++) hp->recurrent[l] = ((const uint8_t *)rl->arr)[l] != 0;
+        return ferry_fail(-EINVAL, "%s: '%s' must be a bool array of at least %u entries", path, k,
+                          hp->n_layer);
+      for (uint32_t l = 0; l < hp->n_layer; l++)
+        hp->recurrent[l] = ((const uint8_t *)rl->arr)[l] != 0;
     }
     // The pattern must agree with the tensors present: a DeltaNet layer has ssm_* tensors,
     // a full-attention layer has attn_q.
@@ -126,15 +142,24 @@ int hparams_load(struct model_hparams *hp, const struct gguf_file *f) {
       snprintf(n1, sizeof n1, "blk.%u.ssm_in.weight", l);
       snprintf(n2, sizeof n2, "blk.%u.attn_qkv.weight", l);
       snprintf(n3, sizeof n3, "blk.%u.attn_q.weight", l);
-      bool has_in = gguf_find_tensor(f, n1), has_qkv = gguf_find_tensor(f, n2), has_q = gguf_find_tensor(f, n3);
+      bool has_in = gguf_find_tensor(f, n1), has_qkv = gguf_find_tensor(f, n2),
+           has_q = gguf_find_tensor(f, n3);
       if (hp->recurrent[l] && !has_in && !has_qkv)
-        return ferry_fail(-EINVAL, "%s: layer %u is a DeltaNet layer by the layer pattern but has no ssm_in or attn_qkv tensor", path, l);
+        return ferry_fail(-EINVAL,
+                          "%s: layer %u is a DeltaNet layer by the layer pattern but has no ssm_in "
+                          "or attn_qkv tensor",
+                          path, l);
       if (!hp->recurrent[l] && !has_q)
-        return ferry_fail(-EINVAL, "%s: layer %u is a full-attention layer by the layer pattern but has no attn_q tensor", path, l);
+        return ferry_fail(
+            -EINVAL,
+            "%s: layer %u is a full-attention layer by the layer pattern but has no attn_q tensor",
+            path, l);
       any_legacy |= hp->recurrent[l] && has_in;
       any_split |= hp->recurrent[l] && has_qkv && !has_in;
     }
-    if (any_legacy && any_split) return ferry_fail(-EINVAL, "%s: mixes legacy (ssm_in) and split (attn_qkv) DeltaNet layers", path);
+    if (any_legacy && any_split)
+      return ferry_fail(-EINVAL, "%s: mixes legacy (ssm_in) and split (attn_qkv) DeltaNet layers",
+                        path);
     hp->legacy_layout = any_legacy;
   }
   return 0;

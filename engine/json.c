@@ -65,8 +65,10 @@ static void raw_str(FILE *f, const char *s, size_t n) {
       case '\r': fputs("\\r", f); break;
       case '\t': fputs("\\t", f); break;
       default:
-        if (c < 0x20 || c == 0x7f) fprintf(f, "\\u%04x", c);
-        else fputc(c, f);
+        if (c < 0x20 || c == 0x7f)
+          fprintf(f, "\\u%04x", c);
+        else
+          fputc(c, f);
     }
     i++;
   }
@@ -100,8 +102,10 @@ void jw_uint(struct jw *w, uint64_t v) {
 }
 void jw_num(struct jw *w, double v) {
   sep(w);
-  if (isfinite(v)) fprintf(w->f, "%.9g", v);
-  else fputs("null", w->f);
+  if (isfinite(v))
+    fprintf(w->f, "%.9g", v);
+  else
+    fputs("null", w->f);
 }
 void jw_bool(struct jw *w, bool v) {
   sep(w);

@@ -13,10 +13,10 @@
 #include "engine/model.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
-#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -41,16 +41,17 @@ struct model {
   struct layer_weights *layers;
 
   uint8_t *wbuf; // resident weight bytes
-  uint64_t wbuf_bytes, wbuf_base; // wbuf holds file bytes [wbuf_base, wbuf_base + wbuf_bytes) (full mode)
+  uint64_t wbuf_bytes,
+      wbuf_base; // wbuf holds file bytes [wbuf_base, wbuf_base + wbuf_bytes) (full mode)
   double load_s;
 
   // per-sequence state
   int pos;
   int n_ctx;
-  void **kc, **vc;        // [n_layer] KV cache of full-attention layers (NULL for DeltaNet)
-  int64_t kv_stride;      // elements per cached position (n_head_kv * head_dim)
-  float **conv_state;     // [n_layer] (K-1) x conv_dim (DeltaNet)
-  float **ssm_state;      // [n_layer] Hv x dk x dv (DeltaNet)
+  void **kc, **vc;    // [n_layer] KV cache of full-attention layers (NULL for DeltaNet)
+  int64_t kv_stride;  // elements per cached position (n_head_kv * head_dim)
+  float **conv_state; // [n_layer] (K-1) x conv_dim (DeltaNet)
+  float **ssm_state;  // [n_layer] Hv x dk x dv (DeltaNet)
   uint64_t state_bytes;
 
   // scratch, sized for n_batch tokens, allocated once
@@ -60,18 +61,18 @@ struct model {
   int32_t *top_ids;
   float *top_w;
   int32_t *grp_rows, *grp_cnt, *grp_off, *uniq;
-  bool *done;               // [n_expert] per acquired expert: computed
-  int32_t *sel, *pos_of;    // [n_expert] experts computed together; [B*K] pair -> grouped row
-  int32_t *pf_ids;          // [k] prefetch guess for the next layer
-  float *attn_scratch;      // [attn_workers] x cpu_attn_scratch_floats(n_ctx, ...)
+  bool *done;            // [n_expert] per acquired expert: computed
+  int32_t *sel, *pos_of; // [n_expert] experts computed together; [B*K] pair -> grouped row
+  int32_t *pf_ids;       // [k] prefetch guess for the next layer
+  float *attn_scratch;   // [attn_workers] x cpu_attn_scratch_floats(n_ctx, ...)
   int attn_workers;
   float *pf_w;
-  const void *(*eptr)[3];   // [n_expert] bytes of the selected experts
-  uint8_t *xg_g, *xg_u, *hq;  // fast path: quantized expert inputs in grouped order
-  uint8_t *qin;             // fast path: [B] token inputs quantized for gate and up
-  float *eG, *eU;           // fast path: [B*K][ff] gate / up outputs in grouped order
-  size_t rb_g, rb_u, rb_d;  // their activation row bytes
-  int res_layer;            // full mode: the layer of the last acquire
+  const void *(*eptr)[3];    // [n_expert] bytes of the selected experts
+  uint8_t *xg_g, *xg_u, *hq; // fast path: quantized expert inputs in grouped order
+  uint8_t *qin;              // fast path: [B] token inputs quantized for gate and up
+  float *eG, *eU;            // fast path: [B*K][ff] gate / up outputs in grouped order
+  size_t rb_g, rb_u, rb_d;   // their activation row bytes
+  int res_layer;             // full mode: the layer of the last acquire
   const int32_t *res_experts;
   uint8_t *actq;
   uint64_t scratch_bytes;
@@ -80,11 +81,11 @@ struct model {
 // ---------------------------------------------------------------------------------------
 // weight binding
 
-static int bind(struct model *m, struct weight *w, bool required, int64_t ne0, int64_t ne1, int64_t ne2,
-                const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+static int bind(struct model *m, struct weight *w, bool required, int64_t ne0, int64_t ne1,
+                int64_t ne2, const char *fmt, ...) __attribute__((format(printf, 7, 8)));
 
-static int bind(struct model *m, struct weight *w, bool required, int64_t ne0, int64_t ne1, int64_t ne2,
-                const char *fmt, ...) {
+static int bind(struct model *m, struct weight *w, bool required, int64_t ne0, int64_t ne1,
+                int64_t ne2, const char *fmt, ...) {
   char name[128];
   va_list ap;
   va_start(ap, fmt);
@@ -100,9 +101,10 @@ static int bind(struct model *m, struct weight *w, bool required, int64_t ne0, i
   int64_t want[3] = {ne0, ne1, ne2};
   for (int i = 0; i < 3; i++) {
     if ((int64_t)t->ne[i] != want[i] || t->ne[3] != 1)
-      return ferry_fail(-EINVAL, "%s: tensor '%s' has shape [%llu, %llu, %llu], expected [%lld, %lld, %lld]",
-                        gguf_path(m->f), name, (unsigned long long)t->ne[0], (unsigned long long)t->ne[1],
-                        (unsigned long long)t->ne[2], (long long)ne0, (long long)ne1, (long long)ne2);
+      return ferry_fail(
+          -EINVAL, "%s: tensor '%s' has shape [%llu, %llu, %llu], expected [%lld, %lld, %lld]",
+          gguf_path(m->f), name, (unsigned long long)t->ne[0], (unsigned long long)t->ne[1],
+          (unsigned long long)t->ne[2], (long long)ne0, (long long)ne1, (long long)ne2);
   }
   w->t = t;
   w->type = (enum ferry_type)t->type;
@@ -128,18 +130,21 @@ static int bind_all(struct model *m) {
   int rc;
   if ((rc = bind(m, &m->token_embd, true, d, V, 1, "token_embd.weight")) ||
       (rc = bind(m, &m->output_norm, true, d, 1, 1, "output_norm.weight")) ||
-      (rc = bind(m, &m->output, false, d, V, 1, "output.weight")) || (rc = need_f32(m, &m->output_norm)))
+      (rc = bind(m, &m->output, false, d, V, 1, "output.weight")) ||
+      (rc = need_f32(m, &m->output_norm)))
     return rc;
   if (!m->output.t) m->output = m->token_embd; // tied embeddings
   m->layers = calloc(hp->n_layer, sizeof *m->layers);
   if (!m->layers) return ferry_fail(-ENOMEM, "out of memory");
-  int64_t E = hp->n_expert, ff = hp->n_ff_exp, hd = hp->head_dim, H = hp->n_head, Hkv = hp->n_head_kv;
+  int64_t E = hp->n_expert, ff = hp->n_ff_exp, hd = hp->head_dim, H = hp->n_head,
+          Hkv = hp->n_head_kv;
   bool next = hp->arch == ARCH_QWEN3NEXT;
   for (uint32_t l = 0; l < hp->n_layer; l++) {
     struct layer_weights *L = &m->layers[l];
     bool rec = next && hp->recurrent[l];
     if ((rc = bind(m, &L->attn_norm, true, d, 1, 1, "blk.%u.attn_norm.weight", l)) ||
-        (rc = bind(m, &L->ffn_norm, true, d, 1, 1, next ? "blk.%u.post_attention_norm.weight" : "blk.%u.ffn_norm.weight", l)) ||
+        (rc = bind(m, &L->ffn_norm, true, d, 1, 1,
+                   next ? "blk.%u.post_attention_norm.weight" : "blk.%u.ffn_norm.weight", l)) ||
         (rc = need_f32(m, &L->attn_norm)) || (rc = need_f32(m, &L->ffn_norm)))
       return rc;
     if (!rec) {
@@ -153,22 +158,26 @@ static int bind_all(struct model *m) {
           (rc = need_f32(m, &L->q_norm)) || (rc = need_f32(m, &L->k_norm)))
         return rc;
     } else {
-      int64_t nk = hp->ssm_n_k_heads, nv = hp->ssm_n_v_heads, dk = hp->ssm_head_k, dv = hp->ssm_head_v;
+      int64_t nk = hp->ssm_n_k_heads, nv = hp->ssm_n_v_heads, dk = hp->ssm_head_k,
+              dv = hp->ssm_head_v;
       int64_t key_dim = nk * dk, value_dim = nv * dv, conv_dim = 2 * key_dim + value_dim;
       if (hp->legacy_layout) {
-        if ((rc = bind(m, &L->ssm_in, true, d, conv_dim + value_dim, 1, "blk.%u.ssm_in.weight", l))) return rc;
+        if ((rc = bind(m, &L->ssm_in, true, d, conv_dim + value_dim, 1, "blk.%u.ssm_in.weight", l)))
+          return rc;
       } else if ((rc = bind(m, &L->attn_qkv, true, d, conv_dim, 1, "blk.%u.attn_qkv.weight", l)) ||
-                 (rc = bind(m, &L->attn_gate, true, d, value_dim, 1, "blk.%u.attn_gate.weight", l))) {
+                 (rc = bind(m, &L->attn_gate, true, d, value_dim, 1, "blk.%u.attn_gate.weight",
+                            l))) {
         return rc;
       }
       if ((rc = bind(m, &L->ssm_ba, true, d, 2 * nv, 1, "blk.%u.ssm_ba.weight", l)) ||
-          (rc = bind(m, &L->ssm_conv1d, true, hp->ssm_conv_k, conv_dim, 1, "blk.%u.ssm_conv1d.weight", l)) ||
+          (rc = bind(m, &L->ssm_conv1d, true, hp->ssm_conv_k, conv_dim, 1,
+                     "blk.%u.ssm_conv1d.weight", l)) ||
           (rc = bind(m, &L->ssm_dt, true, nv, 1, 1, "blk.%u.ssm_dt.bias", l)) ||
           (rc = bind(m, &L->ssm_a, true, nv, 1, 1, "blk.%u.ssm_a", l)) ||
           (rc = bind(m, &L->ssm_norm, true, dv, 1, 1, "blk.%u.ssm_norm.weight", l)) ||
           (rc = bind(m, &L->ssm_out, true, value_dim, d, 1, "blk.%u.ssm_out.weight", l)) ||
-          (rc = need_f32(m, &L->ssm_conv1d)) || (rc = need_f32(m, &L->ssm_dt)) || (rc = need_f32(m, &L->ssm_a)) ||
-          (rc = need_f32(m, &L->ssm_norm)))
+          (rc = need_f32(m, &L->ssm_conv1d)) || (rc = need_f32(m, &L->ssm_dt)) ||
+          (rc = need_f32(m, &L->ssm_a)) || (rc = need_f32(m, &L->ssm_norm)))
         return rc;
     }
     if ((rc = bind(m, &L->router, true, d, E, 1, "blk.%u.ffn_gate_inp.weight", l)) ||
@@ -203,7 +212,8 @@ static void progress(struct model *m, uint64_t done, uint64_t total) {
   if (!m->o.progress) return;
   int pct = total ? (int)(100.0 * (double)done / (double)total) : 100;
   int bars = pct / 4;
-  fprintf(stderr, "\rloading [%.*s%*s] %3d%%", bars, "#########################", 25 - bars, "", pct);
+  fprintf(stderr, "\rloading [%.*s%*s] %3d%%", bars, "#########################", 25 - bars, "",
+          pct);
   if (done >= total) fprintf(stderr, "\n");
 }
 
@@ -273,7 +283,8 @@ static int load_data(struct model *m) {
       if (is_routed(t)) continue;
       for (uint64_t done = 0; done < t->nbytes && !rc;) {
         uint64_t n = t->nbytes - done < bounce_bytes ? t->nbytes - done : bounce_bytes;
-        uint64_t off = t->abs_offset + done, a0 = off - off % 4096, span = ferry_align_up(off + n, 4096) - a0;
+        uint64_t off = t->abs_offset + done, a0 = off - off % 4096,
+                 span = ferry_align_up(off + n, 4096) - a0;
         ssize_t r = fd >= 0 ? pread(fd, bounce, span, (off_t)a0) : -1;
         if (r >= (ssize_t)(off - a0 + n)) {
           memcpy(m->wbuf + pos + done, bounce + (off - a0), n);
@@ -287,8 +298,10 @@ static int load_data(struct model *m) {
       pos += ferry_align_up(t->nbytes, 64);
       progress(m, pos, total);
     }
-    if (fd >= 0) close(fd);
-    else posix_fadvise(gguf_fd(f), 0, 0, POSIX_FADV_DONTNEED); // what buffered reads cached
+    if (fd >= 0)
+      close(fd);
+    else
+      posix_fadvise(gguf_fd(f), 0, 0, POSIX_FADV_DONTNEED); // what buffered reads cached
     ferry_free_aligned(bounce);
     if (rc) return rc;
   }
@@ -318,12 +331,14 @@ static void resolve_packed(struct model *m) {
   for (uint32_t l = 0; l < m->hp.n_layer; l++) {
     struct weight *w = (struct weight *)&m->layers[l];
     for (int j = 0; j < per; j++)
-      if (w[j].t) w[j].data = is_routed(w[j].t) ? NULL : m->wbuf + offs[w[j].t - gguf_tensor_at(f, 0)];
+      if (w[j].t)
+        w[j].data = is_routed(w[j].t) ? NULL : m->wbuf + offs[w[j].t - gguf_tensor_at(f, 0)];
   }
   free(offs);
 }
 
-uint64_t model_state_bytes(const struct model_hparams *hp, int n_ctx, enum ferry_type kv_k, enum ferry_type kv_v) {
+uint64_t model_state_bytes(const struct model_hparams *hp, int n_ctx, enum ferry_type kv_k,
+                           enum ferry_type kv_v) {
   uint64_t total = 0;
   uint64_t row = (uint64_t)hp->n_head_kv * hp->head_dim;
   const struct ferry_type_info *tk = ferry_type_info(kv_k), *tv = ferry_type_info(kv_v);
@@ -345,22 +360,26 @@ static int alloc_state(struct model *m) {
   m->vc = calloc(hp->n_layer, sizeof *m->vc);
   m->conv_state = calloc(hp->n_layer, sizeof *m->conv_state);
   m->ssm_state = calloc(hp->n_layer, sizeof *m->ssm_state);
-  if (!m->kc || !m->vc || !m->conv_state || !m->ssm_state) return ferry_fail(-ENOMEM, "out of memory");
+  if (!m->kc || !m->vc || !m->conv_state || !m->ssm_state)
+    return ferry_fail(-ENOMEM, "out of memory");
   m->kv_stride = (int64_t)hp->n_head_kv * hp->head_dim;
   const struct ferry_type_info *tk = ferry_type_info(m->o.kv_k), *tv = ferry_type_info(m->o.kv_v);
-  if (m->kv_stride % tk->blck || m->kv_stride % tv->blck || hp->head_dim % tk->blck || hp->head_dim % tv->blck)
-    return ferry_fail(-EINVAL, "KV cache type %s/%s needs a head dim that is a multiple of %u", tk->name, tv->name,
-                      tk->blck > tv->blck ? tk->blck : tv->blck);
+  if (m->kv_stride % tk->blck || m->kv_stride % tv->blck || hp->head_dim % tk->blck ||
+      hp->head_dim % tv->blck)
+    return ferry_fail(-EINVAL, "KV cache type %s/%s needs a head dim that is a multiple of %u",
+                      tk->name, tv->name, tk->blck > tv->blck ? tk->blck : tv->blck);
   for (uint32_t l = 0; l < hp->n_layer; l++) {
     if (hp->arch == ARCH_QWEN3NEXT && hp->recurrent[l]) {
       uint64_t conv_dim = 2ull * hp->ssm_n_k_heads * hp->ssm_head_k + hp->ssm_inner;
       m->conv_state[l] = ferry_alloc_aligned(64, 4ull * (hp->ssm_conv_k - 1) * conv_dim);
-      m->ssm_state[l] = ferry_alloc_aligned(64, 4ull * hp->ssm_n_v_heads * hp->ssm_head_k * hp->ssm_head_v);
+      m->ssm_state[l] =
+          ferry_alloc_aligned(64, 4ull * hp->ssm_n_v_heads * hp->ssm_head_k * hp->ssm_head_v);
       if (!m->conv_state[l] || !m->ssm_state[l]) return ferry_fail_ctx(-ENOMEM, "recurrent state");
     } else {
       m->kc[l] = ferry_alloc_aligned(64, (uint64_t)m->n_ctx * ferry_row_bytes(tk, m->kv_stride));
       m->vc[l] = ferry_alloc_aligned(64, (uint64_t)m->n_ctx * ferry_row_bytes(tv, m->kv_stride));
-      if (!m->kc[l] || !m->vc[l]) return ferry_fail_ctx(-ENOMEM, "KV cache for %d positions", m->n_ctx);
+      if (!m->kc[l] || !m->vc[l])
+        return ferry_fail_ctx(-ENOMEM, "KV cache for %d positions", m->n_ctx);
     }
   }
   m->state_bytes = model_state_bytes(hp, m->n_ctx, m->o.kv_k, m->o.kv_v);
@@ -387,19 +406,23 @@ static int alloc_scratch(struct model *m, bool dry) {
   }
   if (d > wide) wide = d;
   if (ff > wide) wide = ff;
-  m->x = falloc(m, B * d), m->a = falloc(m, B * d), m->q = falloc(m, B * wide), m->k = falloc(m, B * wide);
+  m->x = falloc(m, B * d), m->a = falloc(m, B * d), m->q = falloc(m, B * wide),
+  m->k = falloc(m, B * wide);
   m->v = falloc(m, B * wide), m->att = falloc(m, B * wide), m->gate = falloc(m, B * wide);
-  m->mlog = falloc(m, (B + 1) * E), m->moe_out = falloc(m, B * d), m->slot_out = falloc(m, B * K * d);
-  m->tmp1 = falloc(m, B * wide), m->tmp2 = falloc(m, B * wide), m->tmp3 = falloc(m, B * wide), m->tmp4 = falloc(m, B * wide);
-  m->eg = falloc(m, B * ff), m->eu = falloc(m, B * ff), m->ed = falloc(m, B * d), m->ex = falloc(m, B * d);
+  m->mlog = falloc(m, (B + 1) * E), m->moe_out = falloc(m, B * d),
+  m->slot_out = falloc(m, B * K * d);
+  m->tmp1 = falloc(m, B * wide), m->tmp2 = falloc(m, B * wide), m->tmp3 = falloc(m, B * wide),
+  m->tmp4 = falloc(m, B * wide);
+  m->eg = falloc(m, B * ff), m->eu = falloc(m, B * ff), m->ed = falloc(m, B * d),
+  m->ex = falloc(m, B * d);
   m->sel = (int32_t *)falloc(m, E + 1);
   m->pf_ids = (int32_t *)falloc(m, K), m->pf_w = falloc(m, K);
   // attention scratch for every pool worker the session may create
   int cores = numa_topo_physical_cores();
   m->attn_workers = m->o.n_threads > cores ? m->o.n_threads : cores > 0 ? cores : 1;
-  m->attn_scratch =
-      falloc(m, (uint64_t)m->attn_workers *
-                    cpu_attn_scratch_floats(m->o.n_ctx > 0 ? m->o.n_ctx : 4096, hp->n_head, hp->n_head_kv, hp->head_dim));
+  m->attn_scratch = falloc(m, (uint64_t)m->attn_workers *
+                                  cpu_attn_scratch_floats(m->o.n_ctx > 0 ? m->o.n_ctx : 4096,
+                                                          hp->n_head, hp->n_head_kv, hp->head_dim));
   m->pos_of = (int32_t *)falloc(m, B * K);
   m->eptr = (const void *(*)[3])falloc(m, (E + 1) * 3 * sizeof(void *) / sizeof(float));
   // Fast path: every (token, slot) pair of a chunk gets its own row of quantized input,
@@ -409,7 +432,8 @@ static int alloc_scratch(struct model *m, bool dry) {
   if (!m->o.exact && m->layers)
     for (uint32_t l = 0; l < hp->n_layer; l++) {
       const struct layer_weights *L = &m->layers[l];
-      size_t g = cpu_act_row_bytes(L->exps[EXP_GATE].type, d), u = cpu_act_row_bytes(L->exps[EXP_UP].type, d);
+      size_t g = cpu_act_row_bytes(L->exps[EXP_GATE].type, d),
+             u = cpu_act_row_bytes(L->exps[EXP_UP].type, d);
       size_t dn = cpu_act_row_bytes(L->exps[EXP_DOWN].type, hp->n_ff_exp);
       if (g > m->rb_g) m->rb_g = g;
       if (u > m->rb_u) m->rb_u = u;
@@ -432,10 +456,11 @@ static int alloc_scratch(struct model *m, bool dry) {
   m->actq = (uint8_t *)falloc(m, (uint64_t)B * wide + 1024);
 #undef falloc
   if (dry) return 0;
-  if (!m->x || !m->a || !m->q || !m->k || !m->v || !m->att || !m->gate || !m->mlog || !m->moe_out || !m->slot_out ||
-      !m->tmp1 || !m->tmp2 || !m->tmp3 || !m->tmp4 || !m->eg || !m->eu || !m->ed || !m->ex || !m->top_w ||
-      !m->sel || !m->pos_of || !m->pf_ids || !m->pf_w || !m->attn_scratch || !m->eptr || !m->xg_g || !m->xg_u || !m->hq || !m->qin || !m->eG || !m->eU ||
-      !m->top_ids || !m->grp_rows || !m->grp_cnt || !m->grp_off || !m->uniq || !m->done || !m->actq)
+  if (!m->x || !m->a || !m->q || !m->k || !m->v || !m->att || !m->gate || !m->mlog || !m->moe_out ||
+      !m->slot_out || !m->tmp1 || !m->tmp2 || !m->tmp3 || !m->tmp4 || !m->eg || !m->eu || !m->ed ||
+      !m->ex || !m->top_w || !m->sel || !m->pos_of || !m->pf_ids || !m->pf_w || !m->attn_scratch ||
+      !m->eptr || !m->xg_g || !m->xg_u || !m->hq || !m->qin || !m->eG || !m->eU || !m->top_ids ||
+      !m->grp_rows || !m->grp_cnt || !m->grp_off || !m->uniq || !m->done || !m->actq)
     return ferry_fail_ctx(-ENOMEM, "scratch buffers");
   return 0;
 }
@@ -453,7 +478,8 @@ static void resident_release(void *ctx, int layer, int n) {}
 static int resident_get(void *ctx, int i, const void *ptrs[3]) {
   struct model *m = ctx;
   const struct layer_weights *L = &m->layers[m->res_layer];
-  for (int p = 0; p < 3; p++) ptrs[p] = (const uint8_t *)L->exps[p].data + (uint64_t)m->res_experts[i] * L->exps[p].nb2;
+  for (int p = 0; p < 3; p++)
+    ptrs[p] = (const uint8_t *)L->exps[p].data + (uint64_t)m->res_experts[i] * L->exps[p].nb2;
   return 0;
 }
 
@@ -484,8 +510,11 @@ int model_load(struct model **out, const struct gguf_file *f, const struct model
       struct weight *w = (struct weight *)&m->layers[l];
       for (int j = 0; j < per; j++) resolve(m, &w[j]);
     }
-    m->src = (struct expert_source){.ctx = m, .acquire = resident_acquire, .ready = resident_ready, .get = resident_get,
-                                   .release = resident_release};
+    m->src = (struct expert_source){.ctx = m,
+                                    .acquire = resident_acquire,
+                                    .ready = resident_ready,
+                                    .get = resident_get,
+                                    .release = resident_release};
     m->src_set = true;
   }
   if ((rc = alloc_state(m)) || (rc = alloc_scratch(m, false))) goto fail;
@@ -501,8 +530,8 @@ fail:
 // (5.9 MB header; 14 MB parsed, 12 MB more for the tokenizer's tables).
 uint64_t model_meta_bytes(const struct gguf_file *f) { return 5 * gguf_data_offset(f); }
 
-int model_plan(const struct gguf_file *f, const struct model_opts *o, uint64_t *weights, uint64_t *state,
-               uint64_t *scratch) {
+int model_plan(const struct gguf_file *f, const struct model_opts *o, uint64_t *weights,
+               uint64_t *state, uint64_t *scratch) {
   struct model tmp = {.f = f, .o = *o};
   int rc = hparams_load(&tmp.hp, f);
   if (rc) return rc;
@@ -535,10 +564,13 @@ void model_destroy(struct model *m) {
     ferry_free_aligned(m->conv_state[l]), ferry_free_aligned(m->ssm_state[l]);
   }
   free(m->kc), free(m->vc), free(m->conv_state), free(m->ssm_state);
-  void *bufs[] = {m->x, m->a, m->q, m->k, m->v, m->att, m->gate, m->mlog, m->moe_out, m->slot_out, m->tmp1, m->tmp2,
-                  m->tmp3, m->tmp4, m->eg, m->eu, m->ed, m->ex, m->top_w, m->top_ids, m->grp_rows, m->grp_cnt,
-                  m->sel, m->pos_of, m->pf_ids, m->pf_w, m->attn_scratch, (void *)m->eptr, m->xg_g, m->xg_u, m->hq, m->qin, m->eG, m->eU,
-                  m->grp_off, m->uniq, m->done, m->actq};
+  void *bufs[] = {
+      m->x,       m->a,       m->q,        m->k,      m->v,     m->att,          m->gate,
+      m->mlog,    m->moe_out, m->slot_out, m->tmp1,   m->tmp2,  m->tmp3,         m->tmp4,
+      m->eg,      m->eu,      m->ed,       m->ex,     m->top_w, m->top_ids,      m->grp_rows,
+      m->grp_cnt, m->sel,     m->pos_of,   m->pf_ids, m->pf_w,  m->attn_scratch, (void *)m->eptr,
+      m->xg_g,    m->xg_u,    m->hq,       m->qin,    m->eG,    m->eU,           m->grp_off,
+      m->uniq,    m->done,    m->actq};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) ferry_free_aligned(bufs[i]);
   ferry_free_aligned(m->wbuf);
   free(m->layers);
@@ -581,7 +613,8 @@ void model_reset(struct model *m) {
 // forward
 
 // y[T][w.nrows] = x[T][w.n] . W^T, with W's bytes at wdata.
-static void mm(struct model *m, const struct weight *w, const void *wdata, const float *x, int64_t T, float *y) {
+static void mm(struct model *m, const struct weight *w, const void *wdata, const float *x,
+               int64_t T, float *y) {
   if (m->o.exact) {
     cpu_matmul_exact(m->pool, w->type, wdata, w->nrows, w->n, x, w->n, T, y, w->nrows);
     return;
@@ -595,7 +628,8 @@ static void mm(struct model *m, const struct weight *w, const void *wdata, const
 static void embed(struct model *m, const int32_t *tok, int T) {
   const struct weight *w = &m->token_embd;
   for (int t = 0; t < T; t++)
-    cpu_dequant_row(w->type, (const uint8_t *)w->data + (uint64_t)tok[t] * w->nb1, m->x + (int64_t)t * w->n, w->n);
+    cpu_dequant_row(w->type, (const uint8_t *)w->data + (uint64_t)tok[t] * w->nb1,
+                    m->x + (int64_t)t * w->n, w->n);
 }
 
 // Full (softmax) attention of qwen3moe and the gated attention of qwen3next.
@@ -612,7 +646,8 @@ static void attention(struct model *m, int l, int T) {
     for (int64_t t = 0; t < T; t++)
       for (int64_t h = 0; h < H; h++) {
         memcpy(q + t * qdim + h * hd, m->tmp1 + t * 2 * qdim + h * 2 * hd, hd * sizeof(float));
-        memcpy(m->gate + t * qdim + h * hd, m->tmp1 + t * 2 * qdim + h * 2 * hd + hd, hd * sizeof(float));
+        memcpy(m->gate + t * qdim + h * hd, m->tmp1 + t * 2 * qdim + h * 2 * hd + hd,
+               hd * sizeof(float));
       }
   } else {
     mm(m, &L->wq, L->wq.data, m->a, T, q);
@@ -631,7 +666,8 @@ static void attention(struct model *m, int l, int T) {
   FERRY_ASSERT(rc == 0);
   FERRY_ASSERT(m->o.kv_k == m->o.kv_v);
   if (m->o.exact) // the scalar reference: double sums, what the exact path promises
-    cpu_attn_prefill(o, q, m->kc[l], m->vc[l], m->o.kv_k, T, m->pos, H, Hkv, hd, m->kv_stride, 1.0f / sqrtf((float)hd));
+    cpu_attn_prefill(o, q, m->kc[l], m->vc[l], m->o.kv_k, T, m->pos, H, Hkv, hd, m->kv_stride,
+                     1.0f / sqrtf((float)hd));
   else
     cpu_attn_fast(m->pool, o, q, m->kc[l], m->vc[l], m->o.kv_k, T, m->pos, H, Hkv, hd, m->kv_stride,
                   1.0f / sqrtf((float)hd), m->attn_scratch, m->n_ctx);
@@ -644,8 +680,10 @@ static void attention(struct model *m, int l, int T) {
 static int deltanet(struct model *m, int l, int T) {
   const struct model_hparams *hp = &m->hp;
   const struct layer_weights *L = &m->layers[l];
-  int64_t d = hp->n_embd, nk = hp->ssm_n_k_heads, nv = hp->ssm_n_v_heads, dk = hp->ssm_head_k, dv = hp->ssm_head_v;
-  int64_t key_dim = nk * dk, value_dim = nv * dv, conv_dim = 2 * key_dim + value_dim, Kc = hp->ssm_conv_k;
+  int64_t d = hp->n_embd, nk = hp->ssm_n_k_heads, nv = hp->ssm_n_v_heads, dk = hp->ssm_head_k,
+          dv = hp->ssm_head_v;
+  int64_t key_dim = nk * dk, value_dim = nv * dv, conv_dim = 2 * key_dim + value_dim,
+          Kc = hp->ssm_conv_k;
   float *u = m->q, *z = m->k, *y = m->tmp2, *o = m->att;
   if (hp->legacy_layout) {
     mm(m, &L->ssm_in, L->ssm_in.data, m->a, T, m->tmp1);
@@ -666,15 +704,16 @@ static int deltanet(struct model *m, int l, int T) {
   // Decode and short chunks run the exact recurrence; longer prefill chunks the chunked
   // (WY) form, equal up to rounding and faster from 16 tokens on (NOTES.md).
   if (T < CPU_DELTA_CHUNK_MIN_T) {
-    cpu_delta_recurrent(m->pool, o, value_dim, m->ssm_state[l], y, conv_dim, y + key_dim, conv_dim, y + 2 * key_dim,
-                        conv_dim, beta, decay, T, nk, nv, dk, dv);
+    cpu_delta_recurrent(m->pool, o, value_dim, m->ssm_state[l], y, conv_dim, y + key_dim, conv_dim,
+                        y + 2 * key_dim, conv_dim, beta, decay, T, nk, nv, dk, dv);
   } else {
-    int rc = cpu_delta_prefill(m->pool, o, value_dim, m->ssm_state[l], y, conv_dim, y + key_dim, conv_dim,
-                               y + 2 * key_dim, conv_dim, beta, g, T, nk, nv, dk, dv);
+    int rc = cpu_delta_prefill(m->pool, o, value_dim, m->ssm_state[l], y, conv_dim, y + key_dim,
+                               conv_dim, y + 2 * key_dim, conv_dim, beta, g, T, nk, nv, dk, dv);
     if (rc) return rc;
   }
   for (int64_t t = 0; t < T; t++)
-    cpu_gated_rmsnorm_heads(o + t * value_dim, o + t * value_dim, z + t * value_dim, L->ssm_norm.data, nv, dv, hp->eps);
+    cpu_gated_rmsnorm_heads(o + t * value_dim, o + t * value_dim, z + t * value_dim,
+                            L->ssm_norm.data, nv, dv, hp->eps);
   mm(m, &L->ssm_out, L->ssm_out.data, o, T, m->tmp1);
   cpu_add(m->x, m->x, m->tmp1, T * d);
   return 0;
@@ -682,11 +721,13 @@ static int deltanet(struct model *m, int l, int T) {
 
 // Exact path, one expert at a time: gathers its tokens' F32 rows, and writes its
 // outputs to the grouped rows [grp_off[e], +cnt) of slot_out.
-static void expert_exact(struct model *m, const struct layer_weights *L, int32_t e, const void *const *p) {
+static void expert_exact(struct model *m, const struct layer_weights *L, int32_t e,
+                         const void *const *p) {
   int64_t d = m->hp.n_embd, K = m->hp.n_expert_used;
   int cnt = m->grp_cnt[e];
   const int32_t *rows = m->grp_rows + m->grp_off[e];
-  for (int r = 0; r < cnt; r++) memcpy(m->ex + (int64_t)r * d, m->a + (int64_t)(rows[r] / K) * d, d * sizeof(float));
+  for (int r = 0; r < cnt; r++)
+    memcpy(m->ex + (int64_t)r * d, m->a + (int64_t)(rows[r] / K) * d, d * sizeof(float));
   mm(m, &L->exps[EXP_GATE], p[EXP_GATE], m->ex, cnt, m->eg);
   mm(m, &L->exps[EXP_UP], p[EXP_UP], m->ex, cnt, m->eu);
   cpu_swiglu(m->eg, m->eg, m->eu, (int64_t)cnt * L->exps[EXP_GATE].nrows);
@@ -704,10 +745,12 @@ static void experts_fast(struct model *m, const struct layer_weights *L, int n) 
   for (int i = 0; i < n; i++) {
     int32_t e = m->sel[i];
     int64_t p0 = m->grp_off[e], cnt = m->grp_cnt[e];
-    jobs[2 * i] = (struct cpu_mm_job){wg->type, m->eptr[i][EXP_GATE], ff, d, m->xg_g + p0 * m->rb_g, m->rb_g, cnt,
-                                      m->eG + p0 * ff, ff};
-    jobs[2 * i + 1] = (struct cpu_mm_job){wu->type, m->eptr[i][EXP_UP], ff, d, m->xg_u + p0 * m->rb_u, m->rb_u, cnt,
-                                          m->eU + p0 * ff, ff};
+    jobs[2 * i] =
+        (struct cpu_mm_job){wg->type, m->eptr[i][EXP_GATE], ff, d, m->xg_g + p0 * m->rb_g, m->rb_g,
+                            cnt,      m->eG + p0 * ff,      ff};
+    jobs[2 * i + 1] =
+        (struct cpu_mm_job){wu->type, m->eptr[i][EXP_UP], ff, d, m->xg_u + p0 * m->rb_u, m->rb_u,
+                            cnt,      m->eU + p0 * ff,    ff};
   }
   cpu_matmul_batch(m->pool, 2 * n, jobs);
   enum ferry_type vt = cpu_vec_dot_type(wd->type);
@@ -716,9 +759,10 @@ static void experts_fast(struct model *m, const struct layer_weights *L, int n) 
     int32_t e = m->sel[i];
     int64_t p0 = m->grp_off[e], cnt = m->grp_cnt[e];
     cpu_swiglu(m->eG + p0 * ff, m->eG + p0 * ff, m->eU + p0 * ff, cnt * ff);
-    for (int64_t r = p0; r < p0 + cnt; r++) cpu_quantize_act(vt, m->eG + r * ff, m->hq + r * rb, ff);
-    jobs[i] = (struct cpu_mm_job){wd->type, m->eptr[i][EXP_DOWN], d, ff, m->hq + p0 * rb, rb, cnt,
-                                  m->slot_out + p0 * d, d};
+    for (int64_t r = p0; r < p0 + cnt; r++)
+      cpu_quantize_act(vt, m->eG + r * ff, m->hq + r * rb, ff);
+    jobs[i] = (struct cpu_mm_job){wd->type, m->eptr[i][EXP_DOWN], d, ff, m->hq + p0 * rb, rb,
+                                  cnt,      m->slot_out + p0 * d, d};
   }
   cpu_matmul_batch(m->pool, n, jobs);
 }
@@ -735,7 +779,8 @@ static void prefetch_next(struct model *m, int l, int T, const float *mn) {
   const struct layer_weights *N = &m->layers[l + 1];
   float *lg = m->mlog + E; // mlog has room for (B + 1) * E
   mm(m, &N->router, N->router.data, mn, 1, lg);
-  if (cpu_router_topk(lg, E, K, m->pf_ids, m->pf_w) == 0) m->src.prefetch(m->src.ctx, l + 1, (int)K, m->pf_ids);
+  if (cpu_router_topk(lg, E, K, m->pf_ids, m->pf_w) == 0)
+    m->src.prefetch(m->src.ctx, l + 1, (int)K, m->pf_ids);
 }
 
 static int moe(struct model *m, int l, int T) {
@@ -842,7 +887,8 @@ static int moe(struct model *m, int l, int T) {
   return 0;
 }
 
-static int forward_chunk(struct model *m, const int32_t *tok, int T, const bool *want, float *logits, int *n_out) {
+static int forward_chunk(struct model *m, const int32_t *tok, int T, const bool *want,
+                         float *logits, int *n_out) {
   const struct model_hparams *hp = &m->hp;
   int64_t d = hp->n_embd;
   embed(m, tok, T);
@@ -850,8 +896,10 @@ static int forward_chunk(struct model *m, const int32_t *tok, int T, const bool 
     const struct layer_weights *L = &m->layers[l];
     cpu_rmsnorm_rows(m->a, m->x, L->attn_norm.data, T, d, hp->eps);
     int rc = 0;
-    if (hp->arch == ARCH_QWEN3NEXT && hp->recurrent[l]) rc = deltanet(m, (int)l, T);
-    else attention(m, (int)l, T);
+    if (hp->arch == ARCH_QWEN3NEXT && hp->recurrent[l])
+      rc = deltanet(m, (int)l, T);
+    else
+      attention(m, (int)l, T);
     if (rc) return rc;
     cpu_rmsnorm_rows(m->a, m->x, L->ffn_norm.data, T, d, hp->eps);
     if ((rc = moe(m, (int)l, T))) return rc;
@@ -870,13 +918,16 @@ static int forward_chunk(struct model *m, const int32_t *tok, int T, const bool 
   return 0;
 }
 
-int model_forward(struct model *m, const int32_t *tokens, int n, const bool *want_logits, float *logits) {
+int model_forward(struct model *m, const int32_t *tokens, int n, const bool *want_logits,
+                  float *logits) {
   if (n <= 0) return ferry_fail(-EINVAL, "no tokens to process");
   if (m->pos + n > m->n_ctx)
-    return ferry_fail(-EINVAL, "context full: %d + %d tokens exceed the context of %d (raise -c)", m->pos, n, m->n_ctx);
+    return ferry_fail(-EINVAL, "context full: %d + %d tokens exceed the context of %d (raise -c)",
+                      m->pos, n, m->n_ctx);
   for (int i = 0; i < n; i++)
     if (tokens[i] < 0 || (uint32_t)tokens[i] >= m->hp.n_vocab)
-      return ferry_fail(-EINVAL, "token id %d is out of range (vocabulary of %u)", tokens[i], m->hp.n_vocab);
+      return ferry_fail(-EINVAL, "token id %d is out of range (vocabulary of %u)", tokens[i],
+                        m->hp.n_vocab);
   if (!m->src_set) return ferry_fail(-EINVAL, "no expert source configured");
   int n_out = 0;
   bool want_buf[m->B];

@@ -19,10 +19,10 @@ struct ferry_pool;
 struct weight {
   const struct gguf_tensor *t; // NULL if the tensor is absent (optional weights)
   enum ferry_type type;
-  int64_t n;                   // row length (ne[0])
-  int64_t nrows;               // ne[1] (for 3-D expert tensors: rows of one expert)
+  int64_t n;     // row length (ne[0])
+  int64_t nrows; // ne[1] (for 3-D expert tensors: rows of one expert)
   uint64_t nb1, nb2;
-  const void *data;            // resident data, or NULL for streamed routed experts
+  const void *data; // resident data, or NULL for streamed routed experts
 };
 
 enum { EXP_GATE = 0, EXP_UP = 1, EXP_DOWN = 2 };
@@ -58,14 +58,14 @@ struct expert_source {
 enum kv_type_sel { KV_F16 = FT_F16, KV_F32 = FT_F32, KV_Q8_0 = FT_Q8_0 };
 
 struct model_opts {
-  bool exact;          // F32 activations, exact dequantization, F32 KV
-  bool dense_only;     // stream mode: do not load routed experts
-  int n_ctx;           // context length to allocate state for
-  int n_batch;         // prefill chunk (tokens per forward call)
-  int n_threads;       // pool size the model will be used with (0: one per physical core)
+  bool exact;      // F32 activations, exact dequantization, F32 KV
+  bool dense_only; // stream mode: do not load routed experts
+  int n_ctx;       // context length to allocate state for
+  int n_batch;     // prefill chunk (tokens per forward call)
+  int n_threads;   // pool size the model will be used with (0: one per physical core)
   enum ferry_type kv_k, kv_v;
-  bool progress;       // progress bar on stderr while loading
-  bool prefetch;       // stream mode: prefetch the next layer's guessed experts (off by default)
+  bool progress; // progress bar on stderr while loading
+  bool prefetch; // stream mode: prefetch the next layer's guessed experts (off by default)
 };
 
 struct model;
@@ -82,11 +82,12 @@ void model_set_expert_source(struct model *m, const struct expert_source *src);
 // Bytes the model allocated: weights, state (KV + recurrent), scratch.
 void model_mem(const struct model *m, uint64_t *weights, uint64_t *state, uint64_t *scratch);
 // Bytes of per-sequence state for n_ctx positions (for the plan, before loading).
-uint64_t model_state_bytes(const struct model_hparams *hp, int n_ctx, enum ferry_type kv_k, enum ferry_type kv_v);
+uint64_t model_state_bytes(const struct model_hparams *hp, int n_ctx, enum ferry_type kv_k,
+                           enum ferry_type kv_v);
 // The bytes a session needs for weights, state and scratch (model_load's allocations plus
 // model_meta_bytes for the parsed metadata and tokenizer), without loading.
-int model_plan(const struct gguf_file *f, const struct model_opts *o, uint64_t *weights, uint64_t *state,
-               uint64_t *scratch);
+int model_plan(const struct gguf_file *f, const struct model_opts *o, uint64_t *weights,
+               uint64_t *state, uint64_t *scratch);
 // RAM of the parsed metadata and the tokenizer (charged as scratch by the session).
 uint64_t model_meta_bytes(const struct gguf_file *f);
 double model_load_seconds(const struct model *m);
@@ -100,4 +101,5 @@ int model_pos(const struct model *m);
 // want_logits[i] (NULL: only the last token) writes n_vocab logits to
 // logits + j*n_vocab, j counting the requested rows in order. Splits into n_batch chunks.
 // Fails on context overflow or an expert-source error.
-int model_forward(struct model *m, const int32_t *tokens, int n, const bool *want_logits, float *logits);
+int model_forward(struct model *m, const int32_t *tokens, int n, const bool *want_logits,
+                  float *logits);

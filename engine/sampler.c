@@ -72,9 +72,12 @@ static void select_top(struct cand *c, int n, int k) {
         i++, j--;
       }
     }
-    if (k - 1 <= j) hi = j;
-    else if (k - 1 >= i) lo = i;
-    else break;
+    if (k - 1 <= j)
+      hi = j;
+    else if (k - 1 >= i)
+      lo = i;
+    else
+      break;
   }
 }
 

@@ -6,10 +6,10 @@
 #include "base/base.h"
 
 struct sampler_params {
-  float temp;   // 0 = greedy
-  int top_k;    // 0 = off
-  float top_p;  // 1 = off
-  float min_p;  // 0 = off
+  float temp;  // 0 = greedy
+  int top_k;   // 0 = off
+  float top_p; // 1 = off
+  float min_p; // 0 = off
   uint64_t seed;
 };
 

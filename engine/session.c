@@ -9,42 +9,77 @@
 
 #include "base/base.h"
 #include "engine/stream.h"
-#include "offload/budget.h"
 #include "numa/pool.h"
+#include "offload/budget.h"
 
 // ---------------------------------------------------------------------------------------
 // options
 
 enum {
-  OPT_SYSTEM = 256, OPT_RAW, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_SEED, OPT_MODE, OPT_RAM, OPT_VRAM,
-  OPT_CPU, OPT_STATS, OPT_JSON, OPT_LOGPROBS, OPT_EXACT, OPT_IDS, OPT_FROM, OPT_CTK, OPT_CTV, OPT_MODES,
-  OPT_NOPROG, OPT_PREFETCH, OPT_HELP,
+  OPT_SYSTEM = 256,
+  OPT_RAW,
+  OPT_TEMP,
+  OPT_TOPK,
+  OPT_TOPP,
+  OPT_MINP,
+  OPT_SEED,
+  OPT_MODE,
+  OPT_RAM,
+  OPT_VRAM,
+  OPT_CPU,
+  OPT_STATS,
+  OPT_JSON,
+  OPT_LOGPROBS,
+  OPT_EXACT,
+  OPT_IDS,
+  OPT_FROM,
+  OPT_CTK,
+  OPT_CTV,
+  OPT_MODES,
+  OPT_NOPROG,
+  OPT_PREFETCH,
+  OPT_HELP,
 };
 
-static const struct option k_opts[] = {
-    {"model", required_argument, 0, 'm'},   {"prompt", required_argument, 0, 'p'},
-    {"file", required_argument, 0, 'f'},    {"system", required_argument, 0, OPT_SYSTEM},
-    {"n-predict", required_argument, 0, 'n'}, {"raw", no_argument, 0, OPT_RAW},
-    {"temp", required_argument, 0, OPT_TEMP}, {"top-k", required_argument, 0, OPT_TOPK},
-    {"top-p", required_argument, 0, OPT_TOPP}, {"min-p", required_argument, 0, OPT_MINP},
-    {"seed", required_argument, 0, OPT_SEED}, {"threads", required_argument, 0, 't'},
-    {"ctx-size", required_argument, 0, 'c'}, {"batch-size", required_argument, 0, 'b'},
-    {"mode", required_argument, 0, OPT_MODE}, {"ram", required_argument, 0, OPT_RAM},
-    {"vram", required_argument, 0, OPT_VRAM}, {"cpu", no_argument, 0, OPT_CPU},
-    {"stats", no_argument, 0, OPT_STATS},   {"json", required_argument, 0, OPT_JSON},
-    {"logprobs", required_argument, 0, OPT_LOGPROBS}, {"exact", no_argument, 0, OPT_EXACT},
-    {"ids", required_argument, 0, OPT_IDS}, {"from", required_argument, 0, OPT_FROM},
-    {"cache-type-k", required_argument, 0, OPT_CTK}, {"cache-type-v", required_argument, 0, OPT_CTV},
-    {"modes", required_argument, 0, OPT_MODES}, {"no-progress", no_argument, 0, OPT_NOPROG},
-    {"prefetch", no_argument, 0, OPT_PREFETCH},
-    {"help", no_argument, 0, OPT_HELP},     {0, 0, 0, 0}};
+static const struct option k_opts[] = {{"model", required_argument, 0, 'm'},
+                                       {"prompt", required_argument, 0, 'p'},
+                                       {"file", required_argument, 0, 'f'},
+                                       {"system", required_argument, 0, OPT_SYSTEM},
+                                       {"n-predict", required_argument, 0, 'n'},
+                                       {"raw", no_argument, 0, OPT_RAW},
+                                       {"temp", required_argument, 0, OPT_TEMP},
+                                       {"top-k", required_argument, 0, OPT_TOPK},
+                                       {"top-p", required_argument, 0, OPT_TOPP},
+                                       {"min-p", required_argument, 0, OPT_MINP},
+                                       {"seed", required_argument, 0, OPT_SEED},
+                                       {"threads", required_argument, 0, 't'},
+                                       {"ctx-size", required_argument, 0, 'c'},
+                                       {"batch-size", required_argument, 0, 'b'},
+                                       {"mode", required_argument, 0, OPT_MODE},
+                                       {"ram", required_argument, 0, OPT_RAM},
+                                       {"vram", required_argument, 0, OPT_VRAM},
+                                       {"cpu", no_argument, 0, OPT_CPU},
+                                       {"stats", no_argument, 0, OPT_STATS},
+                                       {"json", required_argument, 0, OPT_JSON},
+                                       {"logprobs", required_argument, 0, OPT_LOGPROBS},
+                                       {"exact", no_argument, 0, OPT_EXACT},
+                                       {"ids", required_argument, 0, OPT_IDS},
+                                       {"from", required_argument, 0, OPT_FROM},
+                                       {"cache-type-k", required_argument, 0, OPT_CTK},
+                                       {"cache-type-v", required_argument, 0, OPT_CTV},
+                                       {"modes", required_argument, 0, OPT_MODES},
+                                       {"no-progress", no_argument, 0, OPT_NOPROG},
+                                       {"prefetch", no_argument, 0, OPT_PREFETCH},
+                                       {"help", no_argument, 0, OPT_HELP},
+                                       {0, 0, 0, 0}};
 
 static int parse_int(const char *flag, const char *s, long lo, long hi, int *out) {
   char *end;
   errno = 0;
   long v = strtol(s, &end, 10);
   if (errno || end == s || *end) return ferry_fail(-EINVAL, "%s: '%s' is not an integer", flag, s);
-  if (v < lo || v > hi) return ferry_fail(-EINVAL, "%s: %ld is out of range [%ld, %ld]", flag, v, lo, hi);
+  if (v < lo || v > hi)
+    return ferry_fail(-EINVAL, "%s: %ld is out of range [%ld, %ld]", flag, v, lo, hi);
   *out = (int)v;
   return 0;
 }
@@ -54,32 +89,42 @@ static int parse_float(const char *flag, const char *s, double lo, double hi, fl
   errno = 0;
   double v = strtod(s, &end);
   if (errno || end == s || *end) return ferry_fail(-EINVAL, "%s: '%s' is not a number", flag, s);
-  if (!(v >= lo && v <= hi)) return ferry_fail(-EINVAL, "%s: %g is out of range [%g, %g]", flag, v, lo, hi);
+  if (!(v >= lo && v <= hi))
+    return ferry_fail(-EINVAL, "%s: %g is out of range [%g, %g]", flag, v, lo, hi);
   *out = (float)v;
   return 0;
 }
 
 static int parse_kv_type(const char *flag, const char *s, enum ferry_type *out) {
-  if (!strcmp(s, "f32")) *out = FT_F32;
-  else if (!strcmp(s, "f16")) *out = FT_F16;
-  else if (!strcmp(s, "q8_0")) *out = FT_Q8_0;
-  else return ferry_fail(-EINVAL, "%s: '%s' is not a KV cache type (f32, f16, q8_0)", flag, s);
+  if (!strcmp(s, "f32"))
+    *out = FT_F32;
+  else if (!strcmp(s, "f16"))
+    *out = FT_F16;
+  else if (!strcmp(s, "q8_0"))
+    *out = FT_Q8_0;
+  else
+    return ferry_fail(-EINVAL, "%s: '%s' is not a KV cache type (f32, f16, q8_0)", flag, s);
   return 0;
 }
 
 static void usage(const char *cmd) {
   if (!strcmp(cmd, "score"))
-    printf("usage: ferry score -m MODEL.gguf --ids \"ID ID ...\" --from N [--logprobs K] [--exact]\n"
-           "                   [--mode auto|full|stream] [--ram SIZE] [-t N] [-c CTX] --json PATH\n");
+    printf(
+        "usage: ferry score -m MODEL.gguf --ids \"ID ID ...\" --from N [--logprobs K] [--exact]\n"
+        "                   [--mode auto|full|stream] [--ram SIZE] [-t N] [-c CTX] --json PATH\n");
   else if (!strcmp(cmd, "bench"))
-    printf("usage: ferry bench -m MODEL.gguf [--modes auto,full,stream] [-p PROMPT | -f FILE] [--raw] [-n N]\n"
-           "                   [-t N] [--ram SIZE] [--temp T] [--seed S] [--json PATH]\n");
+    printf(
+        "usage: ferry bench -m MODEL.gguf [--modes auto,full,stream] [-p PROMPT | -f FILE] [--raw] "
+        "[-n N]\n"
+        "                   [-t N] [--ram SIZE] [--temp T] [--seed S] [--json PATH]\n");
   else
-    printf("usage: ferry run -m MODEL.gguf [-p PROMPT | -f FILE] [--system TEXT] [-n N] [--raw]\n"
-           "                 [--temp T] [--top-k K] [--top-p P] [--min-p P] [--seed S] [-t THREADS] [-c CTX]\n"
-           "                 [-b BATCH] [--mode auto|full|stream] [--ram SIZE] [--vram SIZE] [--cpu]\n"
-           "                 [--stats] [--json PATH] [--logprobs K] [--exact]\n"
-           "                 [--cache-type-k f32|f16|q8_0] [--cache-type-v f32|f16|q8_0]\n");
+    printf(
+        "usage: ferry run -m MODEL.gguf [-p PROMPT | -f FILE] [--system TEXT] [-n N] [--raw]\n"
+        "                 [--temp T] [--top-k K] [--top-p P] [--min-p P] [--seed S] [-t THREADS] "
+        "[-c CTX]\n"
+        "                 [-b BATCH] [--mode auto|full|stream] [--ram SIZE] [--vram SIZE] [--cpu]\n"
+        "                 [--stats] [--json PATH] [--logprobs K] [--exact]\n"
+        "                 [--cache-type-k f32|f16|q8_0] [--cache-type-v f32|f16|q8_0]\n");
 }
 
 int run_opts_parse(struct run_opts *o, const char *cmd, int argc, char **argv) {
@@ -103,28 +148,47 @@ int run_opts_parse(struct run_opts *o, const char *cmd, int argc, char **argv) {
       case OPT_SYSTEM: o->system = optarg; break;
       case 'n': rc = parse_int("-n", optarg, 0, 1 << 24, &o->n_predict); break;
       case OPT_RAW: o->raw = true; break;
-      case OPT_TEMP: rc = parse_float("--temp", optarg, 0, 100, &o->temp), o->temp_set = true; break;
-      case OPT_TOPK: rc = parse_int("--top-k", optarg, 0, 1 << 30, &o->top_k), o->top_k_set = true; break;
-      case OPT_TOPP: rc = parse_float("--top-p", optarg, 0, 1, &o->top_p), o->top_p_set = true; break;
-      case OPT_MINP: rc = parse_float("--min-p", optarg, 0, 1, &o->min_p), o->min_p_set = true; break;
+      case OPT_TEMP:
+        rc = parse_float("--temp", optarg, 0, 100, &o->temp), o->temp_set = true;
+        break;
+      case OPT_TOPK:
+        rc = parse_int("--top-k", optarg, 0, 1 << 30, &o->top_k), o->top_k_set = true;
+        break;
+      case OPT_TOPP:
+        rc = parse_float("--top-p", optarg, 0, 1, &o->top_p), o->top_p_set = true;
+        break;
+      case OPT_MINP:
+        rc = parse_float("--min-p", optarg, 0, 1, &o->min_p), o->min_p_set = true;
+        break;
       case OPT_SEED: {
         char *end;
         errno = 0;
         o->seed = strtoull(optarg, &end, 10);
-        if (errno || end == optarg || *end) rc = ferry_fail(-EINVAL, "--seed: '%s' is not an unsigned integer", optarg);
+        if (errno || end == optarg || *end)
+          rc = ferry_fail(-EINVAL, "--seed: '%s' is not an unsigned integer", optarg);
         break;
       }
       case 't': rc = parse_int("-t", optarg, 0, 1024, &o->threads); break;
       case 'c': rc = parse_int("-c", optarg, 1, 1 << 24, &o->n_ctx); break;
       case 'b': rc = parse_int("-b", optarg, 1, 8192, &o->n_batch); break;
       case OPT_MODE:
-        if (!strcmp(optarg, "auto")) o->mode = MODE_AUTO;
-        else if (!strcmp(optarg, "full")) o->mode = MODE_FULL;
-        else if (!strcmp(optarg, "stream")) o->mode = MODE_STREAM;
-        else rc = ferry_fail(-EINVAL, "--mode: '%s' is not auto, full or stream", optarg);
+        if (!strcmp(optarg, "auto"))
+          o->mode = MODE_AUTO;
+        else if (!strcmp(optarg, "full"))
+          o->mode = MODE_FULL;
+        else if (!strcmp(optarg, "stream"))
+          o->mode = MODE_STREAM;
+        else
+          rc = ferry_fail(-EINVAL, "--mode: '%s' is not auto, full or stream", optarg);
         break;
-      case OPT_RAM: rc = ferry_parse_size(optarg, &o->ram); if (rc) ferry_fail_ctx(rc, "--ram"); break;
-      case OPT_VRAM: rc = ferry_parse_size(optarg, &o->vram); if (rc) ferry_fail_ctx(rc, "--vram"); break;
+      case OPT_RAM:
+        rc = ferry_parse_size(optarg, &o->ram);
+        if (rc) ferry_fail_ctx(rc, "--ram");
+        break;
+      case OPT_VRAM:
+        rc = ferry_parse_size(optarg, &o->vram);
+        if (rc) ferry_fail_ctx(rc, "--vram");
+        break;
       case OPT_CPU: o->cpu = true; break;
       case OPT_STATS: o->stats = true; break;
       case OPT_JSON: o->json_path = optarg; break;
@@ -144,18 +208,22 @@ int run_opts_parse(struct run_opts *o, const char *cmd, int argc, char **argv) {
     }
     if (rc) return rc;
   }
-  if (optind < argc) return ferry_fail(-EINVAL, "unexpected argument '%s' (see ferry %s --help)", argv[optind], cmd);
+  if (optind < argc)
+    return ferry_fail(-EINVAL, "unexpected argument '%s' (see ferry %s --help)", argv[optind], cmd);
   if (!o->model) return ferry_fail(-EINVAL, "missing -m MODEL.gguf");
   if (score) {
     if (!o->ids) return ferry_fail(-EINVAL, "missing --ids \"ID ID ...\"");
-    if (!o->from) return ferry_fail(-EINVAL, "missing --from N (the number of context tokens before the first scored one)");
+    if (!o->from)
+      return ferry_fail(
+          -EINVAL, "missing --from N (the number of context tokens before the first scored one)");
     if (!o->json_path) return ferry_fail(-EINVAL, "missing --json PATH");
   } else if (!bench) {
     if (o->prompt && o->prompt_file) return ferry_fail(-EINVAL, "give either -p or -f, not both");
     if (!o->prompt && !o->prompt_file) return ferry_fail(-EINVAL, "missing -p PROMPT or -f FILE");
   }
   if (o->exact && !o->kv_set) o->kv_k = o->kv_v = FT_F32;
-  if (o->kv_k != o->kv_v) return ferry_fail(-EINVAL, "--cache-type-k and --cache-type-v must be equal (for now)");
+  if (o->kv_k != o->kv_v)
+    return ferry_fail(-EINVAL, "--cache-type-k and --cache-type-v must be equal (for now)");
   return 0;
 }
 
@@ -194,8 +262,13 @@ int session_open(struct session **out, const struct run_opts *o) {
   if (rc) goto fail;
   if ((rc = tok_create(&s->tok, s->f))) goto fail;
 
-  struct model_opts mo = {.exact = o->exact, .n_ctx = o->n_ctx, .n_batch = o->n_batch, .n_threads = o->threads, .kv_k = o->kv_k,
-                          .kv_v = o->kv_v, .progress = !o->no_progress && isatty(2),
+  struct model_opts mo = {.exact = o->exact,
+                          .n_ctx = o->n_ctx,
+                          .n_batch = o->n_batch,
+                          .n_threads = o->threads,
+                          .kv_k = o->kv_k,
+                          .kv_v = o->kv_v,
+                          .progress = !o->no_progress && isatty(2),
                           .prefetch = o->prefetch};
   s->ram_budget = o->ram;
   if (!s->ram_budget) {
@@ -214,13 +287,15 @@ int session_open(struct session **out, const struct run_opts *o) {
   s->mode = o->mode;
   if (s->mode == MODE_AUTO) {
     s->mode = need_full <= s->ram_budget ? MODE_FULL : MODE_STREAM;
-    log_info("mode auto -> %s (full needs %s of the %s RAM budget)", s->mode == MODE_FULL ? "full" : "stream", b1, b2);
+    log_info("mode auto -> %s (full needs %s of the %s RAM budget)",
+             s->mode == MODE_FULL ? "full" : "stream", b1, b2);
   }
   if (s->mode == MODE_FULL && need_full > s->ram_budget) {
-    rc = ferry_fail(-ENOMEM,
-                    "full mode needs %s of RAM (weights %s, KV/state %s, scratch %s) but the budget is %s; "
-                    "use --mode stream or raise --ram",
-                    b1, b3, b4, b5, b2);
+    rc = ferry_fail(
+        -ENOMEM,
+        "full mode needs %s of RAM (weights %s, KV/state %s, scratch %s) but the budget is %s; "
+        "use --mode stream or raise --ram",
+        b1, b3, b4, b5, b2);
     goto fail;
   }
   if (s->mode == MODE_STREAM) {
@@ -237,14 +312,17 @@ int session_open(struct session **out, const struct run_opts *o) {
       ferry_format_size(wd + st + sc, c1, sizeof c1);
       ferry_format_size(min_cache, c2, sizeof c2);
       ferry_format_size(wd + st + sc + min_cache, c3, sizeof c3);
-      rc = ferry_fail(-ENOMEM,
-                      "RAM budget %s is too small for stream mode: dense weights, KV/state and scratch need %s and "
-                      "the smallest expert cache (%u experts of one layer) %s; use --ram %llu (%s) or more",
-                      b2, c1, k, c2, (unsigned long long)(wd + st + sc + min_cache), c3);
+      rc = ferry_fail(
+          -ENOMEM,
+          "RAM budget %s is too small for stream mode: dense weights, KV/state and scratch need %s "
+          "and "
+          "the smallest expert cache (%u experts of one layer) %s; use --ram %llu (%s) or more",
+          b2, c1, k, c2, (unsigned long long)(wd + st + sc + min_cache), c3);
       goto fail;
     }
   }
-  if ((rc = budget_create(&s->budget, s->ram_budget, o->vram ? o->vram : BUDGET_UNLIMITED))) goto fail;
+  if ((rc = budget_create(&s->budget, s->ram_budget, o->vram ? o->vram : BUDGET_UNLIMITED)))
+    goto fail;
   if ((rc = ferry_pool_create(&s->pool, o->threads))) goto fail;
   if ((rc = model_load(&s->m, s->f, &mo))) goto fail;
   model_set_pool(s->m, s->pool);
@@ -281,10 +359,14 @@ void session_close(struct session *s) {
   free(s);
 }
 
-struct model *session_model(struct session *s) { return s->m; }
+struct model *session_model(struct session *s) {
+  return s->m;
+}
 const struct gguf_file *session_gguf(struct session *s) { return s->f; }
 const struct tokenizer *session_tokenizer(struct session *s) { return s->tok; }
-const char *session_mode_name(const struct session *s) { return s->mode == MODE_STREAM ? "stream" : "full"; }
+const char *session_mode_name(const struct session *s) {
+  return s->mode == MODE_STREAM ? "stream" : "full";
+}
 
 void session_fill_stats(struct session *s, struct run_stats *st) {
   st->load_s = s->load_s;

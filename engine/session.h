@@ -15,23 +15,23 @@ enum run_mode { MODE_AUTO = 0, MODE_FULL, MODE_STREAM };
 struct run_opts {
   const char *model;
   const char *prompt, *prompt_file, *system, *json_path, *ids;
-  const char *modes;   // bench: "full,stream"
-  int n_predict;       // tokens to generate
-  bool raw;            // no chat template
+  const char *modes; // bench: "full,stream"
+  int n_predict;     // tokens to generate
+  bool raw;          // no chat template
   float temp, top_p, min_p;
   int top_k;
   bool temp_set, top_p_set, min_p_set, top_k_set;
   uint64_t seed;
-  int threads;         // 0 = one per physical core
-  int n_ctx;           // 0 = default (4096, capped by the model)
-  int n_batch;         // prefill chunk
+  int threads; // 0 = one per physical core
+  int n_ctx;   // 0 = default (4096, capped by the model)
+  int n_batch; // prefill chunk
   enum run_mode mode;
-  uint64_t ram, vram;  // 0 = unset (defaults: available memory minus a margin; no GPU)
+  uint64_t ram, vram; // 0 = unset (defaults: available memory minus a margin; no GPU)
   bool cpu;
   bool stats;
-  int logprobs;        // K > 0: record top-K log-probabilities per step
+  int logprobs; // K > 0: record top-K log-probabilities per step
   bool exact;
-  int from;            // score: first position (N) whose prediction is reported, >= 1
+  int from; // score: first position (N) whose prediction is reported, >= 1
   enum ferry_type kv_k, kv_v;
   bool kv_set;
   bool no_progress;

@@ -59,8 +59,10 @@ static void arm_faults_from_env(void) {
       log_warn("FERRY_IO_FAULT: ignoring '%s'", tok);
       continue;
     }
-    enum io_fault_kind k = !strcmp(kind, "errno") ? IO_FAULT_ERRNO : !strcmp(kind, "short") ? IO_FAULT_SHORT
-                           : !strcmp(kind, "delay") ? IO_FAULT_DELAY : 0;
+    enum io_fault_kind k = !strcmp(kind, "errno")   ? IO_FAULT_ERRNO
+                           : !strcmp(kind, "short") ? IO_FAULT_SHORT
+                           : !strcmp(kind, "delay") ? IO_FAULT_DELAY
+                                                    : 0;
     if (!k) {
       log_warn("FERRY_IO_FAULT: unknown kind '%s'", kind);
       continue;
@@ -69,7 +71,8 @@ static void arm_faults_from_env(void) {
   }
 }
 
-int stream_create(struct stream **out, const struct gguf_file *f, const struct model_hparams *hp, struct budget *b) {
+int stream_create(struct stream **out, const struct gguf_file *f, const struct model_hparams *hp,
+                  struct budget *b) {
   *out = NULL;
   struct stream *s = calloc(1, sizeof *s);
   if (!s) return ferry_fail(-ENOMEM, "out of memory");
@@ -92,9 +95,12 @@ int stream_create(struct stream **out, const struct gguf_file *f, const struct m
     ferry_format_size(budget_used_total(b, BUDGET_HOST), b2, sizeof b2);
     ferry_format_size(min, b3, sizeof b3);
     rc = ferry_fail(-ENOMEM,
-                    "RAM budget %s is too small for stream mode: dense weights, state and scratch take %s and the "
-                    "expert cache needs at least %s (%u experts of one layer); raise --ram to at least %llu bytes",
-                    b1, b2, b3, hp->n_expert_used, (unsigned long long)(budget_used_total(b, BUDGET_HOST) + min));
+                    "RAM budget %s is too small for stream mode: dense weights, state and scratch "
+                    "take %s and the "
+                    "expert cache needs at least %s (%u experts of one layer); raise --ram to at "
+                    "least %llu bytes",
+                    b1, b2, b3, hp->n_expert_used,
+                    (unsigned long long)(budget_used_total(b, BUDGET_HOST) + min));
     goto fail;
   }
   if ((rc = io_reader_open(&s->reader, gguf_path(f), NULL))) goto fail;
@@ -106,8 +112,12 @@ int stream_create(struct stream **out, const struct gguf_file *f, const struct m
     for (int q = 0; q < 3; q++) slot += io_span_max(s->layers[l].part[q].len);
     all += slot * s->layers[l].n_experts;
   }
-  struct ecache_params p = {.n_layers = hp->n_layer, .layers = s->layers, .reader = s->reader, .budget = b,
-                            .host_bytes = left < all ? left : all, .min_slots = hp->n_expert_used};
+  struct ecache_params p = {.n_layers = hp->n_layer,
+                            .layers = s->layers,
+                            .reader = s->reader,
+                            .budget = b,
+                            .host_bytes = left < all ? left : all,
+                            .min_slots = hp->n_expert_used};
   if ((rc = ecache_create(&s->cache, &p))) goto fail;
   *out = s;
   return 0;
@@ -153,12 +163,17 @@ static void src_release(void *ctx, int layer, int n) {
 
 static void src_prefetch(void *ctx, int layer, int n, const int32_t *experts) {
   struct stream *s = ctx;
-  if (ecache_prefetch(s->cache, (uint32_t)layer, (uint32_t)n, experts) < 0) ferry_clear_error(); // only a hint
+  if (ecache_prefetch(s->cache, (uint32_t)layer, (uint32_t)n, experts) < 0)
+    ferry_clear_error(); // only a hint
 }
 
 void stream_expert_source(struct stream *s, struct expert_source *src) {
-  *src = (struct expert_source){.ctx = s, .acquire = src_acquire, .ready = src_ready, .get = src_get,
-                                .release = src_release, .prefetch = src_prefetch};
+  *src = (struct expert_source){.ctx = s,
+                                .acquire = src_acquire,
+                                .ready = src_ready,
+                                .get = src_get,
+                                .release = src_release,
+                                .prefetch = src_prefetch};
 }
 
 void stream_fill_stats(struct stream *s, struct run_stats *st) {

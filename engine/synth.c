@@ -25,7 +25,15 @@
 
 enum init_law { INIT_NORMAL, INIT_UNIFORM };
 // What the type recipe needs to know about a tensor.
-enum role { ROLE_SMALL, ROLE_SHEXP_GATE, ROLE_EMBD, ROLE_OUTPUT, ROLE_ATTN_V, ROLE_FFN_DOWN, ROLE_WEIGHT };
+enum role {
+  ROLE_SMALL,
+  ROLE_SHEXP_GATE,
+  ROLE_EMBD,
+  ROLE_OUTPUT,
+  ROLE_ATTN_V,
+  ROLE_FFN_DOWN,
+  ROLE_WEIGHT
+};
 
 struct plan_tensor {
   char name[64];
@@ -33,7 +41,7 @@ struct plan_tensor {
   uint64_t ne[4];
   uint32_t type;
   enum init_law law;
-  float a, b;    // normal: mean a, std b; uniform: [a, b)
+  float a, b; // normal: mean a, std b; uniform: [a, b)
   enum role role;
   int layer;     // -1 for global tensors
   uint64_t hash; // FNV-1a of name
@@ -91,11 +99,13 @@ int synth_params_preset(struct synth_params *p, const char *preset) {
     p->n_head = 16, p->n_head_kv = 2, p->head_dim = 256, p->n_rot = 64;
     p->n_expert = 512, p->n_expert_used = 10, p->n_ff_exp = 512, p->n_ff_shexp = 512;
     p->n_ctx = 262144, p->rope_base = 1e7f;
-    p->ssm_conv = 4, p->ssm_state = 128, p->ssm_groups = 16, p->ssm_dt_rank = 32, p->ssm_inner = 4096;
+    p->ssm_conv = 4, p->ssm_state = 128, p->ssm_groups = 16, p->ssm_dt_rank = 32,
+    p->ssm_inner = 4096;
     p->full_attn_interval = 4;
     return 0;
   }
-  return ferry_fail(-EINVAL, "unknown preset '%s' (known: qwen3-30b-a3b, qwen3-next-80b-a3b)", preset);
+  return ferry_fail(-EINVAL, "unknown preset '%s' (known: qwen3-30b-a3b, qwen3-next-80b-a3b)",
+                    preset);
 }
 
 int synth_params_validate(const struct synth_params *p) {
@@ -107,13 +117,16 @@ int synth_params_validate(const struct synth_params *p) {
   NEED(p->n_embd >= 1 && p->n_embd <= 65536, "--embd must be in 1..65536 (got %u)", p->n_embd);
   NEED(p->n_head >= 1 && p->n_head_kv >= 1 && p->n_head % p->n_head_kv == 0,
        "--heads (%u) must be a positive multiple of --kv-heads (%u)", p->n_head, p->n_head_kv);
-  NEED(p->head_dim >= 2 && p->head_dim <= 1024 && p->head_dim % 2 == 0, "--head-dim must be even, 2..1024 (got %u)", p->head_dim);
+  NEED(p->head_dim >= 2 && p->head_dim <= 1024 && p->head_dim % 2 == 0,
+       "--head-dim must be even, 2..1024 (got %u)", p->head_dim);
   NEED(p->n_rot >= 2 && p->n_rot <= p->head_dim && p->n_rot % 2 == 0,
        "--rope-dims must be even and at most --head-dim (got %u)", p->n_rot);
-  NEED(p->n_expert >= 1 && p->n_expert <= 4096, "--experts must be in 1..4096 (got %u)", p->n_expert);
+  NEED(p->n_expert >= 1 && p->n_expert <= 4096, "--experts must be in 1..4096 (got %u)",
+       p->n_expert);
   NEED(p->n_expert_used >= 1 && p->n_expert_used <= p->n_expert,
        "--experts-used must be in 1..--experts (got %u of %u)", p->n_expert_used, p->n_expert);
-  NEED(p->n_ff_exp >= 1 && p->n_ff_exp <= 65536, "--expert-ff must be in 1..65536 (got %u)", p->n_ff_exp);
+  NEED(p->n_ff_exp >= 1 && p->n_ff_exp <= 65536, "--expert-ff must be in 1..65536 (got %u)",
+       p->n_ff_exp);
   NEED(p->n_ff >= 1, "--ff must be positive");
   NEED(p->n_ctx >= 1, "--ctx must be positive");
   NEED(p->rope_base > 0 && isfinite(p->rope_base), "--rope-base must be positive");
@@ -123,16 +136,21 @@ int synth_params_validate(const struct synth_params *p) {
   if (p->arch == SYNTH_QWEN3MOE) {
     NEED(!p->legacy, "--layout applies to qwen3next only");
   } else {
-    NEED(p->n_ff_shexp >= 1 && p->n_ff_shexp <= 65536, "--shared-ff must be in 1..65536 (got %u)", p->n_ff_shexp);
-    NEED(p->ssm_conv >= 2 && p->ssm_conv <= 16, "--ssm-conv must be in 2..16 (got %u)", p->ssm_conv);
-    NEED(p->ssm_state >= 1 && p->ssm_groups >= 1 && p->ssm_dt_rank >= 1, "--ssm-state/--ssm-groups/--ssm-dt-rank must be positive");
-    NEED(p->ssm_dt_rank % p->ssm_groups == 0, "--ssm-dt-rank (v-heads %u) must be a multiple of --ssm-groups (k-heads %u)",
+    NEED(p->n_ff_shexp >= 1 && p->n_ff_shexp <= 65536, "--shared-ff must be in 1..65536 (got %u)",
+         p->n_ff_shexp);
+    NEED(p->ssm_conv >= 2 && p->ssm_conv <= 16, "--ssm-conv must be in 2..16 (got %u)",
+         p->ssm_conv);
+    NEED(p->ssm_state >= 1 && p->ssm_groups >= 1 && p->ssm_dt_rank >= 1,
+         "--ssm-state/--ssm-groups/--ssm-dt-rank must be positive");
+    NEED(p->ssm_dt_rank % p->ssm_groups == 0,
+         "--ssm-dt-rank (v-heads %u) must be a multiple of --ssm-groups (k-heads %u)",
          p->ssm_dt_rank, p->ssm_groups);
     NEED(p->ssm_inner >= p->ssm_dt_rank && p->ssm_inner % p->ssm_dt_rank == 0,
          "--ssm-inner (%u) must be a multiple of --ssm-dt-rank (%u)", p->ssm_inner, p->ssm_dt_rank);
     NEED(p->full_attn_interval >= 1, "--attn-interval must be positive");
     NEED(!p->legacy || p->full_attn_interval == 4,
-         "the legacy layout has no layer-pattern keys, so readers assume interval 4 (got --attn-interval %u)",
+         "the legacy layout has no layer-pattern keys, so readers assume interval 4 (got "
+         "--attn-interval %u)",
          p->full_attn_interval);
   }
   return 0;
@@ -146,13 +164,17 @@ static uint64_t fnv1a(const char *s) {
   return h;
 }
 
-static int plan_add(struct plan *pl, int layer, const char *suffix, enum role role, enum init_law law, float a,
-                    float b, uint32_t n_dims, uint64_t ne0, uint64_t ne1, uint64_t ne2) {
-  if (pl->n >= SYNTH_MAX_TENSORS) return ferry_fail(-E2BIG, "synth: more than %d tensors", SYNTH_MAX_TENSORS);
+static int plan_add(struct plan *pl, int layer, const char *suffix, enum role role,
+                    enum init_law law, float a, float b, uint32_t n_dims, uint64_t ne0,
+                    uint64_t ne1, uint64_t ne2) {
+  if (pl->n >= SYNTH_MAX_TENSORS)
+    return ferry_fail(-E2BIG, "synth: more than %d tensors", SYNTH_MAX_TENSORS);
   struct plan_tensor *t = &pl->t[pl->n++];
   memset(t, 0, sizeof *t);
-  if (layer >= 0) snprintf(t->name, sizeof t->name, "blk.%d.%s", layer, suffix);
-  else snprintf(t->name, sizeof t->name, "%s", suffix);
+  if (layer >= 0)
+    snprintf(t->name, sizeof t->name, "blk.%d.%s", layer, suffix);
+  else
+    snprintf(t->name, sizeof t->name, "%s", suffix);
   t->n_dims = n_dims;
   t->ne[0] = ne0, t->ne[1] = ne1, t->ne[2] = ne2, t->ne[3] = 1;
   t->law = law, t->a = a, t->b = b;
@@ -163,11 +185,15 @@ static int plan_add(struct plan *pl, int layer, const char *suffix, enum role ro
 }
 
 // A weight matrix {in, out[, experts]} with std 1/sqrt(in).
-#define MAT(L, sfx, role, in, out) plan_add(pl, L, sfx, role, INIT_NORMAL, 0.f, 1.f / sqrtf((float)(in)), 2, in, out, 1)
-#define EXPS(L, sfx, role, in, out, e) plan_add(pl, L, sfx, role, INIT_NORMAL, 0.f, 1.f / sqrtf((float)(in)), 3, in, out, e)
+#define MAT(L, sfx, role, in, out) \
+  plan_add(pl, L, sfx, role, INIT_NORMAL, 0.f, 1.f / sqrtf((float)(in)), 2, in, out, 1)
+#define EXPS(L, sfx, role, in, out, e) \
+  plan_add(pl, L, sfx, role, INIT_NORMAL, 0.f, 1.f / sqrtf((float)(in)), 3, in, out, e)
 #define NORM(L, sfx, n) plan_add(pl, L, sfx, ROLE_SMALL, INIT_NORMAL, 1.f, 0.05f, 1, n, 1, 1)
 
-static bool use_more_bits(int i, int n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
+static bool use_more_bits(int i, int n) {
+  return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2;
+}
 
 static bool is_full_attn(const struct synth_params *p, uint32_t L) {
   return p->arch == SYNTH_QWEN3MOE || (L + 1) % p->full_attn_interval == 0;
@@ -182,10 +208,13 @@ static int plan_moe_ffn(struct plan *pl, const struct synth_params *p, int L) {
   rc |= EXPS(L, "ffn_up_exps.weight", ROLE_WEIGHT, E, p->n_ff_exp, p->n_expert);
   if (p->arch == SYNTH_QWEN3NEXT) {
     float s = 1.f / sqrtf((float)E);
-    if (p->legacy) rc |= plan_add(pl, L, "ffn_gate_inp_shexp.weight", ROLE_SHEXP_GATE, INIT_NORMAL, 0.f, s, 1, E, 1, 1);
+    if (p->legacy)
+      rc |= plan_add(pl, L, "ffn_gate_inp_shexp.weight", ROLE_SHEXP_GATE, INIT_NORMAL, 0.f, s, 1, E,
+                     1, 1);
     // The converter writes {n_embd, 1}; llama-quantize rewrites it as 1-D {n_embd}.
-    else rc |= plan_add(pl, L, "ffn_gate_inp_shexp.weight", ROLE_SHEXP_GATE, INIT_NORMAL, 0.f, s,
-                        p->recipe == SYNTH_F32 ? 2 : 1, E, 1, 1);
+    else
+      rc |= plan_add(pl, L, "ffn_gate_inp_shexp.weight", ROLE_SHEXP_GATE, INIT_NORMAL, 0.f, s,
+                     p->recipe == SYNTH_F32 ? 2 : 1, E, 1, 1);
     rc |= MAT(L, "ffn_gate_shexp.weight", ROLE_WEIGHT, E, p->n_ff_shexp);
     rc |= MAT(L, "ffn_up_shexp.weight", ROLE_WEIGHT, E, p->n_ff_shexp);
     rc |= MAT(L, "ffn_down_shexp.weight", ROLE_FFN_DOWN, p->n_ff_shexp, E);
@@ -197,7 +226,8 @@ static int plan_moe_ffn(struct plan *pl, const struct synth_params *p, int L) {
 // output_norm, output.
 static int plan_build(struct plan *pl, const struct synth_params *p, uint32_t n_vocab) {
   uint32_t E = p->n_embd, H = p->n_head, Hkv = p->n_head_kv, hd = p->head_dim;
-  int rc = plan_add(pl, -1, "token_embd.weight", ROLE_EMBD, INIT_NORMAL, 0.f, 0.5f, 2, E, n_vocab, 1);
+  int rc =
+      plan_add(pl, -1, "token_embd.weight", ROLE_EMBD, INIT_NORMAL, 0.f, 0.5f, 2, E, n_vocab, 1);
   for (int L = 0; !rc && L < (int)p->n_layer; L++) {
     rc |= NORM(L, "attn_norm.weight", E);
     if (p->arch == SYNTH_QWEN3MOE) {
@@ -218,7 +248,8 @@ static int plan_build(struct plan *pl, const struct synth_params *p, uint32_t n_
         rc |= NORM(L, "attn_q_norm.weight", hd);
         rc |= NORM(L, "attn_k_norm.weight", hd);
       } else {
-        uint32_t key_dim = p->ssm_groups * p->ssm_state, value_dim = p->ssm_inner, nv = p->ssm_dt_rank;
+        uint32_t key_dim = p->ssm_groups * p->ssm_state, value_dim = p->ssm_inner,
+                 nv = p->ssm_dt_rank;
         uint32_t conv_dim = 2 * key_dim + value_dim;
         if (p->legacy) {
           rc |= MAT(L, "ssm_in.weight", ROLE_WEIGHT, E, 2 * key_dim + 2 * value_dim);
@@ -227,7 +258,8 @@ static int plan_build(struct plan *pl, const struct synth_params *p, uint32_t n_
           rc |= MAT(L, "attn_qkv.weight", ROLE_ATTN_V, E, conv_dim);
           rc |= MAT(L, "attn_gate.weight", ROLE_WEIGHT, E, value_dim);
         }
-        rc |= plan_add(pl, L, "ssm_conv1d.weight", ROLE_SMALL, INIT_NORMAL, 0.f, 0.3f, 2, p->ssm_conv, conv_dim, 1);
+        rc |= plan_add(pl, L, "ssm_conv1d.weight", ROLE_SMALL, INIT_NORMAL, 0.f, 0.3f, 2,
+                       p->ssm_conv, conv_dim, 1);
         rc |= plan_add(pl, L, "ssm_dt.bias", ROLE_SMALL, INIT_UNIFORM, 0.f, 1.f, 1, nv, 1, 1);
         rc |= plan_add(pl, L, "ssm_a", ROLE_SMALL, INIT_UNIFORM, -1.f, -0.05f, 1, nv, 1, 1);
         rc |= MAT(L, "ssm_ba.weight", ROLE_WEIGHT, E, 2 * nv);
@@ -238,7 +270,9 @@ static int plan_build(struct plan *pl, const struct synth_params *p, uint32_t n_
     if (!rc) rc = plan_moe_ffn(pl, p, L);
   }
   if (!rc) rc |= NORM(-1, "output_norm.weight", E);
-  if (!rc) rc |= plan_add(pl, -1, "output.weight", ROLE_OUTPUT, INIT_NORMAL, 0.f, 3.f / sqrtf((float)E), 2, E, n_vocab, 1);
+  if (!rc)
+    rc |= plan_add(pl, -1, "output.weight", ROLE_OUTPUT, INIT_NORMAL, 0.f, 3.f / sqrtf((float)E), 2,
+                   E, n_vocab, 1);
   return rc ? -E2BIG : 0;
 }
 
@@ -262,10 +296,12 @@ static void plan_assign_types(struct plan *pl, const struct synth_params *p) {
       ty = FT_Q8_0;
     } else {
       switch (t->role) {
-      case ROLE_OUTPUT: ty = FT_Q6_K; break;
-      case ROLE_ATTN_V: ty = use_more_bits(i_v, n_v) ? FT_Q6_K : FT_Q4_K; break;
-      case ROLE_FFN_DOWN: ty = use_more_bits(t->layer, (int)p->n_layer) ? FT_Q6_K : FT_Q4_K; break;
-      default: ty = FT_Q4_K; break;
+        case ROLE_OUTPUT: ty = FT_Q6_K; break;
+        case ROLE_ATTN_V: ty = use_more_bits(i_v, n_v) ? FT_Q6_K : FT_Q4_K; break;
+        case ROLE_FFN_DOWN:
+          ty = use_more_bits(t->layer, (int)p->n_layer) ? FT_Q6_K : FT_Q4_K;
+          break;
+        default: ty = FT_Q4_K; break;
       }
     }
     if (t->role == ROLE_ATTN_V) i_v++;
@@ -287,18 +323,40 @@ static uint64_t plan_tensor_bytes(const struct plan_tensor *t) {
 }
 
 // ---- vocabulary ------------------------------------------------------------------------
-struct added_token { const char *text; int32_t type; };
+struct added_token {
+  const char *text;
+  int32_t type;
+};
 // The 26 Qwen3 added tokens in their original order (types: 3 CONTROL, 4 USER_DEFINED).
 static const struct added_token k_added[] = {
-    {"<|endoftext|>", 3}, {"<|im_start|>", 3}, {"<|im_end|>", 3}, {"<|object_ref_start|>", 3},
-    {"<|object_ref_end|>", 3}, {"<|box_start|>", 3}, {"<|box_end|>", 3}, {"<|quad_start|>", 3},
-    {"<|quad_end|>", 3}, {"<|vision_start|>", 3}, {"<|vision_end|>", 3}, {"<|vision_pad|>", 3},
-    {"<|image_pad|>", 3}, {"<|video_pad|>", 3}, {"<tool_call>", 4}, {"</tool_call>", 4},
-    {"<|fim_prefix|>", 3}, {"<|fim_middle|>", 3}, {"<|fim_suffix|>", 3}, {"<|fim_pad|>", 3},
-    {"<|repo_name|>", 3}, {"<|file_sep|>", 3}, {"<tool_response>", 4}, {"</tool_response>", 4},
-    {"<think>", 4}, {"</think>", 4},
+    {"<|endoftext|>", 3},
+    {"<|im_start|>", 3},
+    {"<|im_end|>", 3},
+    {"<|object_ref_start|>", 3},
+    {"<|object_ref_end|>", 3},
+    {"<|box_start|>", 3},
+    {"<|box_end|>", 3},
+    {"<|quad_start|>", 3},
+    {"<|quad_end|>", 3},
+    {"<|vision_start|>", 3},
+    {"<|vision_end|>", 3},
+    {"<|vision_pad|>", 3},
+    {"<|image_pad|>", 3},
+    {"<|video_pad|>", 3},
+    {"<tool_call>", 4},
+    {"</tool_call>", 4},
+    {"<|fim_prefix|>", 3},
+    {"<|fim_middle|>", 3},
+    {"<|fim_suffix|>", 3},
+    {"<|fim_pad|>", 3},
+    {"<|repo_name|>", 3},
+    {"<|file_sep|>", 3},
+    {"<tool_response>", 4},
+    {"</tool_response>", 4},
+    {"<think>", 4},
+    {"</think>", 4},
 };
-#define N_ADDED (int)(sizeof k_added / sizeof k_added[0])
+#define N_ADDED   (int)(sizeof k_added / sizeof k_added[0])
 #define MIN_VOCAB (256 + N_ADDED)
 
 // UTF-8 of the GPT-2 byte-to-unicode symbol of vocabulary id i < 256: the 188 printable
@@ -340,16 +398,23 @@ static int vocab_write_minimal(struct gguf_writer *w, uint32_t n_vocab) {
   for (uint32_t i = 0; i < n_vocab && !rc; i++) {
     char buf[32];
     int n;
-    if (i < 256) n = byte_symbol((int)i, buf), types[i] = 1;
-    else if (i < MIN_VOCAB) n = snprintf(buf, sizeof buf, "%s", k_added[i - 256].text), types[i] = k_added[i - 256].type;
-    else n = snprintf(buf, sizeof buf, "[PAD%u]", i), types[i] = 5;
+    if (i < 256)
+      n = byte_symbol((int)i, buf), types[i] = 1;
+    else if (i < MIN_VOCAB)
+      n = snprintf(buf, sizeof buf, "%s", k_added[i - 256].text), types[i] = k_added[i - 256].type;
+    else
+      n = snprintf(buf, sizeof buf, "[PAD%u]", i), types[i] = 5;
     strs[i] = malloc((size_t)n + 1);
-    if (!strs[i]) rc = ferry_fail(-ENOMEM, "synth: out of memory for the vocabulary");
-    else memcpy(strs[i], buf, (size_t)n), strs[i][n] = 0, lens[i] = (uint64_t)n;
+    if (!strs[i])
+      rc = ferry_fail(-ENOMEM, "synth: out of memory for the vocabulary");
+    else
+      memcpy(strs[i], buf, (size_t)n), strs[i][n] = 0, lens[i] = (uint64_t)n;
   }
   if (!rc) rc = gguf_writer_add_str(w, "tokenizer.ggml.model", "gpt2");
   if (!rc) rc = gguf_writer_add_str(w, "tokenizer.ggml.pre", "qwen2");
-  if (!rc) rc = gguf_writer_add_str_array(w, "tokenizer.ggml.tokens", (const char *const *)strs, lens, n_vocab);
+  if (!rc)
+    rc = gguf_writer_add_str_array(w, "tokenizer.ggml.tokens", (const char *const *)strs, lens,
+                                   n_vocab);
   if (!rc) rc = gguf_writer_add_array(w, "tokenizer.ggml.token_type", GGUF_I32, types, n_vocab);
   if (!rc) rc = gguf_writer_add_str_array(w, "tokenizer.ggml.merges", NULL, NULL, 0);
   if (!rc) rc = gguf_writer_add_u32(w, "tokenizer.ggml.eos_token_id", 256 + 2);     // <|im_end|>
@@ -384,7 +449,8 @@ static int resolve_vocab(const struct synth_params *p, struct gguf_file **src, u
   if (rc) return ferry_fail_ctx(rc, "--vocab-from");
   rc = vocab_count(*src, n_vocab);
   if (!rc && p->n_vocab && p->n_vocab != *n_vocab)
-    rc = ferry_fail(-EINVAL, "--vocab %u disagrees with the %u tokens of %s", p->n_vocab, *n_vocab, p->vocab_from);
+    rc = ferry_fail(-EINVAL, "--vocab %u disagrees with the %u tokens of %s", p->n_vocab, *n_vocab,
+                    p->vocab_from);
   if (rc) {
     gguf_close(*src);
     *src = NULL;
@@ -400,25 +466,35 @@ static void size_label(const struct plan *pl, const struct synth_params *p, char
   for (int i = 0; i < pl->n; i++) {
     const struct plan_tensor *t = &pl->t[i];
     double el = (double)t->ne[0] * t->ne[1] * t->ne[2];
-    if (strstr(t->name, "_exps.")) routed += el;
-    else shared += el;
+    if (strstr(t->name, "_exps."))
+      routed += el;
+    else
+      shared += el;
   }
   double v = shared + routed / p->n_expert;
   const char *unit = "";
-  if (v >= 1e12) v /= 1e12, unit = "T";
-  else if (v >= 1e9) v /= 1e9, unit = "B";
-  else if (v >= 1e6) v /= 1e6, unit = "M";
-  else if (v >= 1e3) v /= 1e3, unit = "K";
-  if (v < 10) snprintf(buf, n, "%ux%.1f%s", p->n_expert, v, unit);
-  else snprintf(buf, n, "%ux%.0f%s", p->n_expert, v, unit);
+  if (v >= 1e12)
+    v /= 1e12, unit = "T";
+  else if (v >= 1e9)
+    v /= 1e9, unit = "B";
+  else if (v >= 1e6)
+    v /= 1e6, unit = "M";
+  else if (v >= 1e3)
+    v /= 1e3, unit = "K";
+  if (v < 10)
+    snprintf(buf, n, "%ux%.1f%s", p->n_expert, v, unit);
+  else
+    snprintf(buf, n, "%ux%.0f%s", p->n_expert, v, unit);
 }
 
-static int write_metadata(struct gguf_writer *w, const struct synth_params *p, const struct plan *pl,
-                          const struct gguf_file *vsrc, uint32_t n_vocab) {
+static int write_metadata(struct gguf_writer *w, const struct synth_params *p,
+                          const struct plan *pl, const struct gguf_file *vsrc, uint32_t n_vocab) {
   const char *arch = p->arch == SYNTH_QWEN3MOE ? "qwen3moe" : "qwen3next";
   char name[160], label[64], key[128];
-  if (p->name) snprintf(name, sizeof name, "%s", p->name);
-  else snprintf(name, sizeof name, "synth %s%s (random weights)", arch, p->legacy ? " legacy" : "");
+  if (p->name)
+    snprintf(name, sizeof name, "%s", p->name);
+  else
+    snprintf(name, sizeof name, "synth %s%s (random weights)", arch, p->legacy ? " legacy" : "");
   size_label(pl, p, label, sizeof label);
   int rc = gguf_writer_add_str(w, "general.architecture", arch);
   if (!rc) rc = gguf_writer_add_str(w, "general.type", "model");
@@ -482,13 +558,15 @@ static inline uint64_t mix64(uint64_t z) {
   return z ^ (z >> 31);
 }
 
-static void stream_seed(struct ferry_rng *rng, const struct plan_tensor *t, uint64_t seed, uint64_t stream) {
+static void stream_seed(struct ferry_rng *rng, const struct plan_tensor *t, uint64_t seed,
+                        uint64_t stream) {
   ferry_rng_seed(rng, mix64(seed ^ mix64(t->hash + 0x9e3779b97f4a7c15ull * (stream + 1))));
 }
 
 // n values of tensor t's law from stream `stream` (a row index, or a bank block index with
 // the top bit set) into x.
-static void gen_values(const struct plan_tensor *t, uint64_t seed, uint64_t stream, float *x, uint64_t n) {
+static void gen_values(const struct plan_tensor *t, uint64_t seed, uint64_t stream, float *x,
+                       uint64_t n) {
   struct ferry_rng rng;
   stream_seed(&rng, t, seed, stream);
   if (t->law == INIT_UNIFORM) {
@@ -500,8 +578,8 @@ static void gen_values(const struct plan_tensor *t, uint64_t seed, uint64_t stre
   const float scale = t->b * inv_sd;
   for (uint64_t i = 0; i < n; i++) {
     uint64_t u = ferry_rng_u64(&rng);
-    uint32_t s = (uint32_t)(u & 0xffff) + (uint32_t)((u >> 16) & 0xffff) + (uint32_t)((u >> 32) & 0xffff) +
-                 (uint32_t)(u >> 48);
+    uint32_t s = (uint32_t)(u & 0xffff) + (uint32_t)((u >> 16) & 0xffff) +
+                 (uint32_t)((u >> 32) & 0xffff) + (uint32_t)(u >> 48);
     x[i] = t->a + ((float)s - mean) * scale;
   }
 }
@@ -530,10 +608,10 @@ static void convert_row(uint32_t type, const float *x, void *dst, int64_t n) {
 // the same type and law (e.g. ffn_gate_exps and ffn_up_exps of every layer) share one bank,
 // seeded from the law rather than a tensor name, so a 48-layer model quantizes only a
 // handful of banks; rows still pick blocks with their own per-tensor, per-row streams.
-#define SYNTH_BANK_BLOCKS 1024u
-#define SYNTH_MAX_BANKS 64
+#define SYNTH_BANK_BLOCKS     1024u
+#define SYNTH_MAX_BANKS       64
 #define SYNTH_BANK_MIN_BLOCKS ((uint64_t)SYNTH_BANK_BLOCKS * 4)
-#define SYNTH_BANK_STREAM (1ull << 63)
+#define SYNTH_BANK_STREAM     (1ull << 63)
 
 struct bank {
   uint32_t type;
@@ -587,7 +665,8 @@ static void bank_fn(void *vctx, int64_t b, int64_t e, int tid) {
   }
 }
 
-static int plan_prepare(const struct synth_params *p, struct plan *pl, struct gguf_file **vsrc, uint32_t *n_vocab) {
+static int plan_prepare(const struct synth_params *p, struct plan *pl, struct gguf_file **vsrc,
+                        uint32_t *n_vocab) {
   int rc = synth_params_validate(p);
   if (rc) return rc;
   rc = resolve_vocab(p, vsrc, n_vocab);
@@ -628,9 +707,10 @@ int synth_write(const struct synth_params *p, const char *path, struct synth_sta
   int rc = plan_prepare(p, &pl, &vsrc, &n_vocab);
   if (rc) goto out;
   if (pl.n_fallback)
-    log_warn("synth: %d tensor(s) have rows that do not fit the recipe's block size; they use Q8_0 "
-             "instead of a K-quant (or F32 instead of Q8_0)",
-             pl.n_fallback);
+    log_warn(
+        "synth: %d tensor(s) have rows that do not fit the recipe's block size; they use Q8_0 "
+        "instead of a K-quant (or F32 instead of Q8_0)",
+        pl.n_fallback);
 
   // Refuse early when the disk cannot hold the result (leaving 1 GiB spare).
   uint64_t total = 0, max_row = 0;
@@ -643,9 +723,12 @@ int synth_write(const struct synth_params *p, const char *path, struct synth_sta
     char dir[4096];
     snprintf(dir, sizeof dir, "%s", path);
     char *slash = strrchr(dir, '/');
-    if (!slash) snprintf(dir, sizeof dir, ".");
-    else if (slash == dir) slash[1] = 0; // a file in "/"
-    else *slash = 0;
+    if (!slash)
+      snprintf(dir, sizeof dir, ".");
+    else if (slash == dir)
+      slash[1] = 0; // a file in "/"
+    else
+      *slash = 0;
     struct statvfs sv;
     if (statvfs(dir, &sv) == 0) {
       uint64_t avail = (uint64_t)sv.f_bavail * sv.f_frsize;
@@ -698,12 +781,14 @@ int synth_write(const struct synth_params *p, const char *path, struct synth_sta
     uint32_t block_bytes = ferry_type_info(t->type)->size;
     if (use_bank(p, t)) {
       int bi = 0;
-      while (bi < n_banks && !(banks[bi].type == t->type && banks[bi].law == t->law && banks[bi].a == t->a &&
-                               banks[bi].b == t->b))
+      while (bi < n_banks && !(banks[bi].type == t->type && banks[bi].law == t->law &&
+                               banks[bi].a == t->a && banks[bi].b == t->b))
         bi++;
       if (bi == n_banks) {
-        if (n_banks == SYNTH_MAX_BANKS) bi = (int)(i % SYNTH_MAX_BANKS); // reuse a slot
-        else if (!(banks[n_banks].data = ferry_alloc_aligned(64, (size_t)SYNTH_BANK_BLOCKS * 256))) { // any K block fits
+        if (n_banks == SYNTH_MAX_BANKS)
+          bi = (int)(i % SYNTH_MAX_BANKS); // reuse a slot
+        else if (!(banks[n_banks].data = ferry_alloc_aligned(
+                       64, (size_t)SYNTH_BANK_BLOCKS * 256))) { // any K block fits
           rc = -ENOMEM;
           break;
         } else {
@@ -728,8 +813,8 @@ int synth_write(const struct synth_params *p, const char *path, struct synth_sta
     }
     if (done >= next_report && total > ((uint64_t)256 << 20)) {
       double dt = ferry_now_s() - t0;
-      log_info("synth: %.0f%% (%.0f MB in %.1f s, %.0f MB/s)", 100.0 * (double)done / (double)total, done / 1e6, dt,
-               done / 1e6 / (dt > 0 ? dt : 1));
+      log_info("synth: %.0f%% (%.0f MB in %.1f s, %.0f MB/s)", 100.0 * (double)done / (double)total,
+               done / 1e6, dt, done / 1e6 / (dt > 0 ? dt : 1));
       next_report = done + total / 20;
     }
   }

@@ -29,29 +29,29 @@ enum synth_recipe { SYNTH_F32 = 0, SYNTH_Q8_0 = 1, SYNTH_Q4_K_M = 2 };
 struct synth_params {
   enum synth_arch arch;
   enum synth_recipe recipe;
-  bool legacy;            // qwen3next: fused ssm_in, 1-D BF16 ffn_gate_inp_shexp, no layer-pattern keys
-  const char *name;       // general.name (NULL: "synth <arch> (random weights)")
-  uint32_t n_layer;       // block_count
-  uint32_t n_embd;        // embedding_length
-  uint32_t n_ff;          // feed_forward_length (unused by the models, written for fidelity)
+  bool legacy;      // qwen3next: fused ssm_in, 1-D BF16 ffn_gate_inp_shexp, no layer-pattern keys
+  const char *name; // general.name (NULL: "synth <arch> (random weights)")
+  uint32_t n_layer; // block_count
+  uint32_t n_embd;  // embedding_length
+  uint32_t n_ff;    // feed_forward_length (unused by the models, written for fidelity)
   uint32_t n_head, n_head_kv, head_dim;
-  uint32_t n_rot;         // rope.dimension_count (qwen3moe: written only if != head_dim)
+  uint32_t n_rot; // rope.dimension_count (qwen3moe: written only if != head_dim)
   uint32_t n_expert, n_expert_used, n_ff_exp;
-  uint32_t n_ff_shexp;    // qwen3next shared expert width
-  uint32_t n_ctx;         // context_length
+  uint32_t n_ff_shexp; // qwen3next shared expert width
+  uint32_t n_ctx;      // context_length
   float rope_base, norm_eps;
   // qwen3next Gated DeltaNet
-  uint32_t ssm_conv;      // conv_kernel
-  uint32_t ssm_state;     // state_size = head_k_dim
-  uint32_t ssm_groups;    // group_count = number of k-heads
-  uint32_t ssm_dt_rank;   // time_step_rank = number of v-heads
-  uint32_t ssm_inner;     // inner_size = value_dim
+  uint32_t ssm_conv;    // conv_kernel
+  uint32_t ssm_state;   // state_size = head_k_dim
+  uint32_t ssm_groups;  // group_count = number of k-heads
+  uint32_t ssm_dt_rank; // time_step_rank = number of v-heads
+  uint32_t ssm_inner;   // inner_size = value_dim
   uint32_t full_attn_interval;
   uint32_t n_vocab;       // 0: the token count of vocab_from, or the minimal vocabulary (282)
   const char *vocab_from; // GGUF whose tokenizer.* keys are copied (NULL: minimal byte vocab)
   uint64_t seed;
-  bool exact;             // quantize every row (no block bank; slow for big K-quant tensors)
-  int n_threads;          // <= 0: one per physical core
+  bool exact;    // quantize every row (no block bank; slow for big K-quant tensors)
+  int n_threads; // <= 0: one per physical core
 };
 
 // Tiny defaults for an architecture (the dims of the fixtures' tiny models, F32 recipe).
@@ -63,12 +63,12 @@ int synth_params_preset(struct synth_params *p, const char *preset);
 int synth_params_validate(const struct synth_params *p);
 
 struct synth_stats {
-  uint64_t file_bytes;       // size of the written file
+  uint64_t file_bytes; // size of the written file
   int64_t n_tensors;
-  int n_fallback;            // tensors whose recipe type did not fit their row length
+  int n_fallback; // tensors whose recipe type did not fit their row length
   uint32_t n_vocab;
   uint64_t type_count[FT_COUNT];
-  double seconds;            // wall time of the whole write (fdatasync included)
+  double seconds; // wall time of the whole write (fdatasync included)
 };
 
 // Estimates the file size for p without writing (needs vocab_from readable when set).

@@ -27,41 +27,46 @@
 // Unicode White_Space property (PropList.txt). PCRE2's UCP \s also matches U+180E, which
 // lost White_Space in Unicode 6.3 and is not whitespace for llama.cpp or HF, so the class
 // is spelled out.
-#define WS "\\t\\n\\x{0B}\\f\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}"
+#define WS               \
+  "\\t\\n\\x{0B}\\f\\r " \
+  "\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}"
 // The Qwen2 pattern (MODEL_SPEC §3.4) with the case-insensitive contractions expanded the
 // way llama.cpp does: PCRE2's caseless matching would also fold U+017F (long s) onto 's'.
 static const char k_qwen2_pattern[] =
     "'(?:[sS]|[tT]|[rR][eE]|[vV][eE]|[mM]|[lL][lL]|[dD])"
     "|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+"
     "|\\p{N}"
-    "| ?[^" WS "\\p{L}\\p{N}]+[\\r\\n]*"
-    "|[" WS "]*[\\r\\n]+"
-    "|[" WS "]+(?![^" WS "])"
+    "| ?[^" WS
+    "\\p{L}\\p{N}]+[\\r\\n]*"
+    "|[" WS
+    "]*[\\r\\n]+"
+    "|[" WS "]+(?![^" WS
+    "])"
     "|[" WS "]+";
 
 struct merge_slot {
-  uint64_t key;  // (left id << 32) | right id; UINT64_MAX = empty
-  int32_t rank;  // index in tokenizer.ggml.merges
-  int32_t res;   // id of the concatenation
+  uint64_t key; // (left id << 32) | right id; UINT64_MAX = empty
+  int32_t rank; // index in tokenizer.ggml.merges
+  int32_t res;  // id of the concatenation
 };
 
 struct tokenizer {
   int32_t n_vocab;
   int32_t eos;
-  uint8_t *type;        // [n_vocab] enum tok_type
-  uint8_t *eog;         // [n_vocab] 1 if end of generation
-  char *text;           // all token texts, concatenated
-  uint64_t *text_off;   // [n_vocab + 1] text of id i is text[text_off[i] .. text_off[i+1])
-  char *piece;          // decoded bytes of every token, concatenated
-  uint64_t *piece_off;  // [n_vocab + 1]
-  int32_t *vhash;       // open addressing text -> id, -1 empty
+  uint8_t *type;       // [n_vocab] enum tok_type
+  uint8_t *eog;        // [n_vocab] 1 if end of generation
+  char *text;          // all token texts, concatenated
+  uint64_t *text_off;  // [n_vocab + 1] text of id i is text[text_off[i] .. text_off[i+1])
+  char *piece;         // decoded bytes of every token, concatenated
+  uint64_t *piece_off; // [n_vocab + 1]
+  int32_t *vhash;      // open addressing text -> id, -1 empty
   uint64_t vmask;
   struct merge_slot *merges;
   uint64_t mmask;
   int32_t byte_id[256]; // token of each single byte
   int32_t *special;     // CONTROL/USER_DEFINED/UNKNOWN ids, longest text first
   int32_t n_special;
-  bool hybrid;          // chat template mentions enable_thinking
+  bool hybrid; // chat template mentions enable_thinking
   pcre2_code *re;
   bool jit;
 };
@@ -245,17 +250,22 @@ int tok_create(struct tokenizer **out, const struct gguf_file *f) {
   const char *model = gguf_get_str(f, "tokenizer.ggml.model");
   if (!model) return ferry_fail(-EINVAL, "tokenizer: missing tokenizer.ggml.model");
   if (strcmp(model, "gpt2"))
-    return ferry_fail(-EINVAL, "tokenizer: model '%s' is not supported (only gpt2 byte-level BPE)", model);
+    return ferry_fail(-EINVAL, "tokenizer: model '%s' is not supported (only gpt2 byte-level BPE)",
+                      model);
   const char *pre = gguf_get_str(f, "tokenizer.ggml.pre");
   if (pre && strcmp(pre, "qwen2"))
     log_warn("tokenizer: pre-tokenizer '%s' is not qwen2; using the qwen2 pattern anyway", pre);
   const struct gguf_kv *ktok = gguf_get_arr(f, "tokenizer.ggml.tokens", GGUF_STRING);
   if (!ktok || !ktok->arr || ktok->arr_n == 0)
     return ferry_fail(-EINVAL, "tokenizer: missing tokenizer.ggml.tokens");
-  if (ktok->arr_n > INT32_MAX / 4) return ferry_fail(-EINVAL, "tokenizer: %llu tokens is too many", (unsigned long long)ktok->arr_n);
+  if (ktok->arr_n > INT32_MAX / 4)
+    return ferry_fail(-EINVAL, "tokenizer: %llu tokens is too many",
+                      (unsigned long long)ktok->arr_n);
   const struct gguf_kv *ktype = gguf_get_arr(f, "tokenizer.ggml.token_type", GGUF_I32);
   if (!ktype || ktype->arr_n != ktok->arr_n)
-    return ferry_fail(-EINVAL, "tokenizer: tokenizer.ggml.token_type is missing or its length differs from tokens");
+    return ferry_fail(
+        -EINVAL,
+        "tokenizer: tokenizer.ggml.token_type is missing or its length differs from tokens");
   const struct gguf_kv *kmerge = gguf_get_arr(f, "tokenizer.ggml.merges", GGUF_STRING);
   if (!kmerge) return ferry_fail(-EINVAL, "tokenizer: missing tokenizer.ggml.merges");
 
@@ -276,7 +286,8 @@ int tok_create(struct tokenizer **out, const struct gguf_file *f) {
   uint64_t vcap = pow2_at_least((uint64_t)nv * 2);
   t->vhash = malloc(vcap * sizeof *t->vhash);
   t->vmask = vcap - 1;
-  if (!t->type || !t->eog || !t->text_off || !t->piece_off || !t->text || !t->piece || !t->vhash) goto fail_oom;
+  if (!t->type || !t->eog || !t->text_off || !t->piece_off || !t->text || !t->piece || !t->vhash)
+    goto fail_oom;
   memset(t->vhash, 0xFF, vcap * sizeof *t->vhash);
 
   int16_t cp_to_byte[0x144];
@@ -289,19 +300,22 @@ int tok_create(struct tokenizer **out, const struct gguf_file *f) {
   for (int32_t i = 0; i < nv; i++) {
     int32_t ty;
     memcpy(&ty, types + 4 * (size_t)i, 4);
-    if (ty < TOK_TYPE_NORMAL || ty > TOK_TYPE_BYTE) ty = TOK_TYPE_NORMAL; // unknown kinds act as text
+    if (ty < TOK_TYPE_NORMAL || ty > TOK_TYPE_BYTE)
+      ty = TOK_TYPE_NORMAL; // unknown kinds act as text
     t->type[i] = (uint8_t)ty;
     t->text_off[i] = off;
     memcpy(t->text + off, toks[i].data, toks[i].len);
     t->piece_off[i] = poff;
     if (ty == TOK_TYPE_NORMAL || ty == TOK_TYPE_BYTE)
-      poff += decode_text((const uint8_t *)toks[i].data, toks[i].len, cp_to_byte, (uint8_t *)t->piece + poff);
+      poff += decode_text((const uint8_t *)toks[i].data, toks[i].len, cp_to_byte,
+                          (uint8_t *)t->piece + poff);
     else {
       memcpy(t->piece + poff, toks[i].data, toks[i].len);
       poff += toks[i].len;
     }
     off += toks[i].len;
-    if ((ty == TOK_TYPE_CONTROL || ty == TOK_TYPE_USER_DEFINED || ty == TOK_TYPE_UNKNOWN) && toks[i].len > 0)
+    if ((ty == TOK_TYPE_CONTROL || ty == TOK_TYPE_USER_DEFINED || ty == TOK_TYPE_UNKNOWN) &&
+        toks[i].len > 0)
       n_special++;
     // First id wins for a duplicated text.
     for (uint64_t h = hash_bytes(toks[i].data, toks[i].len) & t->vmask;; h = (h + 1) & t->vmask) {
@@ -311,7 +325,8 @@ int tok_create(struct tokenizer **out, const struct gguf_file *f) {
         break;
       }
       uint64_t o = t->text_off[id];
-      if (o + toks[i].len == t->text_off[id + 1] && !memcmp(t->text + o, toks[i].data, toks[i].len)) break;
+      if (o + toks[i].len == t->text_off[id + 1] && !memcmp(t->text + o, toks[i].data, toks[i].len))
+        break;
     }
     t->text_off[i + 1] = off; // needed by the probe above for later ids
   }
@@ -323,7 +338,9 @@ int tok_create(struct tokenizer **out, const struct gguf_file *f) {
     size_t l = utf8_put(byte_to_cp(b), u);
     t->byte_id[b] = tok_find(t, (const char *)u, l);
     if (t->byte_id[b] < 0) {
-      rc = ferry_fail(-EINVAL, "tokenizer: the vocabulary has no token for byte 0x%02X (not byte-level BPE)", b);
+      rc = ferry_fail(-EINVAL,
+                      "tokenizer: the vocabulary has no token for byte 0x%02X (not byte-level BPE)",
+                      b);
       goto fail;
     }
   }
@@ -378,8 +395,9 @@ int tok_create(struct tokenizer **out, const struct gguf_file *f) {
     }
   }
   free(cat);
-  if (skipped) log_debug("tokenizer: %llu of %llu merges skipped (malformed or not in the vocabulary)",
-                         (unsigned long long)skipped, (unsigned long long)nm);
+  if (skipped)
+    log_debug("tokenizer: %llu of %llu merges skipped (malformed or not in the vocabulary)",
+              (unsigned long long)skipped, (unsigned long long)nm);
 
   t->special = malloc(((size_t)n_special + 1) * sizeof *t->special);
   if (!t->special) goto fail_oom;
@@ -393,11 +411,12 @@ int tok_create(struct tokenizer **out, const struct gguf_file *f) {
 
   uint32_t eos;
   t->eos = -1;
-  if (gguf_get_u32(f, "tokenizer.ggml.eos_token_id", &eos) == 0 && eos < (uint32_t)nv) t->eos = (int32_t)eos;
+  if (gguf_get_u32(f, "tokenizer.ggml.eos_token_id", &eos) == 0 && eos < (uint32_t)nv)
+    t->eos = (int32_t)eos;
   ferry_clear_error();
   if (t->eos < 0) t->eos = tok_find(t, "<|im_end|>", 10);
   if (t->eos >= 0) t->eog[t->eos] = 1;
-  static const char *const eog_texts[] = {"<|endoftext|>", "<|im_end|>", "<|fim_pad|>",
+  static const char *const eog_texts[] = {"<|endoftext|>", "<|im_end|>",   "<|fim_pad|>",
                                           "<|repo_name|>", "<|file_sep|>", "</s>"};
   for (size_t i = 0; i < sizeof eog_texts / sizeof *eog_texts; i++) {
     int32_t id = tok_find(t, eog_texts[i], strlen(eog_texts[i]));
@@ -413,7 +432,8 @@ int tok_create(struct tokenizer **out, const struct gguf_file *f) {
   if (!t->re) {
     PCRE2_UCHAR msg[256];
     pcre2_get_error_message(err, msg, sizeof msg);
-    rc = ferry_fail(-EINVAL, "tokenizer: PCRE2 rejected the qwen2 pattern at %zu: %s", (size_t)eoff, (char *)msg);
+    rc = ferry_fail(-EINVAL, "tokenizer: PCRE2 rejected the qwen2 pattern at %zu: %s", (size_t)eoff,
+                    (char *)msg);
     goto fail;
   }
   t->jit = pcre2_jit_compile(t->re, PCRE2_JIT_COMPLETE) == 0;
@@ -448,7 +468,9 @@ int32_t tok_eos(const struct tokenizer *t) { return t->eos; }
 int tok_token_type(const struct tokenizer *t, int32_t id) {
   return id >= 0 && id < t->n_vocab ? t->type[id] : 0;
 }
-bool tok_is_eog(const struct tokenizer *t, int32_t id) { return id >= 0 && id < t->n_vocab && t->eog[id]; }
+bool tok_is_eog(const struct tokenizer *t, int32_t id) {
+  return id >= 0 && id < t->n_vocab && t->eog[id];
+}
 bool tok_chat_is_hybrid(const struct tokenizer *t) { return t->hybrid; }
 
 // ---- encoding ----------------------------------------------------------------------------
@@ -540,7 +562,8 @@ static int bpe_word_uncached(struct enc *e, const uint8_t *w, size_t n) {
   uint64_t *tr = e->tree;
   for (int32_t i = 0; i < ni; i++) tr[leaves + i] = pair_key(e, i, ni);
   for (size_t i = n; i < leaves; i++) tr[leaves + i] = NO_PAIR;
-  for (size_t i = leaves - 1; i >= 1; i--) tr[i] = tr[2 * i] < tr[2 * i + 1] ? tr[2 * i] : tr[2 * i + 1];
+  for (size_t i = leaves - 1; i >= 1; i--)
+    tr[i] = tr[2 * i] < tr[2 * i + 1] ? tr[2 * i] : tr[2 * i + 1];
   while (tr[1] != NO_PAIR) {
     int32_t l = (int32_t)(uint32_t)tr[1], r = e->sym_next[l];
     e->sym_id[l] = e->sym_res[l];
@@ -603,7 +626,8 @@ static int bpe_word(struct enc *e, const uint8_t *w, size_t n) {
 
 // Appends NFC(valid runs of s) with invalid bytes copied through to e->norm; returns the
 // bytes to pre-tokenize (s itself when nothing changes).
-static int normalize(struct enc *e, const uint8_t *s, size_t n, const uint8_t **res, size_t *res_n) {
+static int normalize(struct enc *e, const uint8_t *s, size_t n, const uint8_t **res,
+                     size_t *res_n) {
   // Code points below U+0300 are all NFC-stable and compose with nothing before U+0300, so
   // text made only of them is already NFC.
   size_t i = 0;
@@ -628,7 +652,8 @@ static int normalize(struct enc *e, const uint8_t *s, size_t n, const uint8_t **
     while (q < n && (l = utf8_seq(s + q, n - q, &cp)) > 0) q += l;
     if (q > p) {
       utf8proc_uint8_t *dst = NULL;
-      utf8proc_ssize_t dl = utf8proc_map(s + p, (utf8proc_ssize_t)(q - p), &dst, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+      utf8proc_ssize_t dl =
+          utf8proc_map(s + p, (utf8proc_ssize_t)(q - p), &dst, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
       const uint8_t *src = s + p;
       size_t sl = q - p;
       if (dl >= 0) {
@@ -726,7 +751,8 @@ int tok_encode(const struct tokenizer *t, const char *text, size_t len, bool par
   // 1. Added tokens, longest text first (llama.cpp's tokenizer_st_partition order).
   for (int32_t si = 0; si < t->n_special; si++) {
     int32_t id = t->special[si];
-    if (!parse_special && (t->type[id] == TOK_TYPE_CONTROL || t->type[id] == TOK_TYPE_UNKNOWN)) continue;
+    if (!parse_special && (t->type[id] == TOK_TYPE_CONTROL || t->type[id] == TOK_TYPE_UNKNOWN))
+      continue;
     const char *st = t->text + t->text_off[id];
     size_t sl = t->text_off[id + 1] - t->text_off[id];
     if (!memmem(text, len, st, sl)) continue;
@@ -816,7 +842,8 @@ done:
 // ---- decoding ----------------------------------------------------------------------------
 
 int tok_piece(const struct tokenizer *t, int32_t id, const char **bytes, size_t *len) {
-  if (id < 0 || id >= t->n_vocab) return ferry_fail(-EINVAL, "tokenizer: token id %d out of range [0, %d)", id, t->n_vocab);
+  if (id < 0 || id >= t->n_vocab)
+    return ferry_fail(-EINVAL, "tokenizer: token id %d out of range [0, %d)", id, t->n_vocab);
   *bytes = t->piece + t->piece_off[id];
   *len = t->piece_off[id + 1] - t->piece_off[id];
   return 0;
@@ -824,7 +851,8 @@ int tok_piece(const struct tokenizer *t, int32_t id, const char **bytes, size_t 
 
 static bool shown(const struct tokenizer *t, int32_t id, bool show_special) {
   uint8_t ty = t->type[id];
-  return show_special || !(ty == TOK_TYPE_CONTROL || ty == TOK_TYPE_UNKNOWN || ty == TOK_TYPE_UNUSED);
+  return show_special ||
+         !(ty == TOK_TYPE_CONTROL || ty == TOK_TYPE_UNKNOWN || ty == TOK_TYPE_UNUSED);
 }
 
 int tok_decode(const struct tokenizer *t, const int32_t *ids, size_t n, bool show_special,
@@ -882,7 +910,10 @@ static size_t incomplete_tail(const uint8_t *s, size_t n) {
   for (size_t back = 1; back <= 3 && back <= n; back++) {
     uint8_t c = s[n - back];
     if ((c & 0xC0) == 0x80) continue; // continuation: keep looking for the lead
-    size_t need = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+    size_t need = c >= 0xC2 && c <= 0xDF   ? 2
+                  : c >= 0xE0 && c <= 0xEF ? 3
+                  : c >= 0xF0 && c <= 0xF4 ? 4
+                                           : 0;
     if (need <= back) return 0; // ASCII, invalid lead, or already complete
     if (back >= 2) {            // the second byte must fit the lead's range
       uint8_t c1 = s[n - back + 1];
@@ -899,7 +930,8 @@ int tok_decoder_push(struct tok_decoder *d, int32_t id, const char **bytes, size
   const struct tokenizer *t = d->t;
   *bytes = "";
   *len = 0;
-  if (id < 0 || id >= t->n_vocab) return ferry_fail(-EINVAL, "tokenizer: token id %d out of range [0, %d)", id, t->n_vocab);
+  if (id < 0 || id >= t->n_vocab)
+    return ferry_fail(-EINVAL, "tokenizer: token id %d out of range [0, %d)", id, t->n_vocab);
   if (!shown(t, id, d->show_special)) return 0;
   size_t pl = t->piece_off[id + 1] - t->piece_off[id];
   size_t need = d->n_held + pl + 1;
@@ -948,8 +980,8 @@ int tok_render_chat(const struct tokenizer *t, const char *system, const char *u
                     usr_a[] = "<|im_start|>user\n", gen[] = "<|im_start|>assistant\n",
                     no_think[] = "<think>\n\n</think>\n\n";
   bool think_block = (flags & TOK_CHAT_NO_THINK) && t && t->hybrid;
-  size_t n = (system ? strlen(sys_a) + strlen(system) + strlen(end) : 0) + strlen(usr_a) + strlen(user) +
-             strlen(end) + strlen(gen) + (think_block ? strlen(no_think) : 0);
+  size_t n = (system ? strlen(sys_a) + strlen(system) + strlen(end) : 0) + strlen(usr_a) +
+             strlen(user) + strlen(end) + strlen(gen) + (think_block ? strlen(no_think) : 0);
   char *s = malloc(n + 1);
   if (!s) return ferry_fail(-ENOMEM, "chat: out of memory");
   char *p = s;

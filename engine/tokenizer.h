@@ -41,7 +41,7 @@ int tok_create(struct tokenizer **out, const struct gguf_file *f);
 void tok_destroy(struct tokenizer *t); // NULL-safe
 
 int32_t tok_n_vocab(const struct tokenizer *t);
-int32_t tok_eos(const struct tokenizer *t);        // eos_token_id (<|im_end|> for Qwen3)
+int32_t tok_eos(const struct tokenizer *t);                // eos_token_id (<|im_end|> for Qwen3)
 int tok_token_type(const struct tokenizer *t, int32_t id); // enum tok_type; 0 if out of range
 // End of generation: eos_token_id and the tokens whose text is <|endoftext|>, <|im_end|>,
 // <|fim_pad|>, <|repo_name|>, <|file_sep|> or </s> (the set llama.cpp uses; MODEL_SPEC §3.6,
@@ -96,8 +96,8 @@ bool tok_chat_is_hybrid(const struct tokenizer *t);
 // with TOK_CHAT_NO_THINK, "<think>\n\n</think>\n\n". Tokenize the result with
 // parse_special = true. *out is malloc'd, NUL-terminated; the caller frees. -EINVAL if user
 // is NULL, -ENOMEM.
-int tok_render_chat(const struct tokenizer *t, const char *system, const char *user,
-                    unsigned flags, char **out);
+int tok_render_chat(const struct tokenizer *t, const char *system, const char *user, unsigned flags,
+                    char **out);
 
 #ifdef __cplusplus
 }

@@ -15,16 +15,16 @@
 
 #include "base/base.h"
 
-#define IO_MAX_RETRIES 64              // EAGAIN/EINTR/no-progress retries per request
-#define IO_MAX_ATTEMPT (1ull << 30)    // bytes per attempt (kernel caps one read near 2 GiB)
+#define IO_MAX_RETRIES 64           // EAGAIN/EINTR/no-progress retries per request
+#define IO_MAX_ATTEMPT (1ull << 30) // bytes per attempt (kernel caps one read near 2 GiB)
 
 struct io_reader {
   char *path;
-  int fd;         // O_DIRECT fd on the ring path; the buffered fd after the fallback
-  bool uring_ok;  // ring initialised
-  bool use_ring;  // reads go through the ring (uring_ok && direct)
+  int fd;        // O_DIRECT fd on the ring path; the buffered fd after the fallback
+  bool uring_ok; // ring initialised
+  bool use_ring; // reads go through the ring (uring_ok && direct)
   bool direct;
-  bool any_ok;    // a read has succeeded: later EINVALs are errors, not "no O_DIRECT"
+  bool any_ok; // a read has succeeded: later EINVALs are errors, not "no O_DIRECT"
   struct io_uring ring;
   uint32_t cq_entries;
   uint32_t inflight; // requests with an SQE prepared or submitted and no final CQE
@@ -134,8 +134,10 @@ int io_reader_open(struct io_reader **out, const char *path, const struct io_rea
       goto fail;
     }
     if (!o.force_buffered)
-      log_warn("%s: O_DIRECT refused by the filesystem; using buffered reads (page cache "
-               "is dropped after each read)", path);
+      log_warn(
+          "%s: O_DIRECT refused by the filesystem; using buffered reads (page cache "
+          "is dropped after each read)",
+          path);
   }
   struct stat sb;
   if (fstat(r->fd, &sb) != 0) {
@@ -193,8 +195,7 @@ int io_reader_register(struct io_reader *r, const struct iovec *bufs, uint32_t n
     return ferry_fail(-EBUSY, "io: cannot register buffers with reads outstanding");
   if (!n) return ferry_fail(-EINVAL, "io: no buffers to register");
   for (uint32_t i = 0; i < n; i++) {
-    if ((uintptr_t)bufs[i].iov_base % IO_ALIGN || bufs[i].iov_len % IO_ALIGN ||
-        !bufs[i].iov_len)
+    if ((uintptr_t)bufs[i].iov_base % IO_ALIGN || bufs[i].iov_len % IO_ALIGN || !bufs[i].iov_len)
       return ferry_fail(-EINVAL, "io: buffer %u (%p, %zu bytes) is not 4096-aligned", i,
                         bufs[i].iov_base, bufs[i].iov_len);
   }
@@ -206,8 +207,10 @@ int io_reader_register(struct io_reader *r, const struct iovec *bufs, uint32_t n
   if (!r->use_ring) return 0; // preads gain nothing from pinned registration
   int rc = fault_take(IO_FAULT_REGISTER) ? -ENOMEM : io_uring_register_buffers(&r->ring, bufs, n);
   if (rc < 0) {
-    log_warn("%s: io_uring_register_buffers refused (%s); using plain reads (raise "
-             "RLIMIT_MEMLOCK, ulimit -l, for fixed buffers)", r->path, strerror(-rc));
+    log_warn(
+        "%s: io_uring_register_buffers refused (%s); using plain reads (raise "
+        "RLIMIT_MEMLOCK, ulimit -l, for fixed buffers)",
+        r->path, strerror(-rc));
     return 0;
   }
   r->st.registered = true;
@@ -286,8 +289,10 @@ static enum act handle_result(struct io_reader *r, struct io_req *q, int res) {
 static void pend_push(struct io_reader *r, struct io_req *q) {
   q->next = NULL;
   q->state = IO_REQ_QUEUED;
-  if (r->pend_tail) r->pend_tail->next = q;
-  else r->pend_head = q;
+  if (r->pend_tail)
+    r->pend_tail->next = q;
+  else
+    r->pend_head = q;
   r->pend_tail = q;
 }
 
@@ -297,8 +302,10 @@ static int switch_to_buffered(struct io_reader *r) {
   int fd = open(r->path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)
     return ferry_fail(-errno, "cannot reopen %s without O_DIRECT: %s", r->path, strerror(errno));
-  log_warn("%s: O_DIRECT reads refused (EINVAL); using buffered reads (page cache is "
-           "dropped after each read)", r->path);
+  log_warn(
+      "%s: O_DIRECT reads refused (EINVAL); using buffered reads (page cache is "
+      "dropped after each read)",
+      r->path);
   // Reads already in the ring hold their own reference to the O_DIRECT file, so the
   // buffered file can take over the same descriptor number at once.
   if (dup3(fd, r->fd, O_CLOEXEC) < 0) {
@@ -434,8 +441,10 @@ static int ring_reap(struct io_reader *r, bool block, int *finished) {
     }
   } else if (a == ACT_FALLBACK) {
     rc = switch_to_buffered(r);
-    if (rc < 0) finish(r, q, -EINVAL);
-    else pend_push(r, q);
+    if (rc < 0)
+      finish(r, q, -EINVAL);
+    else
+      pend_push(r, q);
   }
   if (q->state == IO_REQ_DONE && finished) (*finished)++;
   return 1;
@@ -448,9 +457,11 @@ int io_read_queue(struct io_reader *r, struct io_req *q) {
                       (unsigned long long)q->off);
   uint64_t end;
   if (!q->len || ferry_add_u64(q->off, q->len, &end) || end > r->file_size)
-    return ferry_fail(-EINVAL, "io: read of %s at offset %llu length %llu is outside the file "
-                      "(%llu bytes)", r->path, (unsigned long long)q->off,
-                      (unsigned long long)q->len, (unsigned long long)r->file_size);
+    return ferry_fail(-EINVAL,
+                      "io: read of %s at offset %llu length %llu is outside the file "
+                      "(%llu bytes)",
+                      r->path, (unsigned long long)q->off, (unsigned long long)q->len,
+                      (unsigned long long)r->file_size);
   if (!q->dst || (uintptr_t)q->dst % IO_ALIGN)
     return ferry_fail(-EINVAL, "io: destination %p is not 4096-aligned", q->dst);
   q->span_off = q->off - q->off % IO_ALIGN;
@@ -494,13 +505,14 @@ int io_reader_submit(struct io_reader *r) {
 static int report(struct io_reader *r, const struct io_req *q) {
   if (!q->err) return 0;
   if (q->eof)
-    return ferry_fail(q->err, "read of %s at offset %llu length %llu hit the end of the file "
-                      "(%llu bytes) after %llu bytes", r->path, (unsigned long long)q->off,
-                      (unsigned long long)q->len, (unsigned long long)r->file_size,
-                      (unsigned long long)q->done);
-  return ferry_fail(q->err, "read of %s at offset %llu length %llu failed: %s (errno %d)",
-                    r->path, (unsigned long long)q->off, (unsigned long long)q->len,
-                    strerror(-q->err), -q->err);
+    return ferry_fail(q->err,
+                      "read of %s at offset %llu length %llu hit the end of the file "
+                      "(%llu bytes) after %llu bytes",
+                      r->path, (unsigned long long)q->off, (unsigned long long)q->len,
+                      (unsigned long long)r->file_size, (unsigned long long)q->done);
+  return ferry_fail(q->err, "read of %s at offset %llu length %llu failed: %s (errno %d)", r->path,
+                    (unsigned long long)q->off, (unsigned long long)q->len, strerror(-q->err),
+                    -q->err);
 }
 
 // One step towards progress: wait for a ring completion, else drain the synchronous
@@ -552,8 +564,7 @@ int io_reader_poll(struct io_reader *r) {
   }
   if (r->uring_ok) {
     if (io_uring_sq_ready(&r->ring) && ring_submit(r) < 0) return finished;
-    while (r->inflight && ring_reap(r, false, &finished) > 0) {
-    }
+    while (r->inflight && ring_reap(r, false, &finished) > 0) {}
   }
   return finished;
 }

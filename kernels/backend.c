@@ -73,33 +73,33 @@ static float cpu_event_elapsed_ms(struct ferry_backend *be, struct ferry_event *
 
 static int check_weight(enum ferry_type t, int64_t n, const char *what) {
   const struct ferry_type_info *ti = ferry_type_info(t);
-  if (!ti || !ti->weight) return ferry_fail(-EINVAL, "cpu %s: type %d is not a weight type", what, (int)t);
+  if (!ti || !ti->weight)
+    return ferry_fail(-EINVAL, "cpu %s: type %d is not a weight type", what, (int)t);
   if (n <= 0 || n % ti->blck)
     return ferry_fail(-EINVAL, "cpu %s: row length %lld is not a multiple of %u", what,
                       (long long)n, ti->blck);
   return 0;
 }
 
-static int cpu_be_dequant(struct ferry_backend *be, enum ferry_type t, const void *src,
-                          float *dst, int64_t n, struct ferry_stream *s) {
+static int cpu_be_dequant(struct ferry_backend *be, enum ferry_type t, const void *src, float *dst,
+                          int64_t n, struct ferry_stream *s) {
   int rc = check_weight(t, n, "dequant");
   if (rc) return rc;
   cpu_dequant_row(t, src, dst, n);
   return 0;
 }
 
-static int cpu_be_matvec(struct ferry_backend *be, enum ferry_type t, const void *w,
-                         int64_t nrows, int64_t n, const float *x, float *y,
-                         struct ferry_stream *s) {
+static int cpu_be_matvec(struct ferry_backend *be, enum ferry_type t, const void *w, int64_t nrows,
+                         int64_t n, const float *x, float *y, struct ferry_stream *s) {
   int rc = check_weight(t, n, "matvec");
   if (rc) return rc;
   cpu_matvec_exact(POOL(be), t, w, nrows, n, x, y);
   return 0;
 }
 
-static int cpu_be_matmul(struct ferry_backend *be, enum ferry_type t, const void *w,
-                         int64_t nrows, int64_t n, const float *x, int64_t ldx, int64_t m,
-                         float *y, int64_t ldy, struct ferry_stream *s) {
+static int cpu_be_matmul(struct ferry_backend *be, enum ferry_type t, const void *w, int64_t nrows,
+                         int64_t n, const float *x, int64_t ldx, int64_t m, float *y, int64_t ldy,
+                         struct ferry_stream *s) {
   int rc = check_weight(t, n, "matmul");
   if (rc) return rc;
   if (ldx < n || ldy < nrows) return ferry_fail(-EINVAL, "cpu matmul: bad strides");
@@ -107,11 +107,10 @@ static int cpu_be_matmul(struct ferry_backend *be, enum ferry_type t, const void
   return 0;
 }
 
-static int cpu_be_matmul_grouped(struct ferry_backend *be, enum ferry_type t,
-                                 const void *const *w, int64_t n_group, int64_t nrows,
-                                 int64_t n, const float *x, int64_t ldx, const int32_t *rows,
-                                 const int64_t *offs, float *y, int64_t ldy,
-                                 struct ferry_stream *s) {
+static int cpu_be_matmul_grouped(struct ferry_backend *be, enum ferry_type t, const void *const *w,
+                                 int64_t n_group, int64_t nrows, int64_t n, const float *x,
+                                 int64_t ldx, const int32_t *rows, const int64_t *offs, float *y,
+                                 int64_t ldy, struct ferry_stream *s) {
   int rc = check_weight(t, n, "matmul_grouped");
   if (rc) return rc;
   if (ldx < n || ldy < nrows || n_group <= 0 || offs[0] != 0)
@@ -133,8 +132,8 @@ static int cpu_be_rope_neox(struct ferry_backend *be, float *x, int64_t n_tok, i
                             int64_t head_dim, int64_t n_rot, int64_t pos0, float freq_base,
                             struct ferry_stream *s) {
   if (n_rot <= 0 || n_rot % 2 || n_rot > head_dim || n_heads <= 0 || n_tok < 0 || pos0 < 0)
-    return ferry_fail(-EINVAL, "cpu rope: bad sizes (n_rot %lld, head_dim %lld)",
-                      (long long)n_rot, (long long)head_dim);
+    return ferry_fail(-EINVAL, "cpu rope: bad sizes (n_rot %lld, head_dim %lld)", (long long)n_rot,
+                      (long long)head_dim);
   cpu_rope_neox_rows(x, n_tok, n_heads, head_dim, n_rot, pos0, freq_base);
   return 0;
 }
@@ -145,8 +144,8 @@ static int cpu_be_kv_store(struct ferry_backend *be, void *cache, enum ferry_typ
   return cpu_kv_store(cache, kv_type, stride, pos0, n_tok, src, n_elems);
 }
 
-static int check_attn(enum ferry_type kv_type, int64_t n_head, int64_t n_kv_head,
-                      int64_t head_dim, int64_t stride) {
+static int check_attn(enum ferry_type kv_type, int64_t n_head, int64_t n_kv_head, int64_t head_dim,
+                      int64_t stride) {
   if (kv_type != FT_F32 && kv_type != FT_F16 && kv_type != FT_Q8_0)
     return ferry_fail(-EINVAL, "cpu attention: KV type %d not supported", (int)kv_type);
   if (n_head <= 0 || n_kv_head <= 0 || n_head % n_kv_head || head_dim <= 0 ||
@@ -156,24 +155,21 @@ static int check_attn(enum ferry_type kv_type, int64_t n_head, int64_t n_kv_head
   return 0;
 }
 
-static int cpu_be_attn_decode(struct ferry_backend *be, float *out, const float *q,
-                              const void *kc, const void *vc, enum ferry_type kv_type,
-                              int64_t n_ctx_used, int64_t n_head, int64_t n_kv_head,
-                              int64_t head_dim, int64_t stride, float scale,
-                              struct ferry_stream *s) {
+static int cpu_be_attn_decode(struct ferry_backend *be, float *out, const float *q, const void *kc,
+                              const void *vc, enum ferry_type kv_type, int64_t n_ctx_used,
+                              int64_t n_head, int64_t n_kv_head, int64_t head_dim, int64_t stride,
+                              float scale, struct ferry_stream *s) {
   int rc = check_attn(kv_type, n_head, n_kv_head, head_dim, stride);
   if (rc) return rc;
   if (n_ctx_used <= 0) return ferry_fail(-EINVAL, "cpu attn_decode: empty context");
-  cpu_attn_decode(out, q, kc, vc, kv_type, n_ctx_used, n_head, n_kv_head, head_dim, stride,
-                  scale);
+  cpu_attn_decode(out, q, kc, vc, kv_type, n_ctx_used, n_head, n_kv_head, head_dim, stride, scale);
   return 0;
 }
 
-static int cpu_be_attn_prefill(struct ferry_backend *be, float *out, const float *q,
-                               const void *kc, const void *vc, enum ferry_type kv_type,
-                               int64_t n_tok, int64_t pos0, int64_t n_head, int64_t n_kv_head,
-                               int64_t head_dim, int64_t stride, float scale,
-                               struct ferry_stream *s) {
+static int cpu_be_attn_prefill(struct ferry_backend *be, float *out, const float *q, const void *kc,
+                               const void *vc, enum ferry_type kv_type, int64_t n_tok, int64_t pos0,
+                               int64_t n_head, int64_t n_kv_head, int64_t head_dim, int64_t stride,
+                               float scale, struct ferry_stream *s) {
   int rc = check_attn(kv_type, n_head, n_kv_head, head_dim, stride);
   if (rc) return rc;
   if (n_tok < 0 || pos0 < 0) return ferry_fail(-EINVAL, "cpu attn_prefill: bad positions");
@@ -194,8 +190,8 @@ static int cpu_be_router_topk(struct ferry_backend *be, const float *logits, int
   return cpu_router_topk_rows(logits, n_tok, n_expert, k, ids, weights);
 }
 
-static int cpu_be_add(struct ferry_backend *be, float *y, const float *a, const float *b,
-                      int64_t n, struct ferry_stream *s) {
+static int cpu_be_add(struct ferry_backend *be, float *y, const float *a, const float *b, int64_t n,
+                      struct ferry_stream *s) {
   cpu_add(y, a, b, n);
   return 0;
 }
@@ -209,8 +205,8 @@ static int cpu_be_axpy(struct ferry_backend *be, float *y, const float *x, float
   cpu_axpy(y, x, sc, n);
   return 0;
 }
-static int cpu_be_sigmoid_mul(struct ferry_backend *be, float *y, const float *x,
-                              const float *g, int64_t n, struct ferry_stream *s) {
+static int cpu_be_sigmoid_mul(struct ferry_backend *be, float *y, const float *x, const float *g,
+                              int64_t n, struct ferry_stream *s) {
   cpu_sigmoid_mul(y, x, g, n);
   return 0;
 }
@@ -257,7 +253,7 @@ static const struct ferry_backend_ops k_cpu_ops = {
 #ifdef FERRY_HAVE_CUDA
 
 #define CTX(be) ((struct cuda_ctx *)(be)->impl)
-#define ST(s) ((void *)(s))
+#define ST(s)   ((void *)(s))
 
 static int cu_mem_alloc(struct ferry_backend *be, void **out, size_t bytes) {
   return cuda_malloc(out, bytes);
@@ -334,11 +330,10 @@ static int cu_matmul(struct ferry_backend *be, enum ferry_type t, const void *w,
   return cuda_matmul(CTX(be), t, w, nrows, n, x, ldx, m, y, ldy, ST(s));
 }
 static int cu_matmul_grouped(struct ferry_backend *be, enum ferry_type t, const void *const *w,
-                             int64_t n_group, int64_t nrows, int64_t n, const float *x,
-                             int64_t ldx, const int32_t *rows, const int64_t *offs, float *y,
-                             int64_t ldy, struct ferry_stream *s) {
-  return cuda_matmul_grouped(CTX(be), t, w, n_group, nrows, n, x, ldx, rows, offs, y, ldy,
-                             ST(s));
+                             int64_t n_group, int64_t nrows, int64_t n, const float *x, int64_t ldx,
+                             const int32_t *rows, const int64_t *offs, float *y, int64_t ldy,
+                             struct ferry_stream *s) {
+  return cuda_matmul_grouped(CTX(be), t, w, n_group, nrows, n, x, ldx, rows, offs, y, ldy, ST(s));
 }
 static int cu_rmsnorm(struct ferry_backend *be, float *y, const float *x, const float *w,
                       int64_t nrows, int64_t n, float eps, struct ferry_stream *s) {
@@ -358,8 +353,8 @@ static int cu_attn_decode(struct ferry_backend *be, float *out, const float *q, 
                           const void *vc, enum ferry_type kv_type, int64_t n_ctx_used,
                           int64_t n_head, int64_t n_kv_head, int64_t head_dim, int64_t stride,
                           float scale, struct ferry_stream *s) {
-  return cuda_attn_decode(out, q, kc, vc, kv_type, n_ctx_used, n_head, n_kv_head, head_dim,
-                          stride, scale, ST(s));
+  return cuda_attn_decode(out, q, kc, vc, kv_type, n_ctx_used, n_head, n_kv_head, head_dim, stride,
+                          scale, ST(s));
 }
 static int cu_attn_prefill(struct ferry_backend *be, float *out, const float *q, const void *kc,
                            const void *vc, enum ferry_type kv_type, int64_t n_tok, int64_t pos0,
@@ -368,8 +363,8 @@ static int cu_attn_prefill(struct ferry_backend *be, float *out, const float *q,
   return cuda_attn_prefill(out, q, kc, vc, kv_type, n_tok, pos0, n_head, n_kv_head, head_dim,
                            stride, scale, ST(s));
 }
-static int cu_swiglu(struct ferry_backend *be, float *y, const float *g, const float *u,
-                     int64_t n, struct ferry_stream *s) {
+static int cu_swiglu(struct ferry_backend *be, float *y, const float *g, const float *u, int64_t n,
+                     struct ferry_stream *s) {
   return cuda_swiglu(y, g, u, n, ST(s));
 }
 static int cu_router_topk(struct ferry_backend *be, const float *logits, int64_t n_tok,
@@ -445,21 +440,21 @@ const struct ferry_backend_ops *ferry_backend_ops_of(enum ferry_backend_kind kin
 
 bool ferry_backend_has_op(const struct ferry_backend_ops *ops, enum ferry_op op) {
   switch (op) {
-#define FERRY_OP_HAS_(E, f)                                                               \
+#define FERRY_OP_HAS_(E, f) \
   case FERRY_OP_##E: return ops->f != NULL;
     FERRY_OP_LIST(FERRY_OP_HAS_)
 #undef FERRY_OP_HAS_
-  default: return false;
+    default: return false;
   }
 }
 
 const char *ferry_op_name(enum ferry_op op) {
   switch (op) {
-#define FERRY_OP_NAME_(E, f)                                                              \
+#define FERRY_OP_NAME_(E, f) \
   case FERRY_OP_##E: return #f;
     FERRY_OP_LIST(FERRY_OP_NAME_)
 #undef FERRY_OP_NAME_
-  default: return NULL;
+    default: return NULL;
   }
 }
 
@@ -509,8 +504,9 @@ int ferry_backend_create(struct ferry_backend **out, const char *name, struct fe
   return 0;
 #else
   free(be);
-  return ferry_fail(-ENODEV, "cuda backend: ferry was built without CUDA (-DFERRY_CUDA=OFF "
-                             "or nvcc not found)");
+  return ferry_fail(-ENODEV,
+                    "cuda backend: ferry was built without CUDA (-DFERRY_CUDA=OFF "
+                    "or nvcc not found)");
 #endif
 }
 

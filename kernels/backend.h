@@ -32,32 +32,32 @@ enum ferry_backend_kind { FERRY_BACKEND_CPU = 0, FERRY_BACKEND_CUDA = 1 };
 
 // Every compute op, as X(ENUM_SUFFIX, ops_field). tests/gpu/op_table.h must hold at least
 // one case per op (tests/unit/test_ops_table.c fails otherwise).
-#define FERRY_OP_LIST(X)                                                                  \
-  X(DEQUANT, dequant)                                                                     \
-  X(MATVEC, matvec)                                                                       \
-  X(MATMUL, matmul)                                                                       \
-  X(MATMUL_GROUPED, matmul_grouped)                                                       \
-  X(RMSNORM, rmsnorm)                                                                     \
-  X(ROPE_NEOX, rope_neox)                                                                 \
-  X(KV_STORE, kv_store)                                                                   \
-  X(ATTN_DECODE, attn_decode)                                                             \
-  X(ATTN_PREFILL, attn_prefill)                                                           \
-  X(SWIGLU, swiglu)                                                                       \
-  X(ROUTER_TOPK, router_topk)                                                             \
-  X(ADD, add)                                                                             \
-  X(SCALE, scale)                                                                         \
-  X(AXPY, axpy)                                                                           \
+#define FERRY_OP_LIST(X)            \
+  X(DEQUANT, dequant)               \
+  X(MATVEC, matvec)                 \
+  X(MATMUL, matmul)                 \
+  X(MATMUL_GROUPED, matmul_grouped) \
+  X(RMSNORM, rmsnorm)               \
+  X(ROPE_NEOX, rope_neox)           \
+  X(KV_STORE, kv_store)             \
+  X(ATTN_DECODE, attn_decode)       \
+  X(ATTN_PREFILL, attn_prefill)     \
+  X(SWIGLU, swiglu)                 \
+  X(ROUTER_TOPK, router_topk)       \
+  X(ADD, add)                       \
+  X(SCALE, scale)                   \
+  X(AXPY, axpy)                     \
   X(SIGMOID_MUL, sigmoid_mul)
 
 enum ferry_op {
 #define FERRY_OP_ENUM_(E, f) FERRY_OP_##E,
   FERRY_OP_LIST(FERRY_OP_ENUM_)
 #undef FERRY_OP_ENUM_
-  FERRY_OP_COUNT
+      FERRY_OP_COUNT
 };
 
 // Shorthands for the table below only (undefined after it).
-#define be_t struct ferry_backend
+#define be_t     struct ferry_backend
 #define stream_t struct ferry_stream
 
 struct ferry_backend_ops {
@@ -93,8 +93,7 @@ struct ferry_backend_ops {
 
   // ---- compute ops (CPU reference named after each) ----
   // cpu_dequant_row: dst[0..n) = dequantised src (n a multiple of the block size).
-  int (*dequant)(be_t *be, enum ferry_type t, const void *src, float *dst, int64_t n,
-                 stream_t *s);
+  int (*dequant)(be_t *be, enum ferry_type t, const void *src, float *dst, int64_t n, stream_t *s);
   // cpu_matvec_exact: y[r] = W[r] . x, W nrows x n of type t, x F32.
   int (*matvec)(be_t *be, enum ferry_type t, const void *w, int64_t nrows, int64_t n,
                 const float *x, float *y, stream_t *s);
@@ -104,9 +103,8 @@ struct ferry_backend_ops {
   // cpu_matmul_grouped: w (host array of n_group backend pointers) and offs (host array of
   // n_group+1) are host memory; rows (offs[n_group] indices into X) is backend memory.
   int (*matmul_grouped)(be_t *be, enum ferry_type t, const void *const *w, int64_t n_group,
-                        int64_t nrows, int64_t n, const float *x, int64_t ldx,
-                        const int32_t *rows, const int64_t *offs, float *y, int64_t ldy,
-                        stream_t *s);
+                        int64_t nrows, int64_t n, const float *x, int64_t ldx, const int32_t *rows,
+                        const int64_t *offs, float *y, int64_t ldy, stream_t *s);
   // cpu_rmsnorm_rows (per-head QK-norm: nrows = tokens*heads, n = head_dim). y may == x.
   int (*rmsnorm)(be_t *be, float *y, const float *x, const float *w, int64_t nrows, int64_t n,
                  float eps, stream_t *s);
@@ -117,14 +115,13 @@ struct ferry_backend_ops {
   int (*kv_store)(be_t *be, void *cache, enum ferry_type kv_type, int64_t kv_row_stride_elems,
                   int64_t pos0, int64_t n_tok, const float *src, int64_t n_elems, stream_t *s);
   // cpu_attn_decode / cpu_attn_prefill.
-  int (*attn_decode)(be_t *be, float *out, const float *q, const void *kcache,
-                     const void *vcache, enum ferry_type kv_type, int64_t n_ctx_used,
-                     int64_t n_head, int64_t n_kv_head, int64_t head_dim,
-                     int64_t kv_row_stride_elems, float scale, stream_t *s);
-  int (*attn_prefill)(be_t *be, float *out, const float *q, const void *kcache,
-                      const void *vcache, enum ferry_type kv_type, int64_t n_tok, int64_t pos0,
-                      int64_t n_head, int64_t n_kv_head, int64_t head_dim,
-                      int64_t kv_row_stride_elems, float scale, stream_t *s);
+  int (*attn_decode)(be_t *be, float *out, const float *q, const void *kcache, const void *vcache,
+                     enum ferry_type kv_type, int64_t n_ctx_used, int64_t n_head, int64_t n_kv_head,
+                     int64_t head_dim, int64_t kv_row_stride_elems, float scale, stream_t *s);
+  int (*attn_prefill)(be_t *be, float *out, const float *q, const void *kcache, const void *vcache,
+                      enum ferry_type kv_type, int64_t n_tok, int64_t pos0, int64_t n_head,
+                      int64_t n_kv_head, int64_t head_dim, int64_t kv_row_stride_elems, float scale,
+                      stream_t *s);
   // cpu_swiglu.
   int (*swiglu)(be_t *be, float *y, const float *g, const float *u, int64_t n, stream_t *s);
   // cpu_router_topk_rows (ids int32).
@@ -134,16 +131,15 @@ struct ferry_backend_ops {
   int (*add)(be_t *be, float *y, const float *a, const float *b, int64_t n, stream_t *s);
   int (*scale)(be_t *be, float *y, const float *x, float sc, int64_t n, stream_t *s);
   int (*axpy)(be_t *be, float *y, const float *x, float sc, int64_t n, stream_t *s);
-  int (*sigmoid_mul)(be_t *be, float *y, const float *x, const float *g, int64_t n,
-                     stream_t *s);
+  int (*sigmoid_mul)(be_t *be, float *y, const float *x, const float *g, int64_t n, stream_t *s);
 };
 
 // Read-only after creation.
 struct ferry_backend {
-  const char *name;            // "cpu" or "cuda"
+  const char *name; // "cpu" or "cuda"
   enum ferry_backend_kind kind;
   struct ferry_backend_ops ops;
-  void *impl;                  // cpu: struct ferry_pool * (may be NULL); cuda: struct cuda_ctx *
+  void *impl; // cpu: struct ferry_pool * (may be NULL); cuda: struct cuda_ctx *
 };
 
 #undef be_t

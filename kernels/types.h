@@ -25,10 +25,10 @@ enum ferry_type {
 };
 
 struct ferry_type_info {
-  const char *name;   // "q4_K" as llama.cpp prints it
-  uint32_t blck;      // elements per block
-  uint32_t size;      // bytes per block
-  bool weight;        // supported as a weight type in files
+  const char *name; // "q4_K" as llama.cpp prints it
+  uint32_t blck;    // elements per block
+  uint32_t size;    // bytes per block
+  bool weight;      // supported as a weight type in files
 };
 
 // NULL for ids ferry does not know (the GGUF reader rejects such tensors).

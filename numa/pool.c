@@ -244,8 +244,7 @@ void ferry_pool_run(struct ferry_pool *p, int64_t n, int64_t grain, ferry_pool_f
 }
 
 int ferry_pool_worker_cpus(const struct ferry_pool *p, int tid, cpu_set_t *out) {
-  if (!p || !out || tid < 0 || tid >= p->n)
-    return ferry_fail(-EINVAL, "pool: no worker %d", tid);
+  if (!p || !out || tid < 0 || tid >= p->n) return ferry_fail(-EINVAL, "pool: no worker %d", tid);
   const struct pool_worker *w = &p->w[tid];
   if (!w->set || !atomic_load((_Atomic int *)&w->bound)) return -ENOENT;
   CPU_ZERO(out);

@@ -66,8 +66,8 @@ int numa_topo_describe(char *buf, size_t n) {
   int co = hwloc_get_nbobjs_by_type(t, HWLOC_OBJ_CORE);
   int pu = hwloc_get_nbobjs_by_type(t, HWLOC_OBJ_PU);
   size_t off = 0;
-  int w = snprintf(buf, n, "%d package%s, %d NUMA node%s, %d physical core%s, %d PU%s (SMT %d)",
-                   pk, pk == 1 ? "" : "s", nn, nn == 1 ? "" : "s", co, co == 1 ? "" : "s", pu,
+  int w = snprintf(buf, n, "%d package%s, %d NUMA node%s, %d physical core%s, %d PU%s (SMT %d)", pk,
+                   pk == 1 ? "" : "s", nn, nn == 1 ? "" : "s", co, co == 1 ? "" : "s", pu,
                    pu == 1 ? "" : "s", co > 0 ? pu / co : 1);
   if (w > 0) off = (size_t)w < n ? (size_t)w : n - 1;
   w = topo_describe_cache(t, HWLOC_OBJ_L2CACHE, "L2", buf + off, n - off);

@@ -48,8 +48,10 @@ void budget_destroy(struct budget *b) {
 }
 
 static void fmt(uint64_t v, char *buf, size_t n) {
-  if (v == BUDGET_UNLIMITED) snprintf(buf, n, "unlimited");
-  else ferry_format_size(v, buf, n);
+  if (v == BUDGET_UNLIMITED)
+    snprintf(buf, n, "unlimited");
+  else
+    ferry_format_size(v, buf, n);
 }
 
 int budget_charge(struct budget *b, enum budget_tier t, enum budget_cat c, uint64_t bytes) {
@@ -70,11 +72,15 @@ int budget_charge(struct budget *b, enum budget_tier t, enum budget_cat c, uint6
     }
     pthread_mutex_unlock(&b->mu);
     if (lim == 0)
-      return ferry_fail(-ENOMEM, "%s budget: %s asks for %s but this tier has no memory (%s 0 "
-                        "or no device)", k_tier[t], k_cat[c], ask, k_flag[t]);
-    return ferry_fail(-ENOMEM, "%s budget exceeded: %s asks for %s (%llu bytes) but only %s of "
-                      "%s is left (in use: %s); raise %s", k_tier[t], k_cat[c], ask,
-                      (unsigned long long)bytes, left, limit, k ? uses : "nothing", k_flag[t]);
+      return ferry_fail(-ENOMEM,
+                        "%s budget: %s asks for %s but this tier has no memory (%s 0 "
+                        "or no device)",
+                        k_tier[t], k_cat[c], ask, k_flag[t]);
+    return ferry_fail(-ENOMEM,
+                      "%s budget exceeded: %s asks for %s (%llu bytes) but only %s of "
+                      "%s is left (in use: %s); raise %s",
+                      k_tier[t], k_cat[c], ask, (unsigned long long)bytes, left, limit,
+                      k ? uses : "nothing", k_flag[t]);
   }
   b->total[t] = next;
   if (next > b->total_peak[t]) b->total_peak[t] = next;
@@ -95,12 +101,12 @@ void budget_release(struct budget *b, enum budget_tier t, enum budget_cat c, uin
 }
 
 // Readers lock too: a 64-bit read is atomic on x86-64 but the pairs below are not.
-#define LOCKED(expr)                                                                      \
-  do {                                                                                    \
-    pthread_mutex_lock((pthread_mutex_t *)&b->mu);                                        \
-    uint64_t _v = (expr);                                                                 \
-    pthread_mutex_unlock((pthread_mutex_t *)&b->mu);                                      \
-    return _v;                                                                            \
+#define LOCKED(expr)                                 \
+  do {                                               \
+    pthread_mutex_lock((pthread_mutex_t *)&b->mu);   \
+    uint64_t _v = (expr);                            \
+    pthread_mutex_unlock((pthread_mutex_t *)&b->mu); \
+    return _v;                                       \
   } while (0)
 
 uint64_t budget_limit(const struct budget *b, enum budget_tier t) { LOCKED(b->limit[t]); }
@@ -111,9 +117,7 @@ uint64_t budget_peak(const struct budget *b, enum budget_tier t, enum budget_cat
   LOCKED(b->peak[t][c]);
 }
 uint64_t budget_used_total(const struct budget *b, enum budget_tier t) { LOCKED(b->total[t]); }
-uint64_t budget_peak_total(const struct budget *b, enum budget_tier t) {
-  LOCKED(b->total_peak[t]);
-}
+uint64_t budget_peak_total(const struct budget *b, enum budget_tier t) { LOCKED(b->total_peak[t]); }
 uint64_t budget_left(const struct budget *b, enum budget_tier t) {
   LOCKED(b->limit[t] == BUDGET_UNLIMITED ? BUDGET_UNLIMITED
          : b->limit[t] > b->total[t]     ? b->limit[t] - b->total[t]
@@ -123,10 +127,10 @@ uint64_t budget_left(const struct budget *b, enum budget_tier t) {
 int budget_format(const struct budget *b, char *buf, size_t n) {
   size_t k = 0;
   char s1[32], s2[32], s3[32];
-#define OUT(...)                                                                          \
-  do {                                                                                    \
-    int _w = snprintf(buf + (k < n ? k : n), k < n ? n - k : 0, __VA_ARGS__);             \
-    if (_w > 0) k += (size_t)_w;                                                          \
+#define OUT(...)                                                              \
+  do {                                                                        \
+    int _w = snprintf(buf + (k < n ? k : n), k < n ? n - k : 0, __VA_ARGS__); \
+    if (_w > 0) k += (size_t)_w;                                              \
   } while (0)
   if (n) buf[0] = 0;
   pthread_mutex_lock((pthread_mutex_t *)&b->mu);

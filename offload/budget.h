@@ -42,7 +42,7 @@ uint64_t budget_used(const struct budget *b, enum budget_tier t, enum budget_cat
 uint64_t budget_peak(const struct budget *b, enum budget_tier t, enum budget_cat c);
 uint64_t budget_used_total(const struct budget *b, enum budget_tier t);
 uint64_t budget_peak_total(const struct budget *b, enum budget_tier t); // peak of the sum
-uint64_t budget_left(const struct budget *b, enum budget_tier t); // UNLIMITED if unlimited
+uint64_t budget_left(const struct budget *b, enum budget_tier t);       // UNLIMITED if unlimited
 
 const char *budget_tier_name(enum budget_tier t); // "host RAM", "device VRAM"
 const char *budget_cat_name(enum budget_cat c);   // "dense weights", "expert slots", ...

@@ -13,14 +13,14 @@
 enum slot_state { SLOT_EMPTY = 0, SLOT_LOADING, SLOT_READY, SLOT_FAILED };
 
 struct slot {
-  uint8_t *h;            // host memory (slot_bytes of its class)
-  int buf_index;         // registered reader buffer holding the slot, or -1
+  uint8_t *h;    // host memory (slot_bytes of its class)
+  int buf_index; // registered reader buffer holding the slot, or -1
   uint32_t cls;
   int32_t layer, expert; // -1 when empty
   uint32_t pins;
   uint8_t state;
   bool in_lru;
-  int32_t prev, next;    // LRU links (prev towards most recently used)
+  int32_t prev, next; // LRU links (prev towards most recently used)
   struct io_req req[ECACHE_N_PARTS];
 };
 
@@ -37,13 +37,13 @@ struct ecache {
   struct ecache_layer *layers;
   uint64_t (*poff)[ECACHE_N_PARTS]; // [layer][part] offset of the part's span in a slot
   uint32_t *layer_cls;
-  uint64_t *map_base;               // [layer] first index in where[]
-  int32_t *where;                   // [(layer, expert)] slot or -1
+  uint64_t *map_base; // [layer] first index in where[]
+  int32_t *where;     // [(layer, expert)] slot or -1
   struct slot *slots;
   uint32_t n_slots;
   struct eclass *cls;
   uint32_t n_cls;
-  struct ecache_counters *lc;       // per layer
+  struct ecache_counters *lc; // per layer
   struct ecache_counters tot;
   uint64_t capacity_bytes;
   struct io_reader *reader;
@@ -61,10 +61,14 @@ static const char *const k_part[ECACHE_N_PARTS] = {"gate", "up", "down"};
 static void lru_remove(struct ecache *c, struct slot *s) {
   if (!s->in_lru) return;
   struct eclass *k = &c->cls[s->cls];
-  if (s->prev >= 0) c->slots[s->prev].next = s->next;
-  else k->mru = s->next;
-  if (s->next >= 0) c->slots[s->next].prev = s->prev;
-  else k->lru = s->prev;
+  if (s->prev >= 0)
+    c->slots[s->prev].next = s->next;
+  else
+    k->mru = s->next;
+  if (s->next >= 0)
+    c->slots[s->next].prev = s->prev;
+  else
+    k->lru = s->prev;
   s->prev = s->next = -1;
   s->in_lru = false;
   k->lru_count--;
@@ -78,14 +82,18 @@ static void lru_insert(struct ecache *c, struct slot *s, bool at_lru_end) {
   if (at_lru_end) {
     s->next = -1;
     s->prev = k->lru;
-    if (k->lru >= 0) c->slots[k->lru].next = id;
-    else k->mru = id;
+    if (k->lru >= 0)
+      c->slots[k->lru].next = id;
+    else
+      k->mru = id;
     k->lru = id;
   } else {
     s->prev = -1;
     s->next = k->mru;
-    if (k->mru >= 0) c->slots[k->mru].prev = id;
-    else k->lru = id;
+    if (k->mru >= 0)
+      c->slots[k->mru].prev = id;
+    else
+      k->lru = id;
     k->mru = id;
   }
   s->in_lru = true;
@@ -163,8 +171,7 @@ static int slot_load(struct ecache *c, struct slot *s, uint32_t layer, int32_t e
       // Reads already queued for this slot must land before it is reused.
       for (int q = 0; q < p; q++) io_read_wait(c->reader, &s->req[q]);
       slot_unmap(c, s);
-      return ferry_fail_ctx(rc, "expert cache: layer %u expert %d %s slice", layer, e,
-                            k_part[p]);
+      return ferry_fail_ctx(rc, "expert cache: layer %u expert %d %s slice", layer, e, k_part[p]);
     }
   }
   return 0;
@@ -228,11 +235,11 @@ static int validate_layout(const struct ecache_params *p, uint64_t file_size) {
       if (!s->len || ferry_mul_u64(L->n_experts - 1, s->stride, &last) ||
           ferry_add_u64(last, s->base, &last) || ferry_add_u64(last, s->len, &end) ||
           end > file_size)
-        return ferry_fail(-EINVAL, "expert cache: layer %u %s slices (base %llu, stride %llu, "
-                          "length %llu, %u experts) do not fit in the file (%llu bytes)", l,
-                          k_part[q], (unsigned long long)s->base, (unsigned long long)s->stride,
-                          (unsigned long long)s->len, L->n_experts,
-                          (unsigned long long)file_size);
+        return ferry_fail(-EINVAL,
+                          "expert cache: layer %u %s slices (base %llu, stride %llu, "
+                          "length %llu, %u experts) do not fit in the file (%llu bytes)",
+                          l, k_part[q], (unsigned long long)s->base, (unsigned long long)s->stride,
+                          (unsigned long long)s->len, L->n_experts, (unsigned long long)file_size);
     }
   }
   return 0;
@@ -244,12 +251,14 @@ static uint64_t layer_slot_bytes(const struct ecache_layer *L) {
   uint64_t at = 0;
   for (int q = 0; q < ECACHE_N_PARTS; q++) {
     const struct ecache_slice *s = &L->part[q];
-    at += (s->stride % IO_ALIGN == 0 || L->n_experts == 1) ? io_span_bytes(s->base, s->len) : io_span_max(s->len);
+    at += (s->stride % IO_ALIGN == 0 || L->n_experts == 1) ? io_span_bytes(s->base, s->len)
+                                                           : io_span_max(s->len);
   }
   return at;
 }
 
-uint64_t ecache_min_host_bytes(const struct ecache_layer *layers, uint32_t n_layers, uint32_t min_slots) {
+uint64_t ecache_min_host_bytes(const struct ecache_layer *layers, uint32_t n_layers,
+                               uint32_t min_slots) {
   // Classes are layers of equal slot bytes; class j gets floor(cap * L_j / denom) slots
   // with denom = sum_j L_j * slot_j, so every class has min_slots from
   // cap = max_j ceil(min_slots * denom / L_j) on.
@@ -260,7 +269,8 @@ uint64_t ecache_min_host_bytes(const struct ecache_layer *layers, uint32_t n_lay
   for (uint32_t l = 0; l < n_layers; l++) {
     if (!layers[l].n_experts) continue;
     uint64_t slot = layer_slot_bytes(&layers[l]), lj = 0;
-    for (uint32_t m = 0; m < n_layers; m++) lj += layers[m].n_experts && layer_slot_bytes(&layers[m]) == slot;
+    for (uint32_t m = 0; m < n_layers; m++)
+      lj += layers[m].n_experts && layer_slot_bytes(&layers[m]) == slot;
     uint64_t nj = ((uint64_t)min_slots * denom + lj - 1) / lj;
     if (nj > need) need = nj;
   }
@@ -312,7 +322,7 @@ int ecache_create(struct ecache **out, const struct ecache_params *p) {
       // Equal misalignment for every expert when the stride is block-aligned (GGUF
       // experts, MODEL_SPEC 1.6); otherwise size for the worst misalignment.
       at += (s->stride % IO_ALIGN == 0 || L->n_experts == 1) ? io_span_bytes(s->base, s->len)
-                                                            : io_span_max(s->len);
+                                                             : io_span_max(s->len);
     }
     FERRY_ASSERT(at == layer_slot_bytes(L));
     size[l] = at;
@@ -332,9 +342,8 @@ int ecache_create(struct ecache **out, const struct ecache_params *p) {
   for (uint32_t k = 0; k < c->n_cls; k++) denom += c->cls[k].n_layers * c->cls[k].slot_bytes;
   for (uint32_t k = 0; k < c->n_cls; k++) {
     struct eclass *K = &c->cls[k];
-    uint64_t n = p->host_bytes
-                     ? (uint64_t)((unsigned __int128)p->host_bytes * K->n_layers / denom)
-                     : (uint64_t)p->host_slots * K->n_layers / total_moe_layers;
+    uint64_t n = p->host_bytes ? (uint64_t)((unsigned __int128)p->host_bytes * K->n_layers / denom)
+                               : (uint64_t)p->host_slots * K->n_layers / total_moe_layers;
     if (n > INT32_MAX / 2) n = INT32_MAX / 2;
     K->n_slots = (uint32_t)n;
     got += n;
@@ -348,11 +357,11 @@ int ecache_create(struct ecache **out, const struct ecache_params *p) {
       // gets min_slots once the capacity reaches the largest min_slots * denom / L_j.
       uint64_t need = 0;
       for (uint32_t j = 0; j < c->n_cls; j++) {
-        uint64_t nj = p->host_bytes
-                          ? ((uint64_t)c->min_slots * denom + c->cls[j].n_layers - 1) /
-                                c->cls[j].n_layers
-                          : ((uint64_t)c->min_slots * total_moe_layers + c->cls[j].n_layers - 1) /
-                                c->cls[j].n_layers;
+        uint64_t nj =
+            p->host_bytes
+                ? ((uint64_t)c->min_slots * denom + c->cls[j].n_layers - 1) / c->cls[j].n_layers
+                : ((uint64_t)c->min_slots * total_moe_layers + c->cls[j].n_layers - 1) /
+                      c->cls[j].n_layers;
         if (nj > need) need = nj;
       }
       char have[32], want[64];
@@ -363,10 +372,12 @@ int ecache_create(struct ecache **out, const struct ecache_params *p) {
         snprintf(have, sizeof have, "%u slots", p->host_slots);
         snprintf(want, sizeof want, "%llu slots", (unsigned long long)need);
       }
-      rc = ferry_fail(-ENOSPC, "expert cache: host capacity %s gives only %u slot(s) of %llu "
+      rc = ferry_fail(-ENOSPC,
+                      "expert cache: host capacity %s gives only %u slot(s) of %llu "
                       "bytes to %u layer(s), but one layer pins up to %u experts at once; the "
-                      "minimum capacity is %s; raise --ram", have, K->n_slots,
-                      (unsigned long long)K->slot_bytes, K->n_layers, c->min_slots, want);
+                      "minimum capacity is %s; raise --ram",
+                      have, K->n_slots, (unsigned long long)K->slot_bytes, K->n_layers,
+                      c->min_slots, want);
       goto fail;
     }
     K->first = c->n_slots;
@@ -489,8 +500,10 @@ static int check_experts(const struct ecache *c, uint32_t layer, uint32_t n,
                       c->n_layers);
   for (uint32_t i = 0; i < n; i++)
     if (experts[i] < 0 || (uint32_t)experts[i] >= c->layers[layer].n_experts)
-      return ferry_fail(-EINVAL, "expert cache: expert %d of layer %u is out of range (%u "
-                        "experts)", experts[i], layer, c->layers[layer].n_experts);
+      return ferry_fail(-EINVAL,
+                        "expert cache: expert %d of layer %u is out of range (%u "
+                        "experts)",
+                        experts[i], layer, c->layers[layer].n_experts);
   return 0;
 }
 
@@ -518,8 +531,11 @@ int ecache_acquire(struct ecache *c, uint32_t layer, uint32_t n, const int32_t *
   // 1. Pin what is present (loaded or loading) so the misses below cannot evict it.
   for (uint32_t i = 0; i < n; i++) {
     struct ecache_ref *r = &out[i];
-    *r = (struct ecache_ref){.layer = layer, .expert = experts[i], .slot = -1,
-                             .state = ECACHE_IN_FLIGHT, .tier = ECACHE_HOST};
+    *r = (struct ecache_ref){.layer = layer,
+                             .expert = experts[i],
+                             .slot = -1,
+                             .state = ECACHE_IN_FLIGHT,
+                             .tier = ECACHE_HOST};
     for (int p = 0; p < ECACHE_N_PARTS; p++) r->bytes[p] = L->part[p].len;
     int32_t id = *where_of(c, layer, experts[i]);
     if (id < 0) {
@@ -548,12 +564,13 @@ int ecache_acquire(struct ecache *c, uint32_t layer, uint32_t n, const int32_t *
     for (uint32_t i = K->first; i < K->first + K->n_slots; i++) pinned += c->slots[i].pins > 0;
     char min[32];
     ferry_format_size((uint64_t)n * K->slot_bytes, min, sizeof min);
-    return ferry_fail(-ENOSPC, "expert cache: cannot place %u expert(s) of layer %u: %u of the "
+    return ferry_fail(-ENOSPC,
+                      "expert cache: cannot place %u expert(s) of layer %u: %u of the "
                       "%u host slots of its size class (%llu bytes each) are pinned; the "
                       "minimum capacity is the k experts of one layer (here %u slots, %s) "
                       "free on top of what other layers keep pinned; release experts of other "
-                      "layers first or raise --ram", need, layer, pinned, K->n_slots,
-                      (unsigned long long)K->slot_bytes, n, min);
+                      "layers first or raise --ram",
+                      need, layer, pinned, K->n_slots, (unsigned long long)K->slot_bytes, n, min);
   }
 
   // 3. Misses: take victims, queue reads (one submission for the layer).

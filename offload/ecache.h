@@ -43,8 +43,8 @@ struct ecache_slice {
   uint64_t len;    // bytes of one expert's slice (nb2); > 0
 };
 struct ecache_layer {
-  uint32_t n_experts;                        // 0: no routed experts in this layer
-  struct ecache_slice part[ECACHE_N_PARTS];  // gate, up, down
+  uint32_t n_experts;                       // 0: no routed experts in this layer
+  struct ecache_slice part[ECACHE_N_PARTS]; // gate, up, down
 };
 
 struct ecache_params {
@@ -72,10 +72,10 @@ struct ecache_ref {
   uint32_t layer;
   int32_t expert;
   enum ecache_ref_state state;
-  enum ecache_tier tier;                // where data[] lives
-  const uint8_t *data[ECACHE_N_PARTS];  // gate, up, down: exactly the file slice bytes
-  uint64_t bytes[ECACHE_N_PARTS];       // slice lengths
-  int32_t slot;                         // private
+  enum ecache_tier tier;               // where data[] lives
+  const uint8_t *data[ECACHE_N_PARTS]; // gate, up, down: exactly the file slice bytes
+  uint64_t bytes[ECACHE_N_PARTS];      // slice lengths
+  int32_t slot;                        // private
 };
 
 struct ecache_counters {
@@ -90,7 +90,7 @@ struct ecache_counters {
 struct ecache_stats {
   uint64_t capacity_bytes[ECACHE_N_TIERS];
   uint32_t capacity_slots[ECACHE_N_TIERS];
-  uint32_t n_classes;                       // host size classes
+  uint32_t n_classes; // host size classes
   struct ecache_counters tier[ECACHE_N_TIERS];
 };
 
@@ -132,7 +132,8 @@ int ecache_prefetch(struct ecache *c, uint32_t layer, uint32_t n, const int32_t 
 
 // The smallest host_bytes for which ecache_create succeeds with these layers and
 // min_slots (every size class gets min_slots slots). Used to plan before creating.
-uint64_t ecache_min_host_bytes(const struct ecache_layer *layers, uint32_t n_layers, uint32_t min_slots);
+uint64_t ecache_min_host_bytes(const struct ecache_layer *layers, uint32_t n_layers,
+                               uint32_t min_slots);
 
 void ecache_stats(const struct ecache *c, struct ecache_stats *out);
 void ecache_layer_counters(const struct ecache *c, uint32_t layer, struct ecache_counters *out);

@@ -22,7 +22,9 @@ size_t cpu_attn_scratch_floats(int64_t n_ctx, int64_t n_head, int64_t n_kv_head,
 }
 
 static size_t row_bytes(enum ferry_type t, int64_t elems) {
-  return t == FT_F32 ? (size_t)elems * 4 : t == FT_F16 ? (size_t)elems * 2 : (size_t)(elems / Q8_BLCK) * Q8_SIZE;
+  return t == FT_F32   ? (size_t)elems * 4
+         : t == FT_F16 ? (size_t)elems * 2
+                       : (size_t)(elems / Q8_BLCK) * Q8_SIZE;
 }
 
 // ---- conversion and vector helpers: scalar and AVX2 variants ----
@@ -53,25 +55,29 @@ static void axpy_scalar(float *y, const float *x, float a, int64_t n) {
 }
 
 #if defined(__x86_64__)
-__attribute__((target("avx2,fma,f16c"))) static void cvt_row_avx2(float *dst, const void *src, enum ferry_type t,
-                                                                  int64_t e0, int64_t n) {
+__attribute__((target("avx2,fma,f16c"))) static void cvt_row_avx2(float *dst, const void *src,
+                                                                  enum ferry_type t, int64_t e0,
+                                                                  int64_t n) {
   if (t == FT_F16) {
     const uint16_t *h = (const uint16_t *)src + e0;
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+    for (; i + 8 <= n; i += 8)
+      _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
     for (; i < n; i++) dst[i] = ferry_f16_to_f32(h[i]);
   } else {
     cvt_row_scalar(dst, src, t, e0, n);
   }
 }
-__attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const float *b, int64_t n) {
+__attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const float *b,
+                                                          int64_t n) {
   __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
     s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
     s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
   }
-  for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+  for (; i + 8 <= n; i += 8)
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
   s0 = _mm256_add_ps(s0, s1);
   __m128 h = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
   h = _mm_add_ps(h, _mm_movehl_ps(h, h));
@@ -80,10 +86,12 @@ __attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const 
   for (; i < n; i++) s += a[i] * b[i];
   return s;
 }
-__attribute__((target("avx2,fma"))) static void axpy_avx2(float *y, const float *x, float a, int64_t n) {
+__attribute__((target("avx2,fma"))) static void axpy_avx2(float *y, const float *x, float a,
+                                                          int64_t n) {
   __m256 va = _mm256_set1_ps(a);
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
   for (; i < n; i++) y[i] += a * x[i];
 }
 #endif
@@ -138,7 +146,8 @@ static void attn_task(void *vctx, int64_t b, int64_t e, int tid) {
     const float *qg = c->q + (t * c->n_head + kvh * G) * D; // the group's query heads
     for (int64_t p = 0; p < n_ctx; p++) {
       fn->cvt(row, c->kc + (size_t)p * c->rb, c->t, kvh * D, D);
-      for (int64_t g = 0; g < G; g++) sc[g * c->n_ctx_max + p] = fn->dot(qg + g * D, row, D) * c->scale;
+      for (int64_t g = 0; g < G; g++)
+        sc[g * c->n_ctx_max + p] = fn->dot(qg + g * D, row, D) * c->scale;
     }
     for (int64_t g = 0; g < G; g++) {
       float *s = sc + g * c->n_ctx_max, mx = -INFINITY, sum = 0;
@@ -156,15 +165,31 @@ static void attn_task(void *vctx, int64_t b, int64_t e, int tid) {
   }
 }
 
-void cpu_attn_fast(struct ferry_pool *pool, float *out, const float *q, const void *kcache, const void *vcache,
-                   enum ferry_type kv_type, int64_t n_tok, int64_t pos0, int64_t n_head, int64_t n_kv_head,
-                   int64_t head_dim, int64_t kv_row_stride_elems, float scale, float *scratch, int64_t n_ctx_max) {
+void cpu_attn_fast(struct ferry_pool *pool, float *out, const float *q, const void *kcache,
+                   const void *vcache, enum ferry_type kv_type, int64_t n_tok, int64_t pos0,
+                   int64_t n_head, int64_t n_kv_head, int64_t head_dim, int64_t kv_row_stride_elems,
+                   float scale, float *scratch, int64_t n_ctx_max) {
   FERRY_ASSERT(kv_type == FT_F32 || kv_type == FT_F16 || kv_type == FT_Q8_0);
   FERRY_ASSERT(n_kv_head > 0 && n_head % n_kv_head == 0 && pos0 + n_tok <= n_ctx_max);
-  struct attn_ctx c = {pick(), out, q, kcache, vcache, kv_type, pos0, n_head, n_kv_head, n_head / n_kv_head,
-                       head_dim, row_bytes(kv_type, kv_row_stride_elems), scale, scratch,
-                       cpu_attn_scratch_floats(n_ctx_max, n_head, n_kv_head, head_dim), n_ctx_max};
+  struct attn_ctx c = {pick(),
+                       out,
+                       q,
+                       kcache,
+                       vcache,
+                       kv_type,
+                       pos0,
+                       n_head,
+                       n_kv_head,
+                       n_head / n_kv_head,
+                       head_dim,
+                       row_bytes(kv_type, kv_row_stride_elems),
+                       scale,
+                       scratch,
+                       cpu_attn_scratch_floats(n_ctx_max, n_head, n_kv_head, head_dim),
+                       n_ctx_max};
   int64_t tasks = n_tok * n_kv_head;
-  if (!pool) attn_task(&c, 0, tasks, 0);
-  else ferry_pool_run(pool, tasks, 1, attn_task, &c);
+  if (!pool)
+    attn_task(&c, 0, tasks, 0);
+  else
+    ferry_pool_run(pool, tasks, 1, attn_task, &c);
 }

@@ -28,8 +28,8 @@ size_t cpu_attn_scratch_floats(int64_t n_ctx, int64_t n_head, int64_t n_kv_head,
 // without a pool) sized for at least pos0 + n_tok positions. Allocates nothing; blocks.
 void cpu_attn_fast(struct ferry_pool *pool, float *out, const float *q, const void *kcache,
                    const void *vcache, enum ferry_type kv_type, int64_t n_tok, int64_t pos0,
-                   int64_t n_head, int64_t n_kv_head, int64_t head_dim,
-                   int64_t kv_row_stride_elems, float scale, float *scratch, int64_t n_ctx_max);
+                   int64_t n_head, int64_t n_kv_head, int64_t head_dim, int64_t kv_row_stride_elems,
+                   float scale, float *scratch, int64_t n_ctx_max);
 
 #ifdef __cplusplus
 }

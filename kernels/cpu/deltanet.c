@@ -23,10 +23,10 @@
 #include "base/base.h"
 #include "numa/pool.h"
 
-#define DN_INLINE static inline __attribute__((always_inline))
+#define DN_INLINE     static inline __attribute__((always_inline))
 #define DN_CAT2(a, b) a##_##b
-#define DN_CAT(a, b) DN_CAT2(a, b)
-#define DN_FN(name) DN_CAT(name, DN_SUF)
+#define DN_CAT(a, b)  DN_CAT2(a, b)
+#define DN_FN(name)   DN_CAT(name, DN_SUF)
 
 static inline float silu_f(float x) { return x / (1.0f + expf(-x)); }
 
@@ -71,8 +71,8 @@ void cpu_delta_gates(float *beta, float *g, float *decay, const float *b, const 
 // legacy regrouping
 // ---------------------------------------------------------------------------------------
 
-void cpu_ssm_in_regroup(float *qkv, float *z, const float *p, int64_t T, int64_t nk,
-                        int64_t nv, int64_t dk, int64_t dv) {
+void cpu_ssm_in_regroup(float *qkv, float *z, const float *p, int64_t T, int64_t nk, int64_t nv,
+                        int64_t dk, int64_t dv) {
   FERRY_ASSERT(nk > 0 && nv > 0 && nv % nk == 0 && dk > 0 && dv > 0 && T >= 0);
   const int64_t r = nv / nk, grp = 2 * dk + 2 * r * dv;
   const int64_t in_row = nk * grp, qkv_row = 2 * nk * dk + nv * dv, z_row = nv * dv;
@@ -82,16 +82,15 @@ void cpu_ssm_in_regroup(float *qkv, float *z, const float *p, int64_t T, int64_t
     float *qt = qkv + t * qkv_row, *zt = z + t * z_row;
     for (int64_t g = 0; g < nk; g++) {
       const float *src = pt + g * grp;
-      memcpy(qt + g * dk, src, kb);                              // q_g
-      memcpy(qt + nk * dk + g * dk, src + dk, kb);               // k_g
-      memcpy(qt + 2 * nk * dk + g * r * dv, src + 2 * dk, vb);   // v_{g r .. g r + r-1}
-      memcpy(zt + g * r * dv, src + 2 * dk + r * dv, vb);        // z_{g r .. g r + r-1}
+      memcpy(qt + g * dk, src, kb);                            // q_g
+      memcpy(qt + nk * dk + g * dk, src + dk, kb);             // k_g
+      memcpy(qt + 2 * nk * dk + g * r * dv, src + 2 * dk, vb); // v_{g r .. g r + r-1}
+      memcpy(zt + g * r * dv, src + 2 * dk + r * dv, vb);      // z_{g r .. g r + r-1}
     }
   }
 }
 
-void cpu_ssm_ba_regroup(float *b, float *a, const float *p, int64_t T, int64_t nk,
-                        int64_t nv) {
+void cpu_ssm_ba_regroup(float *b, float *a, const float *p, int64_t T, int64_t nk, int64_t nv) {
   FERRY_ASSERT(nk > 0 && nv > 0 && nv % nk == 0 && T >= 0);
   const int64_t r = nv / nk;
   for (int64_t t = 0; t < T; t++) {
@@ -117,7 +116,7 @@ struct dn_args {
   int64_t ldq, ldk, ldv;
   const float *beta, *gd; // gd: decay (recurrent) or g (chunked)
   int64_t T, Hk, Hv, dk, dv, chunk;
-  float *scratch;         // chunked: one slice of scratch_floats per worker
+  float *scratch; // chunked: one slice of scratch_floats per worker
   int64_t scratch_floats;
 };
 
@@ -142,8 +141,8 @@ static int64_t chunk_scratch_floats(int64_t Cm, int64_t dk, int64_t dv) {
 }
 
 // ---- the vector bodies, once per ISA ----
-#define DN_VW 4
-#define DN_MR 4
+#define DN_VW  4
+#define DN_MR  4
 #define DN_SUF base
 #define DN_TARGET
 #include "kernels/cpu/deltanet.c"
@@ -153,9 +152,9 @@ static int64_t chunk_scratch_floats(int64_t Cm, int64_t dk, int64_t dv) {
 #undef DN_TARGET
 
 #if defined(__x86_64__) && defined(__GNUC__)
-#define DN_VW 8
-#define DN_MR 4
-#define DN_SUF avx2
+#define DN_VW     8
+#define DN_MR     4
+#define DN_SUF    avx2
 #define DN_TARGET __attribute__((target("avx2,fma")))
 #include "kernels/cpu/deltanet.c"
 #undef DN_VW
@@ -163,9 +162,9 @@ static int64_t chunk_scratch_floats(int64_t Cm, int64_t dk, int64_t dv) {
 #undef DN_SUF
 #undef DN_TARGET
 
-#define DN_VW 16
-#define DN_MR 8
-#define DN_SUF avx512
+#define DN_VW     16
+#define DN_MR     8
+#define DN_SUF    avx512
 #define DN_TARGET __attribute__((target("avx512f,avx2,fma")))
 #include "kernels/cpu/deltanet.c"
 #undef DN_VW
@@ -201,18 +200,24 @@ static int dn_level(void) {
 
 int cpu_delta_force(const char *path) {
   int l;
-  if (!strcmp(path, "base")) l = 0;
-  else if (!strcmp(path, "avx2")) l = dn_cpu_avx2() ? 1 : -1;
-  else if (!strcmp(path, "avx512")) l = dn_cpu_avx512() ? 2 : -1;
-  else if (!strcmp(path, "auto")) l = dn_cpu_avx512() ? 2 : dn_cpu_avx2();
-  else l = -1;
+  if (!strcmp(path, "base"))
+    l = 0;
+  else if (!strcmp(path, "avx2"))
+    l = dn_cpu_avx2() ? 1 : -1;
+  else if (!strcmp(path, "avx512"))
+    l = dn_cpu_avx512() ? 2 : -1;
+  else if (!strcmp(path, "auto"))
+    l = dn_cpu_avx512() ? 2 : dn_cpu_avx2();
+  else
+    l = -1;
   if (l < 0) return -1;
   __atomic_store_n(&g_dn_level, l, __ATOMIC_RELAXED);
   return 0;
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
-#define DN_PICK(name) (dn_level() == 2 ? name##_avx512 : dn_level() == 1 ? name##_avx2 : name##_base)
+#define DN_PICK(name) \
+  (dn_level() == 2 ? name##_avx512 : dn_level() == 1 ? name##_avx2 : name##_base)
 #else
 #define DN_PICK(name) name##_base
 #endif
@@ -221,8 +226,8 @@ int cpu_delta_force(const char *path) {
 // conv1d and gated RMSNorm (vector bodies below)
 // ---------------------------------------------------------------------------------------
 
-void cpu_ssm_conv_step(float *y, float *state, const float *u, const float *w, int64_t C,
-                       int64_t K, int apply_silu) {
+void cpu_ssm_conv_step(float *y, float *state, const float *u, const float *w, int64_t C, int64_t K,
+                       int apply_silu) {
   FERRY_ASSERT(C > 0 && K >= 1 && K <= DN_MAX_CONV_K);
   DN_PICK(conv_step)(y, state, u, w, C, K, apply_silu);
 }
@@ -246,8 +251,8 @@ void cpu_ssm_conv_rows_mt(struct ferry_pool *pool, float *y, float *state, const
                           const float *w, int64_t T, int64_t C, int64_t K, int apply_silu) {
   FERRY_ASSERT(C > 0 && K >= 1 && K <= DN_MAX_CONV_K && T >= 0);
   if (T == 0) return;
-  struct dn_conv_args a = {.y = y, .state = state, .u = u, .w = w, .T = T, .C = C, .K = K,
-                           .act = apply_silu};
+  struct dn_conv_args a = {
+      .y = y, .state = state, .u = u, .w = w, .T = T, .C = C, .K = K, .act = apply_silu};
   const int64_t ng = (C + DN_CONV_GROUP - 1) / DN_CONV_GROUP;
   if (pool)
     ferry_pool_run(pool, ng, 1, conv_task, &a);
@@ -263,8 +268,8 @@ void cpu_ssm_conv_rows_mt(struct ferry_pool *pool, float *y, float *state, const
   }
 }
 
-void cpu_ssm_conv_rows(float *y, float *state, const float *u, const float *w, int64_t T,
-                       int64_t C, int64_t K, int apply_silu) {
+void cpu_ssm_conv_rows(float *y, float *state, const float *u, const float *w, int64_t T, int64_t C,
+                       int64_t K, int apply_silu) {
   cpu_ssm_conv_rows_mt(NULL, y, state, u, w, T, C, K, apply_silu);
 }
 
@@ -279,9 +284,8 @@ static void norm_task(void *ctx, int64_t h0, int64_t h1, int tid) {
   DN_PICK(gated_rmsnorm)(a->y, a->o, a->z, a->w, h0, h1, a->d, a->eps);
 }
 
-void cpu_gated_rmsnorm_heads_mt(struct ferry_pool *pool, float *y, const float *o,
-                                const float *z, const float *w, int64_t n_heads, int64_t d,
-                                float eps) {
+void cpu_gated_rmsnorm_heads_mt(struct ferry_pool *pool, float *y, const float *o, const float *z,
+                                const float *w, int64_t n_heads, int64_t d, float eps) {
   FERRY_ASSERT(n_heads >= 0 && d > 0);
   struct dn_norm_args a = {.y = y, .o = o, .z = z, .w = w, .d = d, .eps = eps};
   if (pool)
@@ -301,8 +305,7 @@ void cpu_gated_rmsnorm_heads(float *y, const float *o, const float *z, const flo
 
 static void check_shape(int64_t Hk, int64_t Hv, int64_t dk, int64_t dv) {
   FERRY_ASSERT(Hk > 0 && Hv > 0 && Hv % Hk == 0);
-  FERRY_ASSERT(dk > 0 && dv > 0 && dk <= CPU_DELTA_MAX_HEAD_DIM &&
-               dv <= CPU_DELTA_MAX_HEAD_DIM);
+  FERRY_ASSERT(dk > 0 && dv > 0 && dk <= CPU_DELTA_MAX_HEAD_DIM && dv <= CPU_DELTA_MAX_HEAD_DIM);
 }
 
 static void run_heads(struct ferry_pool *pool, int64_t Hv, ferry_pool_fn fn, void *ctx) {
@@ -312,39 +315,50 @@ static void run_heads(struct ferry_pool *pool, int64_t Hv, ferry_pool_fn fn, voi
     fn(ctx, 0, Hv, 0);
 }
 
-void cpu_delta_recurrent(struct ferry_pool *pool, float *o, int64_t ldo, float *S,
-                         const float *q, int64_t ldq, const float *k, int64_t ldk,
-                         const float *v, int64_t ldv, const float *beta, const float *decay,
-                         int64_t T, int64_t Hk, int64_t Hv, int64_t dk, int64_t dv) {
+void cpu_delta_recurrent(struct ferry_pool *pool, float *o, int64_t ldo, float *S, const float *q,
+                         int64_t ldq, const float *k, int64_t ldk, const float *v, int64_t ldv,
+                         const float *beta, const float *decay, int64_t T, int64_t Hk, int64_t Hv,
+                         int64_t dk, int64_t dv) {
   check_shape(Hk, Hv, dk, dv);
-  FERRY_ASSERT(T >= 0 && ldo >= Hv * dv && ldq >= Hk * dk && ldk >= Hk * dk &&
-               ldv >= Hv * dv);
+  FERRY_ASSERT(T >= 0 && ldo >= Hv * dv && ldq >= Hk * dk && ldk >= Hk * dk && ldv >= Hv * dv);
   if (T == 0) return;
-  struct dn_args a = {.o = o, .ldo = ldo, .S = S, .q = q, .k = k, .v = v, .ldq = ldq,
-                      .ldk = ldk, .ldv = ldv, .beta = beta, .gd = decay, .T = T,
-                      .Hk = Hk, .Hv = Hv, .dk = dk, .dv = dv};
+  struct dn_args a = {.o = o,
+                      .ldo = ldo,
+                      .S = S,
+                      .q = q,
+                      .k = k,
+                      .v = v,
+                      .ldq = ldq,
+                      .ldk = ldk,
+                      .ldv = ldv,
+                      .beta = beta,
+                      .gd = decay,
+                      .T = T,
+                      .Hk = Hk,
+                      .Hv = Hv,
+                      .dk = dk,
+                      .dv = dv};
   run_heads(pool, Hv, DN_PICK(recurrent_heads), &a);
 }
 
 void cpu_delta_step(float *o, float *S, const float *q, const float *k, const float *v,
                     const float *beta, const float *decay, int64_t Hk, int64_t Hv, int64_t dk,
                     int64_t dv) {
-  cpu_delta_recurrent(NULL, o, Hv * dv, S, q, Hk * dk, k, Hk * dk, v, Hv * dv, beta, decay, 1,
-                      Hk, Hv, dk, dv);
+  cpu_delta_recurrent(NULL, o, Hv * dv, S, q, Hk * dk, k, Hk * dk, v, Hv * dv, beta, decay, 1, Hk,
+                      Hv, dk, dv);
 }
 
-void cpu_delta_step_mt(struct ferry_pool *pool, float *o, float *S, const float *q,
-                       const float *k, const float *v, const float *beta, const float *decay,
-                       int64_t Hk, int64_t Hv, int64_t dk, int64_t dv) {
-  cpu_delta_recurrent(pool, o, Hv * dv, S, q, Hk * dk, k, Hk * dk, v, Hv * dv, beta, decay, 1,
-                      Hk, Hv, dk, dv);
+void cpu_delta_step_mt(struct ferry_pool *pool, float *o, float *S, const float *q, const float *k,
+                       const float *v, const float *beta, const float *decay, int64_t Hk,
+                       int64_t Hv, int64_t dk, int64_t dv) {
+  cpu_delta_recurrent(pool, o, Hv * dv, S, q, Hk * dk, k, Hk * dk, v, Hv * dv, beta, decay, 1, Hk,
+                      Hv, dk, dv);
 }
 
-int cpu_delta_chunked(struct ferry_pool *pool, float *o, int64_t ldo, float *S,
-                      const float *q, int64_t ldq, const float *k, int64_t ldk,
-                      const float *v, int64_t ldv, const float *beta, const float *g,
-                      int64_t T, int64_t Hk, int64_t Hv, int64_t dk, int64_t dv,
-                      int64_t chunk) {
+int cpu_delta_chunked(struct ferry_pool *pool, float *o, int64_t ldo, float *S, const float *q,
+                      int64_t ldq, const float *k, int64_t ldk, const float *v, int64_t ldv,
+                      const float *beta, const float *g, int64_t T, int64_t Hk, int64_t Hv,
+                      int64_t dk, int64_t dv, int64_t chunk) {
   check_shape(Hk, Hv, dk, dv);
   FERRY_ASSERT(T >= 0 && chunk >= 1 && chunk <= 256 && ldo >= Hv * dv && ldq >= Hk * dk &&
                ldk >= Hk * dk && ldv >= Hv * dv);
@@ -355,23 +369,37 @@ int cpu_delta_chunked(struct ferry_pool *pool, float *o, int64_t ldo, float *S,
   float *scratch = ferry_alloc_aligned(64, (size_t)(per * nw) * sizeof(float));
   if (!scratch)
     return ferry_fail_ctx(-ENOMEM, "delta chunked scratch (%lld floats)", (long long)(per * nw));
-  struct dn_args a = {.o = o, .ldo = ldo, .S = S, .q = q, .k = k, .v = v, .ldq = ldq,
-                      .ldk = ldk, .ldv = ldv, .beta = beta, .gd = g, .T = T, .Hk = Hk,
-                      .Hv = Hv, .dk = dk, .dv = dv, .chunk = Cm, .scratch = scratch,
+  struct dn_args a = {.o = o,
+                      .ldo = ldo,
+                      .S = S,
+                      .q = q,
+                      .k = k,
+                      .v = v,
+                      .ldq = ldq,
+                      .ldk = ldk,
+                      .ldv = ldv,
+                      .beta = beta,
+                      .gd = g,
+                      .T = T,
+                      .Hk = Hk,
+                      .Hv = Hv,
+                      .dk = dk,
+                      .dv = dv,
+                      .chunk = Cm,
+                      .scratch = scratch,
                       .scratch_floats = per};
   run_heads(pool, Hv, DN_PICK(chunked_heads), &a);
   ferry_free_aligned(scratch);
   return 0;
 }
 
-
-int cpu_delta_prefill(struct ferry_pool *pool, float *o, int64_t ldo, float *S,
-                      const float *q, int64_t ldq, const float *k, int64_t ldk,
-                      const float *v, int64_t ldv, const float *beta, const float *g,
-                      int64_t T, int64_t Hk, int64_t Hv, int64_t dk, int64_t dv) {
+int cpu_delta_prefill(struct ferry_pool *pool, float *o, int64_t ldo, float *S, const float *q,
+                      int64_t ldq, const float *k, int64_t ldk, const float *v, int64_t ldv,
+                      const float *beta, const float *g, int64_t T, int64_t Hk, int64_t Hv,
+                      int64_t dk, int64_t dv) {
   if (T >= CPU_DELTA_CHUNK_MIN_T)
-    return cpu_delta_chunked(pool, o, ldo, S, q, ldq, k, ldk, v, ldv, beta, g, T, Hk, Hv, dk,
-                             dv, CPU_DELTA_CHUNK);
+    return cpu_delta_chunked(pool, o, ldo, S, q, ldq, k, ldk, v, ldv, beta, g, T, Hk, Hv, dk, dv,
+                             CPU_DELTA_CHUNK);
   FERRY_ASSERT(Hv <= 256);
   float dec[CPU_DELTA_CHUNK_MIN_T * 256]; // 16 KiB of stack
   for (int64_t i = 0; i < T * Hv; i++) dec[i] = expf(g[i]);
@@ -383,22 +411,22 @@ int cpu_delta_prefill(struct ferry_pool *pool, float *o, int64_t ldo, float *S,
 
 // Vectors of DN_VW floats; unaligned loads/stores go through memcpy. (Macros rather
 // than functions: a 32-byte vector argument trips GCC's psabi note.)
-#define DN_LD(p)                                                                          \
-  ({                                                                                      \
-    vf v_;                                                                                \
-    memcpy(&v_, (p), sizeof v_);                                                          \
-    v_;                                                                                   \
+#define DN_LD(p)                 \
+  ({                             \
+    vf v_;                       \
+    memcpy(&v_, (p), sizeof v_); \
+    v_;                          \
   })
-#define DN_ST(p, x)                                                                       \
-  do {                                                                                    \
-    vf x_ = (x);                                                                          \
-    memcpy((p), &x_, sizeof x_);                                                          \
+#define DN_ST(p, x)              \
+  do {                           \
+    vf x_ = (x);                 \
+    memcpy((p), &x_, sizeof x_); \
   } while (0)
-#define vf DN_FN(vf) // a distinct type name per instantiation
+#define vf    DN_FN(vf) // a distinct type name per instantiation
 typedef float vf __attribute__((vector_size(4 * DN_VW)));
-#define vi DN_FN(vi)
+#define vi    DN_FN(vi)
 typedef int32_t vi __attribute__((vector_size(4 * DN_VW)));
-#define vu DN_FN(vu)
+#define vu    DN_FN(vu)
 typedef uint32_t vu __attribute__((vector_size(4 * DN_VW)));
 
 // ---- exp and SiLU ----
@@ -446,13 +474,13 @@ DN_TARGET DN_INLINE vf DN_FN(vsilu)(vf x) {
 
 #if DN_VW == 4
 #define DN_EVEN 0, 2, 4, 6
-#define DN_ODD 1, 3, 5, 7
+#define DN_ODD  1, 3, 5, 7
 #elif DN_VW == 8
 #define DN_EVEN 0, 2, 4, 6, 8, 10, 12, 14
-#define DN_ODD 1, 3, 5, 7, 9, 11, 13, 15
+#define DN_ODD  1, 3, 5, 7, 9, 11, 13, 15
 #else
 #define DN_EVEN 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30
-#define DN_ODD 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31
+#define DN_ODD  1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31
 #endif
 
 DN_TARGET DN_INLINE void DN_FN(conv_wT)(float *wT, const float *w, int64_t n, int64_t K) {
@@ -463,8 +491,10 @@ DN_TARGET DN_INLINE void DN_FN(conv_wT)(float *wT, const float *w, int64_t n, in
       const float *src = w + i0 * 4;
       vf v0 = DN_LD(src), v1 = DN_LD(src + DN_VW), v2 = DN_LD(src + 2 * DN_VW),
          v3 = DN_LD(src + 3 * DN_VW);
-      vf e0 = __builtin_shufflevector(v0, v1, DN_EVEN), o0 = __builtin_shufflevector(v0, v1, DN_ODD);
-      vf e1 = __builtin_shufflevector(v2, v3, DN_EVEN), o1 = __builtin_shufflevector(v2, v3, DN_ODD);
+      vf e0 = __builtin_shufflevector(v0, v1, DN_EVEN),
+         o0 = __builtin_shufflevector(v0, v1, DN_ODD);
+      vf e1 = __builtin_shufflevector(v2, v3, DN_EVEN),
+         o1 = __builtin_shufflevector(v2, v3, DN_ODD);
       DN_ST(wT + i0, __builtin_shufflevector(e0, e1, DN_EVEN));
       DN_ST(wT + DN_CB + i0, __builtin_shufflevector(o0, o1, DN_EVEN));
       DN_ST(wT + 2 * DN_CB + i0, __builtin_shufflevector(e0, e1, DN_ODD));
@@ -508,9 +538,9 @@ DN_TARGET DN_INLINE void DN_FN(conv_vec)(float *y, const float *const *rows, con
 
 // Channels [cb, ce) of T tokens; cb is a multiple of DN_CONV_GROUP (so the blocks, and
 // with them the rounding, are those of a whole-range call).
-DN_TARGET static void DN_FN(conv_rows)(float *y, const float *state, const float *u,
-                                       const float *w, int64_t T, int64_t C, int64_t K,
-                                       int act, int64_t cb, int64_t ce) {
+DN_TARGET static void DN_FN(conv_rows)(float *y, const float *state, const float *u, const float *w,
+                                       int64_t T, int64_t C, int64_t K, int act, int64_t cb,
+                                       int64_t ce) {
   float wT[DN_MAX_CONV_K * DN_CB];
   const float *rows[DN_MAX_CONV_K];
   const int64_t P = K - 1;
@@ -539,7 +569,8 @@ DN_TARGET static void DN_FN(conv_step)(float *y, float *state, const float *u, c
     rows[K - 1] = u + c0;
     DN_FN(conv_vec)(ybuf, rows, wT, n, K, act);
     // shift this block of the state and append u before y (which may alias u) is written
-    for (int64_t r = 0; r + 1 < K - 1; r++) memcpy(state + r * C + c0, state + (r + 1) * C + c0, nb);
+    for (int64_t r = 0; r + 1 < K - 1; r++)
+      memcpy(state + r * C + c0, state + (r + 1) * C + c0, nb);
     if (K > 1) memcpy(state + (K - 2) * C + c0, u + c0, nb);
     memcpy(y + c0, ybuf, nb);
   }
@@ -547,9 +578,8 @@ DN_TARGET static void DN_FN(conv_step)(float *y, float *state, const float *u, c
 
 // ---- gated RMSNorm ----
 // Heads [h0, h1).
-DN_TARGET static void DN_FN(gated_rmsnorm)(float *y, const float *o, const float *z,
-                                           const float *w, int64_t h0, int64_t h1, int64_t d,
-                                           float eps) {
+DN_TARGET static void DN_FN(gated_rmsnorm)(float *y, const float *o, const float *z, const float *w,
+                                           int64_t h0, int64_t h1, int64_t d, float eps) {
   for (int64_t h = h0; h < h1; h++) {
     const float *oh = o + h * d, *zh = z + h * d;
     float *yh = y + h * d;
@@ -566,8 +596,8 @@ DN_TARGET static void DN_FN(gated_rmsnorm)(float *y, const float *o, const float
 // ---- delta rule ----
 
 // Pass 1 for value columns [j, j + DN_VW*nv): m = S^T k.
-DN_INLINE void DN_FN(retrieve_tile)(float *m, const float *S, const float *k, int64_t dk, int64_t dv,
-                             int64_t j, int nv) {
+DN_INLINE void DN_FN(retrieve_tile)(float *m, const float *S, const float *k, int64_t dk,
+                                    int64_t dv, int64_t j, int nv) {
   vf acc[4];
 #pragma GCC unroll 4
   for (int u = 0; u < nv; u++) acc[u] = (vf){0};
@@ -583,8 +613,8 @@ DN_INLINE void DN_FN(retrieve_tile)(float *m, const float *S, const float *k, in
 
 // Pass 2 for value columns [j, j + DN_VW*nv): S = decay*S + k delta^T, o = S^T q.
 DN_INLINE void DN_FN(update_tile)(float *o, float *S, const float *q, const float *k,
-                           const float *delta, float decay, int64_t dk, int64_t dv, int64_t j,
-                           int nv) {
+                                  const float *delta, float decay, int64_t dk, int64_t dv,
+                                  int64_t j, int nv) {
   vf acc[4], dl[4];
 #pragma GCC unroll 4
   for (int u = 0; u < nv; u++) acc[u] = (vf){0};
@@ -607,7 +637,7 @@ DN_INLINE void DN_FN(update_tile)(float *o, float *S, const float *q, const floa
 // One token of one v-head. Retrieval is decay * (S^T k), which equals (decay*S)^T k of
 // §5.6 up to rounding and saves a pass over S.
 DN_INLINE void DN_FN(head_step)(float *o, float *S, const float *q, const float *k, const float *v,
-                         float beta, float decay, int64_t dk, int64_t dv) {
+                                float beta, float decay, int64_t dk, int64_t dv) {
   float delta[CPU_DELTA_MAX_HEAD_DIM];
   int64_t j = 0;
   for (; j + 4 * DN_VW <= dv; j += 4 * DN_VW) DN_FN(retrieve_tile)(delta, S, k, dk, dv, j, 4);
@@ -619,7 +649,8 @@ DN_INLINE void DN_FN(head_step)(float *o, float *S, const float *q, const float 
   }
   for (j = 0; j < dv; j++) delta[j] = beta * (v[j] - decay * delta[j]);
   j = 0;
-  for (; j + 4 * DN_VW <= dv; j += 4 * DN_VW) DN_FN(update_tile)(o, S, q, k, delta, decay, dk, dv, j, 4);
+  for (; j + 4 * DN_VW <= dv; j += 4 * DN_VW)
+    DN_FN(update_tile)(o, S, q, k, delta, decay, dk, dv, j, 4);
   for (; j + DN_VW <= dv; j += DN_VW) DN_FN(update_tile)(o, S, q, k, delta, decay, dk, dv, j, 1);
   for (; j < dv; j++) {
     float acc = 0.0f;
@@ -639,9 +670,10 @@ DN_TARGET static void DN_FN(recurrent_heads)(void *ctx, int64_t h0, int64_t h1, 
     const int64_t kh = h / r;
     float *Sh = a->S + h * a->dk * a->dv;
     for (int64_t t = 0; t < a->T; t++) {
-      DN_FN(head_step)(a->o + t * a->ldo + h * a->dv, Sh, a->q + t * a->ldq + kh * a->dk,
-                a->k + t * a->ldk + kh * a->dk, a->v + t * a->ldv + h * a->dv,
-                a->beta[t * a->Hv + h], a->gd[t * a->Hv + h], a->dk, a->dv);
+      DN_FN(head_step)
+      (a->o + t * a->ldo + h * a->dv, Sh, a->q + t * a->ldq + kh * a->dk,
+       a->k + t * a->ldk + kh * a->dk, a->v + t * a->ldv + h * a->dv, a->beta[t * a->Hv + h],
+       a->gd[t * a->Hv + h], a->dk, a->dv);
     }
   }
 }
@@ -666,8 +698,8 @@ DN_TARGET static void DN_FN(recurrent_heads)(void *ctx, int64_t h0, int64_t h1, 
 // mr <= DN_MR (rows per register tile: 4, or 8 with AVX-512's 32 registers).
 // cs == 0 overwrites C (C may be uninitialised).
 DN_INLINE void DN_FN(gemm_tile)(float *C, int64_t ldc, float cs, const float *A, int64_t lda,
-                         const float *B, int64_t ldb, int64_t K, int64_t m, int64_t j, int mr,
-                         int nv) {
+                                const float *B, int64_t ldb, int64_t K, int64_t m, int64_t j,
+                                int mr, int nv) {
   vf acc[DN_MR][2];
 #pragma GCC unroll 8
   for (int r = 0; r < mr; r++)
@@ -697,29 +729,35 @@ DN_INLINE void DN_FN(gemm_tile)(float *C, int64_t ldc, float cs, const float *A,
 }
 
 DN_INLINE void DN_FN(gemm_nn)(float *C, int64_t ldc, float cs, const float *A, int64_t lda,
-                       const float *B, int64_t ldb, int64_t M, int64_t N, int64_t K, int tri) {
-#define DN_KEFF(m, mr) (tri == GEMM_LOWER_A && (m) + (mr) < K ? (m) + (mr) : K)
+                              const float *B, int64_t ldb, int64_t M, int64_t N, int64_t K,
+                              int tri) {
+#define DN_KEFF(m, mr)    (tri == GEMM_LOWER_A && (m) + (mr) < K ? (m) + (mr) : K)
 #define DN_SKIP(m, mr, j) (tri == GEMM_LOWER_OUT && (j) > (m) + (mr)-1)
   int64_t j = 0;
   for (; j + 2 * DN_VW <= N; j += 2 * DN_VW) {
     int64_t m = 0;
     for (; m + DN_MR <= M; m += DN_MR)
-      if (!DN_SKIP(m, DN_MR, j)) DN_FN(gemm_tile)(C, ldc, cs, A, lda, B, ldb, DN_KEFF(m, DN_MR), m, j, DN_MR, 2);
+      if (!DN_SKIP(m, DN_MR, j))
+        DN_FN(gemm_tile)(C, ldc, cs, A, lda, B, ldb, DN_KEFF(m, DN_MR), m, j, DN_MR, 2);
     for (; m < M; m++)
-      if (!DN_SKIP(m, 1, j)) DN_FN(gemm_tile)(C, ldc, cs, A, lda, B, ldb, DN_KEFF(m, 1), m, j, 1, 2);
+      if (!DN_SKIP(m, 1, j))
+        DN_FN(gemm_tile)(C, ldc, cs, A, lda, B, ldb, DN_KEFF(m, 1), m, j, 1, 2);
   }
   for (; j + DN_VW <= N; j += DN_VW) {
     int64_t m = 0;
     for (; m + DN_MR <= M; m += DN_MR)
-      if (!DN_SKIP(m, DN_MR, j)) DN_FN(gemm_tile)(C, ldc, cs, A, lda, B, ldb, DN_KEFF(m, DN_MR), m, j, DN_MR, 1);
+      if (!DN_SKIP(m, DN_MR, j))
+        DN_FN(gemm_tile)(C, ldc, cs, A, lda, B, ldb, DN_KEFF(m, DN_MR), m, j, DN_MR, 1);
     for (; m < M; m++)
-      if (!DN_SKIP(m, 1, j)) DN_FN(gemm_tile)(C, ldc, cs, A, lda, B, ldb, DN_KEFF(m, 1), m, j, 1, 1);
+      if (!DN_SKIP(m, 1, j))
+        DN_FN(gemm_tile)(C, ldc, cs, A, lda, B, ldb, DN_KEFF(m, 1), m, j, 1, 1);
   }
   for (; j < N; j++) {
     for (int64_t m = 0; m < M; m++) {
       if (DN_SKIP(m, 1, j)) continue;
       float acc = 0.0f;
-      for (int64_t kk = 0, ke = DN_KEFF(m, 1); kk < ke; kk++) acc += A[m * lda + kk] * B[kk * ldb + j];
+      for (int64_t kk = 0, ke = DN_KEFF(m, 1); kk < ke; kk++)
+        acc += A[m * lda + kk] * B[kk * ldb + j];
       C[m * ldc + j] = cs != 0.0f ? acc + C[m * ldc + j] * cs : acc;
     }
   }
@@ -730,7 +768,7 @@ DN_INLINE void DN_FN(gemm_nn)(float *C, int64_t ldc, float cs, const float *A, i
 // X[t] -= sum_{s<t} A[t][s] X[s] for t = 0..L-1 in order (forward substitution with the
 // unit lower-triangular I + A), X [L x n] with row stride ldx, A [L x L] stride lda.
 DN_INLINE void DN_FN(forward_subst)(float *X, int64_t ldx, const float *A, int64_t lda, int64_t L,
-                             int64_t n) {
+                                    int64_t n) {
   for (int64_t t = 1; t < L; t++) {
     float *xt = X + t * ldx;
     const float *at = A + t * lda;
@@ -784,10 +822,10 @@ DN_TARGET static void DN_FN(chunked_heads)(void *ctx, int64_t h0, int64_t h1, in
         for (int64_t i = 0; i < dk; i++) KT[i * Cm + t] = K[t * a->ldk + i];
 
       // Products with the incoming state first (S is overwritten at the end).
-      DN_FN(gemm_nn)(D, dv, 0.0f, K, a->ldk, S, dv, L, dv, dk, GEMM_FULL);  // D = K S0
-      DN_FN(gemm_nn)(O, a->ldo, 0.0f, Q, a->ldq, S, dv, L, dv, dk, GEMM_FULL); // O = Q S0
+      DN_FN(gemm_nn)(D, dv, 0.0f, K, a->ldk, S, dv, L, dv, dk, GEMM_FULL);       // D = K S0
+      DN_FN(gemm_nn)(O, a->ldo, 0.0f, Q, a->ldq, S, dv, L, dv, dk, GEMM_FULL);   // O = Q S0
       DN_FN(gemm_nn)(QK, Cm, 0.0f, Q, a->ldq, KT, Cm, L, L, dk, GEMM_LOWER_OUT); // Q K^T
-      DN_FN(gemm_nn)(A, Cm, 0.0f, K, a->ldk, KT, Cm, L, L, dk, GEMM_LOWER_OUT); // K K^T
+      DN_FN(gemm_nn)(A, Cm, 0.0f, K, a->ldk, KT, Cm, L, L, dk, GEMM_LOWER_OUT);  // K K^T
 
       for (int64_t t = 0; t < L; t++) {
         const float bt = beta[t * Hv];
@@ -812,7 +850,7 @@ DN_TARGET static void DN_FN(chunked_heads)(void *ctx, int64_t h0, int64_t h1, in
           ot[j] *= e;
         }
       }
-      DN_FN(forward_subst)(D, dv, A, Cm, L, dv);              // D = deltas (V')
+      DN_FN(forward_subst)(D, dv, A, Cm, L, dv);                              // D = deltas (V')
       DN_FN(gemm_nn)(O, a->ldo, 1.0f, QK, Cm, D, dv, L, dv, L, GEMM_LOWER_A); // O += (QK . Gam) D
 
       // S = e^{G_L} S0 + K^T diag(e^{G_L - G}) D
@@ -828,7 +866,6 @@ DN_TARGET static void DN_FN(chunked_heads)(void *ctx, int64_t h0, int64_t h1, in
     }
   }
 }
-
 
 #undef vf
 #undef vi

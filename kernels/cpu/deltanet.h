@@ -41,14 +41,14 @@ struct ferry_pool;
 //   K in [1, 16] (the model has 4).
 // y_c = sum_{r<K-1} w[c][r]*state[r][c] + w[c][K-1]*u_c, summed in that order in f32
 // (fused multiply-adds where the CPU has them); SiLU uses a vector exp good to a few ulp.
-void cpu_ssm_conv_step(float *y, float *state, const float *u, const float *w, int64_t C,
-                       int64_t K, int apply_silu);
+void cpu_ssm_conv_step(float *y, float *state, const float *u, const float *w, int64_t C, int64_t K,
+                       int apply_silu);
 // T tokens (prefill): the same as T calls of cpu_ssm_conv_step, bit for bit (on the same
 // kernel path, see cpu_delta_force).
 //   y [T x C] (must not overlap u), u [T x C], state as above (updated to the last K-1
 //   rows of [state, u_0..u_{T-1}]). T may be 0 (no-op).
-void cpu_ssm_conv_rows(float *y, float *state, const float *u, const float *w, int64_t T,
-                       int64_t C, int64_t K, int apply_silu);
+void cpu_ssm_conv_rows(float *y, float *state, const float *u, const float *w, int64_t T, int64_t C,
+                       int64_t K, int apply_silu);
 // The same with the channels split over the pool's workers (pool may be NULL); the
 // same bits as cpu_ssm_conv_rows.
 void cpu_ssm_conv_rows_mt(struct ferry_pool *pool, float *y, float *state, const float *u,
@@ -85,9 +85,9 @@ void cpu_delta_step(float *o, float *S, const float *q, const float *k, const fl
                     const float *beta, const float *decay, int64_t Hk, int64_t Hv, int64_t dk,
                     int64_t dv);
 // The same, with the v-heads split over the pool's workers (pool may be NULL: inline).
-void cpu_delta_step_mt(struct ferry_pool *pool, float *o, float *S, const float *q,
-                       const float *k, const float *v, const float *beta, const float *decay,
-                       int64_t Hk, int64_t Hv, int64_t dk, int64_t dv);
+void cpu_delta_step_mt(struct ferry_pool *pool, float *o, float *S, const float *q, const float *k,
+                       const float *v, const float *beta, const float *decay, int64_t Hk,
+                       int64_t Hv, int64_t dk, int64_t dv);
 
 // T tokens by the exact recurrence (the reference prefill): the same numbers as T calls
 // of cpu_delta_step, but each v-head runs all T tokens while its state is hot in cache,
@@ -95,10 +95,10 @@ void cpu_delta_step_mt(struct ferry_pool *pool, float *o, float *S, const float 
 //   o [T rows, stride ldo >= Hv*dv]; q [T, ldq >= Hk*dk]; k [T, ldk]; v [T, ldv >= Hv*dv]
 //   (strides let q, k, v be read in place from the conv output rows [q | k | v]);
 //   beta, decay [T x Hv]; S as above, updated to the state after token T-1.
-void cpu_delta_recurrent(struct ferry_pool *pool, float *o, int64_t ldo, float *S,
-                         const float *q, int64_t ldq, const float *k, int64_t ldk,
-                         const float *v, int64_t ldv, const float *beta, const float *decay,
-                         int64_t T, int64_t Hk, int64_t Hv, int64_t dk, int64_t dv);
+void cpu_delta_recurrent(struct ferry_pool *pool, float *o, int64_t ldo, float *S, const float *q,
+                         int64_t ldq, const float *k, int64_t ldk, const float *v, int64_t ldv,
+                         const float *beta, const float *decay, int64_t T, int64_t Hk, int64_t Hv,
+                         int64_t dk, int64_t dv);
 
 // T tokens by the chunked (WY) form of §5.7, chunks of `chunk` tokens (the tail chunk is
 // shorter); equal to cpu_delta_recurrent up to rounding (tests: < 1e-6 relative).
@@ -108,11 +108,10 @@ void cpu_delta_recurrent(struct ferry_pool *pool, float *o, int64_t ldo, float *
 // chunk in [1, 256]; 32 measured fastest on CPU (see cpu_delta_prefill). Allocates scratch
 // per call (~230 KiB per pool worker at dk = dv = 128, chunk 64).
 // Returns 0, or -ENOMEM (message set) if the scratch cannot be allocated.
-int cpu_delta_chunked(struct ferry_pool *pool, float *o, int64_t ldo, float *S,
-                      const float *q, int64_t ldq, const float *k, int64_t ldk,
-                      const float *v, int64_t ldv, const float *beta, const float *g,
-                      int64_t T, int64_t Hk, int64_t Hv, int64_t dk, int64_t dv,
-                      int64_t chunk);
+int cpu_delta_chunked(struct ferry_pool *pool, float *o, int64_t ldo, float *S, const float *q,
+                      int64_t ldq, const float *k, int64_t ldk, const float *v, int64_t ldv,
+                      const float *beta, const float *g, int64_t T, int64_t Hk, int64_t Hv,
+                      int64_t dk, int64_t dv, int64_t chunk);
 
 // Prefill by whichever form is faster for T: the chunked form with chunk
 // CPU_DELTA_CHUNK when T >= CPU_DELTA_CHUNK_MIN_T, else the recurrence (decays computed
@@ -120,12 +119,12 @@ int cpu_delta_chunked(struct ferry_pool *pool, float *o, int64_t ldo, float *S,
 // Measured (bench_deltanet, real shape, one thread, AMD EPYC with AVX-512): at T = 512
 // recurrent 16-19 ms, chunked C=32 12.5-14 ms (AVX2 path: 23 vs 21 ms); at T = 8 the
 // recurrence is faster (0.23 vs 0.31 ms). Returns 0 or -ENOMEM (message set).
-#define CPU_DELTA_CHUNK 32
+#define CPU_DELTA_CHUNK       32
 #define CPU_DELTA_CHUNK_MIN_T 16
-int cpu_delta_prefill(struct ferry_pool *pool, float *o, int64_t ldo, float *S,
-                      const float *q, int64_t ldq, const float *k, int64_t ldk,
-                      const float *v, int64_t ldv, const float *beta, const float *g,
-                      int64_t T, int64_t Hk, int64_t Hv, int64_t dk, int64_t dv);
+int cpu_delta_prefill(struct ferry_pool *pool, float *o, int64_t ldo, float *S, const float *q,
+                      int64_t ldq, const float *k, int64_t ldk, const float *v, int64_t ldv,
+                      const float *beta, const float *g, int64_t T, int64_t Hk, int64_t Hv,
+                      int64_t dk, int64_t dv);
 
 // ---- gated RMSNorm, §5.6 step 9 ----
 // y_h = RMSNorm_eps(o_h; w) * silu(z_h) for each of n_heads heads of d (one weight w[d]
@@ -135,9 +134,8 @@ void cpu_gated_rmsnorm_heads(float *y, const float *o, const float *z, const flo
                              int64_t n_heads, int64_t d, float eps);
 // The same with the heads split over the pool's workers (pool may be NULL); n_heads may
 // be T * Hv for T contiguous tokens.
-void cpu_gated_rmsnorm_heads_mt(struct ferry_pool *pool, float *y, const float *o,
-                                const float *z, const float *w, int64_t n_heads, int64_t d,
-                                float eps);
+void cpu_gated_rmsnorm_heads_mt(struct ferry_pool *pool, float *y, const float *o, const float *z,
+                                const float *w, int64_t n_heads, int64_t d, float eps);
 
 // Test/bench hook: force the vector kernels (conv, gated norm, recurrence) onto "base"
 // (portable C), "avx2" (AVX2+FMA) or "avx512" (AVX-512F), or back to "auto" (the best
@@ -153,13 +151,12 @@ int cpu_delta_force(const char *path);
 //       (the conv input order, = split attn_qkv output)
 //   z   [T x nv*dv] = [z_0..z_{nv-1}] (= split attn_gate output)
 // Outputs must not overlap p.
-void cpu_ssm_in_regroup(float *qkv, float *z, const float *p, int64_t T, int64_t nk,
-                        int64_t nv, int64_t dk, int64_t dv);
+void cpu_ssm_in_regroup(float *qkv, float *z, const float *p, int64_t T, int64_t nk, int64_t nv,
+                        int64_t dk, int64_t dv);
 // ssm_ba output for T tokens -> b, a.
 //   p [T x 2*nv]: nk groups of 2r, group g = [b_{g*r}..b_{g*r+r-1} | a_{g*r}..a_{g*r+r-1}]
 //   b, a [T x nv] in v-head order.
-void cpu_ssm_ba_regroup(float *b, float *a, const float *p, int64_t T, int64_t nk,
-                        int64_t nv);
+void cpu_ssm_ba_regroup(float *b, float *a, const float *p, int64_t T, int64_t nk, int64_t nv);
 
 #ifdef __cplusplus
 }

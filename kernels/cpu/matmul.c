@@ -48,7 +48,8 @@ static void dyn_task(void *vctx, int64_t b, int64_t e, int tid) {
   }
 }
 
-static void run_rows(struct ferry_pool *pool, int64_t nrows, size_t row_bytes, ferry_pool_fn body, void *ctx) {
+static void run_rows(struct ferry_pool *pool, int64_t nrows, size_t row_bytes, ferry_pool_fn body,
+                     void *ctx) {
   if (nrows <= 0) return;
   // About 8 chunks per worker (enough to even out a slow worker), none under 32 KiB.
   int64_t nw = ferry_pool_size(pool), chunk = (nrows + nw * 8 - 1) / (nw * 8);
@@ -80,10 +81,10 @@ struct mm_ctx {
   cpu_vec_dot_fn dot;
   cpu_vec_dot4_fn dot4; // NULL: no 4-activation kernel for this type/path
   const uint8_t *w;
-  size_t rb;     // weight row bytes
+  size_t rb; // weight row bytes
   int64_t n;
   const uint8_t *xq;
-  size_t xs;     // activation row stride (bytes)
+  size_t xs; // activation row stride (bytes)
   int64_t m;
   float *y;
   int64_t ldy;
@@ -132,7 +133,16 @@ void cpu_matmul(struct ferry_pool *pool, enum ferry_type t, const void *w, int64
     cpu_matvec(pool, t, w, nrows, n, xq, y);
     return;
   }
-  struct mm_ctx c = {cpu_vec_dot_get(t), cpu_vec_dot4_get(t), w, weight_row_bytes(t, n), n, xq, xq_stride, m, y, ldy};
+  struct mm_ctx c = {cpu_vec_dot_get(t),
+                     cpu_vec_dot4_get(t),
+                     w,
+                     weight_row_bytes(t, n),
+                     n,
+                     xq,
+                     xq_stride,
+                     m,
+                     y,
+                     ldy};
   run_rows(pool, nrows, c.rb, matmul_task, &c);
 }
 
@@ -142,10 +152,10 @@ void cpu_matmul(struct ferry_pool *pool, enum ferry_type t, const void *w, int64
 struct batch_ctx {
   _Atomic int64_t next;
   int n_jobs;
-  const int64_t *first;  // [n_jobs + 1] index of each job's first chunk
-  const int64_t *chunk;  // [n_jobs] rows per chunk
+  const int64_t *first;   // [n_jobs + 1] index of each job's first chunk
+  const int64_t *chunk;   // [n_jobs] rows per chunk
   const struct mm_ctx *c; // [n_jobs]
-  const int64_t *nrows;  // [n_jobs]
+  const int64_t *nrows;   // [n_jobs]
 };
 
 static void batch_task(void *vctx, int64_t b, int64_t e, int tid) {
@@ -157,14 +167,18 @@ static void batch_task(void *vctx, int64_t b, int64_t e, int tid) {
     int lo = 0, hi = d->n_jobs - 1; // the job whose chunk range holds k
     while (lo < hi) {
       int mid = (lo + hi + 1) / 2;
-      if (d->first[mid] <= k) lo = mid;
-      else hi = mid - 1;
+      if (d->first[mid] <= k)
+        lo = mid;
+      else
+        hi = mid - 1;
     }
     int64_t r0 = (k - d->first[lo]) * d->chunk[lo];
     int64_t r1 = r0 + d->chunk[lo] < d->nrows[lo] ? r0 + d->chunk[lo] : d->nrows[lo];
     const struct mm_ctx *c = &d->c[lo];
-    if (c->m == 1) matvec_task((void *)c, r0, r1, tid);
-    else matmul_task((void *)c, r0, r1, tid);
+    if (c->m == 1)
+      matvec_task((void *)c, r0, r1, tid);
+    else
+      matmul_task((void *)c, r0, r1, tid);
   }
 }
 
@@ -177,8 +191,16 @@ void cpu_matmul_batch(struct ferry_pool *pool, int n_jobs, const struct cpu_mm_j
   for (int j = 0; j < n_jobs; j++) {
     const struct cpu_mm_job *J = &jobs[j];
     size_t rb = weight_row_bytes(J->t, J->n);
-    c[j] = (struct mm_ctx){cpu_vec_dot_get(J->t), J->m > 1 ? cpu_vec_dot4_get(J->t) : NULL, J->w, rb, J->n, J->xq,
-                           J->xq_stride, J->m, J->y, J->ldy};
+    c[j] = (struct mm_ctx){cpu_vec_dot_get(J->t),
+                           J->m > 1 ? cpu_vec_dot4_get(J->t) : NULL,
+                           J->w,
+                           rb,
+                           J->n,
+                           J->xq,
+                           J->xq_stride,
+                           J->m,
+                           J->y,
+                           J->ldy};
     // the same chunking rule as run_rows, so a lone job splits as cpu_matmul would
     int64_t ch = (J->nrows + nw * 8 - 1) / (nw * 8);
     if (ch < row_grain(rb)) ch = row_grain(rb);
@@ -189,8 +211,10 @@ void cpu_matmul_batch(struct ferry_pool *pool, int n_jobs, const struct cpu_mm_j
   }
   first[n_jobs] = total;
   struct batch_ctx d = {0, n_jobs, first, chunk, c, nrows};
-  if (!pool || nw <= 1 || total <= 1) batch_task(&d, 0, 1, 0);
-  else ferry_pool_run(pool, nw < total ? nw : total, 1, batch_task, &d);
+  if (!pool || nw <= 1 || total <= 1)
+    batch_task(&d, 0, 1, 0);
+  else
+    ferry_pool_run(pool, nw < total ? nw : total, 1, batch_task, &d);
 }
 
 // ---------------------------------------------------------------- exact path
@@ -204,14 +228,19 @@ static double dot_f64_scalar(const float *a, const float *b, int64_t n) {
 }
 
 #if defined(__x86_64__)
-__attribute__((target("avx2,fma"))) static double dot_f64_avx2(const float *a, const float *b, int64_t n) {
+__attribute__((target("avx2,fma"))) static double dot_f64_avx2(const float *a, const float *b,
+                                                               int64_t n) {
   __m256d s0 = _mm256_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    s0 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(a + i)), _mm256_cvtps_pd(_mm_loadu_ps(b + i)), s0);
-    s1 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(a + i + 4)), _mm256_cvtps_pd(_mm_loadu_ps(b + i + 4)), s1);
-    s2 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(a + i + 8)), _mm256_cvtps_pd(_mm_loadu_ps(b + i + 8)), s2);
-    s3 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(a + i + 12)), _mm256_cvtps_pd(_mm_loadu_ps(b + i + 12)), s3);
+    s0 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(a + i)), _mm256_cvtps_pd(_mm_loadu_ps(b + i)),
+                         s0);
+    s1 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(a + i + 4)),
+                         _mm256_cvtps_pd(_mm_loadu_ps(b + i + 4)), s1);
+    s2 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(a + i + 8)),
+                         _mm256_cvtps_pd(_mm_loadu_ps(b + i + 8)), s2);
+    s3 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(a + i + 12)),
+                         _mm256_cvtps_pd(_mm_loadu_ps(b + i + 12)), s3);
   }
   __m256d s = _mm256_add_pd(_mm256_add_pd(s0, s1), _mm256_add_pd(s2, s3));
   __m128d h = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
@@ -260,7 +289,8 @@ static void exact_task(void *vctx, int64_t b, int64_t e, int tid) {
         cpu_dequant_row(c->t, wr, buf, c->n);
         wf = buf;
       }
-      for (int64_t i = 0; i < c->m; i++) c->y[i * c->ldy + r] = (float)c->dot(wf, c->x + i * c->ldx, c->n);
+      for (int64_t i = 0; i < c->m; i++)
+        c->y[i * c->ldy + r] = (float)c->dot(wf, c->x + i * c->ldx, c->n);
       continue;
     }
     // Long rows: piece by piece, carrying one double accumulator per activation of a tile.
@@ -277,14 +307,15 @@ static void exact_task(void *vctx, int64_t b, int64_t e, int tid) {
   }
 }
 
-void cpu_matmul_exact(struct ferry_pool *pool, enum ferry_type t, const void *w, int64_t nrows, int64_t n,
-                      const float *x, int64_t ldx, int64_t m, float *y, int64_t ldy) {
+void cpu_matmul_exact(struct ferry_pool *pool, enum ferry_type t, const void *w, int64_t nrows,
+                      int64_t n, const float *x, int64_t ldx, int64_t m, float *y, int64_t ldy) {
   if (m <= 0) return;
-  struct ex_ctx c = {t, ferry_type_info(t), pick_dot_f64(), w, weight_row_bytes(t, n), n, x, ldx, m, y, ldy};
+  struct ex_ctx c = {
+      t, ferry_type_info(t), pick_dot_f64(), w, weight_row_bytes(t, n), n, x, ldx, m, y, ldy};
   run_rows(pool, nrows, c.rb, exact_task, &c);
 }
 
-void cpu_matvec_exact(struct ferry_pool *pool, enum ferry_type t, const void *w, int64_t nrows, int64_t n,
-                      const float *x, float *y) {
+void cpu_matvec_exact(struct ferry_pool *pool, enum ferry_type t, const void *w, int64_t nrows,
+                      int64_t n, const float *x, float *y) {
   cpu_matmul_exact(pool, t, w, nrows, n, x, n, 1, y, 1);
 }

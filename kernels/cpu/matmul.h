@@ -17,12 +17,12 @@ extern "C" {
 #endif
 
 // y[r] = W[r] . xq for r in [0, nrows).
-void cpu_matvec(struct ferry_pool *pool, enum ferry_type t, const void *w, int64_t nrows,
-                int64_t n, const void *xq, float *y);
+void cpu_matvec(struct ferry_pool *pool, enum ferry_type t, const void *w, int64_t nrows, int64_t n,
+                const void *xq, float *y);
 // Y[i][r] = W[r] . X[i] for i in [0, m): X rows at xq + i*xq_stride (bytes), Y rows at
 // y + i*ldy (floats). Reads each weight row once per tile of activations.
-void cpu_matmul(struct ferry_pool *pool, enum ferry_type t, const void *w, int64_t nrows,
-                int64_t n, const void *xq, size_t xq_stride, int64_t m, float *y, int64_t ldy);
+void cpu_matmul(struct ferry_pool *pool, enum ferry_type t, const void *w, int64_t nrows, int64_t n,
+                const void *xq, size_t xq_stride, int64_t m, float *y, int64_t ldy);
 // Several fast-path products in one pool call (one barrier instead of one per product):
 // job j computes Y_j[i][r] = W_j[r] . X_j[i] like cpu_matmul. Each output row is
 // computed exactly as cpu_matmul would compute it for that job alone, so results do not

@@ -48,8 +48,8 @@ void cpu_rope_neox(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, i
   }
 }
 
-void cpu_rope_neox_rows(float *x, int64_t n_tok, int64_t n_heads, int64_t head_dim,
-                        int64_t n_rot, int64_t pos0, float freq_base) {
+void cpu_rope_neox_rows(float *x, int64_t n_tok, int64_t n_heads, int64_t head_dim, int64_t n_rot,
+                        int64_t pos0, float freq_base) {
   for (int64_t t = 0; t < n_tok; t++)
     cpu_rope_neox(x + t * n_heads * head_dim, n_heads, head_dim, n_rot, pos0 + t, freq_base);
 }
@@ -72,27 +72,27 @@ static void q8_0_quantize_block(const float *x, uint8_t *blk) {
 // Reads element e of a KV row (row points at the start of the position's row).
 static inline float kv_get(const void *row, enum ferry_type t, int64_t e) {
   switch (t) {
-  case FT_F32: return ((const float *)row)[e];
-  case FT_F16: return ferry_f16_to_f32(((const uint16_t *)row)[e]);
-  default: {
-    const uint8_t *blk = (const uint8_t *)row + e / Q8_0_BLCK * Q8_0_SIZE;
-    uint16_t dh;
-    memcpy(&dh, blk, 2);
-    return ferry_f16_to_f32(dh) * (float)(int8_t)blk[2 + e % Q8_0_BLCK];
-  }
+    case FT_F32: return ((const float *)row)[e];
+    case FT_F16: return ferry_f16_to_f32(((const uint16_t *)row)[e]);
+    default: {
+      const uint8_t *blk = (const uint8_t *)row + e / Q8_0_BLCK * Q8_0_SIZE;
+      uint16_t dh;
+      memcpy(&dh, blk, 2);
+      return ferry_f16_to_f32(dh) * (float)(int8_t)blk[2 + e % Q8_0_BLCK];
+    }
   }
 }
 
 static inline size_t kv_row_bytes(enum ferry_type t, int64_t elems) {
   switch (t) {
-  case FT_F32: return (size_t)elems * 4;
-  case FT_F16: return (size_t)elems * 2;
-  default: return (size_t)(elems / Q8_0_BLCK) * Q8_0_SIZE;
+    case FT_F32: return (size_t)elems * 4;
+    case FT_F16: return (size_t)elems * 2;
+    default: return (size_t)(elems / Q8_0_BLCK) * Q8_0_SIZE;
   }
 }
 
-int cpu_kv_store(void *cache, enum ferry_type kv_type, int64_t kv_row_stride_elems,
-                 int64_t pos0, int64_t n_tok, const float *src, int64_t n_elems) {
+int cpu_kv_store(void *cache, enum ferry_type kv_type, int64_t kv_row_stride_elems, int64_t pos0,
+                 int64_t n_tok, const float *src, int64_t n_elems) {
   if (kv_type != FT_F32 && kv_type != FT_F16 && kv_type != FT_Q8_0)
     return ferry_fail(-EINVAL, "kv_store: unsupported cache type %d", (int)kv_type);
   if (n_elems > kv_row_stride_elems || pos0 < 0 || n_tok < 0)
@@ -105,14 +105,14 @@ int cpu_kv_store(void *cache, enum ferry_type kv_type, int64_t kv_row_stride_ele
     uint8_t *row = (uint8_t *)cache + (size_t)(pos0 + t) * rb;
     const float *s = src + t * n_elems;
     switch (kv_type) {
-    case FT_F32: memcpy(row, s, (size_t)n_elems * 4); break;
-    case FT_F16:
-      for (int64_t e = 0; e < n_elems; e++) ((uint16_t *)row)[e] = ferry_f32_to_f16(s[e]);
-      break;
-    default:
-      for (int64_t b = 0; b < n_elems / Q8_0_BLCK; b++)
-        q8_0_quantize_block(s + b * Q8_0_BLCK, row + b * Q8_0_SIZE);
-      break;
+      case FT_F32: memcpy(row, s, (size_t)n_elems * 4); break;
+      case FT_F16:
+        for (int64_t e = 0; e < n_elems; e++) ((uint16_t *)row)[e] = ferry_f32_to_f16(s[e]);
+        break;
+      default:
+        for (int64_t b = 0; b < n_elems / Q8_0_BLCK; b++)
+          q8_0_quantize_block(s + b * Q8_0_BLCK, row + b * Q8_0_SIZE);
+        break;
     }
   }
   return 0;
@@ -145,7 +145,8 @@ static void attn_one_head(float *out, const float *qh, const void *kcache, const
     const float pw = expf(s - m);
     l += pw;
     const void *vrow = (const uint8_t *)vcache + (size_t)p * row_bytes;
-    for (int64_t d = 0; d < head_dim; d++) acc[d] += (double)pw * kv_get(vrow, t, kvh * head_dim + d);
+    for (int64_t d = 0; d < head_dim; d++)
+      acc[d] += (double)pw * kv_get(vrow, t, kvh * head_dim + d);
   }
   for (int64_t d = 0; d < head_dim; d++) out[d] = (float)(acc[d] / l);
 }
@@ -162,15 +163,14 @@ static void attn_rows(float *out, const float *q, const void *kcache, const void
   for (int64_t t = 0; t < n_tok; t++)
     for (int64_t h = 0; h < n_head; h++) {
       const int64_t off = (t * n_head + h) * head_dim;
-      attn_one_head(out + off, q + off, kcache, vcache, kv_type, pos0 + t + 1, h / group,
-                    head_dim, rb, scale, acc);
+      attn_one_head(out + off, q + off, kcache, vcache, kv_type, pos0 + t + 1, h / group, head_dim,
+                    rb, scale, acc);
     }
 }
 
 void cpu_attn_decode(float *out, const float *q, const void *kcache, const void *vcache,
-                     enum ferry_type kv_type, int64_t n_ctx_used, int64_t n_head,
-                     int64_t n_kv_head, int64_t head_dim, int64_t kv_row_stride_elems,
-                     float scale) {
+                     enum ferry_type kv_type, int64_t n_ctx_used, int64_t n_head, int64_t n_kv_head,
+                     int64_t head_dim, int64_t kv_row_stride_elems, float scale) {
   FERRY_ASSERT(n_ctx_used > 0);
   attn_rows(out, q, kcache, vcache, kv_type, 1, n_ctx_used - 1, n_head, n_kv_head, head_dim,
             kv_row_stride_elems, scale);
@@ -193,11 +193,10 @@ void cpu_swiglu(float *y, const float *g, const float *u, int64_t n) {
   }
 }
 
-int cpu_router_topk(const float *logits, int64_t n_expert, int64_t k, int *ids,
-                    float *weights) {
+int cpu_router_topk(const float *logits, int64_t n_expert, int64_t k, int *ids, float *weights) {
   if (k < 1 || k > n_expert)
-    return ferry_fail(-EINVAL, "router: top-k %lld out of range for %lld experts",
-                      (long long)k, (long long)n_expert);
+    return ferry_fail(-EINVAL, "router: top-k %lld out of range for %lld experts", (long long)k,
+                      (long long)n_expert);
   float mx = -INFINITY;
   for (int64_t e = 0; e < n_expert; e++) mx = fmaxf(mx, logits[e]);
   double sum = 0.0;
@@ -222,8 +221,8 @@ int cpu_router_topk(const float *logits, int64_t n_expert, int64_t k, int *ids,
   return 0;
 }
 
-int cpu_router_topk_rows(const float *logits, int64_t n_tok, int64_t n_expert, int64_t k,
-                         int *ids, float *weights) {
+int cpu_router_topk_rows(const float *logits, int64_t n_tok, int64_t n_expert, int64_t k, int *ids,
+                         float *weights) {
   for (int64_t t = 0; t < n_tok; t++) {
     int rc = cpu_router_topk(logits + t * n_expert, n_expert, k, ids + t * k, weights + t * k);
     if (rc) return rc;

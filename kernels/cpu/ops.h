@@ -36,8 +36,8 @@ void cpu_rmsnorm_heads(float *x, const float *w, int64_t n_heads, int64_t head_d
 void cpu_rope_neox(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, int64_t pos,
                    float freq_base);
 // n_tok rows of n_heads*head_dim (row t at x + t*n_heads*head_dim) at positions pos0 + t.
-void cpu_rope_neox_rows(float *x, int64_t n_tok, int64_t n_heads, int64_t head_dim,
-                        int64_t n_rot, int64_t pos0, float freq_base);
+void cpu_rope_neox_rows(float *x, int64_t n_tok, int64_t n_heads, int64_t head_dim, int64_t n_rot,
+                        int64_t pos0, float freq_base);
 
 // ---- KV cache ----
 // The cache of one layer is rows of kv_row_stride_elems elements, one row per position;
@@ -48,8 +48,8 @@ void cpu_rope_neox_rows(float *x, int64_t n_tok, int64_t n_heads, int64_t head_d
 // Stores n_tok rows of n_elems floats (src row t at src + t*n_elems) at positions pos0+t,
 // converting to kv_type (Q8_0: d = amax/127, q = round(x/d) as the reference quantizer).
 // Returns 0, or -EINVAL for an unsupported type or misaligned sizes.
-int cpu_kv_store(void *cache, enum ferry_type kv_type, int64_t kv_row_stride_elems,
-                 int64_t pos0, int64_t n_tok, const float *src, int64_t n_elems);
+int cpu_kv_store(void *cache, enum ferry_type kv_type, int64_t kv_row_stride_elems, int64_t pos0,
+                 int64_t n_tok, const float *src, int64_t n_elems);
 
 // ---- attention ----
 // Decode: one query (n_head heads of head_dim, q[n_head*head_dim]) against cached
@@ -58,9 +58,8 @@ int cpu_kv_store(void *cache, enum ferry_type kv_type, int64_t kv_row_stride_ele
 // sum_t p(t) v_t[d]. kv_type: FT_F32, FT_F16 or FT_Q8_0 (layout above). head_dim <= 1024.
 // One pass with an online softmax; allocates nothing.
 void cpu_attn_decode(float *out, const float *q, const void *kcache, const void *vcache,
-                     enum ferry_type kv_type, int64_t n_ctx_used, int64_t n_head,
-                     int64_t n_kv_head, int64_t head_dim, int64_t kv_row_stride_elems,
-                     float scale);
+                     enum ferry_type kv_type, int64_t n_ctx_used, int64_t n_head, int64_t n_kv_head,
+                     int64_t head_dim, int64_t kv_row_stride_elems, float scale);
 // Causal prefill: n_tok queries (row t at q + t*n_head*head_dim) at positions pos0+t;
 // query t attends to positions 0..pos0+t, which must already be in the cache.
 // out has the same layout as q.
@@ -76,11 +75,10 @@ void cpu_swiglu(float *y, const float *g, const float *u, int64_t n);
 // largest probabilities (ties -> lower index) into ids[0..k) in descending order, and
 // weights[i] = P[ids[i]] / max(sum_{j<k} P[ids[j]], 6.1035e-5).
 // Returns 0, or -EINVAL if k < 1 or k > n_expert.
-int cpu_router_topk(const float *logits, int64_t n_expert, int64_t k, int *ids,
-                    float *weights);
+int cpu_router_topk(const float *logits, int64_t n_expert, int64_t k, int *ids, float *weights);
 // n_tok tokens: logits row t at logits + t*n_expert; ids/weights row t at + t*k.
-int cpu_router_topk_rows(const float *logits, int64_t n_tok, int64_t n_expert, int64_t k,
-                         int *ids, float *weights);
+int cpu_router_topk_rows(const float *logits, int64_t n_tok, int64_t n_expert, int64_t k, int *ids,
+                         float *weights);
 
 // Grouped-expert product (MoE prefill): for group g in [0, n_group), the weight matrix
 // w[g] (nrows rows of n elements of type t, rows contiguous) multiplies the activation
@@ -92,9 +90,9 @@ void cpu_matmul_grouped(struct ferry_pool *pool, enum ferry_type t, const void *
                         const int32_t *rows, const int64_t *offs, float *y, int64_t ldy);
 
 // ---- elementwise ----
-void cpu_add(float *y, const float *a, const float *b, int64_t n);   // y = a + b (y may alias)
-void cpu_scale(float *y, const float *x, float s, int64_t n);        // y = s * x (y may == x)
-void cpu_axpy(float *y, const float *x, float s, int64_t n);         // y += s * x
+void cpu_add(float *y, const float *a, const float *b, int64_t n); // y = a + b (y may alias)
+void cpu_scale(float *y, const float *x, float s, int64_t n);      // y = s * x (y may == x)
+void cpu_axpy(float *y, const float *x, float s, int64_t n);       // y += s * x
 // y = x * sigmoid(g) (Qwen3-Next output gate); y may alias x or g.
 void cpu_sigmoid_mul(float *y, const float *x, const float *g, int64_t n);
 

@@ -103,11 +103,16 @@ const char *cpu_vec_dot_path(enum ferry_type t) {
 int cpu_vec_dot_force(const char *path) {
   pthread_once(&g_once, init_once);
   int level;
-  if (!strcmp(path, "scalar")) level = 0;
-  else if (!strcmp(path, "avx2")) level = have_avx2() ? 1 : -1;
-  else if (!strcmp(path, "avx512")) level = have_avx512() ? 2 : -1;
-  else if (!strcmp(path, "auto")) level = have_avx512() ? 2 : have_avx2() ? 1 : 0;
-  else level = -1;
+  if (!strcmp(path, "scalar"))
+    level = 0;
+  else if (!strcmp(path, "avx2"))
+    level = have_avx2() ? 1 : -1;
+  else if (!strcmp(path, "avx512"))
+    level = have_avx512() ? 2 : -1;
+  else if (!strcmp(path, "auto"))
+    level = have_avx512() ? 2 : have_avx2() ? 1 : 0;
+  else
+    level = -1;
   if (level < 0) return -1;
   build(level);
   return 0;

@@ -40,8 +40,11 @@ TGT static inline __m256i dot_u8s8(__m256i q, __m256i a, __m256i sc16) {
 // 128-element half (groups 8h..8h+7) in both 128-bit lanes; pair_pick(base, k) gives the
 // scale vector of its 32-element chunk k (lanes 0-7 group 2k, lanes 8-15 group 2k+1).
 static const uint8_t k_pair16[4][32] __attribute__((aligned(32))) = {
-#define P16(a, b) {a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, \
-                   b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1}
+#define P16(a, b)                                                                                \
+  {                                                                                              \
+    a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, b, b + 1, b, \
+        b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1                        \
+  }
     P16(0, 2), P16(4, 6), P16(8, 10), P16(12, 14)
 #undef P16
 };
@@ -80,22 +83,21 @@ TGT static inline __m256 ld_bf16(const uint16_t *p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
 }
 
-#define FLOAT16_DOT(NAME, LD, CVT)                                                        \
-  TGT static float NAME(int64_t n, const void *w, const void *xq) {                       \
-    const uint16_t *a = w, *b = xq;                                                       \
-    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;                           \
-    int64_t i = 0;                                                                        \
-    for (; i + 32 <= n; i += 32) {                                                        \
-      s0 = _mm256_fmadd_ps(LD(a + i), LD(b + i), s0);                                     \
-      s1 = _mm256_fmadd_ps(LD(a + i + 8), LD(b + i + 8), s1);                             \
-      s2 = _mm256_fmadd_ps(LD(a + i + 16), LD(b + i + 16), s2);                           \
-      s3 = _mm256_fmadd_ps(LD(a + i + 24), LD(b + i + 24), s3);                           \
-    }                                                                                     \
-    float s = hsum_ps(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));       \
-    for (; i < n; i++) s += CVT(a[i]) * CVT(b[i]);                                        \
-    return s;                                                                             \
+#define FLOAT16_DOT(NAME, LD, CVT)                                                  \
+  TGT static float NAME(int64_t n, const void *w, const void *xq) {                 \
+    const uint16_t *a = w, *b = xq;                                                 \
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;                     \
+    int64_t i = 0;                                                                  \
+    for (; i + 32 <= n; i += 32) {                                                  \
+      s0 = _mm256_fmadd_ps(LD(a + i), LD(b + i), s0);                               \
+      s1 = _mm256_fmadd_ps(LD(a + i + 8), LD(b + i + 8), s1);                       \
+      s2 = _mm256_fmadd_ps(LD(a + i + 16), LD(b + i + 16), s2);                     \
+      s3 = _mm256_fmadd_ps(LD(a + i + 24), LD(b + i + 24), s3);                     \
+    }                                                                               \
+    float s = hsum_ps(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3))); \
+    for (; i < n; i++) s += CVT(a[i]) * CVT(b[i]);                                  \
+    return s;                                                                       \
   }
-
 
 FLOAT16_DOT(dot_f16_avx2, ld_f16, h2f)
 FLOAT16_DOT(dot_bf16_avx2, ld_bf16, ferry_bf16_to_f32)
@@ -158,11 +160,15 @@ TGT static inline __m128i k4_scales_mins(const uint8_t s[12]) {
 
 // pshufb indices broadcasting int16 lane k of each 128-bit half.
 static const uint8_t k_bcast16[8][32] __attribute__((aligned(32))) = {
-#define B16(k) {2 * k, 2 * k + 1, 2 * k, 2 * k + 1, 2 * k, 2 * k + 1, 2 * k, 2 * k + 1, 2 * k, 2 * k + 1, \
-                 2 * k, 2 * k + 1, 2 * k, 2 * k + 1, 2 * k, 2 * k + 1, 2 * k, 2 * k + 1, 2 * k, 2 * k + 1, \
-                 2 * k, 2 * k + 1, 2 * k, 2 * k + 1, 2 * k, 2 * k + 1, 2 * k, 2 * k + 1, 2 * k, 2 * k + 1, \
-                 2 * k, 2 * k + 1}
-    B16(0), B16(1), B16(2), B16(3), B16(4), B16(5), B16(6), B16(7)
+#define B16(k)                                                                                    \
+  {                                                                                               \
+    2 * k, 2 * k + 1, 2 * k, 2 * k + 1, 2 * k, 2 * k + 1, 2 * k, 2 * k + 1, 2 * k, 2 * k + 1,     \
+        2 * k, 2 * k + 1, 2 * k, 2 * k + 1, 2 * k, 2 * k + 1, 2 * k, 2 * k + 1, 2 * k, 2 * k + 1, \
+        2 * k, 2 * k + 1, 2 * k, 2 * k + 1, 2 * k, 2 * k + 1, 2 * k, 2 * k + 1, 2 * k, 2 * k + 1, \
+        2 * k, 2 * k + 1                                                                          \
+  }
+    B16(0), B16(1), B16(2), B16(3), B16(4),
+    B16(5), B16(6), B16(7)
 #undef B16
 };
 
@@ -199,14 +205,16 @@ TGT static float dot_q4_K_avx2(int64_t n, const void *w, const void *xq) {
     for (int c = 0; c < 4; c++) {
       __m256i q = _mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * c));
       __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-      v = _mm256_add_epi32(v, dot_u8s8(lo, _mm256_loadu_si256((const __m256i *)(b[i].qs + 64 * c)), bcast16(S, 2 * c)));
-      v = _mm256_add_epi32(v, dot_u8s8(hi, _mm256_loadu_si256((const __m256i *)(b[i].qs + 64 * c + 32)),
-                                       bcast16(S, 2 * c + 1)));
+      v = _mm256_add_epi32(v, dot_u8s8(lo, _mm256_loadu_si256((const __m256i *)(b[i].qs + 64 * c)),
+                                       bcast16(S, 2 * c)));
+      v = _mm256_add_epi32(
+          v, dot_u8s8(hi, _mm256_loadu_si256((const __m256i *)(b[i].qs + 64 * c + 32)),
+                      bcast16(S, 2 * c + 1)));
     }
     __m128 dd = k4_dd(&a[i].d, b[i].d);
     acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd), _mm256_cvtepi32_ps(v), acc);
-    accm = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)), _mm256_cvtepi32_ps(k4_mins(scm, b[i].bsums)),
-                           accm);
+    accm = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)),
+                           _mm256_cvtepi32_ps(k4_mins(scm, b[i].bsums)), accm);
   }
   return hsum_ps(_mm256_sub_ps(acc, accm));
 }
@@ -224,19 +232,22 @@ TGT static float dot_q5_K_avx2(int64_t n, const void *w, const void *xq) {
 #pragma GCC unroll 4
     for (int c = 0; c < 4; c++) {
       __m256i q = _mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * c));
-      __m256i bl = _mm256_set1_epi8((char)(1 << (2 * c))), bh = _mm256_set1_epi8((char)(1 << (2 * c + 1)));
+      __m256i bl = _mm256_set1_epi8((char)(1 << (2 * c))),
+              bh = _mm256_set1_epi8((char)(1 << (2 * c + 1)));
       __m256i hl = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bl), bl), b4);
       __m256i hh = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bh), bh), b4);
       __m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4), hl);
       __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), hh);
-      v = _mm256_add_epi32(v, dot_u8s8(lo, _mm256_loadu_si256((const __m256i *)(b[i].qs + 64 * c)), bcast16(S, 2 * c)));
-      v = _mm256_add_epi32(v, dot_u8s8(hi, _mm256_loadu_si256((const __m256i *)(b[i].qs + 64 * c + 32)),
-                                       bcast16(S, 2 * c + 1)));
+      v = _mm256_add_epi32(v, dot_u8s8(lo, _mm256_loadu_si256((const __m256i *)(b[i].qs + 64 * c)),
+                                       bcast16(S, 2 * c)));
+      v = _mm256_add_epi32(
+          v, dot_u8s8(hi, _mm256_loadu_si256((const __m256i *)(b[i].qs + 64 * c + 32)),
+                      bcast16(S, 2 * c + 1)));
     }
     __m128 dd = k4_dd(&a[i].d, b[i].d);
     acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd), _mm256_cvtepi32_ps(v), acc);
-    accm = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)), _mm256_cvtepi32_ps(k4_mins(scm, b[i].bsums)),
-                           accm);
+    accm = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)),
+                           _mm256_cvtepi32_ps(k4_mins(scm, b[i].bsums)), accm);
   }
   return hsum_ps(_mm256_sub_ps(acc, accm));
 }
@@ -254,20 +265,28 @@ TGT static float dot_q6_K_avx2(int64_t n, const void *w, const void *xq) {
       __m256i ql0 = _mm256_loadu_si256((const __m256i *)(a[i].ql + 64 * h));
       __m256i ql1 = _mm256_loadu_si256((const __m256i *)(a[i].ql + 64 * h + 32));
       __m256i qh = _mm256_loadu_si256((const __m256i *)(a[i].qh + 32 * h));
-      __m256i q0 = _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
-      __m256i q1 = _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
-      __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m30));
+      __m256i q0 = _mm256_or_si256(_mm256_and_si256(ql0, m4),
+                                   _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
+      __m256i q1 = _mm256_or_si256(_mm256_and_si256(ql1, m4),
+                                   _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
+      __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                                   _mm256_and_si256(qh, m30));
       __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
                                    _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
       const int8_t *x = b[i].qs + 128 * h;
       __m256i base = pair_base(sc8, h);
-      v = _mm256_add_epi32(v, dot_u8s8(q0, _mm256_loadu_si256((const __m256i *)x), pair_pick(base, 0)));
-      v = _mm256_add_epi32(v, dot_u8s8(q1, _mm256_loadu_si256((const __m256i *)(x + 32)), pair_pick(base, 1)));
-      v = _mm256_add_epi32(v, dot_u8s8(q2, _mm256_loadu_si256((const __m256i *)(x + 64)), pair_pick(base, 2)));
-      v = _mm256_add_epi32(v, dot_u8s8(q3, _mm256_loadu_si256((const __m256i *)(x + 96)), pair_pick(base, 3)));
+      v = _mm256_add_epi32(
+          v, dot_u8s8(q0, _mm256_loadu_si256((const __m256i *)x), pair_pick(base, 0)));
+      v = _mm256_add_epi32(
+          v, dot_u8s8(q1, _mm256_loadu_si256((const __m256i *)(x + 32)), pair_pick(base, 1)));
+      v = _mm256_add_epi32(
+          v, dot_u8s8(q2, _mm256_loadu_si256((const __m256i *)(x + 64)), pair_pick(base, 2)));
+      v = _mm256_add_epi32(
+          v, dot_u8s8(q3, _mm256_loadu_si256((const __m256i *)(x + 96)), pair_pick(base, 3)));
     }
     // The stored quants are q+32: remove 32·Σ_g sc_g·Σ_{p∈g} x_p using the bsums.
-    __m256i off = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)b[i].bsums), _mm256_cvtepi8_epi16(sc8));
+    __m256i off = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)b[i].bsums),
+                                    _mm256_cvtepi8_epi16(sc8));
     v = _mm256_sub_epi32(v, _mm256_slli_epi32(off, 5));
     acc = _mm256_fmadd_ps(_mm256_set1_ps(b[i].d * h2f(a[i].d)), _mm256_cvtepi32_ps(v), acc);
   }
@@ -281,7 +300,8 @@ TGT static inline __m128i q3_scales(const uint8_t s[12]) {
   memcpy(&a0, s, 4), memcpy(&a1, s + 4, 4), memcpy(&a2, s + 8, 4);
   const uint32_t m4 = 0x0F0F0F0Fu, m2 = 0x03030303u;
   uint32_t w0 = (a0 & m4) | ((a2 & m2) << 4), w1 = (a1 & m4) | (((a2 >> 2) & m2) << 4);
-  uint32_t w2 = ((a0 >> 4) & m4) | (((a2 >> 4) & m2) << 4), w3 = ((a1 >> 4) & m4) | (((a2 >> 6) & m2) << 4);
+  uint32_t w2 = ((a0 >> 4) & m4) | (((a2 >> 4) & m2) << 4),
+           w3 = ((a1 >> 4) & m4) | (((a2 >> 6) & m2) << 4);
   return _mm_sub_epi8(_mm_set_epi32((int)w3, (int)w2, (int)w1, (int)w0), _mm_set1_epi8(32));
 }
 
@@ -299,7 +319,8 @@ TGT static float dot_q3_K_avx2(int64_t n, const void *w, const void *xq) {
       __m256i q = _mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * h));
       __m256i base = pair_base(sc8, h);
       // The four 2-bit planes of q, lowest first (constant shifts).
-      __m256i planes[4] = {q, _mm256_srli_epi16(q, 2), _mm256_srli_epi16(q, 4), _mm256_srli_epi16(q, 6)};
+      __m256i planes[4] = {q, _mm256_srli_epi16(q, 2), _mm256_srli_epi16(q, 4),
+                           _mm256_srli_epi16(q, 6)};
 #pragma GCC unroll 4
       for (int j = 0; j < 4; j++) {
         int sb = 4 * h + j;
@@ -311,7 +332,8 @@ TGT static float dot_q3_K_avx2(int64_t n, const void *w, const void *xq) {
       }
     }
     // Stored levels are q+4: remove 4·Σ_g sc_g·bsums_g.
-    __m256i off = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)b[i].bsums), _mm256_cvtepi8_epi16(sc8));
+    __m256i off = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)b[i].bsums),
+                                    _mm256_cvtepi8_epi16(sc8));
     v = _mm256_sub_epi32(v, _mm256_slli_epi32(off, 2));
     int sumi = hsum_epi32(v);
     s += b[i].d * h2f(a[i].d) * (float)sumi;
@@ -332,7 +354,8 @@ TGT static float dot_q2_K_avx2(int64_t n, const void *w, const void *xq) {
     for (int h = 0; h < 2; h++) {
       __m256i q = _mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * h));
       __m256i base = pair_base(sc4, h);
-      __m256i planes[4] = {q, _mm256_srli_epi16(q, 2), _mm256_srli_epi16(q, 4), _mm256_srli_epi16(q, 6)};
+      __m256i planes[4] = {q, _mm256_srli_epi16(q, 2), _mm256_srli_epi16(q, 4),
+                           _mm256_srli_epi16(q, 6)};
 #pragma GCC unroll 4
       for (int j = 0; j < 4; j++) {
         int sb = 4 * h + j;
@@ -373,8 +396,10 @@ TGT static void dot4_q4_K_avx2(int64_t n, const void *w, const void *xq, size_t 
       __m256i s0 = bcast16(S, 2 * c), s1 = bcast16(S, 2 * c + 1);
 #pragma GCC unroll 4
       for (int k = 0; k < 4; k++) {
-        v[k] = _mm256_add_epi32(v[k], dot_u8s8(lo, _mm256_loadu_si256((const __m256i *)(b[k]->qs + 64 * c)), s0));
-        v[k] = _mm256_add_epi32(v[k], dot_u8s8(hi, _mm256_loadu_si256((const __m256i *)(b[k]->qs + 64 * c + 32)), s1));
+        v[k] = _mm256_add_epi32(
+            v[k], dot_u8s8(lo, _mm256_loadu_si256((const __m256i *)(b[k]->qs + 64 * c)), s0));
+        v[k] = _mm256_add_epi32(
+            v[k], dot_u8s8(hi, _mm256_loadu_si256((const __m256i *)(b[k]->qs + 64 * c + 32)), s1));
       }
     }
 #pragma GCC unroll 4
@@ -413,14 +438,17 @@ TGT static void dot4_q6_K_avx2(int64_t n, const void *w, const void *xq, size_t 
         __m256i lo4 = j & 1 ? ql1 : ql0;
         if (j >= 2) lo4 = _mm256_srli_epi16(lo4, 4);
         // qh bits 2j..2j+1 moved to bits 4..5: shift left 4, 2, 0 or right 2.
-        __m256i hb = j == 0 ? _mm256_slli_epi16(qh, 4) : j == 1 ? _mm256_slli_epi16(qh, 2)
-                   : j == 2 ? qh : _mm256_srli_epi16(qh, 2);
+        __m256i hb = j == 0   ? _mm256_slli_epi16(qh, 4)
+                     : j == 1 ? _mm256_slli_epi16(qh, 2)
+                     : j == 2 ? qh
+                              : _mm256_srli_epi16(qh, 2);
         __m256i q = _mm256_or_si256(_mm256_and_si256(lo4, m4), _mm256_and_si256(hb, m30));
         __m256i sj = pair_pick(base, j);
 #pragma GCC unroll 4
         for (int k = 0; k < 4; k++)
           v[k] = _mm256_add_epi32(
-              v[k], dot_u8s8(q, _mm256_loadu_si256((const __m256i *)(b[k]->qs + 128 * h + 32 * j)), sj));
+              v[k],
+              dot_u8s8(q, _mm256_loadu_si256((const __m256i *)(b[k]->qs + 128 * h + 32 * j)), sj));
       }
     }
     __m256i sc16 = _mm256_cvtepi8_epi16(sc8);

@@ -123,31 +123,31 @@ void cpu_dequant_row(enum ferry_type t, const void *src, float *dst, int64_t n) 
   FERRY_ASSERT(ti && n >= 0 && n % ti->blck == 0);
   int64_t nb = n / ti->blck;
   switch (t) {
-  case FT_F32: memcpy(dst, src, (size_t)n * 4); break;
-  case FT_F16: {
-    const uint16_t *s = src;
-    for (int64_t i = 0; i < n; i++) dst[i] = h2f(s[i]);
-    break;
-  }
-  case FT_BF16: {
-    const uint16_t *s = src;
-    for (int64_t i = 0; i < n; i++) dst[i] = ferry_bf16_to_f32(s[i]);
-    break;
-  }
-  case FT_Q8_0: dequant_q8_0(src, dst, nb); break;
-  case FT_Q4_0: dequant_q4_0(src, dst, nb); break;
-  case FT_Q2_K: dequant_q2_K(src, dst, nb); break;
-  case FT_Q3_K: dequant_q3_K(src, dst, nb); break;
-  case FT_Q4_K: dequant_q4_K(src, dst, nb); break;
-  case FT_Q5_K: dequant_q5_K(src, dst, nb); break;
-  case FT_Q6_K: dequant_q6_K(src, dst, nb); break;
-  case FT_Q8_K: {
-    const block_q8_K *b = src;
-    for (int64_t i = 0; i < nb; i++)
-      for (int p = 0; p < QK; p++) dst[i * QK + p] = b[i].d * b[i].qs[p];
-    break;
-  }
-  default: FERRY_ASSERT(!"cpu_dequant_row: unsupported type");
+    case FT_F32: memcpy(dst, src, (size_t)n * 4); break;
+    case FT_F16: {
+      const uint16_t *s = src;
+      for (int64_t i = 0; i < n; i++) dst[i] = h2f(s[i]);
+      break;
+    }
+    case FT_BF16: {
+      const uint16_t *s = src;
+      for (int64_t i = 0; i < n; i++) dst[i] = ferry_bf16_to_f32(s[i]);
+      break;
+    }
+    case FT_Q8_0: dequant_q8_0(src, dst, nb); break;
+    case FT_Q4_0: dequant_q4_0(src, dst, nb); break;
+    case FT_Q2_K: dequant_q2_K(src, dst, nb); break;
+    case FT_Q3_K: dequant_q3_K(src, dst, nb); break;
+    case FT_Q4_K: dequant_q4_K(src, dst, nb); break;
+    case FT_Q5_K: dequant_q5_K(src, dst, nb); break;
+    case FT_Q6_K: dequant_q6_K(src, dst, nb); break;
+    case FT_Q8_K: {
+      const block_q8_K *b = src;
+      for (int64_t i = 0; i < nb; i++)
+        for (int p = 0; p < QK; p++) dst[i * QK + p] = b[i].d * b[i].qs[p];
+      break;
+    }
+    default: FERRY_ASSERT(!"cpu_dequant_row: unsupported type");
   }
 }
 
@@ -333,8 +333,10 @@ static void quant_q3_K(const float *x, block_q3_K *b, int64_t nb) {
     float is = amax_s > QEPS ? -32 / max_s : 0;
     for (int g = 0; g < 16; g++) {
       int v = clampi(nearest_int(is * scales[g]), -32, 31) + 32;
-      if (g < 8) b[i].scales[g] |= (uint8_t)(v & 15);
-      else b[i].scales[g - 8] |= (uint8_t)((v & 15) << 4);
+      if (g < 8)
+        b[i].scales[g] |= (uint8_t)(v & 15);
+      else
+        b[i].scales[g - 8] |= (uint8_t)((v & 15) << 4);
       b[i].scales[8 + g % 4] |= (uint8_t)((v >> 4) << (2 * (g / 4)));
     }
     b[i].d = f2h(is ? 1 / is : 0);
@@ -367,8 +369,9 @@ static void quant_k4(const float *x, uint16_t *dd, uint16_t *ddmin, uint8_t s[12
     float av = sqrtf(sx2 / 32);
     // Weight large-magnitude elements more, but never ignore small ones.
     for (int l = 0; l < 32; l++) w[l] = av + fabsf(xs[l]);
-    scales[j] = nmax == 15 ? fit_scale_min(32, nmax, xs, w, L + 32 * j, &mins[j], -1.f, 0.1f, 20, 0)
-                           : fit_scale_min(32, nmax, xs, w, L + 32 * j, &mins[j], -0.5f, 0.1f, 15, 0);
+    scales[j] = nmax == 15
+                    ? fit_scale_min(32, nmax, xs, w, L + 32 * j, &mins[j], -1.f, 0.1f, 20, 0)
+                    : fit_scale_min(32, nmax, xs, w, L + 32 * j, &mins[j], -0.5f, 0.1f, 15, 0);
     if (scales[j] > max_s) max_s = scales[j];
     if (mins[j] > max_m) max_m = mins[j];
   }
@@ -425,7 +428,8 @@ static void quant_q6_K(const float *x, block_q6_K *b, int64_t nb) {
       if (fabsf(scales[g]) > amax_s) amax_s = fabsf(scales[g]), max_s = scales[g];
     }
     float is = amax_s > QEPS ? -128 / max_s : 0;
-    for (int g = 0; g < 16; g++) b[i].scales[g] = (int8_t)clampi(nearest_int(is * scales[g]), -128, 127);
+    for (int g = 0; g < 16; g++)
+      b[i].scales[g] = (int8_t)clampi(nearest_int(is * scales[g]), -128, 127);
     b[i].d = f2h(is ? 1 / is : 0);
     float d = h2f(b[i].d);
     for (int g = 0; g < 16; g++) {
@@ -437,8 +441,10 @@ static void quant_q6_K(const float *x, block_q6_K *b, int64_t nb) {
     for (int p = 0; p < QK; p++) {
       int h = p / 128, r = p % 128, g = r / 32, l = r % 32;
       uint8_t *ql = &b[i].ql[64 * h + 32 * (g & 1) + l];
-      if (g < 2) *ql = (uint8_t)(L[p] & 15);
-      else *ql |= (uint8_t)((L[p] & 15) << 4);
+      if (g < 2)
+        *ql = (uint8_t)(L[p] & 15);
+      else
+        *ql |= (uint8_t)((L[p] & 15) << 4);
       b[i].qh[32 * h + l] |= (uint8_t)((L[p] >> 4) << (2 * g));
     }
   }
@@ -486,47 +492,60 @@ void cpu_quantize_row(enum ferry_type t, const float *src, void *dst, int64_t n)
   FERRY_ASSERT(ti && n >= 0 && n % ti->blck == 0);
   int64_t nb = n / ti->blck;
   switch (t) {
-  case FT_F32: memcpy(dst, src, (size_t)n * 4); break;
-  case FT_F16: {
-    uint16_t *d = dst;
-    for (int64_t i = 0; i < n; i++) d[i] = f2h(src[i]);
-    break;
-  }
-  case FT_BF16: {
-    uint16_t *d = dst;
-    for (int64_t i = 0; i < n; i++) d[i] = ferry_f32_to_bf16(src[i]);
-    break;
-  }
-  case FT_Q8_0: quant_q8_0(src, dst, nb); break;
-  case FT_Q4_0: quant_q4_0(src, dst, nb); break;
-  case FT_Q2_K: quant_q2_K(src, dst, nb); break;
-  case FT_Q3_K: quant_q3_K(src, dst, nb); break;
-  case FT_Q4_K: quant_q4_K(src, dst, nb); break;
-  case FT_Q5_K: quant_q5_K(src, dst, nb); break;
-  case FT_Q6_K: quant_q6_K(src, dst, nb); break;
-  case FT_Q8_K: quant_q8_K(src, dst, nb); break;
-  default: FERRY_ASSERT(!"cpu_quantize_row: unsupported type");
+    case FT_F32: memcpy(dst, src, (size_t)n * 4); break;
+    case FT_F16: {
+      uint16_t *d = dst;
+      for (int64_t i = 0; i < n; i++) d[i] = f2h(src[i]);
+      break;
+    }
+    case FT_BF16: {
+      uint16_t *d = dst;
+      for (int64_t i = 0; i < n; i++) d[i] = ferry_f32_to_bf16(src[i]);
+      break;
+    }
+    case FT_Q8_0: quant_q8_0(src, dst, nb); break;
+    case FT_Q4_0: quant_q4_0(src, dst, nb); break;
+    case FT_Q2_K: quant_q2_K(src, dst, nb); break;
+    case FT_Q3_K: quant_q3_K(src, dst, nb); break;
+    case FT_Q4_K: quant_q4_K(src, dst, nb); break;
+    case FT_Q5_K: quant_q5_K(src, dst, nb); break;
+    case FT_Q6_K: quant_q6_K(src, dst, nb); break;
+    case FT_Q8_K: quant_q8_K(src, dst, nb); break;
+    default: FERRY_ASSERT(!"cpu_quantize_row: unsupported type");
   }
 }
 
 enum ferry_type cpu_vec_dot_type(enum ferry_type t) {
   switch (t) {
-  case FT_Q2_K: case FT_Q3_K: case FT_Q4_K: case FT_Q5_K: case FT_Q6_K: return FT_Q8_K;
-  case FT_Q8_0: case FT_Q4_0: return FT_Q8_0;
-  case FT_F16: return FT_F16;
-  case FT_BF16: return FT_BF16;
-  case FT_F32: return FT_F32;
-  default: FERRY_ASSERT(!"cpu_vec_dot_type: unsupported weight type");
+    case FT_Q2_K:
+    case FT_Q3_K:
+    case FT_Q4_K:
+    case FT_Q5_K:
+    case FT_Q6_K: return FT_Q8_K;
+    case FT_Q8_0:
+    case FT_Q4_0: return FT_Q8_0;
+    case FT_F16: return FT_F16;
+    case FT_BF16: return FT_BF16;
+    case FT_F32: return FT_F32;
+    default: FERRY_ASSERT(!"cpu_vec_dot_type: unsupported weight type");
   }
   return FT_F32;
 }
 
 void cpu_quantize_act(enum ferry_type vt, const float *x, void *dst, int64_t n) {
   switch (vt) {
-  case FT_Q8_K: FERRY_ASSERT(n % QK == 0); quant_q8_K(x, dst, n / QK); break;
-  case FT_Q8_0: FERRY_ASSERT(n % 32 == 0); quant_act_q8_0(x, dst, n / 32); break;
-  case FT_F16: case FT_BF16: case FT_F32: cpu_quantize_row(vt, x, dst, n); break;
-  default: FERRY_ASSERT(!"cpu_quantize_act: not an activation type");
+    case FT_Q8_K:
+      FERRY_ASSERT(n % QK == 0);
+      quant_q8_K(x, dst, n / QK);
+      break;
+    case FT_Q8_0:
+      FERRY_ASSERT(n % 32 == 0);
+      quant_act_q8_0(x, dst, n / 32);
+      break;
+    case FT_F16:
+    case FT_BF16:
+    case FT_F32: cpu_quantize_row(vt, x, dst, n); break;
+    default: FERRY_ASSERT(!"cpu_quantize_act: not an activation type");
   }
 }
 
@@ -609,7 +628,8 @@ static float dot_q3_K(int64_t n, const void *w, const void *xq) {
       int sg = 0;
       for (int l = 0; l < 16; l++) {
         int p = 16 * g + l, h = p / 128, j = (p % 128) / 32, ll = p % 32;
-        int q = ((a[i].qs[32 * h + ll] >> (2 * j)) & 3) - (((a[i].hmask[ll] >> (p / 32)) & 1) ? 0 : 4);
+        int q =
+            ((a[i].qs[32 * h + ll] >> (2 * j)) & 3) - (((a[i].hmask[ll] >> (p / 32)) & 1) ? 0 : 4);
         sg += q * b[i].qs[p];
       }
       sumi += sc[g] * sg;

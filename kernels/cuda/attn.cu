@@ -85,8 +85,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
 
 int attn_launch(float *out, const float *q, const void *kcache, const void *vcache,
                 enum ferry_type kv_type, int64_t n_tok, int64_t pos0, int64_t n_head,
-                int64_t n_kv_head, int64_t head_dim, int64_t stride, float scale,
-                cudaStream_t s) {
+                int64_t n_kv_head, int64_t head_dim, int64_t stride, float scale, cudaStream_t s) {
   if (n_head <= 0 || n_kv_head <= 0 || n_head % n_kv_head || head_dim <= 0 ||
       head_dim > ATT_MAX_DPL * 32 || pos0 < 0 || n_tok < 0 || n_head > 65535 * 4)
     return ferry_fail(-EINVAL, "cuda attention: bad shape (heads %lld/%lld, head_dim %lld)",
@@ -100,19 +99,28 @@ int attn_launch(float *out, const float *q, const void *kcache, const void *vcac
   const int64_t group = n_head / n_kv_head;
   const uint8_t *kc = (const uint8_t *)kcache, *vc = (const uint8_t *)vcache;
   const bool wide = n_tok == 1 && pos0 >= 512;
-#define ATT_LAUNCH(KV, W)                                                                 \
+#define ATT_LAUNCH(KV, W) \
   k_attn<KV, W><<<grid, W * 32, 0, s>>>(out, q, kc, vc, pos0, n_head, group, head_dim, rb, scale)
   switch (kv_type) {
-  case FT_F32:
-    if (wide) ATT_LAUNCH(FT_F32, 16); else ATT_LAUNCH(FT_F32, 4);
-    break;
-  case FT_F16:
-    if (wide) ATT_LAUNCH(FT_F16, 16); else ATT_LAUNCH(FT_F16, 4);
-    break;
-  case FT_Q8_0:
-    if (wide) ATT_LAUNCH(FT_Q8_0, 16); else ATT_LAUNCH(FT_Q8_0, 4);
-    break;
-  default: return ferry_fail(-EINVAL, "cuda attention: KV type %d not supported", (int)kv_type);
+    case FT_F32:
+      if (wide)
+        ATT_LAUNCH(FT_F32, 16);
+      else
+        ATT_LAUNCH(FT_F32, 4);
+      break;
+    case FT_F16:
+      if (wide)
+        ATT_LAUNCH(FT_F16, 16);
+      else
+        ATT_LAUNCH(FT_F16, 4);
+      break;
+    case FT_Q8_0:
+      if (wide)
+        ATT_LAUNCH(FT_Q8_0, 16);
+      else
+        ATT_LAUNCH(FT_Q8_0, 4);
+      break;
+    default: return ferry_fail(-EINVAL, "cuda attention: KV type %d not supported", (int)kv_type);
   }
 #undef ATT_LAUNCH
   CUDA_CHECK_LAUNCH("attention");
@@ -173,26 +181,25 @@ extern "C" int cuda_kv_store(void *cache, enum ferry_type kv_type, int64_t kv_ro
     k_kv_store_q8_0<<<grid_for(n_tok * n_elems, 256), 256, 0, s>>>((uint8_t *)cache, rb, pos0,
                                                                    n_tok, src, n_elems);
   else
-    k_kv_store_f<<<grid_for(n_tok * n_elems, 256), 256, 0, s>>>((uint8_t *)cache, (int)kv_type,
-                                                                rb, pos0, n_tok, src, n_elems);
+    k_kv_store_f<<<grid_for(n_tok * n_elems, 256), 256, 0, s>>>((uint8_t *)cache, (int)kv_type, rb,
+                                                                pos0, n_tok, src, n_elems);
   CUDA_CHECK_LAUNCH("kv_store");
   return 0;
 }
 
-extern "C" int cuda_attn_decode(float *out, const float *q, const void *kcache,
-                                const void *vcache, enum ferry_type kv_type, int64_t n_ctx_used,
-                                int64_t n_head, int64_t n_kv_head, int64_t head_dim,
-                                int64_t kv_row_stride_elems, float scale, void *stream) {
+extern "C" int cuda_attn_decode(float *out, const float *q, const void *kcache, const void *vcache,
+                                enum ferry_type kv_type, int64_t n_ctx_used, int64_t n_head,
+                                int64_t n_kv_head, int64_t head_dim, int64_t kv_row_stride_elems,
+                                float scale, void *stream) {
   if (n_ctx_used <= 0) return ferry_fail(-EINVAL, "cuda attn_decode: empty context");
   return attn_launch(out, q, kcache, vcache, kv_type, 1, n_ctx_used - 1, n_head, n_kv_head,
                      head_dim, kv_row_stride_elems, scale, (cudaStream_t)stream);
 }
 
-extern "C" int cuda_attn_prefill(float *out, const float *q, const void *kcache,
-                                 const void *vcache, enum ferry_type kv_type, int64_t n_tok,
-                                 int64_t pos0, int64_t n_head, int64_t n_kv_head,
-                                 int64_t head_dim, int64_t kv_row_stride_elems, float scale,
-                                 void *stream) {
+extern "C" int cuda_attn_prefill(float *out, const float *q, const void *kcache, const void *vcache,
+                                 enum ferry_type kv_type, int64_t n_tok, int64_t pos0,
+                                 int64_t n_head, int64_t n_kv_head, int64_t head_dim,
+                                 int64_t kv_row_stride_elems, float scale, void *stream) {
   return attn_launch(out, q, kcache, vcache, kv_type, n_tok, pos0, n_head, n_kv_head, head_dim,
                      kv_row_stride_elems, scale, (cudaStream_t)stream);
 }

@@ -24,14 +24,14 @@
 // Returns -EIO (or -ENOMEM) from the enclosing int function when a CUDA call fails. The
 // runtime's last-error slot is cleared so that a later launch check does not report this
 // (non-sticky) error again.
-#define CUDA_CHECK(call)                                                                  \
-  do {                                                                                    \
-    cudaError_t e_ = (call);                                                              \
-    if (e_ != cudaSuccess) {                                                              \
-      (void)cudaGetLastError();                                                           \
+#define CUDA_CHECK(call)                                                                   \
+  do {                                                                                     \
+    cudaError_t e_ = (call);                                                               \
+    if (e_ != cudaSuccess) {                                                               \
+      (void)cudaGetLastError();                                                            \
       return ferry_fail(e_ == cudaErrorMemoryAllocation ? -ENOMEM : -EIO, "%s:%d: %s: %s", \
-                        __FILE__, __LINE__, #call, cudaGetErrorString(e_));               \
-    }                                                                                     \
+                        __FILE__, __LINE__, #call, cudaGetErrorString(e_));                \
+    }                                                                                      \
   } while (0)
 
 // After a kernel launch: reports a bad launch configuration or an earlier async error.
@@ -105,12 +105,11 @@ static inline int64_t kv_row_bytes(enum ferry_type t, int64_t elems) {
 // ---- context (runtime.cu) ----
 #include <cublas_v2.h>
 
-#define CUBLAS_CHECK(call)                                                                \
-  do {                                                                                    \
-    cublasStatus_t s_ = (call);                                                           \
-    if (s_ != CUBLAS_STATUS_SUCCESS)                                                      \
-      return ferry_fail(-EIO, "%s:%d: %s: cuBLAS status %d", __FILE__, __LINE__, #call,    \
-                        (int)s_);                                                         \
+#define CUBLAS_CHECK(call)                                                                        \
+  do {                                                                                            \
+    cublasStatus_t s_ = (call);                                                                   \
+    if (s_ != CUBLAS_STATUS_SUCCESS)                                                              \
+      return ferry_fail(-EIO, "%s:%d: %s: cuBLAS status %d", __FILE__, __LINE__, #call, (int)s_); \
   } while (0)
 
 enum cuda_scratch { CUDA_SCRATCH_W = 0, CUDA_SCRATCH_X = 1, CUDA_SCRATCH_COUNT };

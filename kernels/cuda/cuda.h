@@ -62,9 +62,8 @@ int cuda_matvec(enum ferry_type t, const void *w, int64_t nrows, int64_t n, cons
 // Y[i][r] = W[r] . X[i] for i < m. Small m uses the mat-vec kernel; larger m dequantizes
 // W in row tiles to F16 (F32 for F32/BF16 weights), converts X likewise and multiplies
 // with cublasGemmEx (F32 accumulation).
-int cuda_matmul(struct cuda_ctx *ctx, enum ferry_type t, const void *w, int64_t nrows,
-                int64_t n, const float *x, int64_t ldx, int64_t m, float *y, int64_t ldy,
-                void *stream);
+int cuda_matmul(struct cuda_ctx *ctx, enum ferry_type t, const void *w, int64_t nrows, int64_t n,
+                const float *x, int64_t ldx, int64_t m, float *y, int64_t ldy, void *stream);
 // Grouped-expert product (see cpu_matmul_grouped): w and offs are host arrays, rows is
 // device memory. Gathers the X rows once, then one GEMM per non-empty group.
 int cuda_matmul_grouped(struct cuda_ctx *ctx, enum ferry_type t, const void *const *w,
@@ -81,25 +80,24 @@ int cuda_host_matvec(enum ferry_type t, const void *w, int64_t nrows, int64_t n,
                      float *y);
 
 // ---- small ops (norm.cu, rope.cu, attn.cu, ffn.cu) ----
-int cuda_rmsnorm_rows(float *y, const float *x, const float *w, int64_t nrows, int64_t n,
-                      float eps, void *stream);
-int cuda_rope_neox_rows(float *x, int64_t n_tok, int64_t n_heads, int64_t head_dim,
-                        int64_t n_rot, int64_t pos0, float freq_base, void *stream);
-int cuda_kv_store(void *cache, enum ferry_type kv_type, int64_t kv_row_stride_elems,
-                  int64_t pos0, int64_t n_tok, const float *src, int64_t n_elems, void *stream);
+int cuda_rmsnorm_rows(float *y, const float *x, const float *w, int64_t nrows, int64_t n, float eps,
+                      void *stream);
+int cuda_rope_neox_rows(float *x, int64_t n_tok, int64_t n_heads, int64_t head_dim, int64_t n_rot,
+                        int64_t pos0, float freq_base, void *stream);
+int cuda_kv_store(void *cache, enum ferry_type kv_type, int64_t kv_row_stride_elems, int64_t pos0,
+                  int64_t n_tok, const float *src, int64_t n_elems, void *stream);
 // head_dim <= 256.
 int cuda_attn_decode(float *out, const float *q, const void *kcache, const void *vcache,
-                     enum ferry_type kv_type, int64_t n_ctx_used, int64_t n_head,
-                     int64_t n_kv_head, int64_t head_dim, int64_t kv_row_stride_elems,
-                     float scale, void *stream);
+                     enum ferry_type kv_type, int64_t n_ctx_used, int64_t n_head, int64_t n_kv_head,
+                     int64_t head_dim, int64_t kv_row_stride_elems, float scale, void *stream);
 int cuda_attn_prefill(float *out, const float *q, const void *kcache, const void *vcache,
                       enum ferry_type kv_type, int64_t n_tok, int64_t pos0, int64_t n_head,
-                      int64_t n_kv_head, int64_t head_dim, int64_t kv_row_stride_elems,
-                      float scale, void *stream);
+                      int64_t n_kv_head, int64_t head_dim, int64_t kv_row_stride_elems, float scale,
+                      void *stream);
 int cuda_swiglu(float *y, const float *g, const float *u, int64_t n, void *stream);
 // n_expert <= 1024.
-int cuda_router_topk_rows(const float *logits, int64_t n_tok, int64_t n_expert, int64_t k,
-                          int *ids, float *weights, void *stream);
+int cuda_router_topk_rows(const float *logits, int64_t n_tok, int64_t n_expert, int64_t k, int *ids,
+                          float *weights, void *stream);
 int cuda_add(float *y, const float *a, const float *b, int64_t n, void *stream);
 int cuda_scale(float *y, const float *x, float s, int64_t n, void *stream);
 int cuda_axpy(float *y, const float *x, float s, int64_t n, void *stream);

@@ -15,15 +15,15 @@ __global__ void k_elementwise(float *y, const float *a, const float *b, float sc
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
        i += (int64_t)gridDim.x * blockDim.x) {
     switch (OP) {
-    case EW_SWIGLU: {
-      const float g = a[i];
-      y[i] = g / (1.0f + __expf(-g)) * b[i];
-      break;
-    }
-    case EW_ADD: y[i] = a[i] + b[i]; break;
-    case EW_SCALE: y[i] = sc * a[i]; break;
-    case EW_AXPY: y[i] = fmaf(sc, a[i], y[i]); break;
-    case EW_SIGMOID_MUL: y[i] = a[i] / (1.0f + __expf(-b[i])); break;
+      case EW_SWIGLU: {
+        const float g = a[i];
+        y[i] = g / (1.0f + __expf(-g)) * b[i];
+        break;
+      }
+      case EW_ADD: y[i] = a[i] + b[i]; break;
+      case EW_SCALE: y[i] = sc * a[i]; break;
+      case EW_AXPY: y[i] = fmaf(sc, a[i], y[i]); break;
+      case EW_SIGMOID_MUL: y[i] = a[i] / (1.0f + __expf(-b[i])); break;
     }
   }
 }
@@ -117,8 +117,7 @@ extern "C" int cuda_axpy(float *y, const float *x, float s, int64_t n, void *str
   return ew_launch<EW_AXPY>(y, x, NULL, s, n, stream, "axpy");
 }
 
-extern "C" int cuda_sigmoid_mul(float *y, const float *x, const float *g, int64_t n,
-                                void *stream) {
+extern "C" int cuda_sigmoid_mul(float *y, const float *x, const float *g, int64_t n, void *stream) {
   return ew_launch<EW_SIGMOID_MUL>(y, x, g, 0.0f, n, stream, "sigmoid_mul");
 }
 

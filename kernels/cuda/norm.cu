@@ -32,8 +32,8 @@ __global__ void k_rmsnorm(float *y, const float *x, const float *__restrict__ w,
 
 } // namespace
 
-extern "C" int cuda_rmsnorm_rows(float *y, const float *x, const float *w, int64_t nrows,
-                                 int64_t n, float eps, void *stream) {
+extern "C" int cuda_rmsnorm_rows(float *y, const float *x, const float *w, int64_t nrows, int64_t n,
+                                 float eps, void *stream) {
   if (n <= 0 || nrows < 0) return ferry_fail(-EINVAL, "cuda rmsnorm: bad sizes");
   if (nrows == 0) return 0;
   // Short rows (QK-norm heads of 128/256) need few threads; hidden rows use 256.

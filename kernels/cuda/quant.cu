@@ -14,7 +14,8 @@
 namespace {
 
 // get_scale_min_k4 of MODEL_SPEC §2.3 (Q4_K, Q5_K): 6-bit scale and min of sub-block j.
-__host__ __device__ __forceinline__ void scale_min_k4(const uint8_t *s, int j, float *sc, float *m) {
+__host__ __device__ __forceinline__ void scale_min_k4(const uint8_t *s, int j, float *sc,
+                                                      float *m) {
   if (j < 4) {
     *sc = (float)(s[j] & 63);
     *m = (float)(s[j + 4] & 63);
@@ -322,6 +323,7 @@ struct type_desc {
 };
 
 bool type_geom(enum ferry_type t, type_desc *d) {
+  // clang-format off
   switch (t) {
 #define G(FT, T)                                                                          \
   case FT: *d = {T::QK, T::BYTES}; return true;
@@ -331,14 +333,15 @@ bool type_geom(enum ferry_type t, type_desc *d) {
 #undef G
   default: return false;
   }
+  // clang-format on
 }
 
 template <class T, typename OUT>
 int launch_dequant(const void *src, OUT *dst, int64_t nblocks, cudaStream_t s) {
   const int64_t pieces = nblocks * (T::QK / T::PL);
   if ((uintptr_t)src % T::ALIGN == 0)
-    k_dequant<T, OUT, T::ALIGN><<<grid_for(pieces, 256), 256, 0, s>>>((const uint8_t *)src, dst,
-                                                                      nblocks);
+    k_dequant<T, OUT, T::ALIGN>
+        <<<grid_for(pieces, 256), 256, 0, s>>>((const uint8_t *)src, dst, nblocks);
   else
     k_dequant<T, OUT, 1><<<grid_for(pieces, 256), 256, 0, s>>>((const uint8_t *)src, dst, nblocks);
   CUDA_CHECK_LAUNCH("dequant");
@@ -347,6 +350,7 @@ int launch_dequant(const void *src, OUT *dst, int64_t nblocks, cudaStream_t s) {
 
 template <typename OUT>
 int dequant_any(enum ferry_type t, const void *src, OUT *dst, int64_t n, cudaStream_t s) {
+  // clang-format off
   switch (t) {
 #define D(FT, T)                                                                          \
   case FT: return launch_dequant<T, OUT>(src, dst, n / T::QK, s);
@@ -356,11 +360,13 @@ int dequant_any(enum ferry_type t, const void *src, OUT *dst, int64_t n, cudaStr
 #undef D
   default: return ferry_fail(-EINVAL, "cuda: dequant of type %d not supported", (int)t);
   }
+  // clang-format on
 }
 
 int check_weight(enum ferry_type t, int64_t n, const char *what) {
   type_desc g = {1, 1};
-  if (!type_geom(t, &g)) return ferry_fail(-EINVAL, "cuda %s: weight type %d not supported", what, (int)t);
+  if (!type_geom(t, &g))
+    return ferry_fail(-EINVAL, "cuda %s: weight type %d not supported", what, (int)t);
   if (n <= 0 || n % g.qk)
     return ferry_fail(-EINVAL, "cuda %s: row length %lld is not a multiple of %lld", what,
                       (long long)n, (long long)g.qk);
@@ -378,11 +384,11 @@ int launch_matvec(const void *w, int64_t nrows, int64_t n, const float *x, int64
   const bool aligned = (uintptr_t)w % T::ALIGN == 0 && (uintptr_t)x % 16 == 0 && ldx % 4 == 0;
   const dim3 grid((unsigned)blocks, (unsigned)m);
   if (aligned)
-    k_matvec<T, T::ALIGN><<<grid, MV_WARPS * 32, 0, s>>>((const uint8_t *)w, nrows, n, x, ldx,
-                                                         rows, y, ldy);
+    k_matvec<T, T::ALIGN>
+        <<<grid, MV_WARPS * 32, 0, s>>>((const uint8_t *)w, nrows, n, x, ldx, rows, y, ldy);
   else
-    k_matvec<T, 1><<<grid, MV_WARPS * 32, 0, s>>>((const uint8_t *)w, nrows, n, x, ldx, rows, y,
-                                                  ldy);
+    k_matvec<T, 1>
+        <<<grid, MV_WARPS * 32, 0, s>>>((const uint8_t *)w, nrows, n, x, ldx, rows, y, ldy);
   CUDA_CHECK_LAUNCH("matvec");
   return 0;
 }
@@ -406,6 +412,7 @@ int launch_matvec_items(const mv_items &it, int count, int64_t nrows, int64_t n,
 int matvec_items(enum ferry_type t, const mv_items &it, int count, int64_t nrows, int64_t n,
                  const float *x, int64_t ldx, const int32_t *rows, float *y, int64_t ldy,
                  cudaStream_t s) {
+  // clang-format off
   switch (t) {
 #define M(FT, T)                                                                          \
   case FT: return launch_matvec_items<T>(it, count, nrows, n, x, ldx, rows, y, ldy, s);
@@ -415,12 +422,14 @@ int matvec_items(enum ferry_type t, const mv_items &it, int count, int64_t nrows
 #undef M
   default: return ferry_fail(-EINVAL, "cuda matvec: type %d not supported", (int)t);
   }
+  // clang-format on
 }
 
 // Mat-vec for m activation rows (see k_matvec); type already checked.
 int matvec_rows(enum ferry_type t, const void *w, int64_t nrows, int64_t n, const float *x,
                 int64_t ldx, const int32_t *rows, int64_t m, float *y, int64_t ldy,
                 cudaStream_t s) {
+  // clang-format off
   switch (t) {
 #define M(FT, T)                                                                          \
   case FT: return launch_matvec<T>(w, nrows, n, x, ldx, rows, m, y, ldy, s);
@@ -430,6 +439,7 @@ int matvec_rows(enum ferry_type t, const void *w, int64_t nrows, int64_t n, cons
 #undef M
   default: return ferry_fail(-EINVAL, "cuda matvec: type %d not supported", (int)t);
   }
+  // clang-format on
 }
 
 // Compute element type of the GEMM path: F16 for quantized and F16 weights; F32 where an
@@ -444,9 +454,9 @@ int gemm(struct cuda_ctx *ctx, int dt, const void *w, int64_t nrows, int64_t n, 
   if (nrows > INT32_MAX || n > INT32_MAX || m > INT32_MAX || ldx > INT32_MAX || ldy > INT32_MAX)
     return ferry_fail(-EINVAL, "cuda gemm: dimensions exceed cuBLAS int range");
   CUBLAS_CHECK(cublasSetStream(ctx->blas, s));
-  CUBLAS_CHECK(cublasGemmEx(ctx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)nrows, (int)m, (int)n,
-                            &alpha, w, ab, (int)n, x, ab, (int)ldx, &beta, y, CUDA_R_32F,
-                            (int)ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  CUBLAS_CHECK(cublasGemmEx(ctx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)nrows, (int)m, (int)n, &alpha,
+                            w, ab, (int)n, x, ab, (int)ldx, &beta, y, CUDA_R_32F, (int)ldy,
+                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   return 0;
 }
 
@@ -455,8 +465,7 @@ constexpr size_t W_TILE_BYTES = (size_t)64 << 20;
 
 // Y = X · Wᵀ with X already converted (dt elements, compact rows of n at xc).
 int matmul_converted(struct cuda_ctx *ctx, enum ferry_type t, const void *w, int64_t nrows,
-                     int64_t n, const void *xc, int64_t m, float *y, int64_t ldy,
-                     cudaStream_t s) {
+                     int64_t n, const void *xc, int64_t m, float *y, int64_t ldy, cudaStream_t s) {
   const int dt = gemm_dtype(t);
   const size_t esz = dt == DT_HALF ? 2 : 4;
   if (t == FT_F16 || t == FT_F32) // already in the GEMM type: no tile needed
@@ -546,9 +555,9 @@ extern "C" int cuda_matvec(enum ferry_type t, const void *w, int64_t nrows, int6
   return matvec_rows(t, w, nrows, n, x, n, NULL, 1, y, nrows, (cudaStream_t)stream);
 }
 
-extern "C" int cuda_matmul(struct cuda_ctx *ctx, enum ferry_type t, const void *w,
-                           int64_t nrows, int64_t n, const float *x, int64_t ldx, int64_t m,
-                           float *y, int64_t ldy, void *stream) {
+extern "C" int cuda_matmul(struct cuda_ctx *ctx, enum ferry_type t, const void *w, int64_t nrows,
+                           int64_t n, const float *x, int64_t ldx, int64_t m, float *y, int64_t ldy,
+                           void *stream) {
   int rc = check_weight(t, n, "matmul");
   if (rc) return rc;
   if (ldx < n || ldy < nrows) return ferry_fail(-EINVAL, "cuda matmul: bad strides");
@@ -564,10 +573,10 @@ extern "C" int cuda_matmul(struct cuda_ctx *ctx, enum ferry_type t, const void *
   return matmul_converted(ctx, t, w, nrows, n, xc, m, y, ldy, s);
 }
 
-extern "C" int cuda_matmul_grouped(struct cuda_ctx *ctx, enum ferry_type t,
-                                   const void *const *w, int64_t n_group, int64_t nrows,
-                                   int64_t n, const float *x, int64_t ldx, const int32_t *rows,
-                                   const int64_t *offs, float *y, int64_t ldy, void *stream) {
+extern "C" int cuda_matmul_grouped(struct cuda_ctx *ctx, enum ferry_type t, const void *const *w,
+                                   int64_t n_group, int64_t nrows, int64_t n, const float *x,
+                                   int64_t ldx, const int32_t *rows, const int64_t *offs, float *y,
+                                   int64_t ldy, void *stream) {
   int rc = check_weight(t, n, "matmul_grouped");
   if (rc) return rc;
   if (ldx < n || ldy < nrows) return ferry_fail(-EINVAL, "cuda matmul_grouped: bad strides");
@@ -619,6 +628,7 @@ extern "C" int cuda_host_dequant(enum ferry_type t, const void *src, float *dst,
   int rc = check_weight(t, n, "host_dequant");
   if (rc) return rc;
   const uint8_t *b = (const uint8_t *)src;
+  // clang-format off
   switch (t) {
 #define H(FT, T)                                                                          \
   case FT:                                                                                \
@@ -633,6 +643,7 @@ extern "C" int cuda_host_dequant(enum ferry_type t, const void *src, float *dst,
 #undef H
   default: return ferry_fail(-EINVAL, "cuda host_dequant: type %d not supported", (int)t);
   }
+  // clang-format on
 }
 
 extern "C" int cuda_host_matvec(enum ferry_type t, const void *w, int64_t nrows, int64_t n,
@@ -640,6 +651,7 @@ extern "C" int cuda_host_matvec(enum ferry_type t, const void *w, int64_t nrows,
   int rc = check_weight(t, n, "host_matvec");
   if (rc) return rc;
   const uint8_t *b = (const uint8_t *)w;
+  // clang-format off
   switch (t) {
 #define H(FT, T)                                                                          \
   case FT:                                                                                \
@@ -654,4 +666,5 @@ extern "C" int cuda_host_matvec(enum ferry_type t, const void *w, int64_t nrows,
 #undef H
   default: return ferry_fail(-EINVAL, "cuda host_matvec: type %d not supported", (int)t);
   }
+  // clang-format on
 }

@@ -31,8 +31,8 @@ __global__ void k_rope_neox(float *x, int64_t n_tok, int64_t n_heads, int64_t he
 extern "C" int cuda_rope_neox_rows(float *x, int64_t n_tok, int64_t n_heads, int64_t head_dim,
                                    int64_t n_rot, int64_t pos0, float freq_base, void *stream) {
   if (n_rot <= 0 || n_rot % 2 || n_rot > head_dim || n_heads <= 0 || n_tok < 0 || pos0 < 0)
-    return ferry_fail(-EINVAL, "cuda rope: bad sizes (n_rot %lld, head_dim %lld)",
-                      (long long)n_rot, (long long)head_dim);
+    return ferry_fail(-EINVAL, "cuda rope: bad sizes (n_rot %lld, head_dim %lld)", (long long)n_rot,
+                      (long long)head_dim);
   const int64_t total = n_tok * n_heads * (n_rot / 2);
   if (total == 0) return 0;
   k_rope_neox<<<grid_for(total, 256), 256, 0, (cudaStream_t)stream>>>(

@@ -78,8 +78,8 @@ extern "C" int cuda_malloc(void **d_out, size_t bytes) {
     *d_out = NULL;
     char sz[32];
     ferry_format_size(bytes, sz, sizeof sz);
-    return ferry_fail(e == cudaErrorMemoryAllocation ? -ENOMEM : -EIO,
-                      "cudaMalloc(%s): %s", sz, cudaGetErrorString(e));
+    return ferry_fail(e == cudaErrorMemoryAllocation ? -ENOMEM : -EIO, "cudaMalloc(%s): %s", sz,
+                      cudaGetErrorString(e));
   }
   return 0;
 }
@@ -129,8 +129,7 @@ extern "C" int cuda_memcpy_d2h(void *h_dst, const void *d_src, size_t bytes, voi
 }
 
 extern "C" int cuda_memcpy_d2d(void *d_dst, const void *d_src, size_t bytes, void *stream) {
-  CUDA_CHECK(
-      cudaMemcpyAsync(d_dst, d_src, bytes, cudaMemcpyDeviceToDevice, (cudaStream_t)stream));
+  CUDA_CHECK(cudaMemcpyAsync(d_dst, d_src, bytes, cudaMemcpyDeviceToDevice, (cudaStream_t)stream));
   return 0;
 }
 

@@ -35,11 +35,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     snprintf(dir, sizeof dir, "%s", __FILE__);
     char *slash = strrchr(dir, '/');
     if (slash) *slash = 0;
-    snprintf(path, sizeof path, "%s/../../../shared/fixtures/models/qwen3moe-tiny-Q8_0.gguf", slash ? dir : ".");
+    snprintf(path, sizeof path, "%s/../../../shared/fixtures/models/qwen3moe-tiny-Q8_0.gguf",
+             slash ? dir : ".");
   }
   struct gguf_file *f;
   if (gguf_open(&f, path) || tok_create(&g_tok, f)) {
-    fprintf(stderr, "fuzz_tokenizer: cannot load %s: %s (set FERRY_FUZZ_MODEL)\n", path, ferry_errmsg());
+    fprintf(stderr, "fuzz_tokenizer: cannot load %s: %s (set FERRY_FUZZ_MODEL)\n", path,
+            ferry_errmsg());
     abort();
   }
   gguf_close(f);

@@ -30,9 +30,9 @@ struct op_case {
 // Tolerances: exact ops differ only by float rounding; the GEMM path rounds weights and
 // activations to F16 (2^-11 relative), Q8_0 KV stores may round one quant differently.
 #define TOL_EXACT 1e-5
-#define TOL_DOT 1e-4
-#define TOL_GEMM 5e-3
-#define TOL_ATTN 1e-3
+#define TOL_DOT   1e-4
+#define TOL_GEMM  5e-3
+#define TOL_ATTN  1e-3
 
 // clang-format off
 static const struct op_case g_op_cases[] = {
@@ -156,12 +156,12 @@ static const struct op_case g_op_cases[] = {
 struct op_run {
   const struct op_case *c;
   struct ferry_backend *be;
-  void *d[OPR_MAXBUF];     // backend buffers
-  void *v[OPR_MAXBUF];     // what the op gets: d[i] + an offset (misaligned cases)
+  void *d[OPR_MAXBUF]; // backend buffers
+  void *v[OPR_MAXBUF]; // what the op gets: d[i] + an offset (misaligned cases)
   size_t bytes[OPR_MAXBUF];
-  const void **wptr;        // grouped: host array of expert pointers
-  int64_t *offs;            // grouped: host offsets
-  int64_t total;            // grouped: (token, expert) pairs
+  const void **wptr; // grouped: host array of expert pointers
+  int64_t *offs;     // grouped: host offsets
+  int64_t total;     // grouped: (token, expert) pairs
 };
 
 static inline void op_fill_normal(struct ferry_rng *r, float *x, int64_t n, float scale) {
@@ -202,8 +202,8 @@ static inline int op_upload_normal(struct op_run *r, int i, struct ferry_rng *rn
 
 // nrows quantized rows of n: a few distinct random rows (quantizing 150k rows with the
 // reference quantizer would dominate the test time), placed in a shuffled order.
-static inline void *op_make_weights(struct ferry_rng *rng, enum ferry_type t, int64_t nrows, int64_t n,
-                             size_t *bytes_out) {
+static inline void *op_make_weights(struct ferry_rng *rng, enum ferry_type t, int64_t nrows,
+                                    int64_t n, size_t *bytes_out) {
   const struct ferry_type_info *ti = ferry_type_info(t);
   const size_t rb = (size_t)ferry_row_bytes(ti, (uint64_t)n);
   const int64_t nd = nrows < 48 ? nrows : 48;
@@ -235,7 +235,9 @@ static inline int op_upload_weights_at(struct op_run *r, int i, struct ferry_rng
 }
 
 static inline size_t op_kv_row_bytes(enum ferry_type t, int64_t elems) {
-  return t == FT_F32 ? (size_t)elems * 4 : t == FT_F16 ? (size_t)elems * 2 : (size_t)elems / 32 * 34;
+  return t == FT_F32   ? (size_t)elems * 4
+         : t == FT_F16 ? (size_t)elems * 2
+                       : (size_t)elems / 32 * 34;
 }
 
 static inline int op_upload_weights(struct op_run *r, int i, struct ferry_rng *rng,
@@ -246,7 +248,7 @@ static inline int op_upload_weights(struct op_run *r, int i, struct ferry_rng *r
 // A KV cache of n_pos rows built on the host with the CPU store, then uploaded, so both
 // backends read identical bytes.
 static inline int op_upload_cache(struct op_run *r, int i, struct ferry_rng *rng, enum ferry_type t,
-                           int64_t n_pos, int64_t stride, int64_t used) {
+                                  int64_t n_pos, int64_t stride, int64_t used) {
   const size_t bytes = op_kv_row_bytes(t, stride) * (size_t)n_pos;
   void *h = calloc(1, bytes ? bytes : 1);
   float *src = malloc((size_t)(n_pos * used) * sizeof(float));
@@ -270,8 +272,8 @@ static inline void op_run_destroy(struct op_run *r) {
 
 // Builds the inputs of case c on backend be from seed (same seed -> same inputs on every
 // backend). Returns 0 or a negative code.
-static inline int op_run_setup(struct op_run **out, const struct op_case *c, struct ferry_backend *be,
-                        uint64_t seed) {
+static inline int op_run_setup(struct op_run **out, const struct op_case *c,
+                               struct ferry_backend *be, uint64_t seed) {
   *out = NULL;
   struct op_run *r = calloc(1, sizeof(*r));
   if (!r) return -ENOMEM;
@@ -282,112 +284,110 @@ static inline int op_run_setup(struct op_run **out, const struct op_case *c, str
   const int64_t *p = c->p;
   int rc = 0;
   switch (c->op) {
-  case FERRY_OP_DEQUANT:
-    rc = op_upload_weights(r, 0, &rng, c->type, 1, p[0]);
-    if (!rc) rc = op_upload(r, 1, NULL, (size_t)p[0] * 4);
-    break;
-  case FERRY_OP_MATVEC: // p2: W and x 4 bytes past 16-byte alignment
-    rc = op_upload_weights_at(r, 0, &rng, c->type, p[0], p[1], p[2] ? 4 : 0);
-    if (!rc) rc = op_upload_normal_at(r, 1, &rng, p[1], 1.0f, p[2] ? 4 : 0);
-    if (!rc) rc = op_upload(r, 2, NULL, (size_t)p[0] * 4);
-    break;
-  case FERRY_OP_MATMUL:
-    rc = op_upload_weights(r, 0, &rng, c->type, p[0], p[1]);
-    if (!rc) rc = op_upload_normal(r, 1, &rng, p[2] * (p[1] + p[3]), 1.0f);
-    if (!rc) rc = op_upload(r, 2, NULL, (size_t)(p[2] * (p[0] + p[4])) * 4);
-    break;
-  case FERRY_OP_MATMUL_GROUPED: {
-    const int64_t nrows = p[0], n = p[1], n_tok = p[2], n_group = p[3], k = p[4];
-    const struct ferry_type_info *ti = ferry_type_info(c->type);
-    const size_t eb = (size_t)ferry_row_bytes(ti, (uint64_t)n) * (size_t)nrows;
-    rc = op_upload_weights(r, 0, &rng, c->type, nrows * n_group, n);
-    if (rc) break;
-    r->wptr = malloc((size_t)n_group * sizeof(void *));
-    r->offs = calloc((size_t)n_group + 1, sizeof(int64_t));
-    int32_t *rows = malloc((size_t)(n_tok * k) * sizeof(int32_t));
-    int *pick = malloc((size_t)(n_tok * k) * sizeof(int));
-    FERRY_ASSERT(r->wptr && r->offs && rows && pick);
-    for (int64_t g = 0; g < n_group; g++) r->wptr[g] = (const uint8_t *)r->v[0] + (size_t)g * eb;
-    // Each token picks k distinct experts, like a router.
-    for (int64_t t = 0; t < n_tok; t++)
-      for (int64_t j = 0; j < k; j++) {
-        int e;
-        bool dup;
-        do {
-          e = (int)(ferry_rng_u64(&rng) % (uint64_t)n_group);
-          dup = false;
-          for (int64_t q = 0; q < j; q++) dup |= pick[t * k + q] == e;
-        } while (dup);
-        pick[t * k + j] = e;
-      }
-    int64_t i = 0;
-    for (int64_t g = 0; g < n_group; g++) {
-      r->offs[g] = i;
+    case FERRY_OP_DEQUANT:
+      rc = op_upload_weights(r, 0, &rng, c->type, 1, p[0]);
+      if (!rc) rc = op_upload(r, 1, NULL, (size_t)p[0] * 4);
+      break;
+    case FERRY_OP_MATVEC: // p2: W and x 4 bytes past 16-byte alignment
+      rc = op_upload_weights_at(r, 0, &rng, c->type, p[0], p[1], p[2] ? 4 : 0);
+      if (!rc) rc = op_upload_normal_at(r, 1, &rng, p[1], 1.0f, p[2] ? 4 : 0);
+      if (!rc) rc = op_upload(r, 2, NULL, (size_t)p[0] * 4);
+      break;
+    case FERRY_OP_MATMUL:
+      rc = op_upload_weights(r, 0, &rng, c->type, p[0], p[1]);
+      if (!rc) rc = op_upload_normal(r, 1, &rng, p[2] * (p[1] + p[3]), 1.0f);
+      if (!rc) rc = op_upload(r, 2, NULL, (size_t)(p[2] * (p[0] + p[4])) * 4);
+      break;
+    case FERRY_OP_MATMUL_GROUPED: {
+      const int64_t nrows = p[0], n = p[1], n_tok = p[2], n_group = p[3], k = p[4];
+      const struct ferry_type_info *ti = ferry_type_info(c->type);
+      const size_t eb = (size_t)ferry_row_bytes(ti, (uint64_t)n) * (size_t)nrows;
+      rc = op_upload_weights(r, 0, &rng, c->type, nrows * n_group, n);
+      if (rc) break;
+      r->wptr = malloc((size_t)n_group * sizeof(void *));
+      r->offs = calloc((size_t)n_group + 1, sizeof(int64_t));
+      int32_t *rows = malloc((size_t)(n_tok * k) * sizeof(int32_t));
+      int *pick = malloc((size_t)(n_tok * k) * sizeof(int));
+      FERRY_ASSERT(r->wptr && r->offs && rows && pick);
+      for (int64_t g = 0; g < n_group; g++) r->wptr[g] = (const uint8_t *)r->v[0] + (size_t)g * eb;
+      // Each token picks k distinct experts, like a router.
       for (int64_t t = 0; t < n_tok; t++)
-        for (int64_t j = 0; j < k; j++)
-          if (pick[t * k + j] == g) rows[i++] = (int32_t)t;
+        for (int64_t j = 0; j < k; j++) {
+          int e;
+          bool dup;
+          do {
+            e = (int)(ferry_rng_u64(&rng) % (uint64_t)n_group);
+            dup = false;
+            for (int64_t q = 0; q < j; q++) dup |= pick[t * k + q] == e;
+          } while (dup);
+          pick[t * k + j] = e;
+        }
+      int64_t i = 0;
+      for (int64_t g = 0; g < n_group; g++) {
+        r->offs[g] = i;
+        for (int64_t t = 0; t < n_tok; t++)
+          for (int64_t j = 0; j < k; j++)
+            if (pick[t * k + j] == g) rows[i++] = (int32_t)t;
+      }
+      r->offs[n_group] = i;
+      r->total = i;
+      rc = op_upload_normal(r, 1, &rng, n_tok * n, 1.0f);
+      if (!rc) rc = op_upload(r, 2, rows, (size_t)i * sizeof(int32_t));
+      if (!rc) rc = be->ops.stream_sync(be, NULL);
+      if (!rc) rc = op_upload(r, 3, NULL, (size_t)(i * nrows) * 4);
+      free(rows);
+      free(pick);
+      break;
     }
-    r->offs[n_group] = i;
-    r->total = i;
-    rc = op_upload_normal(r, 1, &rng, n_tok * n, 1.0f);
-    if (!rc) rc = op_upload(r, 2, rows, (size_t)i * sizeof(int32_t));
-    if (!rc) rc = be->ops.stream_sync(be, NULL);
-    if (!rc) rc = op_upload(r, 3, NULL, (size_t)(i * nrows) * 4);
-    free(rows);
-    free(pick);
-    break;
-  }
-  case FERRY_OP_RMSNORM:
-    rc = op_upload_normal(r, 0, &rng, p[0] * p[1], 2.0f);
-    if (!rc) rc = op_upload_normal(r, 1, &rng, p[1], 1.0f);
-    if (!rc && !p[2]) rc = op_upload(r, 2, NULL, (size_t)(p[0] * p[1]) * 4);
-    break;
-  case FERRY_OP_ROPE_NEOX:
-    rc = op_upload_normal(r, 0, &rng, p[0] * p[1] * p[2], 1.0f);
-    break;
-  case FERRY_OP_KV_STORE:
-    rc = op_upload_normal(r, 0, &rng, p[0] * p[1], 3.0f);
-    if (!rc) rc = op_upload(r, 1, NULL, op_kv_row_bytes(c->type, p[2]) * (size_t)(p[3] + p[0]));
-    break;
-  case FERRY_OP_ATTN_DECODE: {
-    const int64_t stride = p[2] * p[3] + p[4];
-    rc = op_upload_normal(r, 0, &rng, p[1] * p[3], 1.0f);
-    if (!rc) rc = op_upload_cache(r, 1, &rng, c->type, p[0], stride, p[2] * p[3]);
-    if (!rc) rc = op_upload_cache(r, 2, &rng, c->type, p[0], stride, p[2] * p[3]);
-    if (!rc) rc = op_upload(r, 3, NULL, (size_t)(p[1] * p[3]) * 4);
-    break;
-  }
-  case FERRY_OP_ATTN_PREFILL: {
-    const int64_t stride = p[3] * p[4], n_pos = p[1] + p[0];
-    rc = op_upload_normal(r, 0, &rng, p[0] * p[2] * p[4], 1.0f);
-    if (!rc) rc = op_upload_cache(r, 1, &rng, c->type, n_pos, stride, stride);
-    if (!rc) rc = op_upload_cache(r, 2, &rng, c->type, n_pos, stride, stride);
-    if (!rc) rc = op_upload(r, 3, NULL, (size_t)(p[0] * p[2] * p[4]) * 4);
-    break;
-  }
-  case FERRY_OP_SWIGLU:
-  case FERRY_OP_ADD:
-  case FERRY_OP_SCALE:
-  case FERRY_OP_AXPY:
-  case FERRY_OP_SIGMOID_MUL:
-    rc = op_upload_normal(r, 0, &rng, p[0], 3.0f);
-    if (!rc) rc = op_upload_normal(r, 1, &rng, p[0], 3.0f);
-    if (!rc) rc = op_upload_normal(r, 2, &rng, p[0], 1.0f);
-    break;
-  case FERRY_OP_ROUTER_TOPK: {
-    float *h = malloc((size_t)(p[0] * p[1]) * sizeof(float));
-    FERRY_ASSERT(h);
-    op_fill_normal(&rng, h, p[0] * p[1], 2.0f);
-    if (p[3]) // a handful of distinct values: many exact ties, lower index must win
-      for (int64_t i = 0; i < p[0] * p[1]; i++) h[i] = floorf(h[i]) * 0.5f;
-    rc = op_upload(r, 0, h, (size_t)(p[0] * p[1]) * 4);
-    if (!rc) rc = be->ops.stream_sync(be, NULL);
-    free(h);
-    if (!rc) rc = op_upload(r, 1, NULL, (size_t)(p[0] * p[2]) * sizeof(int));
-    if (!rc) rc = op_upload(r, 2, NULL, (size_t)(p[0] * p[2]) * 4);
-    break;
-  }
-  default: rc = ferry_fail(-EINVAL, "op table: no input maker for op %d", (int)c->op);
+    case FERRY_OP_RMSNORM:
+      rc = op_upload_normal(r, 0, &rng, p[0] * p[1], 2.0f);
+      if (!rc) rc = op_upload_normal(r, 1, &rng, p[1], 1.0f);
+      if (!rc && !p[2]) rc = op_upload(r, 2, NULL, (size_t)(p[0] * p[1]) * 4);
+      break;
+    case FERRY_OP_ROPE_NEOX: rc = op_upload_normal(r, 0, &rng, p[0] * p[1] * p[2], 1.0f); break;
+    case FERRY_OP_KV_STORE:
+      rc = op_upload_normal(r, 0, &rng, p[0] * p[1], 3.0f);
+      if (!rc) rc = op_upload(r, 1, NULL, op_kv_row_bytes(c->type, p[2]) * (size_t)(p[3] + p[0]));
+      break;
+    case FERRY_OP_ATTN_DECODE: {
+      const int64_t stride = p[2] * p[3] + p[4];
+      rc = op_upload_normal(r, 0, &rng, p[1] * p[3], 1.0f);
+      if (!rc) rc = op_upload_cache(r, 1, &rng, c->type, p[0], stride, p[2] * p[3]);
+      if (!rc) rc = op_upload_cache(r, 2, &rng, c->type, p[0], stride, p[2] * p[3]);
+      if (!rc) rc = op_upload(r, 3, NULL, (size_t)(p[1] * p[3]) * 4);
+      break;
+    }
+    case FERRY_OP_ATTN_PREFILL: {
+      const int64_t stride = p[3] * p[4], n_pos = p[1] + p[0];
+      rc = op_upload_normal(r, 0, &rng, p[0] * p[2] * p[4], 1.0f);
+      if (!rc) rc = op_upload_cache(r, 1, &rng, c->type, n_pos, stride, stride);
+      if (!rc) rc = op_upload_cache(r, 2, &rng, c->type, n_pos, stride, stride);
+      if (!rc) rc = op_upload(r, 3, NULL, (size_t)(p[0] * p[2] * p[4]) * 4);
+      break;
+    }
+    case FERRY_OP_SWIGLU:
+    case FERRY_OP_ADD:
+    case FERRY_OP_SCALE:
+    case FERRY_OP_AXPY:
+    case FERRY_OP_SIGMOID_MUL:
+      rc = op_upload_normal(r, 0, &rng, p[0], 3.0f);
+      if (!rc) rc = op_upload_normal(r, 1, &rng, p[0], 3.0f);
+      if (!rc) rc = op_upload_normal(r, 2, &rng, p[0], 1.0f);
+      break;
+    case FERRY_OP_ROUTER_TOPK: {
+      float *h = malloc((size_t)(p[0] * p[1]) * sizeof(float));
+      FERRY_ASSERT(h);
+      op_fill_normal(&rng, h, p[0] * p[1], 2.0f);
+      if (p[3]) // a handful of distinct values: many exact ties, lower index must win
+        for (int64_t i = 0; i < p[0] * p[1]; i++) h[i] = floorf(h[i]) * 0.5f;
+      rc = op_upload(r, 0, h, (size_t)(p[0] * p[1]) * 4);
+      if (!rc) rc = be->ops.stream_sync(be, NULL);
+      free(h);
+      if (!rc) rc = op_upload(r, 1, NULL, (size_t)(p[0] * p[2]) * sizeof(int));
+      if (!rc) rc = op_upload(r, 2, NULL, (size_t)(p[0] * p[2]) * 4);
+      break;
+    }
+    default: rc = ferry_fail(-EINVAL, "op table: no input maker for op %d", (int)c->op);
   }
   if (!rc) rc = be->ops.stream_sync(be, NULL);
   if (rc) {
@@ -408,31 +408,31 @@ static inline int op_run_invoke(struct op_run *r, struct ferry_stream *s) {
   const int64_t *p = c->p;
   void **d = r->v;
   switch (c->op) {
-  case FERRY_OP_DEQUANT: return o->dequant(be, c->type, d[0], d[1], p[0], s);
-  case FERRY_OP_MATVEC: return o->matvec(be, c->type, d[0], p[0], p[1], d[1], d[2], s);
-  case FERRY_OP_MATMUL:
-    return o->matmul(be, c->type, d[0], p[0], p[1], d[1], p[1] + p[3], p[2], d[2], p[0] + p[4], s);
-  case FERRY_OP_MATMUL_GROUPED:
-    return o->matmul_grouped(be, c->type, r->wptr, p[3], p[0], p[1], d[1], p[1], d[2], r->offs,
-                             d[3], p[0], s);
-  case FERRY_OP_RMSNORM:
-    return o->rmsnorm(be, p[2] ? d[0] : d[2], d[0], d[1], p[0], p[1], 1e-6f, s);
-  case FERRY_OP_ROPE_NEOX:
-    return o->rope_neox(be, d[0], p[0], p[1], p[2], p[3], p[4], 1e7f, s);
-  case FERRY_OP_KV_STORE: return o->kv_store(be, d[1], c->type, p[2], p[3], p[0], d[0], p[1], s);
-  case FERRY_OP_ATTN_DECODE:
-    return o->attn_decode(be, d[3], d[0], d[1], d[2], c->type, p[0], p[1], p[2], p[3],
-                          p[2] * p[3] + p[4], 1.0f / sqrtf((float)p[3]), s);
-  case FERRY_OP_ATTN_PREFILL:
-    return o->attn_prefill(be, d[3], d[0], d[1], d[2], c->type, p[0], p[1], p[2], p[3], p[4],
-                           p[3] * p[4], 1.0f / sqrtf((float)p[4]), s);
-  case FERRY_OP_SWIGLU: return o->swiglu(be, d[2], d[0], d[1], p[0], s);
-  case FERRY_OP_ADD: return o->add(be, d[2], d[0], d[1], p[0], s);
-  case FERRY_OP_SCALE: return o->scale(be, d[2], d[0], 0.37f, p[0], s);
-  case FERRY_OP_AXPY: return o->axpy(be, d[2], d[0], -1.25f, p[0], s);
-  case FERRY_OP_SIGMOID_MUL: return o->sigmoid_mul(be, d[2], d[0], d[1], p[0], s);
-  case FERRY_OP_ROUTER_TOPK: return o->router_topk(be, d[0], p[0], p[1], p[2], d[1], d[2], s);
-  default: return ferry_fail(-EINVAL, "op table: no invoker for op %d", (int)c->op);
+    case FERRY_OP_DEQUANT: return o->dequant(be, c->type, d[0], d[1], p[0], s);
+    case FERRY_OP_MATVEC: return o->matvec(be, c->type, d[0], p[0], p[1], d[1], d[2], s);
+    case FERRY_OP_MATMUL:
+      return o->matmul(be, c->type, d[0], p[0], p[1], d[1], p[1] + p[3], p[2], d[2], p[0] + p[4],
+                       s);
+    case FERRY_OP_MATMUL_GROUPED:
+      return o->matmul_grouped(be, c->type, r->wptr, p[3], p[0], p[1], d[1], p[1], d[2], r->offs,
+                               d[3], p[0], s);
+    case FERRY_OP_RMSNORM:
+      return o->rmsnorm(be, p[2] ? d[0] : d[2], d[0], d[1], p[0], p[1], 1e-6f, s);
+    case FERRY_OP_ROPE_NEOX: return o->rope_neox(be, d[0], p[0], p[1], p[2], p[3], p[4], 1e7f, s);
+    case FERRY_OP_KV_STORE: return o->kv_store(be, d[1], c->type, p[2], p[3], p[0], d[0], p[1], s);
+    case FERRY_OP_ATTN_DECODE:
+      return o->attn_decode(be, d[3], d[0], d[1], d[2], c->type, p[0], p[1], p[2], p[3],
+                            p[2] * p[3] + p[4], 1.0f / sqrtf((float)p[3]), s);
+    case FERRY_OP_ATTN_PREFILL:
+      return o->attn_prefill(be, d[3], d[0], d[1], d[2], c->type, p[0], p[1], p[2], p[3], p[4],
+                             p[3] * p[4], 1.0f / sqrtf((float)p[4]), s);
+    case FERRY_OP_SWIGLU: return o->swiglu(be, d[2], d[0], d[1], p[0], s);
+    case FERRY_OP_ADD: return o->add(be, d[2], d[0], d[1], p[0], s);
+    case FERRY_OP_SCALE: return o->scale(be, d[2], d[0], 0.37f, p[0], s);
+    case FERRY_OP_AXPY: return o->axpy(be, d[2], d[0], -1.25f, p[0], s);
+    case FERRY_OP_SIGMOID_MUL: return o->sigmoid_mul(be, d[2], d[0], d[1], p[0], s);
+    case FERRY_OP_ROUTER_TOPK: return o->router_topk(be, d[0], p[0], p[1], p[2], d[1], d[2], s);
+    default: return ferry_fail(-EINVAL, "op table: no invoker for op %d", (int)c->op);
   }
 }
 
@@ -450,52 +450,55 @@ static inline int op_run_output(struct op_run *r, float **out, int64_t *n_out) {
   int idx;
   int64_t n;
   switch (c->op) {
-  case FERRY_OP_DEQUANT: idx = 1, n = p[0]; break;
-  case FERRY_OP_MATVEC: idx = 2, n = p[0]; break;
-  case FERRY_OP_MATMUL: idx = 2, n = p[2] * (p[0] + p[4]); break;
-  case FERRY_OP_MATMUL_GROUPED: idx = 3, n = r->total * p[0]; break;
-  case FERRY_OP_RMSNORM: idx = p[2] ? 0 : 2, n = p[0] * p[1]; break;
-  case FERRY_OP_ROPE_NEOX: idx = 0, n = p[0] * p[1] * p[2]; break;
-  case FERRY_OP_ATTN_DECODE: idx = 3, n = p[1] * p[3]; break;
-  case FERRY_OP_ATTN_PREFILL: idx = 3, n = p[0] * p[2] * p[4]; break;
-  case FERRY_OP_SWIGLU: case FERRY_OP_ADD: case FERRY_OP_SCALE: case FERRY_OP_AXPY:
-  case FERRY_OP_SIGMOID_MUL: idx = 2, n = p[0]; break;
-  case FERRY_OP_KV_STORE: { // the whole cache, decoded
-    const int64_t n_pos = p[3] + p[0], stride = p[2];
-    const size_t rb = op_kv_row_bytes(c->type, stride);
-    uint8_t *h = malloc(rb * (size_t)n_pos);
-    float *f = malloc((size_t)(n_pos * stride) * sizeof(float));
-    FERRY_ASSERT(h && f);
-    rc = op_download(r, 1, h, rb * (size_t)n_pos);
-    for (int64_t i = 0; !rc && i < n_pos; i++)
-      cpu_dequant_row(c->type, h + (size_t)i * rb, f + i * stride, stride);
-    free(h);
-    if (rc) {
-      free(f);
-      return rc;
+    case FERRY_OP_DEQUANT: idx = 1, n = p[0]; break;
+    case FERRY_OP_MATVEC: idx = 2, n = p[0]; break;
+    case FERRY_OP_MATMUL: idx = 2, n = p[2] * (p[0] + p[4]); break;
+    case FERRY_OP_MATMUL_GROUPED: idx = 3, n = r->total * p[0]; break;
+    case FERRY_OP_RMSNORM: idx = p[2] ? 0 : 2, n = p[0] * p[1]; break;
+    case FERRY_OP_ROPE_NEOX: idx = 0, n = p[0] * p[1] * p[2]; break;
+    case FERRY_OP_ATTN_DECODE: idx = 3, n = p[1] * p[3]; break;
+    case FERRY_OP_ATTN_PREFILL: idx = 3, n = p[0] * p[2] * p[4]; break;
+    case FERRY_OP_SWIGLU:
+    case FERRY_OP_ADD:
+    case FERRY_OP_SCALE:
+    case FERRY_OP_AXPY:
+    case FERRY_OP_SIGMOID_MUL: idx = 2, n = p[0]; break;
+    case FERRY_OP_KV_STORE: { // the whole cache, decoded
+      const int64_t n_pos = p[3] + p[0], stride = p[2];
+      const size_t rb = op_kv_row_bytes(c->type, stride);
+      uint8_t *h = malloc(rb * (size_t)n_pos);
+      float *f = malloc((size_t)(n_pos * stride) * sizeof(float));
+      FERRY_ASSERT(h && f);
+      rc = op_download(r, 1, h, rb * (size_t)n_pos);
+      for (int64_t i = 0; !rc && i < n_pos; i++)
+        cpu_dequant_row(c->type, h + (size_t)i * rb, f + i * stride, stride);
+      free(h);
+      if (rc) {
+        free(f);
+        return rc;
+      }
+      *out = f;
+      *n_out = n_pos * stride;
+      return 0;
     }
-    *out = f;
-    *n_out = n_pos * stride;
-    return 0;
-  }
-  case FERRY_OP_ROUTER_TOPK: { // weights, then ids as floats
-    const int64_t m = p[0] * p[2];
-    float *f = malloc((size_t)(2 * m) * sizeof(float));
-    int *ids = malloc((size_t)m * sizeof(int));
-    FERRY_ASSERT(f && ids);
-    rc = op_download(r, 2, f, (size_t)m * 4);
-    if (!rc) rc = op_download(r, 1, ids, (size_t)m * sizeof(int));
-    for (int64_t i = 0; i < m; i++) f[m + i] = (float)ids[i];
-    free(ids);
-    if (rc) {
-      free(f);
-      return rc;
+    case FERRY_OP_ROUTER_TOPK: { // weights, then ids as floats
+      const int64_t m = p[0] * p[2];
+      float *f = malloc((size_t)(2 * m) * sizeof(float));
+      int *ids = malloc((size_t)m * sizeof(int));
+      FERRY_ASSERT(f && ids);
+      rc = op_download(r, 2, f, (size_t)m * 4);
+      if (!rc) rc = op_download(r, 1, ids, (size_t)m * sizeof(int));
+      for (int64_t i = 0; i < m; i++) f[m + i] = (float)ids[i];
+      free(ids);
+      if (rc) {
+        free(f);
+        return rc;
+      }
+      *out = f;
+      *n_out = 2 * m;
+      return 0;
     }
-    *out = f;
-    *n_out = 2 * m;
-    return 0;
-  }
-  default: return ferry_fail(-EINVAL, "op table: no output for op %d", (int)c->op);
+    default: return ferry_fail(-EINVAL, "op table: no output for op %d", (int)c->op);
   }
   float *f = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
   FERRY_ASSERT(f);
@@ -531,8 +534,8 @@ static inline double op_nerr(const float *a, const float *ref, int64_t n, bool *
 
 // Error of output a against the reference ref for case c: the normalised error, except
 // that router ids (the second half of its output) must match exactly (INFINITY if not).
-static inline double op_case_error(const struct op_case *c, const float *a, const float *ref, int64_t n,
-                            bool *finite) {
+static inline double op_case_error(const struct op_case *c, const float *a, const float *ref,
+                                   int64_t n, bool *finite) {
   if (c->op != FERRY_OP_ROUTER_TOPK) return op_nerr(a, ref, n, finite);
   const int64_t m = n / 2;
   const double e = op_nerr(a, ref, m, finite);

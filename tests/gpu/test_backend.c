@@ -44,7 +44,8 @@ int main(void) {
   CHECK_EQ(ferry_backend_create(&cpu, "cpu", NULL, 0), 0);
   check_bad_args(cpu);
   ferry_backend_destroy(cpu);
-  if (ferry_backend_cuda_devices() <= 0) SKIP("no CUDA device: backend memory/stream tests not run");
+  if (ferry_backend_cuda_devices() <= 0)
+    SKIP("no CUDA device: backend memory/stream tests not run");
 
   struct ferry_backend *be = NULL;
   CHECK_EQ(ferry_backend_create(&be, "cuda", NULL, 0), 0);
@@ -83,7 +84,7 @@ int main(void) {
   CHECK_EQ(be->ops.event_record(be, t1, a), 0);
   CHECK_EQ(be->ops.stream_wait_event(be, b, ev), 0);
   CHECK_EQ(be->ops.memset0(be, d2, N * sizeof(float), b), 0);
-  CHECK_EQ(be->ops.axpy(be, d2, d1, 2.0f, N, b), 0);       // d2 = 2 h
+  CHECK_EQ(be->ops.axpy(be, d2, d1, 2.0f, N, b), 0); // d2 = 2 h
   CHECK_EQ(be->ops.copy_d2d(be, d1, d2, N * sizeof(float), b), 0);
   CHECK_EQ(be->ops.copy_d2h(be, back, d1, N * sizeof(float), b), 0);
   CHECK_EQ(be->ops.stream_sync(be, b), 0);

@@ -12,7 +12,8 @@
 
 static double rel_err(const float *a, const float *b, int64_t n) {
   double num = 0, den = 0;
-  for (int64_t i = 0; i < n; i++) num += (a[i] - b[i]) * (double)(a[i] - b[i]), den += (double)b[i] * b[i];
+  for (int64_t i = 0; i < n; i++)
+    num += (a[i] - b[i]) * (double)(a[i] - b[i]), den += (double)b[i] * b[i];
   return sqrt(num / (den + 1e-30));
 }
 
@@ -30,9 +31,12 @@ int main(void) {
     for (size_t ti = 0; ti < 3; ti++)
       for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         int64_t T = cases[ci][0], pos0 = cases[ci][1], n_ctx = pos0 + T + 3;
-        size_t rb = types[ti] == FT_F32 ? stride * 4 : types[ti] == FT_F16 ? stride * 2 : stride / 32 * 34;
+        size_t rb = types[ti] == FT_F32   ? stride * 4
+                    : types[ti] == FT_F16 ? stride * 2
+                                          : stride / 32 * 34;
         uint8_t *kc = calloc(n_ctx, rb), *vc = calloc(n_ctx, rb);
-        float *kv = malloc(sizeof(float) * stride * (pos0 + T)), *q = malloc(sizeof(float) * T * H * D);
+        float *kv = malloc(sizeof(float) * stride * (pos0 + T)),
+              *q = malloc(sizeof(float) * T * H * D);
         float *ref = malloc(sizeof(float) * T * H * D), *got = malloc(sizeof(float) * T * H * D);
         for (int64_t i = 0; i < stride * (pos0 + T); i++) kv[i] = ferry_rng_normal(&r);
         CHECK_EQ(cpu_kv_store(kc, types[ti], stride, 0, pos0 + T, kv, stride), 0);
@@ -45,11 +49,14 @@ int main(void) {
         float *scratch = malloc(sizeof(float) * per * 2);
         for (int pi = 0; pi < 2; pi++) {
           memset(got, 0xff, sizeof(float) * T * H * D);
-          cpu_attn_fast(pi ? pool : NULL, got, q, kc, vc, types[ti], T, pos0, H, Hkv, D, stride, scale, scratch, n_ctx);
+          cpu_attn_fast(pi ? pool : NULL, got, q, kc, vc, types[ti], T, pos0, H, Hkv, D, stride,
+                        scale, scratch, n_ctx);
           double e = rel_err(got, ref, T * H * D);
           if (!(e < 2e-6)) {
-            fprintf(stderr, "H=%lld Hkv=%lld D=%lld type=%d T=%lld pos0=%lld pool=%d: rel err %.3g\n", (long long)H,
-                    (long long)Hkv, (long long)D, types[ti], (long long)T, (long long)pos0, pi, e);
+            fprintf(stderr,
+                    "H=%lld Hkv=%lld D=%lld type=%d T=%lld pos0=%lld pool=%d: rel err %.3g\n",
+                    (long long)H, (long long)Hkv, (long long)D, types[ti], (long long)T,
+                    (long long)pos0, pi, e);
             CHECK(e < 2e-6);
           }
           n_checked++;

@@ -114,7 +114,8 @@ static void test_conv(void) {
 // SiLU over its whole range (the vector exp): a 1-tap conv with weight 1 is silu(u).
 static void test_silu_range(void) {
   const int64_t C = 4003;
-  float *u = malloc(sizeof(float) * C), *y = malloc(sizeof(float) * C), *w = malloc(sizeof(float) * C);
+  float *u = malloc(sizeof(float) * C), *y = malloc(sizeof(float) * C),
+        *w = malloc(sizeof(float) * C);
   for (int64_t c = 0; c < C; c++) {
     u[c] = -120.0f + 240.0f * (float)c / (float)(C - 1) + 1e-3f * ferry_rng_normal(&g_rng);
     w[c] = 1.0f;
@@ -123,8 +124,10 @@ static void test_silu_range(void) {
   cpu_ssm_conv_step(y, NULL, u, w, C, 1, 1);
   for (int64_t c = 0; c < C; c++) {
     double ref = silu_d(u[c]);
-    if (fabs(ref) > 1e-30) CHECK_NEAR(y[c], ref, 4e-7 * fabs(ref));
-    else CHECK(fabs(y[c]) < 1e-30);
+    if (fabs(ref) > 1e-30)
+      CHECK_NEAR(y[c], ref, 4e-7 * fabs(ref));
+    else
+      CHECK(fabs(y[c]) < 1e-30);
   }
   free(u), free(y), free(w);
 }
@@ -219,8 +222,8 @@ static void test_worked_example(void) {
   CHECK_NEAR(o[1], 0.31113, 1e-5);
   // the same two tokens through the chunked form (g = log decay)
   float g[2] = {0.0f, logf(0.5f)}, S2[4] = {0}, o2[4];
-  CHECK_EQ(cpu_delta_chunked(NULL, o2, 2, S2, &q[0][0], 2, &k[0][0], 2, &v[0][0], 2, beta, g,
-                             2, 1, 1, 2, 2, 64),
+  CHECK_EQ(cpu_delta_chunked(NULL, o2, 2, S2, &q[0][0], 2, &k[0][0], 2, &v[0][0], 2, beta, g, 2, 1,
+                             1, 2, 2, 64),
            0);
   CHECK_NEAR(o2[2], 0.39598, 1e-5);
   CHECK_NEAR(o2[3], 0.31113, 1e-5);
@@ -318,14 +321,14 @@ static void test_delta_x(struct ferry_pool *pool, int64_t T, int64_t Hk, int64_t
                    c.beta + t * Hv, c.dec + t * Hv, Hk, Hv, dk, dv);
   // (2) the T-token recurrence (strided) and its pooled variant: identical bits
   float *o2 = malloc(sizeof(float) * no), *S2 = dup(c.S0, ns);
-  cpu_delta_recurrent(NULL, o2, Hv * dv, S2, c.q, c.ldq, c.k, c.ldk, c.v, c.ldv, c.beta, c.dec,
-                      T, Hk, Hv, dk, dv);
+  cpu_delta_recurrent(NULL, o2, Hv * dv, S2, c.q, c.ldq, c.k, c.ldk, c.v, c.ldv, c.beta, c.dec, T,
+                      Hk, Hv, dk, dv);
   CHECK(memcmp(o1, o2, sizeof(float) * no) == 0);
   CHECK(memcmp(S1, S2, sizeof(float) * ns) == 0);
   if (pool) {
     float *o3 = malloc(sizeof(float) * no), *S3 = dup(c.S0, ns);
-    cpu_delta_recurrent(pool, o3, Hv * dv, S3, c.q, c.ldq, c.k, c.ldk, c.v, c.ldv, c.beta,
-                        c.dec, T, Hk, Hv, dk, dv);
+    cpu_delta_recurrent(pool, o3, Hv * dv, S3, c.q, c.ldq, c.k, c.ldk, c.v, c.ldv, c.beta, c.dec, T,
+                        Hk, Hv, dk, dv);
     CHECK(memcmp(o1, o3, sizeof(float) * no) == 0);
     CHECK(memcmp(S1, S3, sizeof(float) * ns) == 0);
     free(o3), free(S3);
@@ -334,8 +337,8 @@ static void test_delta_x(struct ferry_pool *pool, int64_t T, int64_t Hk, int64_t
   const int64_t ldo = Hv * dv + 5;
   float *oc = malloc(sizeof(float) * T * ldo), *Sc = dup(c.S0, ns);
   for (int64_t i = 0; i < T * ldo; i++) oc[i] = 12345.0f; // padding must stay untouched
-  CHECK_EQ(cpu_delta_chunked(pool, oc, ldo, Sc, c.q, c.ldq, c.k, c.ldk, c.v, c.ldv, c.beta,
-                             c.g, T, Hk, Hv, dk, dv, chunk),
+  CHECK_EQ(cpu_delta_chunked(pool, oc, ldo, Sc, c.q, c.ldq, c.k, c.ldk, c.v, c.ldv, c.beta, c.g, T,
+                             Hk, Hv, dk, dv, chunk),
            0);
   float *ocd = malloc(sizeof(float) * no);
   for (int64_t t = 0; t < T; t++) {
@@ -344,15 +347,17 @@ static void test_delta_x(struct ferry_pool *pool, int64_t T, int64_t Hk, int64_t
   }
   double eo = rel_err_f(ocd, o1, no), es = rel_err_f(Sc, S1, ns);
   if (!(eo < 1e-5 && es < 1e-5))
-    fprintf(stderr, "chunked vs recurrent T=%lld Hk=%lld Hv=%lld dk=%lld dv=%lld chunk=%lld: "
-                    "o %.3g S %.3g\n", (long long)T, (long long)Hk, (long long)Hv,
-            (long long)dk, (long long)dv, (long long)chunk, eo, es);
+    fprintf(stderr,
+            "chunked vs recurrent T=%lld Hk=%lld Hv=%lld dk=%lld dv=%lld chunk=%lld: "
+            "o %.3g S %.3g\n",
+            (long long)T, (long long)Hk, (long long)Hv, (long long)dk, (long long)dv,
+            (long long)chunk, eo, es);
   CHECK(eo < 1e-5);
   CHECK(es < 1e-5);
   // (4) the dispatcher: the chunked bits for long prompts, else the recurrent ones
   float *op = malloc(sizeof(float) * no), *Sp = dup(c.S0, ns);
-  CHECK_EQ(cpu_delta_prefill(pool, op, Hv * dv, Sp, c.q, c.ldq, c.k, c.ldk, c.v, c.ldv, c.beta,
-                             c.g, T, Hk, Hv, dk, dv),
+  CHECK_EQ(cpu_delta_prefill(pool, op, Hv * dv, Sp, c.q, c.ldq, c.k, c.ldk, c.v, c.ldv, c.beta, c.g,
+                             T, Hk, Hv, dk, dv),
            0);
   CHECK(rel_err_f(op, o1, no) < 1e-5);
   CHECK(rel_err_f(Sp, S1, ns) < 1e-5);
@@ -419,7 +424,8 @@ static void test_regroup(void) {
         int64_t g = h / r, tt = h % r;
         CHECK_EQ(qkv[t * qkv_row + 2 * nk * dk + h * dv + j],
                  t * in_row + g * grp + 2 * dk + tt * dv + j + 1);
-        CHECK_EQ(z[t * z_row + h * dv + j], t * in_row + g * grp + 2 * dk + r * dv + tt * dv + j + 1);
+        CHECK_EQ(z[t * z_row + h * dv + j],
+                 t * in_row + g * grp + 2 * dk + r * dv + tt * dv + j + 1);
       }
   }
   // the real shape, legacy §5.4: o = 768 g + j
@@ -430,8 +436,8 @@ static void test_regroup(void) {
     for (int64_t i = 0; i < N; i++) pp[i] = (float)i;
     cpu_ssm_in_regroup(qq, zz, pp, 1, NK, NV, D, D);
     CHECK_EQ(qq[0], 0);
-    CHECK_EQ(qq[128], 768);            // q_1[0]
-    CHECK_EQ(qq[2048], 128);           // k_0[0]
+    CHECK_EQ(qq[128], 768);  // q_1[0]
+    CHECK_EQ(qq[2048], 128); // k_0[0]
     CHECK_EQ(qq[2048 + 15 * 128 + 7], 768 * 15 + 128 + 7);
     CHECK_EQ(qq[4096 + 3 * 128 + 9], 768 * 1 + 256 + 128 + 9); // v_3 = group 1, t 1
     CHECK_EQ(zz[31 * 128 + 127], 768 * 15 + 512 + 128 + 127);

@@ -37,10 +37,22 @@ extern void *__libc_malloc(size_t);
 extern void *__libc_calloc(size_t, size_t);
 extern void *__libc_realloc(void *, size_t);
 extern void *__libc_memalign(size_t, size_t);
-void *malloc(size_t n) { g_allocs++; return __libc_malloc(n); }
-void *calloc(size_t a, size_t b) { g_allocs++; return __libc_calloc(a, b); }
-void *realloc(void *p, size_t n) { g_allocs++; return __libc_realloc(p, n); }
-void *aligned_alloc(size_t a, size_t n) { g_allocs++; return __libc_memalign(a, n); }
+void *malloc(size_t n) {
+  g_allocs++;
+  return __libc_malloc(n);
+}
+void *calloc(size_t a, size_t b) {
+  g_allocs++;
+  return __libc_calloc(a, b);
+}
+void *realloc(void *p, size_t n) {
+  g_allocs++;
+  return __libc_realloc(p, n);
+}
+void *aligned_alloc(size_t a, size_t n) {
+  g_allocs++;
+  return __libc_memalign(a, n);
+}
 int posix_memalign(void **out, size_t a, size_t n) {
   g_allocs++;
   *out = __libc_memalign(a, n);
@@ -48,8 +60,8 @@ int posix_memalign(void **out, size_t a, size_t n) {
 }
 #endif
 
-#define NL 5
-#define NE 16
+#define NL   5
+#define NE   16
 #define KMAX 4
 
 static uint8_t *g_file;
@@ -210,15 +222,20 @@ static void random_traffic(struct ecache *c, struct budget *b, int steps) {
   CHECK(t.hits > 0 && t.misses > 0 && t.evictions > 0 && t.prefetches > 0);
   CHECK_EQ(t.errors, errors0);
   CHECK_EQ(st.capacity_bytes[ECACHE_DEVICE], 0);
-  fprintf(stderr, "traffic: %llu acquires, %llu hits, %llu misses, %llu evictions, %llu "
-          "prefetches, %d ENOSPC\n", (unsigned long long)t.acquires, (unsigned long long)t.hits,
-          (unsigned long long)t.misses, (unsigned long long)t.evictions,
-          (unsigned long long)t.prefetches, nospc);
+  fprintf(stderr,
+          "traffic: %llu acquires, %llu hits, %llu misses, %llu evictions, %llu "
+          "prefetches, %d ENOSPC\n",
+          (unsigned long long)t.acquires, (unsigned long long)t.hits, (unsigned long long)t.misses,
+          (unsigned long long)t.evictions, (unsigned long long)t.prefetches, nospc);
 }
 
 static struct ecache_params params(struct io_reader *r, struct budget *b, uint32_t slots) {
-  return (struct ecache_params){.n_layers = NL, .layers = g_layers, .reader = r, .budget = b,
-                                .host_slots = slots, .min_slots = KMAX};
+  return (struct ecache_params){.n_layers = NL,
+                                .layers = g_layers,
+                                .reader = r,
+                                .budget = b,
+                                .host_slots = slots,
+                                .min_slots = KMAX};
 }
 
 int main(void) {
@@ -290,8 +307,8 @@ int main(void) {
 
   // Exact LRU order on one class: layer 1 alone (one class, 6 slots).
   struct ecache_layer one = g_layers[1];
-  struct ecache_params p1 = {.n_layers = 1, .layers = &one, .reader = rd, .budget = b,
-                             .host_slots = 6, .min_slots = 2};
+  struct ecache_params p1 = {
+      .n_layers = 1, .layers = &one, .reader = rd, .budget = b, .host_slots = 6, .min_slots = 2};
   CHECK_EQ(ecache_create(&c, &p1), 0);
   for (int32_t e = 0; e < 6; e++) {
     struct ecache_ref r;
@@ -442,8 +459,12 @@ int main(void) {
     FERRY_ASSERT(fd >= 0 && write(fd, g_file, g_size) == (ssize_t)g_size);
     close(fd);
     FERRY_ASSERT(io_reader_open(&rd, path, NULL) == 0);
-    struct ecache_params pr = {.n_layers = 2, .layers = g_layers, .reader = rd, .budget = b,
-                               .host_bytes = 10 * 3 * 888832, .min_slots = 4};
+    struct ecache_params pr = {.n_layers = 2,
+                               .layers = g_layers,
+                               .reader = rd,
+                               .budget = b,
+                               .host_bytes = 10 * 3 * 888832,
+                               .min_slots = 4};
     CHECK_EQ(ecache_create(&c, &pr), 0);
     CHECK_EQ(ecache_slot_bytes(c, 0), 3 * 888832); // 217 blocks per slice
     ecache_stats(c, &st);

@@ -35,7 +35,8 @@ static void str(struct buf *b, const char *s) {
 // Offsets of interesting places in the valid file, for the mutations.
 struct layout {
   size_t kv_count_at, tensor_count_at, first_key_at, str_len_at, arr_len_at, arr_type_at, vtype_at;
-  size_t tinfo_at[3], dims_at[3], ndims_at[3], ttype_at[3], toff_at[3], data_at, align_kv_val_at, bool_at;
+  size_t tinfo_at[3], dims_at[3], ndims_at[3], ttype_at[3], toff_at[3], data_at, align_kv_val_at,
+      bool_at;
 };
 
 // Three tensors: "a" f32 {8, 4}, "b" q8_0 {64, 2}, "c" q4_K {256, 1}.
@@ -186,7 +187,8 @@ int main(void) {
     CHECK_EQ(gguf_n_tensors(f), 3);
     CHECK_EQ(gguf_alignment(f), 32);
     CHECK_EQ(gguf_data_offset(f), L.data_at);
-    CHECK(gguf_get_str(f, "general.architecture") && !strcmp(gguf_get_str(f, "general.architecture"), "qwen3moe"));
+    CHECK(gguf_get_str(f, "general.architecture") &&
+          !strcmp(gguf_get_str(f, "general.architecture"), "qwen3moe"));
     float fv = 0;
     CHECK_EQ(gguf_get_f32(f, "test.f32", &fv), 0);
     CHECK_NEAR(fv, 1.5, 0);
@@ -206,7 +208,8 @@ int main(void) {
       CHECK(!strcmp(s[0].data, "alpha") && s[1].len == 0 && !strcmp(s[2].data, "γάμμα"));
     }
     const struct gguf_kv *nested = gguf_find_kv(f, "test.nested");
-    CHECK(nested && nested->type == GGUF_ARRAY && nested->arr_type == GGUF_ARRAY && nested->arr_n == 2);
+    CHECK(nested && nested->type == GGUF_ARRAY && nested->arr_type == GGUF_ARRAY &&
+          nested->arr_n == 2);
     const struct gguf_tensor *tb = gguf_find_tensor(f, "b"), *tc = gguf_find_tensor(f, "c");
     CHECK(tb && tc && !gguf_find_tensor(f, "d"));
     if (tb && tc) {
@@ -244,36 +247,57 @@ int main(void) {
   for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
     char nm[32];
     snprintf(nm, sizeof nm, "trunc%zu", i);
-    expect_fail(nm, v.p, cuts[i][0], cuts[i][1] ? "past the end of the file" : "truncated|larger than the file allows");
+    expect_fail(nm, v.p, cuts[i][0],
+                cuts[i][1] ? "past the end of the file" : "truncated|larger than the file allows");
   }
 
   struct buf c;
   // ---- header
   c = copy(&v), c.p[0] = 'X', expect_fail("magic", c.p, c.n, "bad magic"), free(c.p);
-  c = copy(&v), patch_u32(&c, 4, 2), expect_fail("version2", c.p, c.n, "unsupported GGUF version 2"), free(c.p);
-  c = copy(&v), patch_u64(&c, L.tensor_count_at, 1ull << 40), expect_fail("huge_tensors", c.p, c.n, "count"), free(c.p);
-  c = copy(&v), patch_u64(&c, L.kv_count_at, UINT64_MAX), expect_fail("huge_kv", c.p, c.n, "count"), free(c.p);
+  c = copy(&v), patch_u32(&c, 4, 2),
+  expect_fail("version2", c.p, c.n, "unsupported GGUF version 2"), free(c.p);
+  c = copy(&v), patch_u64(&c, L.tensor_count_at, 1ull << 40),
+  expect_fail("huge_tensors", c.p, c.n, "count"), free(c.p);
+  c = copy(&v), patch_u64(&c, L.kv_count_at, UINT64_MAX), expect_fail("huge_kv", c.p, c.n, "count"),
+  free(c.p);
   // ---- metadata
-  c = copy(&v), patch_u64(&c, L.first_key_at, 1ull << 62), expect_fail("huge_key", c.p, c.n, "string length"), free(c.p);
-  c = copy(&v), patch_u64(&c, L.str_len_at, 1ull << 50), expect_fail("huge_str", c.p, c.n, "string length"), free(c.p);
-  c = copy(&v), patch_u64(&c, L.arr_len_at, 1ull << 60), expect_fail("huge_arr", c.p, c.n, "array length"), free(c.p);
-  c = copy(&v), patch_u32(&c, L.vtype_at, 13), expect_fail("vtype", c.p, c.n, "unknown value type 13"), free(c.p);
-  c = copy(&v), patch_u32(&c, L.arr_type_at, 99), expect_fail("arrtype", c.p, c.n, "unknown array element type"), free(c.p);
-  c = copy(&v), patch_u32(&c, L.align_kv_val_at, 24), expect_fail("align", c.p, c.n, "power of two"), free(c.p);
+  c = copy(&v), patch_u64(&c, L.first_key_at, 1ull << 62),
+  expect_fail("huge_key", c.p, c.n, "string length"), free(c.p);
+  c = copy(&v), patch_u64(&c, L.str_len_at, 1ull << 50),
+  expect_fail("huge_str", c.p, c.n, "string length"), free(c.p);
+  c = copy(&v), patch_u64(&c, L.arr_len_at, 1ull << 60),
+  expect_fail("huge_arr", c.p, c.n, "array length"), free(c.p);
+  c = copy(&v), patch_u32(&c, L.vtype_at, 13),
+  expect_fail("vtype", c.p, c.n, "unknown value type 13"), free(c.p);
+  c = copy(&v), patch_u32(&c, L.arr_type_at, 99),
+  expect_fail("arrtype", c.p, c.n, "unknown array element type"), free(c.p);
+  c = copy(&v), patch_u32(&c, L.align_kv_val_at, 24),
+  expect_fail("align", c.p, c.n, "power of two"), free(c.p);
   c = copy(&v), c.p[L.bool_at] = 2, expect_fail("bool", c.p, c.n, "bool"), free(c.p);
   // ---- tensor infos
-  c = copy(&v), patch_u32(&c, L.ttype_at[0], 99), expect_fail("ttype", c.p, c.n, "unsupported type 99"), free(c.p);
-  c = copy(&v), patch_u32(&c, L.ttype_at[0], 20), expect_fail("ttype_iq", c.p, c.n, "unsupported type 20"), free(c.p);
-  c = copy(&v), patch_u32(&c, L.ndims_at[0], 0), expect_fail("ndims0", c.p, c.n, "dimensions (1..4"), free(c.p);
-  c = copy(&v), patch_u32(&c, L.ndims_at[0], 7), expect_fail("ndims7", c.p, c.n, "dimensions (1..4"), free(c.p);
-  c = copy(&v), patch_u64(&c, L.dims_at[0], 0), expect_fail("dim0", c.p, c.n, "invalid dimensions"), free(c.p);
-  c = copy(&v), patch_u64(&c, L.dims_at[0], 1ull << 40), patch_u64(&c, L.dims_at[0] + 8, 1ull << 40),
+  c = copy(&v), patch_u32(&c, L.ttype_at[0], 99),
+  expect_fail("ttype", c.p, c.n, "unsupported type 99"), free(c.p);
+  c = copy(&v), patch_u32(&c, L.ttype_at[0], 20),
+  expect_fail("ttype_iq", c.p, c.n, "unsupported type 20"), free(c.p);
+  c = copy(&v), patch_u32(&c, L.ndims_at[0], 0),
+  expect_fail("ndims0", c.p, c.n, "dimensions (1..4"), free(c.p);
+  c = copy(&v), patch_u32(&c, L.ndims_at[0], 7),
+  expect_fail("ndims7", c.p, c.n, "dimensions (1..4"), free(c.p);
+  c = copy(&v), patch_u64(&c, L.dims_at[0], 0), expect_fail("dim0", c.p, c.n, "invalid dimensions"),
+  free(c.p);
+  c = copy(&v), patch_u64(&c, L.dims_at[0], 1ull << 40),
+  patch_u64(&c, L.dims_at[0] + 8, 1ull << 40),
   expect_fail("dimoverflow", c.p, c.n, "invalid dimensions"), free(c.p);
-  c = copy(&v), patch_u64(&c, L.dims_at[2], 100), expect_fail("blocksize", c.p, c.n, "not a multiple"), free(c.p);
-  c = copy(&v), patch_u64(&c, L.toff_at[1], 136), expect_fail("misaligned", c.p, c.n, "not a multiple of the alignment"), free(c.p);
-  c = copy(&v), patch_u64(&c, L.toff_at[2], 1 << 20), expect_fail("outside", c.p, c.n, "past the end of the file"), free(c.p);
-  c = copy(&v), patch_u64(&c, L.toff_at[2], 128), expect_fail("overlap", c.p, c.n, "overlap"), free(c.p);
-  c = copy(&v), c.p[L.tinfo_at[1] + 8] = 'a', expect_fail("dupname", c.p, c.n, "duplicate tensor name 'a'"), free(c.p);
+  c = copy(&v), patch_u64(&c, L.dims_at[2], 100),
+  expect_fail("blocksize", c.p, c.n, "not a multiple"), free(c.p);
+  c = copy(&v), patch_u64(&c, L.toff_at[1], 136),
+  expect_fail("misaligned", c.p, c.n, "not a multiple of the alignment"), free(c.p);
+  c = copy(&v), patch_u64(&c, L.toff_at[2], 1 << 20),
+  expect_fail("outside", c.p, c.n, "past the end of the file"), free(c.p);
+  c = copy(&v), patch_u64(&c, L.toff_at[2], 128), expect_fail("overlap", c.p, c.n, "overlap"),
+  free(c.p);
+  c = copy(&v), c.p[L.tinfo_at[1] + 8] = 'a',
+  expect_fail("dupname", c.p, c.n, "duplicate tensor name 'a'"), free(c.p);
 
   // ---- random byte flips in the header: must open or fail cleanly, never crash
   struct ferry_rng r;
@@ -282,7 +306,8 @@ int main(void) {
   for (int i = 0; i < 400; i++) {
     c = copy(&v);
     int flips = 1 + (int)(ferry_rng_u64(&r) % 4);
-    for (int k = 0; k < flips; k++) c.p[ferry_rng_u64(&r) % L.data_at] ^= (uint8_t)(1u << (ferry_rng_u64(&r) % 8));
+    for (int k = 0; k < flips; k++)
+      c.p[ferry_rng_u64(&r) % L.data_at] ^= (uint8_t)(1u << (ferry_rng_u64(&r) % 8));
     CHECK(write_file("flip", c.p, c.n, path, sizeof path) == 0);
     f = NULL;
     ferry_clear_error();
@@ -295,7 +320,8 @@ int main(void) {
     }
     free(c.p);
   }
-  fprintf(stderr, "%d malformed cases; random flips: %d opened, %d rejected\n", n_cases, opened, failed);
+  fprintf(stderr, "%d malformed cases; random flips: %d opened, %d rejected\n", n_cases, opened,
+          failed);
   CHECK(n_cases >= 20);
   CHECK(failed > 100);
   free(v.p);

@@ -87,7 +87,9 @@ static int write_file(const char *path, uint32_t align) {
   ferry_clear_error();
 
   for (int i = 0; i < NT; i++)
-    CHECK_EQ(gguf_writer_add_tensor(w, k_tensors[i].name, k_tensors[i].n_dims, k_tensors[i].ne, k_tensors[i].type), 0);
+    CHECK_EQ(gguf_writer_add_tensor(w, k_tensors[i].name, k_tensors[i].n_dims, k_tensors[i].ne,
+                                    k_tensors[i].type),
+             0);
   CHECK(gguf_writer_add_tensor(w, k_tensors[0].name, 1, k_tensors[0].ne, FT_F32) < 0); // duplicate
   ferry_clear_error();
   CHECK_EQ(gguf_writer_n_tensors(w), NT);
@@ -127,21 +129,33 @@ static void check_file(const char *path, uint32_t align) {
   CHECK_EQ(gguf_n_kv(f), 21 + (align && align != 32 ? 1 : 0));
   CHECK(!strcmp(gguf_get_str(f, "general.architecture"), "qwen3moe"));
   const struct gguf_kv *kv;
-  kv = gguf_find_kv(f, "t.u8"); CHECK(kv && kv->type == GGUF_U8 && kv->v.u64 == 200);
-  kv = gguf_find_kv(f, "t.i8"); CHECK(kv && kv->type == GGUF_I8 && kv->v.i64 == -100);
-  kv = gguf_find_kv(f, "t.u16"); CHECK(kv && kv->type == GGUF_U16 && kv->v.u64 == 65000);
-  kv = gguf_find_kv(f, "t.i16"); CHECK(kv && kv->type == GGUF_I16 && kv->v.i64 == -32000);
-  kv = gguf_find_kv(f, "t.u32"); CHECK(kv && kv->type == GGUF_U32 && kv->v.u64 == 4000000000u);
-  kv = gguf_find_kv(f, "t.i32"); CHECK(kv && kv->type == GGUF_I32 && kv->v.i64 == -2000000000);
-  kv = gguf_find_kv(f, "t.u64"); CHECK(kv && kv->type == GGUF_U64 && kv->v.u64 == 0xfedcba9876543210ull);
-  kv = gguf_find_kv(f, "t.i64"); CHECK(kv && kv->type == GGUF_I64 && kv->v.i64 == -1234567890123ll);
-  kv = gguf_find_kv(f, "t.f32"); CHECK(kv && kv->type == GGUF_F32 && (float)kv->v.f64 == 1e-6f);
-  kv = gguf_find_kv(f, "t.f64"); CHECK(kv && kv->type == GGUF_F64 && kv->v.f64 == 3.141592653589793);
+  kv = gguf_find_kv(f, "t.u8");
+  CHECK(kv && kv->type == GGUF_U8 && kv->v.u64 == 200);
+  kv = gguf_find_kv(f, "t.i8");
+  CHECK(kv && kv->type == GGUF_I8 && kv->v.i64 == -100);
+  kv = gguf_find_kv(f, "t.u16");
+  CHECK(kv && kv->type == GGUF_U16 && kv->v.u64 == 65000);
+  kv = gguf_find_kv(f, "t.i16");
+  CHECK(kv && kv->type == GGUF_I16 && kv->v.i64 == -32000);
+  kv = gguf_find_kv(f, "t.u32");
+  CHECK(kv && kv->type == GGUF_U32 && kv->v.u64 == 4000000000u);
+  kv = gguf_find_kv(f, "t.i32");
+  CHECK(kv && kv->type == GGUF_I32 && kv->v.i64 == -2000000000);
+  kv = gguf_find_kv(f, "t.u64");
+  CHECK(kv && kv->type == GGUF_U64 && kv->v.u64 == 0xfedcba9876543210ull);
+  kv = gguf_find_kv(f, "t.i64");
+  CHECK(kv && kv->type == GGUF_I64 && kv->v.i64 == -1234567890123ll);
+  kv = gguf_find_kv(f, "t.f32");
+  CHECK(kv && kv->type == GGUF_F32 && (float)kv->v.f64 == 1e-6f);
+  kv = gguf_find_kv(f, "t.f64");
+  CHECK(kv && kv->type == GGUF_F64 && kv->v.f64 == 3.141592653589793);
   bool b = false;
   CHECK_EQ(gguf_get_bool(f, "t.bool", &b), 0);
   CHECK(b);
-  kv = gguf_find_kv(f, "t.nul"); CHECK(kv && kv->str.len == 3 && !memcmp(kv->str.data, "a\0b", 3));
-  kv = gguf_find_kv(f, "t.empty"); CHECK(kv && kv->type == GGUF_STRING && kv->str.len == 0);
+  kv = gguf_find_kv(f, "t.nul");
+  CHECK(kv && kv->str.len == 3 && !memcmp(kv->str.data, "a\0b", 3));
+  kv = gguf_find_kv(f, "t.empty");
+  CHECK(kv && kv->type == GGUF_STRING && kv->str.len == 0);
   kv = gguf_get_arr(f, "t.strs", GGUF_STRING);
   CHECK(kv && kv->arr_n == 4);
   if (kv && kv->arr_n == 4) {
@@ -149,9 +163,11 @@ static void check_file(const char *path, uint32_t align) {
     CHECK(!strcmp(s[0].data, "Ġ Ġ") && s[1].len == 0 && !strcmp(s[2].data, "<|im_end|>") &&
           !strcmp(s[3].data, "hello"));
   }
-  kv = gguf_get_arr(f, "t.nostrs", GGUF_STRING); CHECK(kv && kv->arr_n == 0);
+  kv = gguf_get_arr(f, "t.nostrs", GGUF_STRING);
+  CHECK(kv && kv->arr_n == 0);
   kv = gguf_get_arr(f, "t.i32s", GGUF_I32);
-  CHECK(kv && kv->arr_n == 5 && ((int32_t *)kv->arr)[1] == -2 && ((int32_t *)kv->arr)[4] == 2147483647);
+  CHECK(kv && kv->arr_n == 5 && ((int32_t *)kv->arr)[1] == -2 &&
+        ((int32_t *)kv->arr)[4] == 2147483647);
   kv = gguf_get_arr(f, "t.bools", GGUF_BOOL);
   CHECK(kv && kv->arr_n == 4 && ((uint8_t *)kv->arr)[0] == 1 && ((uint8_t *)kv->arr)[3] == 0);
   kv = gguf_get_arr(f, "t.f32s", GGUF_F32);
@@ -212,7 +228,8 @@ static void check_copy(const char *src, const char *dst) {
       if (!strcmp(a->key, "general.alignment")) continue;
       CHECK(b && b->type == a->type);
       if (!b || b->type != a->type) continue;
-      if (a->type == GGUF_STRING) CHECK(a->str.len == b->str.len && !memcmp(a->str.data, b->str.data, a->str.len));
+      if (a->type == GGUF_STRING)
+        CHECK(a->str.len == b->str.len && !memcmp(a->str.data, b->str.data, a->str.len));
       else if (a->type == GGUF_ARRAY) {
         CHECK(a->arr_type == b->arr_type && a->arr_n == b->arr_n);
         if (a->arr_type == GGUF_STRING && a->arr_n == b->arr_n) {
@@ -222,7 +239,8 @@ static void check_copy(const char *src, const char *dst) {
             same &= sa[k].len == sb[k].len && !memcmp(sa[k].data, sb[k].data, sa[k].len);
           CHECK(same);
         }
-      } else CHECK(a->v.u64 == b->v.u64);
+      } else
+        CHECK(a->v.u64 == b->v.u64);
     }
     gguf_close(g);
   }
@@ -275,9 +293,12 @@ int main(void) {
   // Copy a real fixture's metadata (tokenizer arrays included) when available.
   const char *fx = getenv("FERRY_FIXTURES");
   char src[512];
-  snprintf(src, sizeof src, "%s/models/pub-qwen3next-tiny-F32.gguf", fx ? fx : "/work/shared/fixtures");
-  if (file_exists(src)) check_copy(src, p4);
-  else fprintf(stderr, "note: %s missing, copy test skipped\n", src);
+  snprintf(src, sizeof src, "%s/models/pub-qwen3next-tiny-F32.gguf",
+           fx ? fx : "/work/shared/fixtures");
+  if (file_exists(src))
+    check_copy(src, p4);
+  else
+    fprintf(stderr, "note: %s missing, copy test skipped\n", src);
 
   unlink(p1), unlink(p2), unlink(p3), unlink(p4);
   rmdir(dir);

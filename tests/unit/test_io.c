@@ -14,7 +14,7 @@
 #include "io/reader.h"
 #include "tests/check.h"
 
-#define NBUF 32
+#define NBUF   32
 #define MAXLEN (300 * 1024)
 
 static uint8_t *g_data; // the file's bytes
@@ -47,8 +47,10 @@ static const char *disk_dir(void) {
 static void rand_span(uint64_t *off, uint64_t *len) {
   uint64_t r = ferry_rng_u64(&g_rng);
   *len = 1 + ferry_rng_u64(&g_rng) % MAXLEN;
-  if (r % 8 == 0) *off = g_size - *len; // touches the (unaligned) end of the file
-  else *off = ferry_rng_u64(&g_rng) % (g_size - *len + 1);
+  if (r % 8 == 0)
+    *off = g_size - *len; // touches the (unaligned) end of the file
+  else
+    *off = ferry_rng_u64(&g_rng) % (g_size - *len + 1);
 }
 
 static bool span_ok(const struct io_req *q) {
@@ -69,7 +71,7 @@ static void random_batches(struct io_reader *r, uint8_t *slab, uint64_t slot, bo
       CHECK_EQ(io_read_queue(r, &q[i]), 0);
     }
     CHECK(io_reader_submit(r) >= 0);
-    if (round % 3 == 2) { // poll without blocking until every read is done
+    if (round % 3 == 2) {      // poll without blocking until every read is done
       int done = 0, spins = 0; // (the pread path finishes them inside submit)
       for (int i = 0; i < n; i++) done += q[i].state == IO_REQ_DONE;
       while (done < n && spins++ < 100000) {
@@ -220,7 +222,8 @@ int main(void) {
   // Some filesystems (not tmpfs) still refuse O_DIRECT; the checks that need it then
   // run on the fallback and only the direct-specific assertions are left out.
   const bool direct_fs = st.direct;
-  if (!direct_fs) fprintf(stderr, "note: O_DIRECT refused in %s; direct-only checks skipped\n", dir);
+  if (!direct_fs)
+    fprintf(stderr, "note: O_DIRECT refused in %s; direct-only checks skipped\n", dir);
   CHECK_EQ(io_reader_file_size(r), g_size);
   CHECK_EQ(io_reader_register(r, iov, NBUF), 0);
   CHECK_EQ(io_reader_register(r, iov, NBUF), -EBUSY);

@@ -22,9 +22,12 @@ static void *xmalloc(size_t n) {
 static const enum ferry_type k_types[] = {FT_F32,  FT_F16,  FT_BF16, FT_Q8_0, FT_Q4_0,
                                           FT_Q2_K, FT_Q3_K, FT_Q4_K, FT_Q5_K, FT_Q6_K};
 
-struct shape { int64_t nrows, n, m; };
+struct shape {
+  int64_t nrows, n, m;
+};
 
-static void run_case(struct ferry_pool *pool, enum ferry_type t, struct shape s, struct ferry_rng *r) {
+static void run_case(struct ferry_pool *pool, enum ferry_type t, struct shape s,
+                     struct ferry_rng *r) {
   const struct ferry_type_info *ti = ferry_type_info(t);
   enum ferry_type vt = cpu_vec_dot_type(t);
   size_t rb = ferry_row_bytes(ti, s.n), ab = cpu_act_row_bytes(t, s.n);
@@ -95,9 +98,9 @@ int main(void) {
   CHECK_EQ(cpu_act_row_bytes(FT_BF16, 512), 1024);
   CHECK_EQ(cpu_act_row_bytes(FT_F32, 512), 2048);
   const struct shape shapes[] = {
-      {67, 768, 11},   // rows not a multiple of the row block; m spans 2 tiles
-      {5, 2048, 1},    // matvec via matmul
-      {130, 512, 8},   // exactly one activation tile
+      {67, 768, 11},      // rows not a multiple of the row block; m spans 2 tiles
+      {5, 2048, 1},       // matvec via matmul
+      {130, 512, 8},      // exactly one activation tile
       {9, 8192 + 768, 3}, // longer than one exact-path piece
       {1, 256, 5},        // one row: fewer rows than threads
   };

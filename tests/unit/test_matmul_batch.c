@@ -15,7 +15,8 @@ int main(void) {
   struct ferry_rng r;
   ferry_rng_seed(&r, 2024);
   enum ferry_type types[N_JOBS] = {FT_Q4_K, FT_Q6_K, FT_Q8_0, FT_Q4_K, FT_F32, FT_Q6_K, FT_BF16};
-  int64_t nrows[N_JOBS] = {77, 256, 33, 1, 50, 129, 40}, n[N_JOBS] = {512, 256, 96, 768, 40, 512, 64};
+  int64_t nrows[N_JOBS] = {77, 256, 33, 1, 50, 129, 40},
+          n[N_JOBS] = {512, 256, 96, 768, 40, 512, 64};
   int64_t ms[N_JOBS] = {1, 3, 5, 2, 1, 8, 4};
   struct cpu_mm_job jobs[N_JOBS];
   void *w[N_JOBS], *xq[N_JOBS];

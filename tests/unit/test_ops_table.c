@@ -19,16 +19,31 @@
 
 // Every non-op entry (memory, copies, streams, events) is set.
 static void check_runtime_entries(const struct ferry_backend_ops *o, const char *name) {
-#define ENTRY(f)                                                                          \
-  if (!o->f) {                                                                            \
-    fprintf(stderr, "%s backend: no " #f "\n", name);                                     \
-    CHECK(false);                                                                         \
+#define ENTRY(f)                                      \
+  if (!o->f) {                                        \
+    fprintf(stderr, "%s backend: no " #f "\n", name); \
+    CHECK(false);                                     \
   }
-  ENTRY(mem_alloc) ENTRY(mem_free) ENTRY(copy_h2d) ENTRY(copy_d2h) ENTRY(copy_d2d)
-  ENTRY(memset0) ENTRY(host_alloc) ENTRY(host_free) ENTRY(host_register)
-  ENTRY(host_unregister) ENTRY(mem_info) ENTRY(stream_create) ENTRY(stream_destroy)
-  ENTRY(stream_sync) ENTRY(event_create) ENTRY(event_destroy) ENTRY(event_record)
-  ENTRY(stream_wait_event) ENTRY(event_sync) ENTRY(event_elapsed_ms)
+  ENTRY(mem_alloc);
+  ENTRY(mem_free);
+  ENTRY(copy_h2d);
+  ENTRY(copy_d2h);
+  ENTRY(copy_d2d);
+  ENTRY(memset0);
+  ENTRY(host_alloc);
+  ENTRY(host_free);
+  ENTRY(host_register);
+  ENTRY(host_unregister);
+  ENTRY(mem_info);
+  ENTRY(stream_create);
+  ENTRY(stream_destroy);
+  ENTRY(stream_sync);
+  ENTRY(event_create);
+  ENTRY(event_destroy);
+  ENTRY(event_record);
+  ENTRY(stream_wait_event);
+  ENTRY(event_sync);
+  ENTRY(event_elapsed_ms);
 #undef ENTRY
 }
 
@@ -272,10 +287,10 @@ static void test_grouped(void) {
 static double case_cost(const struct op_case *c) {
   const int64_t *p = c->p;
   switch (c->op) {
-  case FERRY_OP_MATVEC: return (double)p[0] * p[1];
-  case FERRY_OP_MATMUL: return (double)p[0] * p[1] * p[2];
-  case FERRY_OP_MATMUL_GROUPED: return (double)p[0] * p[1] * p[3];
-  default: return 0;
+    case FERRY_OP_MATVEC: return (double)p[0] * p[1];
+    case FERRY_OP_MATMUL: return (double)p[0] * p[1] * p[2];
+    case FERRY_OP_MATMUL_GROUPED: return (double)p[0] * p[1] * p[3];
+    default: return 0;
   }
 }
 

@@ -69,7 +69,9 @@ static void aff_fn(void *vctx, int64_t b, int64_t e, int tid) {
   atomic_fetch_add(&c->checked, 1);
 }
 
-struct tiny_ctx { _Atomic int64_t total; };
+struct tiny_ctx {
+  _Atomic int64_t total;
+};
 static void tiny_fn(void *vctx, int64_t b, int64_t e, int tid) {
   struct tiny_ctx *c = vctx;
   atomic_fetch_add(&c->total, e - b);
@@ -99,12 +101,12 @@ int main(void) {
     if (!p) continue;
     int nt = ferry_pool_size(p);
     CHECK_EQ(nt, counts[ci] > 0 ? counts[ci] : cores);
-    check_sum(p, a, N, 1);        // big n
-    check_sum(p, a, N, 4096);     // grain splits
-    check_sum(p, a, 3, 1);        // n < threads (for 5, 7)
-    check_sum(p, a, 17, 1000);    // grain > n: one chunk
+    check_sum(p, a, N, 1);     // big n
+    check_sum(p, a, N, 4096);  // grain splits
+    check_sum(p, a, 3, 1);     // n < threads (for 5, 7)
+    check_sum(p, a, 17, 1000); // grain > n: one chunk
     check_sum(p, a, 1, 1);
-    check_sum(p, a, 0, 1);        // empty: nothing called
+    check_sum(p, a, 0, 1); // empty: nothing called
     check_sum(p, a, 2 * nt + 1, 2);
 
     // Affinity: every worker (including the caller as worker 0) runs on its set.

@@ -53,7 +53,8 @@ static void test_vectors(void) {
     cpu_dequant_row(v[k].t, blk, y, ti->blck);
     double s = 0;
     for (uint32_t i = 0; i < ti->blck; i++) s += y[i];
-    fprintf(stderr, "vector %-5s sum %.4f x0 %.6f x1 %.6f x31 %.6f\n", ti->name, s, y[0], y[1], y[31]);
+    fprintf(stderr, "vector %-5s sum %.4f x0 %.6f x1 %.6f x31 %.6f\n", ti->name, s, y[0], y[1],
+            y[31]);
     CHECK_NEAR(s, v[k].sum, 2e-3);
     CHECK_NEAR(y[0], v[k].x0, 2e-6 + 1e-7 * fabs(v[k].x0));
     CHECK_NEAR(y[1], v[k].x1, 2e-6 + 1e-7 * fabs(v[k].x1));
@@ -68,16 +69,20 @@ static void test_vectors(void) {
 // ---- (2) round-trip error
 static double rel_rms(const float *a, const float *b, int64_t n) {
   double e = 0, s = 0;
-  for (int64_t i = 0; i < n; i++) e += (double)(a[i] - b[i]) * (a[i] - b[i]), s += (double)a[i] * a[i];
+  for (int64_t i = 0; i < n; i++)
+    e += (double)(a[i] - b[i]) * (a[i] - b[i]), s += (double)a[i] * a[i];
   return sqrt(e / s);
 }
 
 static void test_roundtrip(void) {
   // Relative RMS error bounds on N(0,1) data, set ~20% above what these quantizers
   // measure (printed below), in line with llama.cpp's reference quantizers.
-  const struct { enum ferry_type t; double bound; } b[] = {
-      {FT_F32, 0},       {FT_F16, 3.5e-4},  {FT_BF16, 2.8e-3}, {FT_Q8_0, 6.5e-3}, {FT_Q4_0, 0.105},
-      {FT_Q2_K, 0.36},   {FT_Q3_K, 0.20},   {FT_Q4_K, 0.090},  {FT_Q5_K, 0.045},  {FT_Q6_K, 0.022},
+  const struct {
+    enum ferry_type t;
+    double bound;
+  } b[] = {
+      {FT_F32, 0},     {FT_F16, 3.5e-4}, {FT_BF16, 2.8e-3}, {FT_Q8_0, 6.5e-3}, {FT_Q4_0, 0.105},
+      {FT_Q2_K, 0.36}, {FT_Q3_K, 0.20},  {FT_Q4_K, 0.090},  {FT_Q5_K, 0.045},  {FT_Q6_K, 0.022},
   };
   const int64_t n = 256 * 64;
   struct ferry_rng r;
@@ -135,9 +140,9 @@ static void test_act_rules(void) {
   ferry_rng_seed(&r, 7);
   float x[512];
   fill_normal(&r, x, 512, 0.7f);
-  x[3] = -4.0f; // block 0: the extreme is negative -> d > 0 ... sign kept
+  x[3] = -4.0f;  // block 0: the extreme is negative -> d > 0 ... sign kept
   x[300] = 5.0f; // block 1: positive extreme -> d < 0
-  x[5] = -0.0f; // a signed zero in the data
+  x[5] = -0.0f;  // a signed zero in the data
   block_q8_K b[2];
   cpu_quantize_act(FT_Q8_K, x, b, 512);
   CHECK(b[0].d > 0 && b[1].d < 0);
@@ -186,11 +191,11 @@ static void act_half_step(enum ferry_type vt, const float *x, int64_t n, double 
     for (int64_t i = b0; i < b0 + B; i++) amax = fmaxf(amax, fabsf(x[i]));
     for (int64_t i = b0; i < b0 + B; i++) {
       switch (vt) {
-      case FT_Q8_K: h[i] = amax / 127.0 / 2; break;
-      case FT_Q8_0: h[i] = amax / 127.0 / 2 * 1.002 + amax * 1e-3; break; // + f16 d rounding
-      case FT_F16: h[i] = fabs(x[i]) * 0x1p-11 + 0x1p-25; break;
-      case FT_BF16: h[i] = fabs(x[i]) * 0x1p-8; break;
-      default: h[i] = 0;
+        case FT_Q8_K: h[i] = amax / 127.0 / 2; break;
+        case FT_Q8_0: h[i] = amax / 127.0 / 2 * 1.002 + amax * 1e-3; break; // + f16 d rounding
+        case FT_F16: h[i] = fabs(x[i]) * 0x1p-11 + 0x1p-25; break;
+        case FT_BF16: h[i] = fabs(x[i]) * 0x1p-8; break;
+        default: h[i] = 0;
       }
     }
   }
@@ -249,7 +254,8 @@ static void test_dots(void) {
       CHECK(z <= 6);
     }
     cpu_vec_dot_force("auto");
-    fprintf(stderr, "dot %-5s act %-4s path %-6s max |fast-ref|/sum|wx| %.2e, max |q-f|/sigma %.2f\n",
+    fprintf(stderr,
+            "dot %-5s act %-4s path %-6s max |fast-ref|/sum|wx| %.2e, max |q-f|/sigma %.2f\n",
             ti->name, ferry_type_info(vt)->name, cpu_vec_dot_path(t), max_rel_path, max_z);
   }
   CHECK(worst_stat <= 4); // ~0.3% of 60 cases expected beyond 3 sigma
@@ -259,8 +265,11 @@ static void test_dots(void) {
 // (4b) Fast paths on random block bytes: every bit pattern of quants and 6-bit scales
 // (incl. Q8_0 weights of −128), with sane random d/dmin so the sums stay finite.
 static void test_dots_random_bytes(void) {
-  const struct { enum ferry_type t; int d, dmin; } f[] = {
-      {FT_Q8_0, 0, -1}, {FT_Q4_0, 0, -1}, {FT_Q2_K, 80, 82}, {FT_Q3_K, 108, -1},
+  const struct {
+    enum ferry_type t;
+    int d, dmin;
+  } f[] = {
+      {FT_Q8_0, 0, -1}, {FT_Q4_0, 0, -1}, {FT_Q2_K, 80, 82},  {FT_Q3_K, 108, -1},
       {FT_Q4_K, 0, 2},  {FT_Q5_K, 0, 2},  {FT_Q6_K, 208, -1},
   };
   const char *paths[] = {"avx2", "avx512"};
@@ -308,8 +317,18 @@ static void test_dots_random_bytes(void) {
 // Dequantizing both must agree within Q4_K/Q6_K error (a wrong bit position would not),
 // and re-quantizing the Q8_0 weights with ferry's quantizer must be about as accurate as
 // llama.cpp's own Q4_K/Q6_K output. A minimal GGUF walk, enough for these files.
-struct gg_tensor { char name[96]; uint32_t type; uint64_t ne0, nel; const uint8_t *data; };
-struct gg_file { uint8_t *buf; size_t len; int nt; struct gg_tensor t[128]; };
+struct gg_tensor {
+  char name[96];
+  uint32_t type;
+  uint64_t ne0, nel;
+  const uint8_t *data;
+};
+struct gg_file {
+  uint8_t *buf;
+  size_t len;
+  int nt;
+  struct gg_tensor t[128];
+};
 
 static int gg_skip(const uint8_t **p, const uint8_t *end, uint32_t ty) {
   static const int sz[13] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
@@ -386,11 +405,13 @@ static int gg_load(const char *path, struct gg_file *g) {
 static void test_fixture_models(void) {
   const char *dir = getenv("FERRY_FIXTURES");
   char pk[512], p8[512];
-  snprintf(pk, sizeof pk, "%s/models/pub-qwen3moe-kq-Q4_K_M.gguf", dir ? dir : "../shared/fixtures");
+  snprintf(pk, sizeof pk, "%s/models/pub-qwen3moe-kq-Q4_K_M.gguf",
+           dir ? dir : "../shared/fixtures");
   snprintf(p8, sizeof p8, "%s/models/pub-qwen3moe-kq-Q8_0.gguf", dir ? dir : "../shared/fixtures");
   struct gg_file *gk = calloc(1, sizeof *gk), *g8 = calloc(1, sizeof *g8);
   if (gg_load(pk, gk) || gg_load(p8, g8)) {
-    fprintf(stderr, "fixture models not found (set FERRY_FIXTURES): skipping the real-data check\n");
+    fprintf(stderr,
+            "fixture models not found (set FERRY_FIXTURES): skipping the real-data check\n");
     free(gk->buf), free(g8->buf), free(gk), free(g8);
     return;
   }
@@ -411,8 +432,8 @@ static void test_fixture_models(void) {
     double e_llama = rel_rms(yb, ya, (int64_t)a->nel), e_ferry = rel_rms(yb, yc, (int64_t)a->nel);
     double bound = a->type == FT_Q4_K ? 0.12 : 0.04;
     if (compared < 4 || e_llama > bound || e_ferry > 1.1 * e_llama + 2e-3)
-      fprintf(stderr, "fixture %-28s %-4s llama.cpp rel err %.4f, ferry requantized %.4f\n", a->name,
-              ferry_type_info(a->type)->name, e_llama, e_ferry);
+      fprintf(stderr, "fixture %-28s %-4s llama.cpp rel err %.4f, ferry requantized %.4f\n",
+              a->name, ferry_type_info(a->type)->name, e_llama, e_ferry);
     CHECK(e_llama <= bound);
     CHECK(e_ferry <= 1.1 * e_llama + 2e-3);
     // Fast dots on real rows agree with the reference.

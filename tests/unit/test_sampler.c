@@ -46,8 +46,10 @@ int main(void) {
     int32_t id = sampler_sample(s, logits);
     int j = 0;
     while (j < 8 && top[j] != id) j++;
-    if (j == 8) outside++;
-    else count[j]++;
+    if (j == 8)
+      outside++;
+    else
+      count[j]++;
   }
   sampler_destroy(s);
   CHECK_EQ(outside, 0);
@@ -85,7 +87,8 @@ int main(void) {
 
   // determinism
   struct sampler *a, *b;
-  struct sampler_params pd = {.temp = 1.2f, .top_k = 50, .top_p = 0.95f, .min_p = 0.01f, .seed = 77};
+  struct sampler_params pd = {
+      .temp = 1.2f, .top_k = 50, .top_p = 0.95f, .min_p = 0.01f, .seed = 77};
   CHECK_EQ(sampler_create(&a, &pd, V), 0);
   CHECK_EQ(sampler_create(&b, &pd, V), 0);
   for (int i = 0; i < 200; i++) CHECK_EQ(sampler_sample(a, logits), sampler_sample(b, logits));

@@ -23,8 +23,8 @@ enum jtype { J_NULL, J_BOOL, J_NUM, J_STR, J_ARR, J_OBJ };
 struct jval {
   enum jtype type;
   double num;
-  char *str; // J_STR: bytes (may contain NUL), len in n
-  size_t n;  // J_STR length; J_ARR/J_OBJ element count
+  char *str;          // J_STR: bytes (may contain NUL), len in n
+  size_t n;           // J_STR length; J_ARR/J_OBJ element count
   struct jval *items; // J_ARR / J_OBJ values
   char **keys;        // J_OBJ
 };
@@ -44,10 +44,14 @@ static unsigned jhex4(struct jparser *p) {
   for (int k = 0; k < 4; k++) {
     char c = p->i < p->n ? p->s[p->i++] : 0;
     v <<= 4;
-    if (c >= '0' && c <= '9') v |= (unsigned)(c - '0');
-    else if (c >= 'a' && c <= 'f') v |= (unsigned)(c - 'a' + 10);
-    else if (c >= 'A' && c <= 'F') v |= (unsigned)(c - 'A' + 10);
-    else p->err = true;
+    if (c >= '0' && c <= '9')
+      v |= (unsigned)(c - '0');
+    else if (c >= 'a' && c <= 'f')
+      v |= (unsigned)(c - 'a' + 10);
+    else if (c >= 'A' && c <= 'F')
+      v |= (unsigned)(c - 'A' + 10);
+    else
+      p->err = true;
   }
   return v;
 }
@@ -71,7 +75,8 @@ static char *jstring(struct jparser *p, size_t *len) {
       case 'f': o[k++] = '\f'; break;
       case 'u': {
         unsigned cp = jhex4(p);
-        if (cp >= 0xD800 && cp < 0xDC00 && p->i + 1 < p->n && p->s[p->i] == '\\' && p->s[p->i + 1] == 'u') {
+        if (cp >= 0xD800 && cp < 0xDC00 && p->i + 1 < p->n && p->s[p->i] == '\\' &&
+            p->s[p->i + 1] == 'u') {
           p->i += 2;
           unsigned lo = jhex4(p);
           cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
@@ -287,8 +292,9 @@ static void check_fixture_file(const char *json, const char *model) {
 }
 
 static void check_golden_prompts(void) {
-  static const char *const models[] = {"qwen3moe-tiny-Q8_0", "qwen3next-tiny-Q8_0", "pub-qwen3moe-tiny-F32",
-                                       "pub-qwen3moe-kq-Q8_0", "pub-qwen3next-legacy-kq-Q4_K_M"};
+  static const char *const models[] = {"qwen3moe-tiny-Q8_0", "qwen3next-tiny-Q8_0",
+                                       "pub-qwen3moe-tiny-F32", "pub-qwen3moe-kq-Q8_0",
+                                       "pub-qwen3next-legacy-kq-Q4_K_M"};
   int n_prompts = 0;
   for (size_t m = 0; m < sizeof models / sizeof *models; m++) {
     char path[4096], gg[512];
@@ -417,7 +423,10 @@ static void check_eog_and_misc(void) {
   // NFC: decomposed input gives the ids of the composed text (HF semantics).
   int32_t *a, *b;
   size_t na, nb;
-  const char *dec_e = "caf" "e\xCC\x81", *comp_e = "caf\xC3\xA9";
+  const char *dec_e =
+                 "caf"
+                 "e\xCC\x81",
+             *comp_e = "caf\xC3\xA9";
   CHECK_EQ(tok_encode(t, dec_e, strlen(dec_e), false, &a, &na), 0);
   CHECK_EQ(tok_encode(t, comp_e, strlen(comp_e), false, &b, &nb), 0);
   CHECK(na == nb && na > 0 && !memcmp(a, b, na * sizeof *a));
@@ -476,16 +485,101 @@ static void check_eog_and_misc(void) {
 // ---- random strings ---------------------------------------------------------------------
 
 static const char *const k_frags[] = {
-    "Hello", " world", "the", " quick", "I'm", "'s", "'LL", "'re", "don't", "ſ", "Straße", "café",
-    "e\xCC\x81", "a\xCC\x8A", "\xCC\x81", "\xE2\x84\xAB", "\xE1\x84\x92\xE1\x85\xA1\xE1\x86\xAB", "naïve",
-    "你好", "世界", "人工智能", "日本語", "のテキスト", "Привет", "Български", "ελληνικά", "עברית", "العربية",
-    "हिन्दी", "ក្រុម", "ไทย", "한국어", "🚀", "😶\xE2\x80\x8D🌫\xEF\xB8\x8F", "👍🏽", "🦙", "👨\xE2\x80\x8D👩\xE2\x80\x8D👧",
-    " ", "  ", "   ", "\t", "\t\t", "\n", "\r\n", "\r", "\n\n\n", " \n ", "\xC2\xA0", "\xE3\x80\x80",
-    "\xE2\x80\x8B", "\xE1\xA0\x8E", "\xE2\x80\xA8", "0", "42", "1234567", "3.14", "1,000", "٣", "²",
-    "\x01", "\x07", "\x1B[0m", "\x7F", "\xC2\x85", "!", "?!", "...", "---", "```", "\"", "'", "(", ")",
-    "{", "}", "<", ">", "<|", "|>", "<|im_start", "im_end|>", "<| im_start |>", "<|im_start|>",
-    "<|endoftext|>", "<think>", "</think", "<tool_call>", "<|fim_pad|>", "[PAD151700]", "<s>", "</s>",
-    "\xEF\xBF\xBD", "\xF0\x9F\x98\x80", "\xF4\x8F\xBF\xBF", "\xE0\xA4\x95\xE0\xA5\x8D",
+    "Hello",
+    " world",
+    "the",
+    " quick",
+    "I'm",
+    "'s",
+    "'LL",
+    "'re",
+    "don't",
+    "ſ",
+    "Straße",
+    "café",
+    "e\xCC\x81",
+    "a\xCC\x8A",
+    "\xCC\x81",
+    "\xE2\x84\xAB",
+    "\xE1\x84\x92\xE1\x85\xA1\xE1\x86\xAB",
+    "naïve",
+    "你好",
+    "世界",
+    "人工智能",
+    "日本語",
+    "のテキスト",
+    "Привет",
+    "Български",
+    "ελληνικά",
+    "עברית",
+    "العربية",
+    "हिन्दी",
+    "ក្រុម",
+    "ไทย",
+    "한국어",
+    "🚀",
+    "😶\xE2\x80\x8D🌫\xEF\xB8\x8F",
+    "👍🏽",
+    "🦙",
+    "👨\xE2\x80\x8D👩\xE2\x80\x8D👧",
+    " ",
+    "  ",
+    "   ",
+    "\t",
+    "\t\t",
+    "\n",
+    "\r\n",
+    "\r",
+    "\n\n\n",
+    " \n ",
+    "\xC2\xA0",
+    "\xE3\x80\x80",
+    "\xE2\x80\x8B",
+    "\xE1\xA0\x8E",
+    "\xE2\x80\xA8",
+    "0",
+    "42",
+    "1234567",
+    "3.14",
+    "1,000",
+    "٣",
+    "²",
+    "\x01",
+    "\x07",
+    "\x1B[0m",
+    "\x7F",
+    "\xC2\x85",
+    "!",
+    "?!",
+    "...",
+    "---",
+    "```",
+    "\"",
+    "'",
+    "(",
+    ")",
+    "{",
+    "}",
+    "<",
+    ">",
+    "<|",
+    "|>",
+    "<|im_start",
+    "im_end|>",
+    "<| im_start |>",
+    "<|im_start|>",
+    "<|endoftext|>",
+    "<think>",
+    "</think",
+    "<tool_call>",
+    "<|fim_pad|>",
+    "[PAD151700]",
+    "<s>",
+    "</s>",
+    "\xEF\xBF\xBD",
+    "\xF0\x9F\x98\x80",
+    "\xF4\x8F\xBF\xBF",
+    "\xE0\xA4\x95\xE0\xA5\x8D",
 };
 
 static size_t random_string(struct ferry_rng *r, char *buf, size_t cap) {
@@ -524,7 +618,8 @@ static char *stream_decode(const struct tokenizer *t, const int32_t *ids, size_t
     if (expect_valid && bl) {
       utf8proc_int32_t cp;
       for (size_t j = 0; j < bl;) {
-        utf8proc_ssize_t l = utf8proc_iterate((const utf8proc_uint8_t *)b + j, (utf8proc_ssize_t)(bl - j), &cp);
+        utf8proc_ssize_t l =
+            utf8proc_iterate((const utf8proc_uint8_t *)b + j, (utf8proc_ssize_t)(bl - j), &cp);
         if (l <= 0) {
           CHECK(!"streamed chunk is not whole UTF-8");
           break;
@@ -592,8 +687,9 @@ static void check_invalid_utf8(void) {
   struct tokenizer *t = load_tok("qwen3moe-tiny-Q8_0.gguf");
   CHECK(t != NULL);
   if (!t) return;
-  static const char *const parts[] = {"abc", " ", "\x80", "\xFF", "\xC0\xAF", "\xE4\xB8", "\xED\xA0\x80",
-                                      "\xF5", "\xF0\x9F\x98", "你", "\n", "1", "\xC3", "<|im_end|>"};
+  static const char *const parts[] = {
+      "abc",          " ",  "\x80", "\xFF", "\xC0\xAF", "\xE4\xB8",  "\xED\xA0\x80", "\xF5",
+      "\xF0\x9F\x98", "你", "\n",   "1",    "\xC3",     "<|im_end|>"};
   struct ferry_rng r;
   ferry_rng_seed(&r, 77);
   for (int it = 0; it < 2000; it++) {
@@ -656,8 +752,10 @@ static int32_t naive_rank(const struct naive *nv, const int32_t *order, const ch
     size_t l = m->len < len ? m->len : len;
     int c = memcmp(m->data, s, l);
     if (!c) c = m->len < len ? -1 : m->len > len;
-    if (c < 0) lo = mid + 1;
-    else hi = mid;
+    if (c < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
   }
   if (lo < nv->n_merges) {
     const struct gguf_str *m = &nv->merges[order[lo]];
@@ -698,11 +796,12 @@ static void check_naive_bpe(void) {
     const char *pb;
     size_t pl;
     tok_piece(t, id, &pb, &pl);
-    if (pl == 1 && tok_token_type(t, id) == TOK_TYPE_NORMAL && byte_tok[(uint8_t)pb[0]] < 0) byte_tok[(uint8_t)pb[0]] = id;
+    if (pl == 1 && tok_token_type(t, id) == TOK_TYPE_NORMAL && byte_tok[(uint8_t)pb[0]] < 0)
+      byte_tok[(uint8_t)pb[0]] = id;
   }
   // Words: random letters from a small alphabet (many merges apply), with a leading space.
-  static const char *const alpha[] = {"e", "t", "a", "o", "i", "n", "s", "h", "r", "l", "th", "in", "ing",
-                                      "é", "ö", "и", "я", "ü", "ß"};
+  static const char *const alpha[] = {"e",  "t",  "a",   "o", "i", "n", "s", "h", "r", "l",
+                                      "th", "in", "ing", "é", "ö", "и", "я", "ü", "ß"};
   struct ferry_rng r;
   ferry_rng_seed(&r, 4242);
   int bad = 0;
@@ -807,7 +906,8 @@ static void check_threads(void) {
   struct thr_arg args[NT];
   for (int i = 0; i < NT; i++) {
     lens[i] = 0;
-    while (lens[i] < 6000) lens[i] += random_string(&r, texts[i] + lens[i], sizeof texts[i] - lens[i]);
+    while (lens[i] < 6000)
+      lens[i] += random_string(&r, texts[i] + lens[i], sizeof texts[i] - lens[i]);
     CHECK_EQ(tok_encode(t, texts[i], lens[i], true, &want[i], &nw[i]), 0);
     args[i] = (struct thr_arg){t, texts[i], lens[i], want[i], nw[i], 0};
   }
