@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Sets up, builds and runs ferry's whole test suite: a Release build (CUDA compiled when
 # nvcc is present) with every ctest label, then an ASan+UBSan build running the unit and
-# end-to-end tests again. GPU tests report SKIP where no GPU is present.
+# end-to-end tests again. GPU tests report SKIP where no GPU is present. Sources that
+# differ from .clang-format fail first (scripts/check-format.sh --fix rewrites them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+./scripts/check-format.sh
 jobs=$(nproc)
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j"$jobs"
