@@ -355,20 +355,19 @@ void cpu_delta_step_mt(struct ferry_pool *pool, float *o, float *S, const float 
                       Hv, dk, dv);
 }
 
-int cpu_delta_chunked(struct ferry_pool *pool, float *o, int64_t ldo, float *S, const float *q,
-                      int64_t ldq, const float *k, int64_t ldk, const float *v, int64_t ldv,
-                      const float *beta, const float *g, int64_t T, int64_t Hk, int64_t Hv,
-                      int64_t dk, int64_t dv, int64_t chunk) {
+size_t cpu_delta_chunk_scratch_floats(int64_t chunk, int64_t dk, int64_t dv) {
+  return (size_t)chunk_scratch_floats(chunk, dk, dv);
+}
+
+void cpu_delta_chunked_ws(struct ferry_pool *pool, float *o, int64_t ldo, float *S, const float *q,
+                          int64_t ldq, const float *k, int64_t ldk, const float *v, int64_t ldv,
+                          const float *beta, const float *g, int64_t T, int64_t Hk, int64_t Hv,
+                          int64_t dk, int64_t dv, int64_t chunk, float *scratch) {
   check_shape(Hk, Hv, dk, dv);
   FERRY_ASSERT(T >= 0 && chunk >= 1 && chunk <= 256 && ldo >= Hv * dv && ldq >= Hk * dk &&
                ldk >= Hk * dk && ldv >= Hv * dv);
-  if (T == 0) return 0;
+  if (T == 0) return;
   const int64_t Cm = T < chunk ? T : chunk;
-  const int64_t per = chunk_scratch_floats(Cm, dk, dv);
-  const int nw = pool ? ferry_pool_size(pool) : 1;
-  float *scratch = ferry_alloc_aligned(64, (size_t)(per * nw) * sizeof(float));
-  if (!scratch)
-    return ferry_fail_ctx(-ENOMEM, "delta chunked scratch (%lld floats)", (long long)(per * nw));
   struct dn_args a = {.o = o,
                       .ldo = ldo,
                       .S = S,
@@ -387,8 +386,23 @@ int cpu_delta_chunked(struct ferry_pool *pool, float *o, int64_t ldo, float *S, 
                       .dv = dv,
                       .chunk = Cm,
                       .scratch = scratch,
-                      .scratch_floats = per};
+                      .scratch_floats = chunk_scratch_floats(Cm, dk, dv)};
   run_heads(pool, Hv, DN_PICK(chunked_heads), &a);
+}
+
+int cpu_delta_chunked(struct ferry_pool *pool, float *o, int64_t ldo, float *S, const float *q,
+                      int64_t ldq, const float *k, int64_t ldk, const float *v, int64_t ldv,
+                      const float *beta, const float *g, int64_t T, int64_t Hk, int64_t Hv,
+                      int64_t dk, int64_t dv, int64_t chunk) {
+  if (T <= 0) return 0;
+  const int64_t Cm = T < chunk ? T : chunk;
+  const int64_t per = chunk_scratch_floats(Cm, dk, dv);
+  const int nw = pool ? ferry_pool_size(pool) : 1;
+  float *scratch = ferry_alloc_aligned(64, (size_t)(per * nw) * sizeof(float));
+  if (!scratch)
+    return ferry_fail_ctx(-ENOMEM, "delta chunked scratch (%lld floats)", (long long)(per * nw));
+  cpu_delta_chunked_ws(pool, o, ldo, S, q, ldq, k, ldk, v, ldv, beta, g, T, Hk, Hv, dk, dv, chunk,
+                       scratch);
   ferry_free_aligned(scratch);
   return 0;
 }

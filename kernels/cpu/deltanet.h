@@ -18,6 +18,7 @@
 // done, and are thread-safe for disjoint outputs. Shape invariants are checked with FERRY_ASSERT
 // (a wrong shape is a programming error, not input data).
 #pragma once
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -113,6 +114,14 @@ int cpu_delta_chunked(struct ferry_pool *pool, float *o, int64_t ldo, float *S, 
                       const float *beta, const float *g, int64_t T, int64_t Hk, int64_t Hv,
                       int64_t dk, int64_t dv, int64_t chunk);
 
+// The same with caller-owned scratch, allocating nothing: scratch holds n_workers (pool
+// size, or 1 without a pool) times cpu_delta_chunk_scratch_floats(chunk, dk, dv) floats,
+// 64-byte aligned. T may be 0.
+size_t cpu_delta_chunk_scratch_floats(int64_t chunk, int64_t dk, int64_t dv);
+void cpu_delta_chunked_ws(struct ferry_pool *pool, float *o, int64_t ldo, float *S, const float *q,
+                          int64_t ldq, const float *k, int64_t ldk, const float *v, int64_t ldv,
+                          const float *beta, const float *g, int64_t T, int64_t Hk, int64_t Hv,
+                          int64_t dk, int64_t dv, int64_t chunk, float *scratch);
 // Prefill by whichever form is faster for T: the chunked form with chunk
 // CPU_DELTA_CHUNK when T >= CPU_DELTA_CHUNK_MIN_T, else the recurrence (decays computed
 // here from g). Arguments as cpu_delta_chunked (g, not decay); Hv <= 256.
