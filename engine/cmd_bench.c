@@ -102,31 +102,23 @@ static bool n_given(int argc, char **argv) {
   return false;
 }
 
-// The stream budget that forces real streaming (see the top of the file).
+// The stream budget that forces real streaming (see the top of the file). The plan is
+// the CPU backend's: the parent never touches CUDA (a CUDA context does not survive fork),
+// and a device backend's stream budget is its host part, which this over-estimates.
 static int default_stream_ram(const struct run_opts *o, uint64_t *out) {
   struct gguf_file *f = NULL;
-  struct model_hparams hp;
-  bool hp_ok = false;
   int rc = gguf_open(&f, o->model);
-  if (rc) goto done;
-  if ((rc = hparams_load(&hp, f))) goto done;
-  hp_ok = true;
-  struct model_opts mo = {.exact = o->exact,
-                          .n_ctx = o->n_ctx,
-                          .n_batch = o->n_batch,
-                          .n_threads = o->threads,
-                          .kv_k = o->kv_k,
-                          .kv_v = o->kv_v};
-  uint64_t w_all = 0, wd = 0, st = 0, sc = 0;
-  if ((rc = model_plan(f, &mo, &w_all, &st, &sc))) goto done;
-  mo.dense_only = true;
-  if ((rc = model_plan(f, &mo, &wd, &st, &sc))) goto done;
-  uint64_t experts = w_all > wd ? w_all - wd : 0;
-  uint64_t cache = experts / 4, min_cache = stream_min_cache_bytes(f, &hp);
-  if (cache < min_cache) cache = min_cache;
-  *out = wd + st + sc + cache;
-done:
-  if (hp_ok) hparams_free(&hp);
+  if (rc) return rc;
+  struct plan_need need;
+  struct plan plan;
+  struct run_opts so = *o;
+  so.mode = MODE_STREAM;
+  rc = session_plan(f, &so, FERRY_BACKEND_CPU, UINT64_MAX / 4, 0, &need, &plan);
+  if (!rc) {
+    uint64_t cache = need.all_experts / 4;
+    if (cache < need.min_cache) cache = need.min_cache;
+    *out = need.s_dense + need.s_state + need.s_scratch + need.s_host + cache;
+  }
   gguf_close(f);
   return rc;
 }

@@ -23,67 +23,29 @@ void model_info_split_bytes(const struct gguf_file *f, uint64_t *dense, uint64_t
   }
 }
 
-// The placement plan for the default run options: what full mode needs, and how stream
-// mode splits the RAM budget between resident dense weights, state, scratch and the
-// expert cache.
-static int print_plan(const struct gguf_file *f, FILE *o, const struct model_hparams *hp,
-                      uint64_t ram, uint64_t vram) {
-  struct model_opts mo = {.n_ctx = 4096, .n_batch = 256, .kv_k = FT_F16, .kv_v = FT_F16};
-  uint64_t w, st, sc, wd;
-  int rc = model_plan(f, &mo, &w, &st, &sc);
-  if (rc) return rc;
-  mo.dense_only = true;
-  if ((rc = model_plan(f, &mo, &wd, &st, &sc))) return rc;
-  bool ram_given = ram != 0;
-  if (!ram) {
-    ram = session_default_ram();
+// The placement plan for the default run options (session_plan, as `ferry run` makes it):
+// on the CPU without --vram, on a device with it.
+static int print_plan(const struct gguf_file *f, FILE *o, uint64_t ram, uint64_t vram) {
+  struct run_opts ro = {.n_ctx = 4096, .n_batch = 256, .kv_k = FT_F16, .kv_v = FT_F16};
+  const bool ram_given = ram != 0;
+  if (!ram) ram = session_default_ram();
+  const enum ferry_backend_kind kind = vram ? FERRY_BACKEND_CUDA : FERRY_BACKEND_CPU;
+  char b0[32], b1[32];
+  ferry_format_size(ram, b0, sizeof b0);
+  ferry_format_size(vram, b1, sizeof b1);
+  fprintf(o, "plan         backend %s, RAM budget %s%s", vram ? "cuda" : "cpu", b0,
+          ram_given ? "" : " (available memory minus a margin)");
+  if (vram) fprintf(o, ", VRAM budget %s", b1);
+  fprintf(o, ", context %d, prefill batch %d, KV f16\n", ro.n_ctx, ro.n_batch);
+  struct plan_need need;
+  struct plan plan;
+  int rc = session_plan(f, &ro, kind, ram, vram, &need, &plan);
+  if (rc && !need.n_layer) return rc; // the model itself could not be planned
+  plan_print(&plan, &need, o);
+  if (rc) {
+    fprintf(o, "  nothing fits: %s\n", ferry_errmsg());
+    ferry_clear_error();
   }
-  uint64_t min_cache = stream_min_cache_bytes(f, hp), dense_total = wd + st + sc;
-  char b[8][32];
-  ferry_format_size(ram, b[0], 32);
-  ferry_format_size(w + st + sc, b[1], 32);
-  ferry_format_size(w, b[2], 32);
-  ferry_format_size(st, b[3], 32);
-  ferry_format_size(sc, b[4], 32);
-  ferry_format_size(wd, b[5], 32);
-  ferry_format_size(dense_total + min_cache, b[6], 32);
-  fprintf(o, "plan         RAM budget %s%s, context %d, prefill batch %d, KV f16\n", b[0],
-          ram_given ? "" : " (available memory minus a margin)", mo.n_ctx, mo.n_batch);
-  fprintf(o, "  full       needs %s: weights %s + KV/state %s + scratch %s -> %s\n", b[1], b[2],
-          b[3], b[4], w + st + sc <= ram ? "fits" : "does not fit");
-  fprintf(o,
-          "  stream     dense weights %s + KV/state %s + scratch %s resident; minimum --ram %s "
-          "(%llu)\n",
-          b[5], b[3], b[4], b[6], (unsigned long long)(dense_total + min_cache));
-  if (dense_total + min_cache <= ram) {
-    uint64_t cache = ram - dense_total, per_layer = 0;
-    for (uint32_t l = 0; l < hp->n_layer; l++) {
-      uint64_t slot = 0;
-      const char *parts[3] = {"gate", "up", "down"};
-      for (int p = 0; p < 3; p++) {
-        char n[96];
-        snprintf(n, sizeof n, "blk.%u.ffn_%s_exps.weight", l, parts[p]);
-        const struct gguf_tensor *t = gguf_find_tensor(f, n);
-        if (t) slot += io_span_max(t->nb2);
-      }
-      per_layer += slot;
-    }
-    uint64_t slots = per_layer ? cache / per_layer : 0;
-    if (slots > hp->n_expert) slots = hp->n_expert;
-    ferry_format_size(cache, b[7], 32);
-    fprintf(
-        o, "  stream     expert cache (host RAM) %s: about %llu of %u experts per layer (%.1f%%)\n",
-        b[7], (unsigned long long)slots, hp->n_expert, 100.0 * (double)slots / hp->n_expert);
-  } else {
-    fprintf(o, "  stream     does not fit: raise --ram to at least %s\n", b[6]);
-  }
-  fprintf(o, "  auto       picks %s\n",
-          w + st + sc <= ram               ? "full"
-          : dense_total + min_cache <= ram ? "stream"
-                                           : "nothing (too little RAM)");
-  if (vram)
-    fprintf(o, "  vram       %llu bytes requested; this build computes on the CPU\n",
-            (unsigned long long)vram);
   return 0;
 }
 
@@ -158,7 +120,7 @@ int model_info_print(const struct gguf_file *f, FILE *o, uint64_t ram, uint64_t 
             (unsigned long long)part[1], (unsigned long long)part[2],
             (unsigned long long)(part[0] + part[1] + part[2]));
   }
-  rc = print_plan(f, o, &hp, ram, vram);
+  rc = print_plan(f, o, ram, vram);
   char topo[512];
   if (numa_topo_describe(topo, sizeof topo) >= 0) fprintf(o, "topology     %s\n", topo);
   (void)json;

@@ -9,8 +9,10 @@
 
 #include "base/base.h"
 #include "engine/stream.h"
+#include "kernels/backend.h"
 #include "numa/pool.h"
 #include "offload/budget.h"
+#include "offload/plan.h"
 
 // ---------------------------------------------------------------------------------------
 // options
@@ -38,6 +40,8 @@ enum {
   OPT_MODES,
   OPT_NOPROG,
   OPT_PREFETCH,
+  OPT_BACKEND,
+  OPT_NOGRAPH,
   OPT_HELP,
 };
 
@@ -59,6 +63,8 @@ static const struct option k_opts[] = {{"model", required_argument, 0, 'm'},
                                        {"ram", required_argument, 0, OPT_RAM},
                                        {"vram", required_argument, 0, OPT_VRAM},
                                        {"cpu", no_argument, 0, OPT_CPU},
+                                       {"backend", required_argument, 0, OPT_BACKEND},
+                                       {"no-graph", no_argument, 0, OPT_NOGRAPH},
                                        {"stats", no_argument, 0, OPT_STATS},
                                        {"json", required_argument, 0, OPT_JSON},
                                        {"logprobs", required_argument, 0, OPT_LOGPROBS},
@@ -111,7 +117,9 @@ static void usage(const char *cmd) {
   if (!strcmp(cmd, "score"))
     printf(
         "usage: ferry score -m MODEL.gguf --ids \"ID ID ...\" --from N [--logprobs K] [--exact]\n"
-        "                   [--mode auto|full|stream] [--ram SIZE] [-t N] [-c CTX] --json PATH\n");
+        "                   [--mode auto|full|stream] [--ram SIZE] [--vram SIZE] [--backend B] [-t "
+        "N]\n"
+        "                   [-c CTX] --json PATH\n");
   else if (!strcmp(cmd, "bench"))
     printf(
         "usage: ferry bench -m MODEL.gguf [--modes auto,full,stream] [-p PROMPT | -f FILE] [--raw] "
@@ -122,7 +130,8 @@ static void usage(const char *cmd) {
         "usage: ferry run -m MODEL.gguf [-p PROMPT | -f FILE] [--system TEXT] [-n N] [--raw]\n"
         "                 [--temp T] [--top-k K] [--top-p P] [--min-p P] [--seed S] [-t THREADS] "
         "[-c CTX]\n"
-        "                 [-b BATCH] [--mode auto|full|stream] [--ram SIZE] [--vram SIZE] [--cpu]\n"
+        "                 [-b BATCH] [--mode auto|full|stream] [--ram SIZE] [--vram SIZE]\n"
+        "                 [--backend auto|cpu|cuda] [--cpu] [--no-graph]\n"
         "                 [--stats] [--json PATH] [--logprobs K] [--exact]\n"
         "                 [--cache-type-k f32|f16|q8_0] [--cache-type-v f32|f16|q8_0]\n");
 }
@@ -189,7 +198,13 @@ int run_opts_parse(struct run_opts *o, const char *cmd, int argc, char **argv) {
         rc = ferry_parse_size(optarg, &o->vram);
         if (rc) ferry_fail_ctx(rc, "--vram");
         break;
-      case OPT_CPU: o->cpu = true; break;
+      case OPT_CPU: o->backend = "cpu"; break;
+      case OPT_BACKEND:
+        if (strcmp(optarg, "auto") && strcmp(optarg, "cpu") && strcmp(optarg, "cuda"))
+          rc = ferry_fail(-EINVAL, "--backend: '%s' is not auto, cpu or cuda", optarg);
+        o->backend = optarg;
+        break;
+      case OPT_NOGRAPH: o->no_graph = true; break;
       case OPT_STATS: o->stats = true; break;
       case OPT_JSON: o->json_path = optarg; break;
       case OPT_LOGPROBS: rc = parse_int("--logprobs", optarg, 0, 1000, &o->logprobs); break;
@@ -236,11 +251,12 @@ struct session {
   struct model *m;
   struct tokenizer *tok;
   struct ferry_pool *pool;
+  struct ferry_backend *be;
   struct stream *stream; // stream mode only
   struct budget *budget;
-  enum run_mode mode;
-  uint64_t ram_budget;
+  struct plan plan;
   double load_s;
+  char device[160];
 };
 
 uint64_t session_default_ram(void) {
@@ -252,89 +268,104 @@ uint64_t session_default_ram(void) {
   return avail > 2 * margin ? avail - margin : avail / 2;
 }
 
+// The VRAM budget when --vram is not given: what the device has free now minus 512 MiB
+// for the CUDA context's own growth and cuBLAS workspaces.
+static uint64_t default_vram(struct ferry_backend *be) {
+  size_t free_b = 0, total_b = 0;
+  if (be->ops.mem_info(be, &free_b, &total_b)) {
+    ferry_clear_error();
+    return 0;
+  }
+  const uint64_t margin = 512ull << 20;
+  return free_b > margin ? free_b - margin : 0;
+}
+
+struct model_opts session_model_opts(const struct run_opts *o) {
+  return (struct model_opts){.exact = o->exact,
+                             .n_ctx = o->n_ctx,
+                             .n_batch = o->n_batch,
+                             .n_threads = o->threads,
+                             .kv_k = o->kv_k,
+                             .kv_v = o->kv_v,
+                             .progress = !o->no_progress && isatty(2),
+                             .prefetch = o->prefetch,
+                             .no_graph = o->no_graph};
+}
+
+int session_plan(const struct gguf_file *f, const struct run_opts *o, enum ferry_backend_kind kind,
+                 uint64_t ram, uint64_t vram, struct plan_need *need, struct plan *out) {
+  memset(need, 0, sizeof *need);
+  memset(out, 0, sizeof *out);
+  struct model_opts mo = session_model_opts(o);
+  struct model_mem full, str;
+  int rc = model_plan(f, &mo, kind, &full);
+  if (rc) return rc;
+  mo.dense_only = true;
+  if ((rc = model_plan(f, &mo, kind, &str))) return rc;
+  struct model_hparams hp;
+  if ((rc = hparams_load(&hp, f))) return rc;
+  *need = (struct plan_need){.dense = full.dense,
+                             .experts = full.experts,
+                             .state = full.state,
+                             .scratch = full.scratch,
+                             .host = full.host,
+                             .s_dense = str.dense,
+                             .s_state = str.state,
+                             .s_scratch = str.scratch,
+                             .s_host = str.host,
+                             .min_cache = stream_min_cache_bytes(f, &hp),
+                             .n_layer = hp.n_layer,
+                             .n_expert = hp.n_expert};
+  stream_expert_slot_bytes(f, &hp, &need->expert_slot_bytes, &need->all_experts);
+  hparams_free(&hp);
+  const struct plan_req req = {.mode = o->mode == MODE_FULL     ? PLAN_FULL
+                                       : o->mode == MODE_STREAM ? PLAN_STREAM
+                                                                : PLAN_AUTO,
+                               .device = kind != FERRY_BACKEND_CPU,
+                               .ram = ram,
+                               .vram = vram,
+                               .ram_given = o->ram != 0,
+                               .vram_given = o->vram != 0};
+  return plan_make(need, &req, out);
+}
+
 int session_open(struct session **out, const struct run_opts *o) {
   *out = NULL;
   struct session *s = calloc(1, sizeof *s);
   if (!s) return ferry_fail(-ENOMEM, "out of memory");
   s->o = *o;
-  double t0 = ferry_now_s();
+  const double t0 = ferry_now_s();
   int rc = gguf_open(&s->f, o->model);
   if (rc) goto fail;
   if ((rc = tok_create(&s->tok, s->f))) goto fail;
-
-  struct model_opts mo = {.exact = o->exact,
-                          .n_ctx = o->n_ctx,
-                          .n_batch = o->n_batch,
-                          .n_threads = o->threads,
-                          .kv_k = o->kv_k,
-                          .kv_v = o->kv_v,
-                          .progress = !o->no_progress && isatty(2),
-                          .prefetch = o->prefetch};
-  s->ram_budget = o->ram;
-  if (!s->ram_budget) {
-    s->ram_budget = session_default_ram();
-  }
-  uint64_t w = 0, st = 0, sc = 0;
-  if ((rc = model_plan(s->f, &mo, &w, &st, &sc))) goto fail;
-  uint64_t meta = model_meta_bytes(s->f); // included in model_plan's scratch
-  uint64_t need_full = w + st + sc;
-  char b1[32], b2[32], b3[32], b4[32], b5[32];
-  ferry_format_size(need_full, b1, sizeof b1);
-  ferry_format_size(s->ram_budget, b2, sizeof b2);
-  ferry_format_size(w, b3, sizeof b3);
-  ferry_format_size(st, b4, sizeof b4);
-  ferry_format_size(sc, b5, sizeof b5);
-  s->mode = o->mode;
-  if (s->mode == MODE_AUTO) {
-    s->mode = need_full <= s->ram_budget ? MODE_FULL : MODE_STREAM;
-    log_info("mode auto -> %s (full needs %s of the %s RAM budget)",
-             s->mode == MODE_FULL ? "full" : "stream", b1, b2);
-  }
-  if (s->mode == MODE_FULL && need_full > s->ram_budget) {
-    rc = ferry_fail(
-        -ENOMEM,
-        "full mode needs %s of RAM (weights %s, KV/state %s, scratch %s) but the budget is %s; "
-        "use --mode stream or raise --ram",
-        b1, b3, b4, b5, b2);
-    goto fail;
-  }
-  if (s->mode == MODE_STREAM) {
-    mo.dense_only = true;
-    uint64_t wd = 0;
-    if ((rc = model_plan(s->f, &mo, &wd, &st, &sc))) goto fail;
-    struct model_hparams hp;
-    if ((rc = hparams_load(&hp, s->f))) goto fail;
-    uint64_t min_cache = stream_min_cache_bytes(s->f, &hp);
-    uint32_t k = hp.n_expert_used;
-    hparams_free(&hp);
-    if (wd + st + sc + min_cache > s->ram_budget) {
-      char c1[32], c2[32], c3[32];
-      ferry_format_size(wd + st + sc, c1, sizeof c1);
-      ferry_format_size(min_cache, c2, sizeof c2);
-      ferry_format_size(wd + st + sc + min_cache, c3, sizeof c3);
-      rc = ferry_fail(
-          -ENOMEM,
-          "RAM budget %s is too small for stream mode: dense weights, KV/state and scratch need %s "
-          "and "
-          "the smallest expert cache (%u experts of one layer) %s; use --ram %llu (%s) or more",
-          b2, c1, k, c2, (unsigned long long)(wd + st + sc + min_cache), c3);
-      goto fail;
-    }
-  }
-  if ((rc = budget_create(&s->budget, s->ram_budget, o->vram ? o->vram : BUDGET_UNLIMITED)))
-    goto fail;
   if ((rc = ferry_pool_create(&s->pool, o->threads))) goto fail;
-  if ((rc = model_load(&s->m, s->f, &mo))) goto fail;
-  model_set_pool(s->m, s->pool);
-  {
-    uint64_t wb, sb, scb;
-    model_mem(s->m, &wb, &sb, &scb);
-    if ((rc = budget_charge(s->budget, BUDGET_HOST, BUDGET_DENSE, wb)) ||
-        (rc = budget_charge(s->budget, BUDGET_HOST, BUDGET_KV, sb)) ||
-        (rc = budget_charge(s->budget, BUDGET_HOST, BUDGET_SCRATCH, scb + meta)))
-      goto fail;
+  if ((rc = ferry_backend_create(&s->be, o->backend ? o->backend : "auto", s->pool, 0))) goto fail;
+  ferry_backend_describe(s->be, s->device, sizeof s->device);
+  const bool device = s->be->kind != FERRY_BACKEND_CPU;
+  const uint64_t ram = o->ram ? o->ram : session_default_ram();
+  const uint64_t vram = !device ? 0 : o->vram ? o->vram : default_vram(s->be);
+  struct plan_need need;
+  if ((rc = session_plan(s->f, o, s->be->kind, ram, vram, &need, &s->plan))) goto fail;
+  const bool stream = s->plan.mode == PLAN_STREAM;
+  if (o->mode == MODE_AUTO)
+    log_info("mode auto -> %s on %s (%s)", plan_mode_name(s->plan.mode), s->be->name, s->device);
+  if (stream && device) {
+    rc = ferry_fail(-ENOTSUP,
+                    "the model does not fit in VRAM and stream mode on the GPU (expert tiers) is "
+                    "not built yet; use --backend cpu");
+    goto fail;
   }
-  if (s->mode == MODE_STREAM) {
+  // Charge the plan before allocating (the expert cache charges itself when created).
+  if ((rc = budget_create(&s->budget, ram, device ? vram : 0))) goto fail;
+  for (int t = 0; t < BUDGET_N_TIERS; t++)
+    for (int c = 0; c < BUDGET_N_CATS; c++)
+      if (s->plan.charge[t][c] && (rc = budget_charge(s->budget, (enum budget_tier)t,
+                                                      (enum budget_cat)c, s->plan.charge[t][c])))
+        goto fail;
+  struct model_opts mo = session_model_opts(o);
+  mo.dense_only = stream;
+  if ((rc = model_load(&s->m, s->f, &mo, s->be))) goto fail;
+  if (stream) {
     if ((rc = stream_create(&s->stream, s->f, model_hparams(s->m), s->budget))) goto fail;
     struct expert_source src;
     stream_expert_source(s->stream, &src);
@@ -353,6 +384,7 @@ void session_close(struct session *s) {
   stream_destroy(s->stream);
   model_destroy(s->m);
   budget_destroy(s->budget);
+  ferry_backend_destroy(s->be);
   ferry_pool_destroy(s->pool);
   tok_destroy(s->tok);
   gguf_close(s->f);
@@ -364,16 +396,16 @@ struct model *session_model(struct session *s) {
 }
 const struct gguf_file *session_gguf(struct session *s) { return s->f; }
 const struct tokenizer *session_tokenizer(struct session *s) { return s->tok; }
-const char *session_mode_name(const struct session *s) {
-  return s->mode == MODE_STREAM ? "stream" : "full";
-}
+const char *session_mode_name(const struct session *s) { return plan_mode_name(s->plan.mode); }
+const char *session_backend_name(const struct session *s) { return s->be->name; }
+const char *session_device(const struct session *s) { return s->device; }
 
 void session_fill_stats(struct session *s, struct run_stats *st) {
   st->load_s = s->load_s;
   st->peak_rss = ferry_peak_rss_bytes();
-  st->ram_budget = s->ram_budget;
-  st->vram_budget = s->o.vram;
-  st->peak_vram = 0;
+  st->ram_budget = s->plan.ram;
+  st->vram_budget = s->plan.vram;
+  st->peak_vram = budget_peak_total(s->budget, BUDGET_DEVICE);
   st->io_direct = false;
   if (s->stream) stream_fill_stats(s->stream, st);
 }

@@ -9,6 +9,7 @@
 #include "engine/gguf.h"
 #include "engine/model.h"
 #include "engine/tokenizer.h"
+#include "offload/plan.h"
 
 enum run_mode { MODE_AUTO = 0, MODE_FULL, MODE_STREAM };
 
@@ -26,8 +27,9 @@ struct run_opts {
   int n_ctx;   // 0 = default (4096, capped by the model)
   int n_batch; // prefill chunk
   enum run_mode mode;
-  uint64_t ram, vram; // 0 = unset (defaults: available memory minus a margin; no GPU)
-  bool cpu;
+  uint64_t ram, vram;  // 0 = unset (defaults: available memory minus a margin; no GPU)
+  const char *backend; // "auto" (NULL), "cpu" or "cuda"; --cpu = --backend cpu
+  bool no_graph;       // decode op by op even where graphs can be captured
   bool stats;
   int logprobs; // K > 0: record top-K log-probabilities per step
   bool exact;
@@ -69,3 +71,13 @@ const struct gguf_file *session_gguf(struct session *s);
 const struct tokenizer *session_tokenizer(struct session *s);
 const char *session_mode_name(const struct session *s);
 void session_fill_stats(struct session *s, struct run_stats *st);
+const char *session_backend_name(const struct session *s); // "cpu", "cuda"
+const char *session_device(const struct session *s); // "NVIDIA H200 (sm_90, ...)", "CPU (...)"
+// The model options a run's flags give.
+struct model_opts session_model_opts(const struct run_opts *o);
+// The placement plan of DESIGN §8 for this file, flags, backend kind and budgets: what
+// session_open loads, what `ferry info` and `ferry bench` print. need receives the byte
+// counts it was made from (filled even when it fails). Fails with the plan's one message
+// when nothing fits.
+int session_plan(const struct gguf_file *f, const struct run_opts *o, enum ferry_backend_kind kind,
+                 uint64_t ram, uint64_t vram, struct plan_need *need, struct plan *out);

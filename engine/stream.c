@@ -43,6 +43,22 @@ uint64_t stream_min_cache_bytes(const struct gguf_file *f, const struct model_hp
   return need;
 }
 
+void stream_expert_slot_bytes(const struct gguf_file *f, const struct model_hparams *hp,
+                              uint64_t *one_per_layer, uint64_t *all) {
+  *one_per_layer = *all = 0;
+  for (uint32_t l = 0; l < hp->n_layer; l++) {
+    struct ecache_layer L;
+    if (layer_layout(f, l, &L)) {
+      ferry_clear_error();
+      continue;
+    }
+    uint64_t slot = 0;
+    for (int q = 0; q < 3; q++) slot += io_span_max(L.part[q].len);
+    *one_per_layer += slot;
+    *all += slot * L.n_experts;
+  }
+}
+
 // Test seam: FERRY_IO_FAULT="kind:nth:arg[,...]" (kind errno|short|delay; e.g.
 // "errno:40:5" fails the 40th expert read with EIO) arms the io/ fault injector so the
 // end-to-end tests can fail, shorten or delay reads of a real run.
@@ -106,12 +122,8 @@ int stream_create(struct stream **out, const struct gguf_file *f, const struct m
   if ((rc = io_reader_open(&s->reader, gguf_path(f), NULL))) goto fail;
   arm_faults_from_env();
   // No more slots than there are experts: a cache larger than all of them is wasted RAM.
-  uint64_t all = 0;
-  for (uint32_t l = 0; l < hp->n_layer; l++) {
-    uint64_t slot = 0;
-    for (int q = 0; q < 3; q++) slot += io_span_max(s->layers[l].part[q].len);
-    all += slot * s->layers[l].n_experts;
-  }
+  uint64_t one = 0, all = 0;
+  stream_expert_slot_bytes(f, hp, &one, &all);
   struct ecache_params p = {.n_layers = hp->n_layer,
                             .layers = s->layers,
                             .reader = s->reader,

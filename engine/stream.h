@@ -13,6 +13,10 @@ struct run_stats;
 
 // Bytes of the smallest cache that works: the k largest experts of one layer, as slots.
 uint64_t stream_min_cache_bytes(const struct gguf_file *f, const struct model_hparams *hp);
+// Bytes of one expert of every layer as cache slots (summed over layers), and of every
+// expert of every layer (the most a cache can use).
+void stream_expert_slot_bytes(const struct gguf_file *f, const struct model_hparams *hp,
+                              uint64_t *one_per_layer, uint64_t *all);
 // Creates the cache with what the budget has left (host RAM), at least the minimum.
 // Fails naming the budget, what is already used and the minimum cache.
 int stream_create(struct stream **out, const struct gguf_file *f, const struct model_hparams *hp,

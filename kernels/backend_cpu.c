@@ -33,22 +33,22 @@ struct cpu_impl {
   // matmul, fast path
   uint8_t *actq; // [max_tok] activation rows of up to max_in elements in a vec-dot format
   // attention, fast path
-  float *attn;   // [workers][cpu_attn_scratch_floats(n_ctx, ...)]
+  float *attn; // [workers][cpu_attn_scratch_floats(n_ctx, ...)]
   size_t attn_per;
   // delta rule
-  float *dn_chunk;  // [workers][cpu_delta_chunk_scratch_floats(CPU_DELTA_CHUNK, dk, dv)]
-  float *dn_decay;  // [CPU_DELTA_CHUNK_MIN_T][Hv] exp(g) of the recurrent path
+  float *dn_chunk; // [workers][cpu_delta_chunk_scratch_floats(CPU_DELTA_CHUNK, dk, dv)]
+  float *dn_decay; // [CPU_DELTA_CHUNK_MIN_T][Hv] exp(g) of the recurrent path
   // routed experts (pairs = max_tok * moe_k)
-  uint8_t *qin;          // [max_tok] token inputs quantized for gate, then for up
-  uint8_t *xg_g, *xg_u;  // [pairs] quantized inputs in grouped order
-  uint8_t *hq;           // [pairs] quantized hidden rows
-  float *eG, *eU;        // [pairs][ff] gate / up outputs (fast); exact: [max_tok][ff]
-  float *ex;             // [max_tok][d] gathered F32 inputs (exact)
-  struct cpu_mm_job *jobs;         // [2 * moe_n_expert]
-  struct ferry_moe_group *groups;  // [moe_n_expert] (moe_ffn_ids)
-  int32_t *grp_cnt, *grp_off;      // [moe_n_expert + 1]
-  int32_t *grp_rows;               // [pairs] token of each grouped row (moe_ffn_ids)
-  size_t rb_qin;                   // bytes of one token's qin (gate + up rows)
+  uint8_t *qin;                   // [max_tok] token inputs quantized for gate, then for up
+  uint8_t *xg_g, *xg_u;           // [pairs] quantized inputs in grouped order
+  uint8_t *hq;                    // [pairs] quantized hidden rows
+  float *eG, *eU;                 // [pairs][ff] gate / up outputs (fast); exact: [max_tok][ff]
+  float *ex;                      // [max_tok][d] gathered F32 inputs (exact)
+  struct cpu_mm_job *jobs;        // [2 * moe_n_expert]
+  struct ferry_moe_group *groups; // [moe_n_expert] (moe_ffn_ids)
+  int32_t *grp_cnt, *grp_off;     // [moe_n_expert + 1]
+  int32_t *grp_rows;              // [pairs] token of each grouped row (moe_ffn_ids)
+  size_t rb_qin;                  // bytes of one token's qin (gate + up rows)
 };
 
 #define IMPL(be) ((struct cpu_impl *)(be)->impl)
@@ -75,11 +75,11 @@ static size_t act_row_max(uint64_t types, int64_t n) {
 static uint64_t layout(struct cpu_impl *c, const struct ferry_limits *lim, int workers,
                        uint8_t *base) {
   uint64_t off = 0;
-#define TAKE(ptr, type, bytes)                                         \
-  do {                                                                 \
-    uint64_t b_ = ferry_align_up((uint64_t)(bytes), 64);               \
-    if (c) (ptr) = base ? (type)(void *)(base + off) : (type)NULL;     \
-    off += b_;                                                         \
+#define TAKE(ptr, type, bytes)                                     \
+  do {                                                             \
+    uint64_t b_ = ferry_align_up((uint64_t)(bytes), 64);           \
+    if (c) (ptr) = base ? (type)(void *)(base + off) : (type)NULL; \
+    off += b_;                                                     \
   } while (0)
   struct cpu_impl dummy;
   if (!c) c = &dummy;
@@ -92,10 +92,10 @@ static uint64_t layout(struct cpu_impl *c, const struct ferry_limits *lim, int w
     TAKE(c->attn, float *, (uint64_t)workers * c->attn_per * sizeof(float));
   }
   if (lim->dn_hv > 0) {
-    TAKE(c->dn_chunk, float *,
-         (uint64_t)workers *
-             cpu_delta_chunk_scratch_floats(CPU_DELTA_CHUNK, lim->dn_dk, lim->dn_dv) *
-             sizeof(float));
+    TAKE(
+        c->dn_chunk, float *,
+        (uint64_t)workers *cpu_delta_chunk_scratch_floats(CPU_DELTA_CHUNK, lim->dn_dk, lim->dn_dv) *
+            sizeof(float));
     TAKE(c->dn_decay, float *, (uint64_t)CPU_DELTA_CHUNK_MIN_T * lim->dn_hv * sizeof(float));
   }
   if (lim->moe_k > 0 && lim->moe_n_expert > 0) {
@@ -107,12 +107,11 @@ static uint64_t layout(struct cpu_impl *c, const struct ferry_limits *lim, int w
     TAKE(c->xg_g, uint8_t *, (uint64_t)pairs * rb_d);
     TAKE(c->xg_u, uint8_t *, (uint64_t)pairs * rb_d);
     TAKE(c->hq, uint8_t *, (uint64_t)pairs * rb_ff);
-    TAKE(c->eG, float *, (uint64_t)pairs * ff * sizeof(float));
-    TAKE(c->eU, float *, (uint64_t)pairs * ff * sizeof(float));
-    TAKE(c->ex, float *, (uint64_t)B * d * sizeof(float));
+    TAKE(c->eG, float *, (uint64_t)pairs *ff * sizeof(float));
+    TAKE(c->eU, float *, (uint64_t)pairs *ff * sizeof(float));
+    TAKE(c->ex, float *, (uint64_t)B *d * sizeof(float));
     TAKE(c->jobs, struct cpu_mm_job *, 2 * lim->moe_n_expert * sizeof(struct cpu_mm_job));
-    TAKE(c->groups, struct ferry_moe_group *,
-         lim->moe_n_expert * sizeof(struct ferry_moe_group));
+    TAKE(c->groups, struct ferry_moe_group *, lim->moe_n_expert * sizeof(struct ferry_moe_group));
     TAKE(c->grp_cnt, int32_t *, (lim->moe_n_expert + 1) * sizeof(int32_t));
     TAKE(c->grp_off, int32_t *, (lim->moe_n_expert + 1) * sizeof(int32_t));
     TAKE(c->grp_rows, int32_t *, pairs * sizeof(int32_t));
@@ -219,8 +218,7 @@ static int check_weight(enum ferry_type t, int64_t n, const char *what) {
 // The fast path's activations must fit what reserve() sized.
 static int check_act(struct cpu_impl *c, enum ferry_type t, int64_t n, int64_t m,
                      const char *what) {
-  if (!c->scratch || m > c->lim.max_tok || n > c->lim.max_in ||
-      !(c->lim.weight_types >> t & 1))
+  if (!c->scratch || m > c->lim.max_tok || n > c->lim.max_in || !(c->lim.weight_types >> t & 1))
     return ferry_fail(-EINVAL,
                       "cpu %s: %lld x %lld %s activations exceed the reserved scratch "
                       "(call reserve with larger limits)",
@@ -230,8 +228,8 @@ static int check_act(struct cpu_impl *c, enum ferry_type t, int64_t n, int64_t m
 
 // ---- matrix products ----
 
-static int cpu_be_dequant(struct ferry_backend *be, enum ferry_type t, const void *src,
-                          float *dst, int64_t n, struct ferry_stream *s) {
+static int cpu_be_dequant(struct ferry_backend *be, enum ferry_type t, const void *src, float *dst,
+                          int64_t n, struct ferry_stream *s) {
   int rc = check_weight(t, n, "dequant");
   if (rc) return rc;
   cpu_dequant_row(t, src, dst, n);
@@ -248,9 +246,8 @@ static int cpu_be_embed(struct ferry_backend *be, enum ferry_type t, const void 
   return 0;
 }
 
-static int cpu_be_matvec(struct ferry_backend *be, enum ferry_type t, const void *w,
-                         int64_t nrows, int64_t n, const float *x, float *y,
-                         struct ferry_stream *s) {
+static int cpu_be_matvec(struct ferry_backend *be, enum ferry_type t, const void *w, int64_t nrows,
+                         int64_t n, const float *x, float *y, struct ferry_stream *s) {
   int rc = check_weight(t, n, "matvec");
   if (rc) return rc;
   cpu_matvec_exact(POOL(be), t, w, nrows, n, x, y);
@@ -276,11 +273,10 @@ static int cpu_be_matmul(struct ferry_backend *be, enum ferry_prec prec, enum fe
   return 0;
 }
 
-static int cpu_be_matmul_grouped(struct ferry_backend *be, enum ferry_type t,
-                                 const void *const *w, int64_t n_group, int64_t nrows,
-                                 int64_t n, const float *x, int64_t ldx, const int32_t *rows,
-                                 const int64_t *offs, float *y, int64_t ldy,
-                                 struct ferry_stream *s) {
+static int cpu_be_matmul_grouped(struct ferry_backend *be, enum ferry_type t, const void *const *w,
+                                 int64_t n_group, int64_t nrows, int64_t n, const float *x,
+                                 int64_t ldx, const int32_t *rows, const int64_t *offs, float *y,
+                                 int64_t ldy, struct ferry_stream *s) {
   int rc = check_weight(t, n, "matmul_grouped");
   if (rc) return rc;
   if (ldx < n || ldy < nrows || n_group <= 0 || offs[0] != 0)
@@ -296,8 +292,8 @@ static int cpu_be_matmul_grouped(struct ferry_backend *be, enum ferry_type t,
 static int check_moe(struct cpu_impl *c, const struct ferry_moe_shape *sh, int64_t n_tok,
                      int64_t pairs, int n_group) {
   int rc;
-  if ((rc = check_weight(sh->t_gate, sh->d, "moe")) || (rc = check_weight(sh->t_up, sh->d, "moe")) ||
-      (rc = check_weight(sh->t_down, sh->ff, "moe")))
+  if ((rc = check_weight(sh->t_gate, sh->d, "moe")) ||
+      (rc = check_weight(sh->t_up, sh->d, "moe")) || (rc = check_weight(sh->t_down, sh->ff, "moe")))
     return rc;
   const struct ferry_limits *l = &c->lim;
   const uint64_t types = (1ull << sh->t_gate) | (1ull << sh->t_up) | (1ull << sh->t_down);
@@ -352,10 +348,10 @@ static void moe_fast(struct cpu_impl *c, const struct ferry_moe_shape *sh, const
       memcpy(c->xg_g + r * rbg, q, rbg);
       memcpy(c->xg_u + r * rbu, q + rbg, rbu);
     }
-    jobs[2 * i] = (struct cpu_mm_job){sh->t_gate, g[i].w[0], ff,          d, c->xg_g + p0 * rbg,
-                                      rbg,        cnt,       c->eG + p0 * ff, ff};
-    jobs[2 * i + 1] = (struct cpu_mm_job){sh->t_up, g[i].w[1], ff,          d, c->xg_u + p0 * rbu,
-                                          rbu,      cnt,       c->eU + p0 * ff, ff};
+    jobs[2 * i] = (struct cpu_mm_job){sh->t_gate, g[i].w[0],       ff, d, c->xg_g + p0 * rbg, rbg,
+                                      cnt,        c->eG + p0 * ff, ff};
+    jobs[2 * i + 1] = (struct cpu_mm_job){sh->t_up, g[i].w[1],       ff, d, c->xg_u + p0 * rbu, rbu,
+                                          cnt,      c->eU + p0 * ff, ff};
   }
   cpu_matmul_batch(c->pool, 2 * n_group, jobs);
   const enum ferry_type vd = cpu_vec_dot_type(sh->t_down);
@@ -365,8 +361,8 @@ static void moe_fast(struct cpu_impl *c, const struct ferry_moe_shape *sh, const
     cpu_swiglu(c->eG + p0 * ff, c->eG + p0 * ff, c->eU + p0 * ff, cnt * ff);
     for (int64_t r = p0; r < p0 + cnt; r++)
       cpu_quantize_act(vd, c->eG + r * ff, c->hq + r * rbd, ff);
-    jobs[i] = (struct cpu_mm_job){sh->t_down, g[i].w[2], d, ff, c->hq + p0 * rbd, rbd, cnt,
-                                  y + p0 * d, d};
+    jobs[i] = (struct cpu_mm_job){sh->t_down, g[i].w[2], d,          ff, c->hq + p0 * rbd,
+                                  rbd,        cnt,       y + p0 * d, d};
   }
   cpu_matmul_batch(c->pool, n_group, jobs);
 }
@@ -383,8 +379,10 @@ static int cpu_be_moe_ffn(struct ferry_backend *be, enum ferry_prec prec,
   }
   int rc = check_moe(c, sh, n_tok, pairs, n_group);
   if (rc) return rc;
-  if (prec == FERRY_PREC_EXACT || c->ref) moe_exact(c, sh, x, rows, n_group, g, y);
-  else moe_fast(c, sh, x, n_tok, x_changed, rows, n_group, g, y);
+  if (prec == FERRY_PREC_EXACT || c->ref)
+    moe_exact(c, sh, x, rows, n_group, g, y);
+  else
+    moe_fast(c, sh, x, n_tok, x_changed, rows, n_group, g, y);
   return 0;
 }
 
@@ -421,8 +419,10 @@ static int cpu_be_moe_ffn_ids(struct ferry_backend *be, enum ferry_prec prec,
     c->grp_rows[r] = (int32_t)(p / k);
     map[p] = r;
   }
-  if (prec == FERRY_PREC_EXACT || c->ref) moe_exact(c, sh, x, c->grp_rows, n_group, c->groups, y);
-  else moe_fast(c, sh, x, n_tok, true, c->grp_rows, n_group, c->groups, y);
+  if (prec == FERRY_PREC_EXACT || c->ref)
+    moe_exact(c, sh, x, c->grp_rows, n_group, c->groups, y);
+  else
+    moe_fast(c, sh, x, n_tok, true, c->grp_rows, n_group, c->groups, y);
   return 0;
 }
 
@@ -453,8 +453,8 @@ static int cpu_be_rope_neox(struct ferry_backend *be, float *x, int64_t n_tok, i
                             int64_t head_dim, int64_t n_rot, const int32_t *pos, float freq_base,
                             struct ferry_stream *s) {
   if (n_rot <= 0 || n_rot % 2 || n_rot > head_dim || n_heads <= 0 || n_tok < 0 || *pos < 0)
-    return ferry_fail(-EINVAL, "cpu rope: bad sizes (n_rot %lld, head_dim %lld)",
-                      (long long)n_rot, (long long)head_dim);
+    return ferry_fail(-EINVAL, "cpu rope: bad sizes (n_rot %lld, head_dim %lld)", (long long)n_rot,
+                      (long long)head_dim);
   cpu_rope_neox_rows(x, n_tok, n_heads, head_dim, n_rot, *pos, freq_base);
   return 0;
 }
@@ -507,8 +507,8 @@ static int cpu_be_router_topk(struct ferry_backend *be, const float *logits, int
   return cpu_router_topk_rows(logits, n_tok, n_expert, k, ids, weights);
 }
 
-static int cpu_be_add(struct ferry_backend *be, float *y, const float *a, const float *b,
-                      int64_t n, struct ferry_stream *s) {
+static int cpu_be_add(struct ferry_backend *be, float *y, const float *a, const float *b, int64_t n,
+                      struct ferry_stream *s) {
   cpu_add(y, a, b, n);
   return 0;
 }
@@ -547,8 +547,10 @@ static int cpu_be_ssm_conv(struct ferry_backend *be, float *y, float *state, con
                            const float *w, int64_t T, int64_t C, int64_t K, int apply_silu,
                            struct ferry_stream *s) {
   if (K < 1 || K > 16 || T < 0 || C <= 0) return ferry_fail(-EINVAL, "cpu ssm_conv: bad shape");
-  if (IMPL(be)->ref) cpu_ssm_conv_rows(y, state, u, w, T, C, K, apply_silu);
-  else cpu_ssm_conv_rows_mt(POOL(be), y, state, u, w, T, C, K, apply_silu);
+  if (IMPL(be)->ref)
+    cpu_ssm_conv_rows(y, state, u, w, T, C, K, apply_silu);
+  else
+    cpu_ssm_conv_rows_mt(POOL(be), y, state, u, w, T, C, K, apply_silu);
   return 0;
 }
 
@@ -610,8 +612,10 @@ static int cpu_be_delta_rule(struct ferry_backend *be, float *o, int64_t ldo, fl
 static int cpu_be_gated_rmsnorm(struct ferry_backend *be, float *y, const float *o, const float *z,
                                 const float *w, int64_t n_heads, int64_t d, float eps,
                                 struct ferry_stream *s) {
-  if (IMPL(be)->ref) cpu_gated_rmsnorm_heads(y, o, z, w, n_heads, d, eps);
-  else cpu_gated_rmsnorm_heads_mt(POOL(be), y, o, z, w, n_heads, d, eps);
+  if (IMPL(be)->ref)
+    cpu_gated_rmsnorm_heads(y, o, z, w, n_heads, d, eps);
+  else
+    cpu_gated_rmsnorm_heads_mt(POOL(be), y, o, z, w, n_heads, d, eps);
   return 0;
 }
 
@@ -632,58 +636,27 @@ static int cpu_be_ssm_ba_regroup(struct ferry_backend *be, float *b, float *a, c
 
 // ---- tables and lifetime ----
 
-#define CPU_OPS_COMMON                        \
-  .mem_alloc = cpu_mem_alloc,                 \
-  .mem_free = cpu_mem_free,                   \
-  .copy_h2d = cpu_copy,                       \
-  .copy_d2h = cpu_copy,                       \
-  .copy_d2d = cpu_copy,                       \
-  .memset0 = cpu_memset0,                     \
-  .host_alloc = cpu_mem_alloc,                \
-  .host_free = cpu_mem_free,                  \
-  .host_register = cpu_host_register,         \
-  .host_unregister = cpu_host_unregister,     \
-  .mem_info = cpu_mem_info,                   \
-  .reserve = cpu_reserve,                     \
-  .stream_create = cpu_stream_create,         \
-  .stream_destroy = cpu_stream_destroy,       \
-  .stream_sync = cpu_stream_sync,             \
-  .event_create = cpu_event_create,           \
-  .event_destroy = cpu_event_destroy,         \
-  .event_record = cpu_event_record,           \
-  .stream_wait_event = cpu_stream_wait_event, \
-  .event_sync = cpu_event_sync,               \
-  .event_elapsed_ms = cpu_event_elapsed_ms,   \
-  .graph_begin = cpu_graph_begin,             \
-  .graph_end = cpu_graph_end,                 \
-  .graph_launch = cpu_graph_launch,           \
-  .graph_destroy = cpu_graph_destroy,         \
-  .dequant = cpu_be_dequant,                  \
-  .embed = cpu_be_embed,                      \
-  .matvec = cpu_be_matvec,                    \
-  .matmul = cpu_be_matmul,                    \
-  .matmul_grouped = cpu_be_matmul_grouped,    \
-  .moe_ffn = cpu_be_moe_ffn,                  \
-  .moe_ffn_ids = cpu_be_moe_ffn_ids,          \
-  .moe_combine = cpu_be_moe_combine,          \
-  .rmsnorm = cpu_be_rmsnorm,                  \
-  .rope_neox = cpu_be_rope_neox,              \
-  .kv_store = cpu_be_kv_store,                \
-  .attn = cpu_be_attn,                        \
-  .swiglu = cpu_be_swiglu,                    \
-  .router_topk = cpu_be_router_topk,          \
-  .add = cpu_be_add,                          \
-  .scale = cpu_be_scale,                      \
-  .axpy = cpu_be_axpy,                        \
-  .sigmoid_mul = cpu_be_sigmoid_mul,          \
-  .gate_add_rows = cpu_be_gate_add_rows,      \
-  .copy2d = cpu_be_copy2d,                    \
-  .ssm_conv = cpu_be_ssm_conv,                \
-  .l2norm_heads = cpu_be_l2norm_heads,        \
-  .delta_gates = cpu_be_delta_gates,          \
-  .delta_rule = cpu_be_delta_rule,            \
-  .gated_rmsnorm = cpu_be_gated_rmsnorm,      \
-  .ssm_in_regroup = cpu_be_ssm_in_regroup,    \
+#define CPU_OPS_COMMON                                                                             \
+  .mem_alloc = cpu_mem_alloc, .mem_free = cpu_mem_free, .copy_h2d = cpu_copy,                      \
+  .copy_d2h = cpu_copy, .copy_d2d = cpu_copy, .memset0 = cpu_memset0, .host_alloc = cpu_mem_alloc, \
+  .host_free = cpu_mem_free, .host_register = cpu_host_register,                                   \
+  .host_unregister = cpu_host_unregister, .mem_info = cpu_mem_info, .reserve = cpu_reserve,        \
+  .stream_create = cpu_stream_create, .stream_destroy = cpu_stream_destroy,                        \
+  .stream_sync = cpu_stream_sync, .event_create = cpu_event_create,                                \
+  .event_destroy = cpu_event_destroy, .event_record = cpu_event_record,                            \
+  .stream_wait_event = cpu_stream_wait_event, .event_sync = cpu_event_sync,                        \
+  .event_elapsed_ms = cpu_event_elapsed_ms, .graph_begin = cpu_graph_begin,                        \
+  .graph_end = cpu_graph_end, .graph_launch = cpu_graph_launch,                                    \
+  .graph_destroy = cpu_graph_destroy, .dequant = cpu_be_dequant, .embed = cpu_be_embed,            \
+  .matvec = cpu_be_matvec, .matmul = cpu_be_matmul, .matmul_grouped = cpu_be_matmul_grouped,       \
+  .moe_ffn = cpu_be_moe_ffn, .moe_ffn_ids = cpu_be_moe_ffn_ids, .moe_combine = cpu_be_moe_combine, \
+  .rmsnorm = cpu_be_rmsnorm, .rope_neox = cpu_be_rope_neox, .kv_store = cpu_be_kv_store,           \
+  .attn = cpu_be_attn, .swiglu = cpu_be_swiglu, .router_topk = cpu_be_router_topk,                 \
+  .add = cpu_be_add, .scale = cpu_be_scale, .axpy = cpu_be_axpy,                                   \
+  .sigmoid_mul = cpu_be_sigmoid_mul, .gate_add_rows = cpu_be_gate_add_rows,                        \
+  .copy2d = cpu_be_copy2d, .ssm_conv = cpu_be_ssm_conv, .l2norm_heads = cpu_be_l2norm_heads,       \
+  .delta_gates = cpu_be_delta_gates, .delta_rule = cpu_be_delta_rule,                              \
+  .gated_rmsnorm = cpu_be_gated_rmsnorm, .ssm_in_regroup = cpu_be_ssm_in_regroup,                  \
   .ssm_ba_regroup = cpu_be_ssm_ba_regroup
 
 // One function table; "ref" differs only in its impl (ref = true, no pool).
@@ -712,4 +685,6 @@ void cpu_backend_fini(struct ferry_backend *be) {
 }
 
 uint64_t cpu_backend_reserved(const struct ferry_backend *be) { return IMPL(be)->bytes; }
-struct ferry_pool *cpu_backend_pool(const struct ferry_backend *be) { return IMPL(be)->pool; }
+struct ferry_pool *cpu_backend_pool(const struct ferry_backend *be) {
+  return IMPL(be)->pool;
+}

@@ -9,9 +9,6 @@
 #include "kernels/backend_impl.h"
 #include "kernels/cuda/cuda.h"
 
-
-
-
 #define CTX(be) ((struct cuda_ctx *)(be)->impl)
 #define ST(s)   ((void *)(s))
 
