@@ -46,7 +46,8 @@ struct bench_wire {
   int rc;        // 0, or the child's negative error code
   char err[512]; // the child's error message when rc < 0
   char mode[16]; // the mode that ran (auto resolves to full or stream)
-  struct run_stats st;
+  char backend[16], device[160];
+  struct run_stats st; // its backend/device pointers are the child's: use the arrays above
   int n_prompt, n_generated;
 };
 
@@ -165,6 +166,9 @@ static int child_run(const struct run_opts *o, int fd) {
     snprintf(w.err, sizeof w.err, "%s", ferry_errmsg());
   } else {
     w.st = r.st;
+    snprintf(w.backend, sizeof w.backend, "%s", r.st.backend ? r.st.backend : "");
+    snprintf(w.device, sizeof w.device, "%s", r.st.device ? r.st.device : "");
+    w.st.backend = w.st.device = NULL;
     w.n_prompt = r.n_prompt;
     w.n_generated = r.n_generated;
   }
@@ -295,6 +299,8 @@ static void print_table(FILE *f, const struct run_opts *o, const struct bench_mo
 static void json_mode(struct jw *w, const struct bench_mode *m) {
   jw_obj(w);
   jw_key(w, "mode"), jw_str(w, m->w.mode);
+  jw_key(w, "backend"), jw_str(w, m->w.backend);
+  jw_key(w, "device"), jw_str(w, m->w.device);
   gen_json_stats(w, &m->w.st);
   jw_key(w, "n_generated"), jw_int(w, m->w.n_generated);
   jw_key(w, "generated_tokens"), jw_arr(w);

@@ -98,7 +98,10 @@ int cmd_score(int argc, char **argv) {
   jw_key(&w, "model"), jw_str(&w, o.model);
   jw_key(&w, "arch"), jw_str(&w, model_hparams(m)->arch_name);
   jw_key(&w, "mode"), jw_str(&w, session_mode_name(s));
-  jw_key(&w, "backend"), jw_str(&w, "cpu");
+  jw_key(&w, "backend"), jw_str(&w, st.backend);
+  jw_key(&w, "device"), jw_str(&w, st.device);
+  jw_key(&w, "peak_vram_bytes"), jw_uint(&w, st.peak_vram);
+  jw_key(&w, "vram_budget_bytes"), jw_uint(&w, st.vram_budget);
   jw_key(&w, "exact"), jw_bool(&w, o.exact);
   jw_key(&w, "n_tokens"), jw_int(&w, L);
   jw_key(&w, "from"), jw_int(&w, o.from);

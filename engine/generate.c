@@ -288,7 +288,8 @@ int gen_write_json(struct session *s, const struct run_opts *o, const struct gen
   jw_key(&w, "model"), jw_str(&w, o->model);
   jw_key(&w, "arch"), jw_str(&w, model_hparams(session_model(s))->arch_name);
   jw_key(&w, "mode"), jw_str(&w, session_mode_name(s));
-  jw_key(&w, "backend"), jw_str(&w, "cpu");
+  jw_key(&w, "backend"), jw_str(&w, r->st.backend ? r->st.backend : "cpu");
+  jw_key(&w, "device"), jw_str(&w, r->st.device ? r->st.device : "");
   jw_key(&w, "exact"), jw_bool(&w, o->exact);
   jw_key(&w, "prompt_tokens"), jw_arr(&w);
   for (int i = 0; i < r->n_prompt; i++) jw_int(&w, r->prompt[i]);
@@ -322,12 +323,20 @@ void gen_print_stats(FILE *f, const char *mode, const struct run_stats *st) {
   uint64_t acc = st->host_hits + st->host_misses;
   fprintf(f, "\n");
   fprintf(f, "  mode             %s\n", mode);
+  if (st->backend) fprintf(f, "  backend          %s: %s\n", st->backend, st->device);
   fprintf(f, "  load time        %.2f s\n", st->load_s);
   fprintf(f, "  TTFT             %.3f s\n", st->ttft_s);
   fprintf(f, "  prefill          %.2f tok/s (%d tokens)\n", gen_prefill_rate(st), st->n_prompt);
   fprintf(f, "  decode           %.2f tok/s (%d tokens)\n", gen_decode_rate(st), st->n_generated);
   fprintf(f, "  peak RAM (RSS)   %s (budget %s)\n", rss, bud);
-  fprintf(f, "  peak VRAM        %llu B\n", (unsigned long long)st->peak_vram);
+  if (st->vram_budget) {
+    char pv[32], vb[32];
+    ferry_format_size(st->peak_vram, pv, sizeof pv);
+    ferry_format_size(st->vram_budget, vb, sizeof vb);
+    fprintf(f, "  peak VRAM        %s (budget %s)\n", pv, vb);
+  } else {
+    fprintf(f, "  peak VRAM        0 B (no device)\n");
+  }
   fprintf(f, "  read from disk   %s in %llu reads, %.2f s waiting%s\n", io,
           (unsigned long long)st->io_reads, st->io_s,
           st->io_reads ? (st->io_direct ? " (O_DIRECT)" : " (buffered)") : "");

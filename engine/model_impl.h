@@ -13,32 +13,32 @@
 // Forward buffers, all in backend memory, sized for B = n_batch tokens and allocated once
 // at load from one table (fwd_layout) that the memory plan reads too.
 struct fwd_bufs {
-  int32_t *io;     // [1 + B] position of the chunk's first token, then the token ids
-  float *x;        // [B][d] residual stream
-  float *xn;       // [B][d] normalised input of the current block
-  float *proj;     // [B][wide] widest projection output (qwen3next q|gate, legacy ssm_in)
-  float *q;        // [B][H*hd] queries; qwen3next DeltaNet: conv input u [B][conv_dim]
-  float *k, *v;    // [B][Hkv*hd] keys and values of this chunk
-  float *gate;     // [B][H*hd] qwen3next attention output gate; DeltaNet: z [B][value_dim]
-  float *att;      // [B][max(H*hd, value_dim)] attention / delta-rule output
-  float *conv;     // [B][conv_dim] DeltaNet conv output (q | k | v)
-  float *ba;       // [B][2*Hv] DeltaNet ssm_ba output
+  int32_t *io;  // [1 + B] position of the chunk's first token, then the token ids
+  float *x;     // [B][d] residual stream
+  float *xn;    // [B][d] normalised input of the current block
+  float *proj;  // [B][wide] widest projection output (qwen3next q|gate, legacy ssm_in)
+  float *q;     // [B][H*hd] queries; qwen3next DeltaNet: conv input u [B][conv_dim]
+  float *k, *v; // [B][Hkv*hd] keys and values of this chunk
+  float *gate;  // [B][H*hd] qwen3next attention output gate; DeltaNet: z [B][value_dim]
+  float *att;   // [B][max(H*hd, value_dim)] attention / delta-rule output
+  float *conv;  // [B][conv_dim] DeltaNet conv output (q | k | v)
+  float *ba;    // [B][2*Hv] DeltaNet ssm_ba output
   float *dn_b, *dn_a, *dn_beta, *dn_g; // [B][Hv] DeltaNet gate inputs and gates
-  float *blk;      // [B][d] output projection of the current block
-  float *rlog;     // [2][B][E] router logits of this layer and of the stale-gate guess
-  int32_t *ids;    // [B][K] experts per token, router order
-  float *wts;      // [B][K] their weights
-  int32_t *pred;   // [B][K] stale-gate guess of the next layer's experts
-  float *slots;    // [B*K][d] one expert output per (token, slot) pair
-  int32_t *map;    // [B*K] pair -> row of slots
-  int32_t *rows;   // [B*K] token of each grouped row (stream mode)
-  float *moe;      // [B][d] routed-expert sum (+ shared expert)
+  float *blk;                          // [B][d] output projection of the current block
+  float *rlog;        // [2][B][E] router logits of this layer and of the stale-gate guess
+  int32_t *ids;       // [B][K] experts per token, router order
+  float *wts;         // [B][K] their weights
+  int32_t *pred;      // [B][K] stale-gate guess of the next layer's experts
+  float *slots;       // [B*K][d] one expert output per (token, slot) pair
+  int32_t *map;       // [B*K] pair -> row of slots
+  int32_t *rows;      // [B*K] token of each grouped row (stream mode)
+  float *moe;         // [B][d] routed-expert sum (+ shared expert)
   float *sh_g, *sh_u; // [B][sff] shared expert gate / up
-  float *sh_out;   // [B][d] shared expert output
-  float *sh_gate;  // [B] shared expert gate logit
-  float *head;     // [HR][V] logits of up to HR rows (backends without host memory)
-  void *base;      // the one allocation all of the above point into
-  uint64_t bytes;  // its size
+  float *sh_out;      // [B][d] shared expert output
+  float *sh_gate;     // [B] shared expert gate logit
+  float *head;        // [HR][V] logits of up to HR rows (backends without host memory)
+  void *base;         // the one allocation all of the above point into
+  uint64_t bytes;     // its size
 };
 
 struct model {
@@ -59,10 +59,10 @@ struct model {
   struct layer_weights *layers;
   struct ferry_moe_table *etab; // [n_layer] resident experts (full mode)
 
-  void *wmem_alloc;     // the allocation wmem is in
-  uint8_t *wmem;        // resident weights (backend memory, page-aligned)
-  uint64_t wmem_bytes;  // as allocated
-  uint64_t load_bytes;  // read from the file
+  void *wmem_alloc;    // the allocation wmem is in
+  uint8_t *wmem;       // resident weights (backend memory, page-aligned)
+  uint64_t wmem_bytes; // as allocated
+  uint64_t load_bytes; // read from the file
   double load_s;
 
   // per-sequence state (backend memory)
@@ -85,13 +85,13 @@ struct model {
   struct fwd_bufs b;
   uint64_t scratch_bytes; // b.bytes + the backend's reserved scratch
   // host side
-  int32_t *h_io;  // [1 + B] pinned: what b.io receives
-  float *h_head;  // [HR][V] pinned logits staging (backends without host memory)
-  int32_t *h_ids; // [B*K] routing on the host (stream mode grouping, observers)
-  float *h_wts;   // [B*K]
-  int32_t *h_pred;        // [n_layer][B*K] stale-gate guesses on the host (graph replay)
-  int32_t *h_ids_all;     // [n_layer][B*K] per-layer routing copies for observers in graphs
-  float *h_wts_all;       // [n_layer][B*K]
+  int32_t *h_io;      // [1 + B] pinned: what b.io receives
+  float *h_head;      // [HR][V] pinned logits staging (backends without host memory)
+  int32_t *h_ids;     // [B*K] routing on the host (stream mode grouping, observers)
+  float *h_wts;       // [B*K]
+  int32_t *h_pred;    // [n_layer][B*K] stale-gate guesses on the host (graph replay)
+  int32_t *h_ids_all; // [n_layer][B*K] per-layer routing copies for observers in graphs
+  float *h_wts_all;   // [n_layer][B*K]
   int32_t *grp_cnt, *grp_off, *uniq; // [E + 1]
   int32_t *h_rows, *h_map;           // [B*K]
   bool *done;                        // [E]

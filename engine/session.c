@@ -365,6 +365,15 @@ int session_open(struct session **out, const struct run_opts *o) {
   struct model_opts mo = session_model_opts(o);
   mo.dense_only = stream;
   if ((rc = model_load(&s->m, s->f, &mo, s->be))) goto fail;
+  {
+    // the plan was charged: what the model allocated must be what it planned
+    struct model_mem used;
+    model_mem_used(s->m, &used);
+    const enum budget_tier tb = device ? BUDGET_DEVICE : BUDGET_HOST;
+    const uint64_t *c = s->plan.charge[tb];
+    FERRY_ASSERT(used.dense + used.experts <= c[BUDGET_DENSE] + c[BUDGET_EXPERTS] &&
+                 used.state <= c[BUDGET_KV] && used.scratch <= c[BUDGET_SCRATCH]);
+  }
   if (stream) {
     if ((rc = stream_create(&s->stream, s->f, model_hparams(s->m), s->budget))) goto fail;
     struct expert_source src;
@@ -401,6 +410,8 @@ const char *session_backend_name(const struct session *s) { return s->be->name; 
 const char *session_device(const struct session *s) { return s->device; }
 
 void session_fill_stats(struct session *s, struct run_stats *st) {
+  st->backend = s->be->name;
+  st->device = s->device;
   st->load_s = s->load_s;
   st->peak_rss = ferry_peak_rss_bytes();
   st->ram_budget = s->plan.ram;

@@ -45,6 +45,8 @@ struct run_opts {
 int run_opts_parse(struct run_opts *o, const char *cmd, int argc, char **argv);
 
 struct run_stats {
+  const char *backend; // "cpu", "cuda" (session_fill_stats)
+  const char *device;  // the device (or CPU) it ran on
   double load_s, ttft_s, prefill_s, decode_s;
   int n_prompt, n_generated;
   uint64_t peak_rss, ram_budget, vram_budget, peak_vram;

@@ -445,11 +445,11 @@ int ecache_create(struct ecache **out, const struct ecache_params *p) {
       lru_insert(c, s, true);
     }
   }
-  rc = n_iov ? io_reader_register(c->reader, iov, n_iov) : -EINVAL;
+  rc = !p->register_buffers ? -EBUSY : n_iov ? io_reader_register(c->reader, iov, n_iov) : -EINVAL;
   free(iov);
   if (rc == 0) {
     c->registered = true;
-  } else if (rc == -EBUSY) { // the reader serves someone else's buffers: plain reads
+  } else if (rc == -EBUSY) { // not asked for, or the reader serves someone else's buffers
     log_debug("expert cache: reader buffers already registered; using plain reads");
     ferry_clear_error();
   } else {

@@ -55,8 +55,13 @@ struct ecache_params {
                                      // (BUDGET_HOST, BUDGET_EXPERTS) until destroy
   uint64_t host_bytes;               // host tier capacity in bytes, or if 0:
   uint32_t host_slots;               //   in slots (total over all size classes)
-  uint32_t min_slots;                // most experts one layer pins at once (k); create
-                                     // fails if a size class gets fewer; 0 -> 1
+  // Register the slabs with the reader as fixed buffers. Off by default: registering pins
+  // (and so faults in) every page of the slabs before the first token, seconds for
+  // gigabytes, while plain O_DIRECT reads fault each slot in on its first use and cost a
+  // few microseconds of page pinning per read (NOTES.md).
+  bool register_buffers;
+  uint32_t min_slots; // most experts one layer pins at once (k); create
+                      // fails if a size class gets fewer; 0 -> 1
   // Optional host slab allocator (e.g. cudaHostAlloc for pinned memory); must return
   // 4096-aligned memory or NULL. Default: ferry_alloc_aligned.
   void *(*host_alloc)(uint64_t bytes, void *ctx);

@@ -99,10 +99,12 @@ void plan_print(const struct plan *p, const struct plan_need *n, FILE *o) {
   struct sizes z;
   const char *where = p->device ? "VRAM" : "RAM";
   if (p->device)
-    fprintf(o, "  full       needs %s of VRAM (weights %s, KV/state %s, scratch %s) + %s of RAM -> %s\n",
-            sz(&z, 0, p->full_backend), sz(&z, 1, n->dense + n->experts), sz(&z, 2, n->state),
-            sz(&z, 3, n->scratch), sz(&z, 4, p->full_host),
-            p->full_backend <= p->vram && p->full_host <= p->ram ? "fits" : "does not fit");
+    fprintf(
+        o,
+        "  full       needs %s of VRAM (weights %s, KV/state %s, scratch %s) + %s of RAM -> %s\n",
+        sz(&z, 0, p->full_backend), sz(&z, 1, n->dense + n->experts), sz(&z, 2, n->state),
+        sz(&z, 3, n->scratch), sz(&z, 4, p->full_host),
+        p->full_backend <= p->vram && p->full_host <= p->ram ? "fits" : "does not fit");
   else
     fprintf(o, "  full       needs %s: weights %s + KV/state %s + scratch %s -> %s\n",
             sz(&z, 0, p->full_backend + p->full_host), sz(&z, 1, n->dense + n->experts),
@@ -118,9 +120,10 @@ void plan_print(const struct plan *p, const struct plan_need *n, FILE *o) {
     const uint64_t per = n->expert_slot_bytes;
     uint64_t slots = per ? p->host_cache / per : 0;
     if (slots > n->n_expert) slots = n->n_expert;
-    fprintf(o, "  stream     expert cache (host RAM) %s: about %llu of %u experts per layer (%.1f%%)\n",
-            sz(&z, 0, p->host_cache), (unsigned long long)slots, n->n_expert,
-            n->n_expert ? 100.0 * (double)slots / n->n_expert : 0.0);
+    fprintf(
+        o, "  stream     expert cache (host RAM) %s: about %llu of %u experts per layer (%.1f%%)\n",
+        sz(&z, 0, p->host_cache), (unsigned long long)slots, n->n_expert,
+        n->n_expert ? 100.0 * (double)slots / n->n_expert : 0.0);
   }
   fprintf(o, "  mode       %s\n", plan_mode_name(p->mode));
 }

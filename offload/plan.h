@@ -34,18 +34,18 @@ struct plan_need {
 
 struct plan_req {
   enum plan_mode mode;
-  bool device;                     // the backend is a device (its memory is VRAM)
-  uint64_t ram, vram;              // budgets (vram ignored without a device)
-  bool ram_given, vram_given;      // from flags (for messages)
+  bool device;                // the backend is a device (its memory is VRAM)
+  uint64_t ram, vram;         // budgets (vram ignored without a device)
+  bool ram_given, vram_given; // from flags (for messages)
 };
 
 struct plan {
-  enum plan_mode mode;             // PLAN_FULL or PLAN_STREAM
+  enum plan_mode mode; // PLAN_FULL or PLAN_STREAM
   bool device;
-  uint64_t ram, vram;              // the budgets
+  uint64_t ram, vram; // the budgets
   // bytes to charge, per tier and category (budget.h)
   uint64_t charge[BUDGET_N_TIERS][BUDGET_N_CATS];
-  uint64_t host_cache;             // stream: host expert cache bytes (slots)
+  uint64_t host_cache;                  // stream: host expert cache bytes (slots)
   uint64_t full_backend, full_host;     // what full mode needs (for the report)
   uint64_t stream_backend, stream_host; // what stream mode needs without the cache
 };

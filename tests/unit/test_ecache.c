@@ -230,12 +230,14 @@ static void random_traffic(struct ecache *c, struct budget *b, int steps) {
 }
 
 static struct ecache_params params(struct io_reader *r, struct budget *b, uint32_t slots) {
-  return (struct ecache_params){.n_layers = NL,
-                                .layers = g_layers,
-                                .reader = r,
-                                .budget = b,
-                                .host_slots = slots,
-                                .min_slots = KMAX};
+  return (struct ecache_params){
+      .n_layers = NL,
+      .layers = g_layers,
+      .reader = r,
+      .budget = b,
+      .host_slots = slots,
+      .register_buffers = true, // the engine reads plain; cover fixed reads here
+      .min_slots = KMAX};
 }
 
 int main(void) {
