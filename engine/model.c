@@ -433,7 +433,8 @@ static void progress(const struct model *m, uint64_t done, uint64_t total) {
 // One read of the pipeline: a piece of a region.
 struct load_piece {
   struct io_req q;
-  uint8_t *stage;         // pinned staging (backends without host memory), else NULL
+  uint8_t *stage;         // pinned staging (backends without host memory), page-aligned
+  void *stage_alloc;      // the allocation it is in
   uint8_t *dst;           // where byte q.off lands (backend memory)
   struct ferry_event *ev; // staging: the copy out of it has been issued up to here
   bool used;
@@ -453,7 +454,8 @@ static int load_regions(struct model *m, const struct region *reg, int n_reg) {
   uint64_t total = 0, done = 0;
   for (int i = 0; i < n_reg; i++) total += reg[i].len;
   for (int i = 0; i < LOAD_DEPTH && !m->host_mem && !rc; i++) {
-    rc = be->ops.host_alloc(be, (void **)&pc[i].stage, LOAD_CHUNK + 2 * IO_ALIGN);
+    rc = be->ops.host_alloc(be, &pc[i].stage_alloc, LOAD_CHUNK + 2 * IO_ALIGN);
+    pc[i].stage = rc ? NULL : (uint8_t *)ferry_align_up((uintptr_t)pc[i].stage_alloc, IO_ALIGN);
     if (!rc) rc = be->ops.event_create(be, &pc[i].ev);
   }
   // the next piece to issue: region ri, byte offset ro_ within it
@@ -503,7 +505,7 @@ static int load_regions(struct model *m, const struct region *reg, int n_reg) {
   if (!rc && !m->host_mem) rc = be->ops.stream_sync(be, m->st);
   for (int i = 0; i < LOAD_DEPTH; i++) {
     if (pc[i].ev) be->ops.event_destroy(be, pc[i].ev);
-    if (pc[i].stage) be->ops.host_free(be, pc[i].stage);
+    if (pc[i].stage_alloc) be->ops.host_free(be, pc[i].stage_alloc);
   }
   if (rc) ferry_fail_ctx(rc, "loading the weights");
   io_reader_close(r);

@@ -200,8 +200,9 @@ int run_opts_parse(struct run_opts *o, const char *cmd, int argc, char **argv) {
         break;
       case OPT_CPU: o->backend = "cpu"; break;
       case OPT_BACKEND:
-        if (strcmp(optarg, "auto") && strcmp(optarg, "cpu") && strcmp(optarg, "cuda"))
-          rc = ferry_fail(-EINVAL, "--backend: '%s' is not auto, cpu or cuda", optarg);
+        if (strcmp(optarg, "auto") && strcmp(optarg, "cpu") && strcmp(optarg, "cuda") &&
+            strcmp(optarg, "sim"))
+          rc = ferry_fail(-EINVAL, "--backend: '%s' is not auto, cpu, cuda or sim", optarg);
         o->backend = optarg;
         break;
       case OPT_NOGRAPH: o->no_graph = true; break;

@@ -17,6 +17,7 @@
 
 const struct ferry_backend_ops *ferry_backend_ops_of(enum ferry_backend_kind kind) {
   if (kind == FERRY_BACKEND_CPU) return &ferry_cpu_ops;
+  if (kind == FERRY_BACKEND_SIM) return &ferry_sim_ops;
 #ifdef FERRY_HAVE_CUDA
   if (kind == FERRY_BACKEND_CUDA) return &ferry_cuda_ops;
 #endif
@@ -54,23 +55,25 @@ int ferry_backend_cuda_devices(void) {
 int ferry_backend_create(struct ferry_backend **out, const char *name, struct ferry_pool *pool,
                          int device) {
   *out = NULL;
-  enum { CPU, REF, CUDA } want;
+  enum { CPU, REF, SIM, CUDA } want;
   if (!strcmp(name, "cpu"))
     want = CPU;
   else if (!strcmp(name, "ref"))
     want = REF;
+  else if (!strcmp(name, "sim"))
+    want = SIM;
   else if (!strcmp(name, "cuda"))
     want = CUDA;
   else if (!strcmp(name, "auto"))
     want = ferry_backend_cuda_devices() > 0 ? CUDA : CPU;
   else
-    return ferry_fail(-EINVAL, "unknown backend '%s' (auto, cpu or cuda)", name);
+    return ferry_fail(-EINVAL, "unknown backend '%s' (auto, cpu, cuda or sim)", name);
 
   struct ferry_backend *be = calloc(1, sizeof(*be));
   if (!be) return ferry_fail(-ENOMEM, "backend: out of memory");
   int rc;
   if (want != CUDA) {
-    rc = cpu_backend_init(be, pool, want == REF);
+    rc = cpu_backend_init(be, pool, want == REF ? CPU_REF : want == SIM ? CPU_SIM : CPU_FAST);
   } else {
 #ifdef FERRY_HAVE_CUDA
     rc = cuda_backend_init(be, device);
@@ -93,16 +96,16 @@ void ferry_backend_destroy(struct ferry_backend *be) {
 #ifdef FERRY_HAVE_CUDA
   if (be->kind == FERRY_BACKEND_CUDA) cuda_backend_fini(be);
 #endif
-  if (be->kind == FERRY_BACKEND_CPU) cpu_backend_fini(be);
+  if (be->kind != FERRY_BACKEND_CUDA) cpu_backend_fini(be);
   free(be);
 }
 
 struct ferry_pool *ferry_backend_pool(const struct ferry_backend *be) {
-  return be && be->kind == FERRY_BACKEND_CPU ? cpu_backend_pool(be) : NULL;
+  return be && be->kind != FERRY_BACKEND_CUDA ? cpu_backend_pool(be) : NULL;
 }
 
 uint64_t ferry_backend_scratch_bytes(enum ferry_backend_kind kind, const struct ferry_limits *lim) {
-  if (kind == FERRY_BACKEND_CPU) {
+  if (kind == FERRY_BACKEND_CPU || kind == FERRY_BACKEND_SIM) {
     int workers = lim->n_threads > 0 ? lim->n_threads : numa_topo_physical_cores();
     return cpu_backend_scratch_bytes(lim, workers > 0 ? workers : 1);
   }
@@ -126,6 +129,10 @@ void ferry_backend_describe(const struct ferry_backend *be, char *buf, size_t n)
     return;
   }
 #endif
+  if (be->kind == FERRY_BACKEND_SIM) {
+    cpu_backend_describe_sim(be, buf, n);
+    return;
+  }
   struct ferry_pool *pool = cpu_backend_pool(be);
   snprintf(buf, n, "CPU (%d physical cores, %d worker%s)%s", numa_topo_physical_cores(),
            pool ? ferry_pool_size(pool) : 1, pool && ferry_pool_size(pool) == 1 ? "" : "s",

@@ -7,7 +7,10 @@
 //   "ref"  the scalar CPU references of kernels/cpu/ (ops.h, deltanet.h, matmul's exact
 //          path), single-threaded: what every other backend is tested against
 //          (tests/gpu/op_table.h); never used by the engine;
-//   "cuda" the kernels of kernels/cuda/ (compiled with FERRY_HAVE_CUDA).
+//   "cuda" the kernels of kernels/cuda/ (compiled with FERRY_HAVE_CUDA);
+//   "sim"  the "cpu" kernels standing in for a GPU: separate "device" memory with its own
+//          total (FERRY_SIM_VRAM), copies on copy threads paced at FERRY_SIM_PCIE_GBPS,
+//          events; so every device path runs in CI (backend_cpu.c has the details).
 //
 // Conventions:
 // - Pointers given to ops are backend memory (from ops.mem_alloc) unless a comment says
@@ -47,7 +50,7 @@ struct ferry_stream; // opaque: cudaStream_t on CUDA, a dummy handle on CPU
 struct ferry_event;  // opaque: cudaEvent_t on CUDA, a dummy handle on CPU
 struct ferry_graph;  // opaque: cudaGraphExec_t on CUDA; CPU backends cannot capture
 
-enum ferry_backend_kind { FERRY_BACKEND_CPU = 0, FERRY_BACKEND_CUDA = 1 };
+enum ferry_backend_kind { FERRY_BACKEND_CPU = 0, FERRY_BACKEND_CUDA = 1, FERRY_BACKEND_SIM = 2 };
 enum ferry_prec { FERRY_PREC_FAST = 0, FERRY_PREC_EXACT = 1 };
 
 // Every compute op, as X(ENUM_SUFFIX, ops_field). tests/gpu/op_table.h must hold at least
@@ -295,7 +298,7 @@ struct ferry_backend_ops {
 
 // Read-only after creation (except the scratch that reserve fills in impl).
 struct ferry_backend {
-  const char *name; // "cpu", "ref" or "cuda"
+  const char *name; // "cpu", "ref", "sim" or "cuda"
   enum ferry_backend_kind kind;
   struct ferry_backend_ops ops;
   void *impl; // private
@@ -304,7 +307,7 @@ struct ferry_backend {
 #undef be_t
 #undef stream_t
 
-// Creates a backend: name "cpu", "ref", "cuda" or "auto" (cuda when built with CUDA and a
+// Creates a backend: name "cpu", "ref", "sim", "cuda" or "auto" (cuda when built with CUDA and a
 // device is present, else cpu). pool (may be NULL) runs the CPU kernels; it is borrowed.
 // Returns 0, -ENODEV when "cuda" is asked for but not built or no device is present,
 // -EINVAL for an unknown name.

@@ -11,6 +11,8 @@
 // reserve() from struct ferry_limits; no op allocates.
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,6 +28,10 @@
 struct cpu_impl {
   struct ferry_pool *pool; // NULL: single-threaded (always NULL for "ref")
   bool ref;
+  bool sim; // "sim": device memory counted against sim_total
+  uint64_t sim_total, sim_used;
+  double sim_gbps; // host<->device copy pacing (0: none)
+  pthread_mutex_t sim_mu;
   int workers;             // pool size (1 without a pool)
   struct ferry_limits lim; // what the scratch below is sized for
   uint64_t bytes;          // scratch bytes allocated
@@ -127,6 +133,15 @@ uint64_t cpu_backend_scratch_bytes(const struct ferry_limits *lim, int n_workers
 static int cpu_reserve(struct ferry_backend *be, const struct ferry_limits *lim) {
   struct cpu_impl *c = IMPL(be);
   const uint64_t need = layout(NULL, lim, c->workers, NULL);
+  if (c->sim) { // the scratch is device memory of the simulated device
+    pthread_mutex_lock(&c->sim_mu);
+    const bool fits = c->sim_used - c->bytes + need <= c->sim_total;
+    if (fits) c->sim_used = c->sim_used - c->bytes + need;
+    pthread_mutex_unlock(&c->sim_mu);
+    if (!fits)
+      return ferry_fail(-ENOMEM, "sim device: no room for %llu bytes of scratch",
+                        (unsigned long long)need);
+  }
   uint8_t *p = need ? ferry_alloc_aligned(64, need) : NULL;
   if (need && !p) {
     char b[32];
@@ -634,6 +649,432 @@ static int cpu_be_ssm_ba_regroup(struct ferry_backend *be, float *b, float *a, c
   return 0;
 }
 
+// ---------------------------------------------------------------------------------------
+// "sim": the CPU kernels standing in for a GPU, so every device path of the engine (VRAM
+// budgets, separate buffers, host<->device copies, copy streams and events) runs in CI.
+// - Memory: its own "device" allocations, counted against a total (FERRY_SIM_VRAM, default
+//   24 GiB; mem_info reports it); the engine treats them as device memory (it copies).
+// - Streams: the NULL stream is synchronous. A created stream is a queue served by its own
+//   copy thread: copies and memsets issued on it run there in order, paced at
+//   FERRY_SIM_PCIE_GBPS (GB/s, 0 or unset: unpaced) for host<->device copies.
+// - Compute ops run at once on the calling thread with the "cpu" kernels, after draining
+//   the queue of the stream they were issued on (so stream order holds). Work on another
+//   stream is only ordered by events: event_record marks a point in a stream's queue,
+//   stream_wait_event on the NULL stream (or before a compute op) blocks until it passed.
+
+#include <time.h>
+
+struct sim_item {
+  enum { SIM_COPY, SIM_ZERO, SIM_WAIT } kind;
+  void *dst;
+  const void *src;
+  size_t bytes;
+  bool paced;
+  struct ferry_event *ev; // SIM_WAIT: the event to wait for
+};
+
+struct sim_stream {
+  pthread_t thread;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  struct sim_item *q;       // ring of cap items
+  uint64_t cap, head, tail; // items [head, tail) pending; tail counts every item ever queued
+  bool stop;
+  struct cpu_impl *c;
+};
+
+struct ferry_event {
+  struct sim_stream *s; // NULL: complete
+  uint64_t seq;         // complete once s->head >= seq
+};
+
+static void sim_pace(struct cpu_impl *c, size_t bytes, double t0) {
+  if (c->sim_gbps <= 0) return;
+  const double want = (double)bytes / (c->sim_gbps * 1e9), left = want - (ferry_now_s() - t0);
+  if (left <= 0) return;
+  struct timespec ts = {(time_t)left, (long)((left - (double)(time_t)left) * 1e9)};
+  nanosleep(&ts, NULL);
+}
+
+static bool sim_event_done(const struct ferry_event *ev) {
+  if (!ev || !ev->s) return true;
+  pthread_mutex_lock(&ev->s->mu);
+  bool done = ev->s->head >= ev->seq;
+  pthread_mutex_unlock(&ev->s->mu);
+  return done;
+}
+
+static void sim_event_wait(struct ferry_event *ev) {
+  if (!ev || !ev->s) return;
+  struct sim_stream *s = ev->s;
+  pthread_mutex_lock(&s->mu);
+  while (s->head < ev->seq) pthread_cond_wait(&s->cv, &s->mu);
+  pthread_mutex_unlock(&s->mu);
+}
+
+static void *sim_thread(void *arg) {
+  struct sim_stream *s = arg;
+  pthread_mutex_lock(&s->mu);
+  for (;;) {
+    while (!s->stop && s->head == s->tail) pthread_cond_wait(&s->cv, &s->mu);
+    if (s->head == s->tail && s->stop) break;
+    struct sim_item it = s->q[s->head % s->cap];
+    pthread_mutex_unlock(&s->mu);
+    const double t0 = ferry_now_s();
+    if (it.kind == SIM_COPY) {
+      memmove(it.dst, it.src, it.bytes);
+      if (it.paced) sim_pace(s->c, it.bytes, t0);
+    } else if (it.kind == SIM_ZERO) {
+      memset(it.dst, 0, it.bytes);
+    } else {
+      sim_event_wait(it.ev);
+    }
+    pthread_mutex_lock(&s->mu);
+    s->head++;
+    pthread_cond_broadcast(&s->cv);
+  }
+  pthread_mutex_unlock(&s->mu);
+  return NULL;
+}
+
+static void sim_drain(struct ferry_stream *st) {
+  struct sim_stream *s = (struct sim_stream *)st;
+  if (!s) return;
+  pthread_mutex_lock(&s->mu);
+  while (s->head < s->tail) pthread_cond_wait(&s->cv, &s->mu);
+  pthread_mutex_unlock(&s->mu);
+}
+
+static int sim_enqueue(struct ferry_stream *st, struct sim_item it) {
+  struct sim_stream *s = (struct sim_stream *)st;
+  pthread_mutex_lock(&s->mu);
+  while (s->tail - s->head >= s->cap) pthread_cond_wait(&s->cv, &s->mu);
+  s->q[s->tail % s->cap] = it;
+  s->tail++;
+  pthread_cond_broadcast(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+  return 0;
+}
+
+// Device allocations carry their size in a 64-byte header, for the total.
+static int sim_mem_alloc(struct ferry_backend *be, void **out, size_t bytes) {
+  struct cpu_impl *c = IMPL(be);
+  *out = NULL;
+  pthread_mutex_lock(&c->sim_mu);
+  const bool fits = c->sim_used + bytes <= c->sim_total;
+  if (fits) c->sim_used += bytes;
+  pthread_mutex_unlock(&c->sim_mu);
+  if (!fits) {
+    char b1[32], b2[32];
+    ferry_format_size(bytes, b1, sizeof b1);
+    ferry_format_size(c->sim_total - c->sim_used, b2, sizeof b2);
+    return ferry_fail(-ENOMEM, "sim device: cannot allocate %s (%s free)", b1, b2);
+  }
+  uint8_t *p = ferry_alloc_aligned(64, bytes + 64);
+  if (!p) {
+    pthread_mutex_lock(&c->sim_mu);
+    c->sim_used -= bytes;
+    pthread_mutex_unlock(&c->sim_mu);
+    return ferry_fail(-ENOMEM, "sim device: out of host memory for %zu bytes", bytes);
+  }
+  memcpy(p, &bytes, sizeof bytes);
+  *out = p + 64;
+  return 0;
+}
+static void sim_mem_free(struct ferry_backend *be, void *p) {
+  if (!p) return;
+  struct cpu_impl *c = IMPL(be);
+  uint8_t *h = (uint8_t *)p - 64;
+  size_t bytes;
+  memcpy(&bytes, h, sizeof bytes);
+  pthread_mutex_lock(&c->sim_mu);
+  c->sim_used -= bytes;
+  pthread_mutex_unlock(&c->sim_mu);
+  ferry_free_aligned(h);
+}
+static int sim_mem_info(struct ferry_backend *be, size_t *free_bytes, size_t *total_bytes) {
+  struct cpu_impl *c = IMPL(be);
+  pthread_mutex_lock(&c->sim_mu);
+  *free_bytes = c->sim_total - c->sim_used;
+  *total_bytes = c->sim_total;
+  pthread_mutex_unlock(&c->sim_mu);
+  return 0;
+}
+static int sim_copy(struct ferry_stream *s, void *dst, const void *src, size_t bytes, bool paced,
+                    struct cpu_impl *c) {
+  if (!bytes) return 0;
+  if (s) return sim_enqueue(s, (struct sim_item){SIM_COPY, dst, src, bytes, paced, NULL});
+  const double t0 = ferry_now_s();
+  memmove(dst, src, bytes);
+  if (paced) sim_pace(c, bytes, t0);
+  return 0;
+}
+static int sim_copy_h2d(struct ferry_backend *be, void *dst, const void *src, size_t bytes,
+                        struct ferry_stream *s) {
+  return sim_copy(s, dst, src, bytes, true, IMPL(be));
+}
+static int sim_copy_d2h(struct ferry_backend *be, void *dst, const void *src, size_t bytes,
+                        struct ferry_stream *s) {
+  return sim_copy(s, dst, src, bytes, true, IMPL(be));
+}
+static int sim_copy_d2d(struct ferry_backend *be, void *dst, const void *src, size_t bytes,
+                        struct ferry_stream *s) {
+  return sim_copy(s, dst, src, bytes, false, IMPL(be));
+}
+static int sim_memset0(struct ferry_backend *be, void *dst, size_t bytes, struct ferry_stream *s) {
+  if (!bytes) return 0;
+  if (s) return sim_enqueue(s, (struct sim_item){SIM_ZERO, dst, NULL, bytes, false, NULL});
+  memset(dst, 0, bytes);
+  return 0;
+}
+static int sim_stream_create(struct ferry_backend *be, struct ferry_stream **out) {
+  struct sim_stream *s = calloc(1, sizeof *s);
+  if (!s) return ferry_fail(-ENOMEM, "sim: out of memory");
+  s->cap = 1024;
+  s->q = calloc(s->cap, sizeof *s->q);
+  s->c = IMPL(be);
+  pthread_mutex_init(&s->mu, NULL);
+  pthread_cond_init(&s->cv, NULL);
+  if (!s->q || pthread_create(&s->thread, NULL, sim_thread, s)) {
+    free(s->q);
+    free(s);
+    return ferry_fail(-ENOMEM, "sim: cannot start a copy thread");
+  }
+  *out = (struct ferry_stream *)s;
+  return 0;
+}
+static void sim_stream_destroy(struct ferry_backend *be, struct ferry_stream *st) {
+  struct sim_stream *s = (struct sim_stream *)st;
+  if (!s) return;
+  pthread_mutex_lock(&s->mu);
+  s->stop = true;
+  pthread_cond_broadcast(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+  pthread_join(s->thread, NULL);
+  pthread_mutex_destroy(&s->mu);
+  pthread_cond_destroy(&s->cv);
+  free(s->q);
+  free(s);
+}
+static int sim_stream_sync(struct ferry_backend *be, struct ferry_stream *s) {
+  sim_drain(s);
+  return 0;
+}
+static int sim_event_create(struct ferry_backend *be, struct ferry_event **out) {
+  *out = calloc(1, sizeof **out);
+  return *out ? 0 : ferry_fail(-ENOMEM, "sim: out of memory");
+}
+static void sim_event_destroy(struct ferry_backend *be, struct ferry_event *ev) { free(ev); }
+static int sim_event_record(struct ferry_backend *be, struct ferry_event *ev,
+                            struct ferry_stream *st) {
+  struct sim_stream *s = (struct sim_stream *)st;
+  ev->s = s;
+  if (s) {
+    pthread_mutex_lock(&s->mu);
+    ev->seq = s->tail;
+    pthread_mutex_unlock(&s->mu);
+  }
+  return 0;
+}
+static int sim_stream_wait_event(struct ferry_backend *be, struct ferry_stream *s,
+                                 struct ferry_event *ev) {
+  if (sim_event_done(ev)) return 0;
+  if (!s) {
+    sim_event_wait(ev);
+    return 0;
+  }
+  return sim_enqueue(s, (struct sim_item){SIM_WAIT, NULL, NULL, 0, false, ev});
+}
+static int sim_event_sync(struct ferry_backend *be, struct ferry_event *ev) {
+  sim_event_wait(ev);
+  return 0;
+}
+
+// Compute ops: drain the op's stream, then run the "cpu" kernel at once.
+static int sim_dequant(struct ferry_backend *be, enum ferry_type t, const void *src, float *dst,
+                       int64_t n, struct ferry_stream *s) {
+  sim_drain(s);
+  return cpu_be_dequant(be, t, src, dst, n, s);
+}
+
+static int sim_embed(struct ferry_backend *be, enum ferry_type t, const void *table,
+                     uint64_t row_bytes, const int32_t *ids, int64_t n, int64_t d, float *out,
+                     struct ferry_stream *s) {
+  sim_drain(s);
+  return cpu_be_embed(be, t, table, row_bytes, ids, n, d, out, s);
+}
+
+static int sim_matvec(struct ferry_backend *be, enum ferry_type t, const void *w, int64_t nrows,
+                      int64_t n, const float *x, float *y, struct ferry_stream *s) {
+  sim_drain(s);
+  return cpu_be_matvec(be, t, w, nrows, n, x, y, s);
+}
+
+static int sim_matmul(struct ferry_backend *be, enum ferry_prec prec, enum ferry_type t,
+                      const void *w, int64_t nrows, int64_t n, const float *x, int64_t ldx,
+                      int64_t m, float *y, int64_t ldy, struct ferry_stream *s) {
+  sim_drain(s);
+  return cpu_be_matmul(be, prec, t, w, nrows, n, x, ldx, m, y, ldy, s);
+}
+
+static int sim_matmul_grouped(struct ferry_backend *be, enum ferry_type t, const void *const *w,
+                              int64_t n_group, int64_t nrows, int64_t n, const float *x,
+                              int64_t ldx, const int32_t *rows, const int64_t *offs, float *y,
+                              int64_t ldy, struct ferry_stream *s) {
+  sim_drain(s);
+  return cpu_be_matmul_grouped(be, t, w, n_group, nrows, n, x, ldx, rows, offs, y, ldy, s);
+}
+
+static int sim_moe_ffn(struct ferry_backend *be, enum ferry_prec prec,
+                       const struct ferry_moe_shape *sh, const float *x, int64_t n_tok,
+                       bool x_changed, const int32_t *rows, int n_group,
+                       const struct ferry_moe_group *g, float *y, struct ferry_stream *s) {
+  sim_drain(s);
+  return cpu_be_moe_ffn(be, prec, sh, x, n_tok, x_changed, rows, n_group, g, y, s);
+}
+
+static int sim_moe_ffn_ids(struct ferry_backend *be, enum ferry_prec prec,
+                           const struct ferry_moe_shape *sh, const struct ferry_moe_table *tab,
+                           const float *x, int64_t n_tok, int64_t k, const int32_t *ids, float *y,
+                           int32_t *map, struct ferry_stream *s) {
+  sim_drain(s);
+  return cpu_be_moe_ffn_ids(be, prec, sh, tab, x, n_tok, k, ids, y, map, s);
+}
+
+static int sim_moe_combine(struct ferry_backend *be, float *y, const float *slots,
+                           const int32_t *map, const float *w, int64_t n_tok, int64_t k, int64_t d,
+                           struct ferry_stream *s) {
+  sim_drain(s);
+  return cpu_be_moe_combine(be, y, slots, map, w, n_tok, k, d, s);
+}
+
+static int sim_rmsnorm(struct ferry_backend *be, float *y, const float *x, const float *w,
+                       int64_t nrows, int64_t n, float eps, struct ferry_stream *s) {
+  sim_drain(s);
+  return cpu_be_rmsnorm(be, y, x, w, nrows, n, eps, s);
+}
+
+static int sim_rope_neox(struct ferry_backend *be, float *x, int64_t n_tok, int64_t n_heads,
+                         int64_t head_dim, int64_t n_rot, const int32_t *pos, float freq_base,
+                         struct ferry_stream *s) {
+  sim_drain(s);
+  return cpu_be_rope_neox(be, x, n_tok, n_heads, head_dim, n_rot, pos, freq_base, s);
+}
+
+static int sim_kv_store(struct ferry_backend *be, void *cache, enum ferry_type kv_type,
+                        int64_t stride, const int32_t *pos, int64_t n_tok, const float *src,
+                        int64_t n_elems, struct ferry_stream *s) {
+  sim_drain(s);
+  return cpu_be_kv_store(be, cache, kv_type, stride, pos, n_tok, src, n_elems, s);
+}
+
+static int sim_attn(struct ferry_backend *be, enum ferry_prec prec, float *out, const float *q,
+                    const void *kc, const void *vc, enum ferry_type kv_type, int64_t n_tok,
+                    const int32_t *pos, int64_t n_head, int64_t n_kv_head, int64_t head_dim,
+                    int64_t stride, float scale, struct ferry_stream *s) {
+  sim_drain(s);
+  return cpu_be_attn(be, prec, out, q, kc, vc, kv_type, n_tok, pos, n_head, n_kv_head, head_dim,
+                     stride, scale, s);
+}
+
+static int sim_swiglu(struct ferry_backend *be, float *y, const float *g, const float *u, int64_t n,
+                      struct ferry_stream *s) {
+  sim_drain(s);
+  return cpu_be_swiglu(be, y, g, u, n, s);
+}
+
+static int sim_router_topk(struct ferry_backend *be, const float *logits, int64_t n_tok,
+                           int64_t n_expert, int64_t k, int *ids, float *weights,
+                           struct ferry_stream *s) {
+  sim_drain(s);
+  return cpu_be_router_topk(be, logits, n_tok, n_expert, k, ids, weights, s);
+}
+
+static int sim_add(struct ferry_backend *be, float *y, const float *a, const float *b, int64_t n,
+                   struct ferry_stream *s) {
+  sim_drain(s);
+  return cpu_be_add(be, y, a, b, n, s);
+}
+
+static int sim_scale(struct ferry_backend *be, float *y, const float *x, float sc, int64_t n,
+                     struct ferry_stream *s) {
+  sim_drain(s);
+  return cpu_be_scale(be, y, x, sc, n, s);
+}
+
+static int sim_axpy(struct ferry_backend *be, float *y, const float *x, float sc, int64_t n,
+                    struct ferry_stream *s) {
+  sim_drain(s);
+  return cpu_be_axpy(be, y, x, sc, n, s);
+}
+
+static int sim_sigmoid_mul(struct ferry_backend *be, float *y, const float *x, const float *g,
+                           int64_t n, struct ferry_stream *s) {
+  sim_drain(s);
+  return cpu_be_sigmoid_mul(be, y, x, g, n, s);
+}
+
+static int sim_gate_add_rows(struct ferry_backend *be, float *y, const float *x, const float *g,
+                             int64_t n_rows, int64_t d, struct ferry_stream *s) {
+  sim_drain(s);
+  return cpu_be_gate_add_rows(be, y, x, g, n_rows, d, s);
+}
+
+static int sim_copy2d(struct ferry_backend *be, float *dst, int64_t ldd, const float *src,
+                      int64_t lds, int64_t nrows, int64_t ncols, struct ferry_stream *s) {
+  sim_drain(s);
+  return cpu_be_copy2d(be, dst, ldd, src, lds, nrows, ncols, s);
+}
+
+static int sim_ssm_conv(struct ferry_backend *be, float *y, float *state, const float *u,
+                        const float *w, int64_t T, int64_t C, int64_t K, int apply_silu,
+                        struct ferry_stream *s) {
+  sim_drain(s);
+  return cpu_be_ssm_conv(be, y, state, u, w, T, C, K, apply_silu, s);
+}
+
+static int sim_l2norm_heads(struct ferry_backend *be, float *x, int64_t ld, int64_t T,
+                            int64_t n_heads, int64_t d, float eps, float scale,
+                            struct ferry_stream *s) {
+  sim_drain(s);
+  return cpu_be_l2norm_heads(be, x, ld, T, n_heads, d, eps, scale, s);
+}
+
+static int sim_delta_gates(struct ferry_backend *be, float *beta, float *g, const float *b,
+                           const float *a, const float *ssm_a, const float *dt_bias, int64_t T,
+                           int64_t Hv, struct ferry_stream *s) {
+  sim_drain(s);
+  return cpu_be_delta_gates(be, beta, g, b, a, ssm_a, dt_bias, T, Hv, s);
+}
+
+static int sim_delta_rule(struct ferry_backend *be, float *o, int64_t ldo, float *S, const float *q,
+                          int64_t ldq, const float *k, int64_t ldk, const float *v, int64_t ldv,
+                          const float *beta, const float *g, int64_t T, int64_t Hk, int64_t Hv,
+                          int64_t dk, int64_t dv, struct ferry_stream *s) {
+  sim_drain(s);
+  return cpu_be_delta_rule(be, o, ldo, S, q, ldq, k, ldk, v, ldv, beta, g, T, Hk, Hv, dk, dv, s);
+}
+
+static int sim_gated_rmsnorm(struct ferry_backend *be, float *y, const float *o, const float *z,
+                             const float *w, int64_t n_heads, int64_t d, float eps,
+                             struct ferry_stream *s) {
+  sim_drain(s);
+  return cpu_be_gated_rmsnorm(be, y, o, z, w, n_heads, d, eps, s);
+}
+
+static int sim_ssm_in_regroup(struct ferry_backend *be, float *qkv, float *z, const float *p,
+                              int64_t T, int64_t nk, int64_t nv, int64_t dk, int64_t dv,
+                              struct ferry_stream *s) {
+  sim_drain(s);
+  return cpu_be_ssm_in_regroup(be, qkv, z, p, T, nk, nv, dk, dv, s);
+}
+
+static int sim_ssm_ba_regroup(struct ferry_backend *be, float *b, float *a, const float *p,
+                              int64_t T, int64_t nk, int64_t nv, struct ferry_stream *s) {
+  sim_drain(s);
+  return cpu_be_ssm_ba_regroup(be, b, a, p, T, nk, nv, s);
+}
+
 // ---- tables and lifetime ----
 
 #define CPU_OPS_COMMON                                                                             \
@@ -662,23 +1103,81 @@ static int cpu_be_ssm_ba_regroup(struct ferry_backend *be, float *b, float *a, c
 // One function table; "ref" differs only in its impl (ref = true, no pool).
 const struct ferry_backend_ops ferry_cpu_ops = {CPU_OPS_COMMON};
 const struct ferry_backend_ops ferry_ref_ops = {CPU_OPS_COMMON};
+const struct ferry_backend_ops ferry_sim_ops = {.mem_alloc = sim_mem_alloc,
+                                                .mem_free = sim_mem_free,
+                                                .copy_h2d = sim_copy_h2d,
+                                                .copy_d2h = sim_copy_d2h,
+                                                .copy_d2d = sim_copy_d2d,
+                                                .memset0 = sim_memset0,
+                                                .host_alloc = cpu_mem_alloc,
+                                                .host_free = cpu_mem_free,
+                                                .host_register = cpu_host_register,
+                                                .host_unregister = cpu_host_unregister,
+                                                .mem_info = sim_mem_info,
+                                                .reserve = cpu_reserve,
+                                                .stream_create = sim_stream_create,
+                                                .stream_destroy = sim_stream_destroy,
+                                                .stream_sync = sim_stream_sync,
+                                                .event_create = sim_event_create,
+                                                .event_destroy = sim_event_destroy,
+                                                .event_record = sim_event_record,
+                                                .stream_wait_event = sim_stream_wait_event,
+                                                .event_sync = sim_event_sync,
+                                                .event_elapsed_ms = cpu_event_elapsed_ms,
+                                                .graph_begin = cpu_graph_begin,
+                                                .graph_end = cpu_graph_end,
+                                                .graph_launch = cpu_graph_launch,
+                                                .graph_destroy = cpu_graph_destroy,
+#define SIM_OP_(E, f) .f = sim_##f,
+                                                FERRY_OP_LIST(SIM_OP_)
+#undef SIM_OP_
+};
 
-int cpu_backend_init(struct ferry_backend *be, struct ferry_pool *pool, bool ref) {
+int cpu_backend_init(struct ferry_backend *be, struct ferry_pool *pool, enum cpu_flavour fl) {
   struct cpu_impl *c = calloc(1, sizeof *c);
   if (!c) return ferry_fail(-ENOMEM, "cpu backend: out of memory");
-  c->ref = ref;
-  c->pool = ref ? NULL : pool;
+  c->ref = fl == CPU_REF;
+  c->sim = fl == CPU_SIM;
+  c->pool = c->ref ? NULL : pool;
   c->workers = c->pool ? ferry_pool_size(c->pool) : 1;
-  be->name = ref ? "ref" : "cpu";
-  be->kind = FERRY_BACKEND_CPU;
-  be->ops = ref ? ferry_ref_ops : ferry_cpu_ops;
+  be->name = fl == CPU_REF ? "ref" : fl == CPU_SIM ? "sim" : "cpu";
+  be->kind = fl == CPU_SIM ? FERRY_BACKEND_SIM : FERRY_BACKEND_CPU;
+  be->ops = fl == CPU_REF ? ferry_ref_ops : fl == CPU_SIM ? ferry_sim_ops : ferry_cpu_ops;
   be->impl = c;
+  if (c->sim) {
+    pthread_mutex_init(&c->sim_mu, NULL);
+    c->sim_total = 24ull << 30;
+    const char *v = getenv("FERRY_SIM_VRAM"), *g = getenv("FERRY_SIM_PCIE_GBPS");
+    if (v && *v && ferry_parse_size(v, &c->sim_total)) {
+      free(c);
+      return ferry_fail(-EINVAL, "FERRY_SIM_VRAM: '%s' is not a size", v);
+    }
+    if (g && *g) {
+      char *end;
+      c->sim_gbps = strtod(g, &end);
+      if (*end || !(c->sim_gbps >= 0)) {
+        free(c);
+        return ferry_fail(-EINVAL, "FERRY_SIM_PCIE_GBPS: '%s' is not a rate in GB/s", g);
+      }
+    }
+  }
   return 0;
+}
+
+void cpu_backend_describe_sim(const struct ferry_backend *be, char *buf, size_t n) {
+  const struct cpu_impl *c = IMPL(be);
+  char b[32];
+  ferry_format_size(c->sim_total, b, sizeof b);
+  if (c->sim_gbps > 0)
+    snprintf(buf, n, "sim (CPU kernels as a %s device, copies paced at %.1f GB/s)", b, c->sim_gbps);
+  else
+    snprintf(buf, n, "sim (CPU kernels as a %s device, copies unpaced)", b);
 }
 
 void cpu_backend_fini(struct ferry_backend *be) {
   struct cpu_impl *c = IMPL(be);
   if (!c) return;
+  if (c->sim) pthread_mutex_destroy(&c->sim_mu);
   ferry_free_aligned(c->scratch);
   free(c);
   be->impl = NULL;

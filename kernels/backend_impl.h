@@ -8,9 +8,11 @@
 
 #include "kernels/backend.h"
 
-extern const struct ferry_backend_ops ferry_cpu_ops, ferry_ref_ops;
-// Fills be (name, kind, ops, impl) for "cpu" (ref false) or "ref". pool is borrowed.
-int cpu_backend_init(struct ferry_backend *be, struct ferry_pool *pool, bool ref);
+extern const struct ferry_backend_ops ferry_cpu_ops, ferry_ref_ops, ferry_sim_ops;
+enum cpu_flavour { CPU_FAST, CPU_REF, CPU_SIM };
+// Fills be (name, kind, ops, impl) for "cpu", "ref" or "sim". pool is borrowed.
+int cpu_backend_init(struct ferry_backend *be, struct ferry_pool *pool, enum cpu_flavour fl);
+void cpu_backend_describe_sim(const struct ferry_backend *be, char *buf, size_t n);
 void cpu_backend_fini(struct ferry_backend *be);
 uint64_t cpu_backend_scratch_bytes(const struct ferry_limits *lim, int n_workers);
 uint64_t cpu_backend_reserved(const struct ferry_backend *be);
