@@ -175,9 +175,86 @@ static int group_pairs(struct model *m, int T) {
   return nu;
 }
 
+// Device backends: the experts the cost model gave the CPU, computed from host RAM by the
+// CPU backend on the layer's input (copied down once per layer), their output rows copied
+// up into b.slots.
+static int moe_on_cpu(struct model *m, const struct ferry_moe_shape *sh, int T, int nc,
+                      bool *first) {
+  struct fwd_bufs *b = &m->b;
+  const int64_t d = m->hp.n_embd;
+  if (*first) {
+    CK(OP(copy_d2h, m->h_xn, b->xn, (size_t)T * d * 4));
+    CK(m->be->ops.stream_sync(m->be, m->st));
+  }
+  const double t0 = ferry_now_s();
+  CK(m->cpu->ops.moe_ffn(m->cpu, m->prec, sh, m->h_xn, T, *first, m->h_rows, nc, m->cgroups,
+                         m->h_cslots, NULL));
+  m->ecnt.cpu_s += ferry_now_s() - t0;
+  *first = false;
+  for (int i = 0; i < nc; i++) {
+    const int64_t off = m->cgroups[i].off, cnt = m->cgroups[i].cnt;
+    CK(OP(copy_h2d, b->slots + off * d, m->h_cslots + off * d, (size_t)(cnt * d * 4)));
+  }
+  m->ecnt.cpu += (uint64_t)nc;
+  return 0;
+}
+
+// Where one acquired expert is computed: on the backend from its VRAM slot (device) or
+// host bytes (CPU backends), or by the CPU from host RAM. Returns 1 when it was placed in
+// one of the two batches, 0 when its bytes are not there yet.
+static int place_expert(struct model *m, int l, struct expert_ref *r, int cnt, double *cpu_busy,
+                        double *gpu_busy, int *nd, int *nc) {
+  const struct layer_weights *L = &m->layers[l];
+  const uint64_t bytes = L->exps[0].nb2 + L->exps[1].nb2 + L->exps[2].nb2;
+  const void *const *w = NULL;
+  bool on_cpu = false;
+  if (r->on_dev) {
+    w = r->dev;
+    *gpu_busy += cost_gpu_s(&m->cm, 0, cnt);
+  } else if (!r->host_ready) {
+    return 0;
+  } else if (m->host_mem) {
+    w = r->host;
+  } else {
+    // in host RAM: the cost model (or --expert-compute) picks the side
+    enum expert_side side = !m->cpu ? SIDE_GPU
+                            : !m->src.to_device
+                                ? SIDE_CPU
+                                : cost_decide(&m->cm, bytes, cnt, cpu_busy, gpu_busy);
+    if (side == SIDE_GPU) {
+      int rc = m->src.to_device(m->src.ctx, l, r);
+      if (rc == -ENOSPC && m->cpu) {
+        ferry_clear_error();
+        side = SIDE_CPU;
+      } else if (rc) {
+        return rc < 0 ? rc : -EIO;
+      } else {
+        w = r->dev;
+      }
+    }
+    if (side == SIDE_CPU) {
+      on_cpu = true;
+      w = r->host;
+      // promotion: an expert found in host RAM has been used before; copy it to VRAM for
+      // its next use while the CPU computes it now (skipped when every slot is pinned)
+      if (r->tier == EXPERT_HOST && m->src.to_device) {
+        if (m->src.to_device(m->src.ctx, l, r))
+          ferry_clear_error();
+        else
+          m->ecnt.promoted++;
+      }
+    }
+  }
+  const int32_t e = r->expert;
+  struct ferry_moe_group *g = on_cpu ? &m->cgroups[(*nc)++] : &m->groups[(*nd)++];
+  *g = (struct ferry_moe_group){.w = {w[0], w[1], w[2]}, .off = m->grp_off[e], .cnt = cnt};
+  if (!on_cpu && r->on_dev && r->ev) CK(m->be->ops.stream_wait_event(m->be, m->st, r->ev));
+  return 1;
+}
+
 // Stream mode: acquire the layer's experts in as few batches as the source can hold;
-// compute what is resident (or has landed) together while the other reads are in flight,
-// and when nothing is ready, block on the next one.
+// compute what is resident (VRAM, or host RAM) together while the other reads are in
+// flight, and when nothing is ready, block on the next read.
 static int moe_streamed(struct model *m, int l, int T) {
   const struct layer_weights *L = &m->layers[l];
   struct fwd_bufs *b = &m->b;
@@ -188,11 +265,16 @@ static int moe_streamed(struct model *m, int l, int T) {
   const int nu = group_pairs(m, T);
   CK(OP(copy_h2d, b->rows, m->h_rows, (size_t)T * K * 4));
   CK(OP(copy_h2d, b->map, m->h_map, (size_t)T * K * 4));
-  bool first = true;
-  int maxb = nu;
+  bool first_dev = true, first_cpu = true;
+  // without the CPU, every expert of a batch needs a VRAM slot at once
+  int maxb = !m->host_mem && (!m->cpu || m->cm.policy == EXPERT_GPU) && m->src.dev_slots &&
+                     m->src.dev_slots < nu
+                 ? m->src.dev_slots
+                 : nu;
   for (int u0 = 0; u0 < nu;) {
     const int nb = nu - u0 < maxb ? nu - u0 : maxb;
-    int rc = m->src.acquire(m->src.ctx, l, nb, m->uniq + u0);
+    struct expert_ref *refs = m->refs;
+    int rc = m->src.acquire(m->src.ctx, l, nb, m->uniq + u0, refs);
     if (rc == -ENOSPC && nb > 1) {
       maxb = nb / 2;
       ferry_clear_error();
@@ -203,36 +285,45 @@ static int moe_streamed(struct model *m, int l, int T) {
         (uint32_t)l + 1 < m->hp.n_layer) // after this layer's own misses are queued
       m->src.prefetch(m->src.ctx, l + 1, (int)K, m->h_pred + (int64_t)(l + 1) * m->B * K);
     memset(m->done, 0, nb);
-    for (int left = nb; left > 0;) {
-      int ns = 0, idx[nb];
-      for (int j = 0; j < nb; j++)
-        if (!m->done[j] && m->src.ready(m->src.ctx, j)) idx[ns++] = j;
-      if (ns == 0)
-        for (int j = 0; j < nb && !ns; j++)
-          if (!m->done[j]) idx[ns++] = j;
-      for (int i = 0; i < ns; i++) {
-        const int32_t e = m->uniq[u0 + idx[i]];
-        rc = m->src.get(m->src.ctx, idx[i], m->eptr[i]);
-        if (rc) {
-          m->src.release(m->src.ctx, l, nb);
-          return rc;
-        }
-        m->groups[i] = (struct ferry_moe_group){
-            .w = {m->eptr[i][0], m->eptr[i][1], m->eptr[i][2]},
-            .off = m->grp_off[e],
-            .cnt = (e + 1 < (int32_t)m->hp.n_expert ? m->grp_off[e + 1] : (int32_t)(T * K)) -
-                   m->grp_off[e]};
-        m->done[idx[i]] = true;
+    double cpu_busy = 0, gpu_busy = 0;
+    for (int left = nb; left > 0 && !rc;) {
+      m->src.poll(m->src.ctx, nb, refs);
+      int nd = 0, nc = 0;
+      for (int j = 0; j < nb && rc >= 0; j++) {
+        if (m->done[j]) continue;
+        const int32_t e = m->uniq[u0 + j];
+        const int cnt = m->grp_cnt[e];
+        rc = place_expert(m, l, &refs[j], cnt, &cpu_busy, &gpu_busy, &nd, &nc);
+        if (rc > 0) m->done[j] = true;
       }
-      rc = OP(moe_ffn, m->prec, &sh, b->xn, T, first, b->rows, ns, m->groups, b->slots);
-      if (rc) {
-        m->src.release(m->src.ctx, l, nb);
-        return rc;
+      if (rc < 0) break;
+      rc = 0;
+      if (!nd && !nc) { // nothing has landed: block on the first outstanding read
+        for (int j = 0; j < nb; j++)
+          if (!m->done[j]) {
+            const double t0 = ferry_now_s();
+            rc = m->src.wait(m->src.ctx, &refs[j]);
+            m->ecnt.disk_wait_s += ferry_now_s() - t0;
+            break;
+          }
+        continue;
       }
-      first = false;
-      left -= ns;
+      // the device batch first (asynchronous), then the CPU's while the device works
+      if (nd) {
+        rc = OP(moe_ffn, m->prec, &sh, b->xn, T, first_dev, b->rows, nd, m->groups, b->slots);
+        first_dev = false;
+        *(m->host_mem ? &m->ecnt.cpu : &m->ecnt.gpu) += (uint64_t)nd;
+      }
+      if (!rc && nc) rc = moe_on_cpu(m, &sh, T, nc, &first_cpu);
+      left -= nd + nc;
     }
-    m->src.release(m->src.ctx, l, nb);
+    struct ferry_event *used = NULL;
+    if (!rc && m->ev_used) {
+      rc = m->be->ops.event_record(m->be, m->ev_used, m->st);
+      used = m->ev_used;
+    }
+    m->src.release(m->src.ctx, l, nb, refs, used);
+    if (rc) return rc;
     u0 += nb;
   }
   return OP(moe_combine, b->moe, b->slots, b->map, b->wts, T, K, m->hp.n_embd);
@@ -425,5 +516,89 @@ int fwd_chunk(struct model *m, const int32_t *tok, int T, const bool *want, floa
   }
   CK(fwd_head(m, src, nw, logits + (int64_t)*n_out * V));
   *n_out += nw;
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------
+// the cost model's rates, measured on this machine with layer 0's expert 0
+
+static int calib_time(struct model *m, struct ferry_backend *be, int reps, double *out,
+                      int (*fn)(struct model *m, void *arg), void *arg) {
+  CK(fn(m, arg)); // warm-up
+  CK(be->ops.stream_sync(be, be == m->be ? m->st : NULL));
+  const double t0 = ferry_now_s();
+  for (int i = 0; i < reps; i++) CK(fn(m, arg));
+  CK(be->ops.stream_sync(be, be == m->be ? m->st : NULL));
+  *out = (ferry_now_s() - t0) / reps;
+  return 0;
+}
+
+struct calib {
+  struct ferry_moe_shape sh;
+  const void *w[3];
+  uint64_t bytes;
+  int cnt;
+};
+
+static int calib_h2d(struct model *m, void *arg) {
+  struct calib *c = arg;
+  return OP(copy_h2d, m->b.slots, m->h_cslots, c->bytes);
+}
+static int calib_gpu(struct model *m, void *arg) {
+  struct calib *c = arg;
+  const uint8_t *d = (const uint8_t *)m->b.slots, *w0 = c->w[0];
+  struct ferry_moe_group g = {
+      .w = {d, d + ((const uint8_t *)c->w[1] - w0), d + ((const uint8_t *)c->w[2] - w0)},
+      .off = 0,
+      .cnt = c->cnt};
+  return OP(moe_ffn, m->prec, &c->sh, m->b.xn, c->cnt, true, m->b.rows, 1, &g, m->b.blk);
+}
+static int calib_cpu(struct model *m, void *arg) {
+  struct calib *c = arg;
+  struct ferry_moe_group g = {.w = {c->w[0], c->w[1], c->w[2]}, .off = 0, .cnt = c->cnt};
+  float *y = (float *)((uint8_t *)m->h_cslots + ferry_align_up(c->bytes, 64));
+  return m->cpu->ops.moe_ffn(m->cpu, m->prec, &c->sh, m->h_xn, c->cnt, true, m->h_rows, 1, &g, y,
+                             NULL);
+}
+
+int fwd_calibrate(struct model *m) {
+  const struct layer_weights *L = &m->layers[0];
+  const int64_t d = m->hp.n_embd, K = m->hp.n_expert_used, B = m->B;
+  struct calib c = {.sh = moe_shape(m, L), .cnt = 1};
+  c.bytes = L->exps[0].nb2 + L->exps[1].nb2 + L->exps[2].nb2;
+  // the expert's bytes in the first rows of h_cslots, its outputs after them
+  if (ferry_align_up(c.bytes, 64) + 8ull * d * 4 > (uint64_t)B * K * d * 4 ||
+      c.bytes > (uint64_t)B * K * d * 4 || B < 8 || !L->exps[0].t)
+    return 0; // too small to measure here: the defaults of the cost model stand
+  uint8_t *h = (uint8_t *)m->h_cslots;
+  for (int p = 0, off = 0; p < 3; off += (int)L->exps[p].nb2, p++) {
+    CK(gguf_pread(m->f, h + off, L->exps[p].nb2, L->exps[p].t->abs_offset));
+    c.w[p] = h + off;
+  }
+  uint64_t rng = 0x9e3779b97f4a7c15ull;
+  for (int64_t i = 0; i < 8 * d; i++) {
+    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+    m->h_xn[i] = (float)((int64_t)(rng >> 40) - (1 << 23)) / (float)(1 << 23);
+  }
+  for (int i = 0; i < 8; i++) m->h_rows[i] = i;
+  CK(OP(copy_h2d, m->b.xn, m->h_xn, 8 * d * 4));
+  CK(OP(copy_h2d, m->b.rows, m->h_rows, 8 * 4));
+  double t_h2d, t_g1, t_g8, t_c1, t_c8;
+  CK(calib_time(m, m->be, 4, &t_h2d, calib_h2d, &c));
+  CK(calib_time(m, m->be, 4, &t_g1, calib_gpu, &c));
+  c.cnt = 8;
+  CK(calib_time(m, m->be, 2, &t_g8, calib_gpu, &c));
+  CK(calib_time(m, m->cpu, 3, &t_c8, calib_cpu, &c));
+  c.cnt = 1;
+  CK(calib_time(m, m->cpu, 4, &t_c1, calib_cpu, &c));
+  m->cm.h2d_gbps = (double)c.bytes / (t_h2d > 0 ? t_h2d : 1e-9) / 1e9;
+  m->cm.gpu_s = t_g1;
+  m->cm.gpu_tok_frac = t_g8 > t_g1 && t_g1 > 0 ? (t_g8 / t_g1 - 1) / 7 : 0;
+  m->cm.cpu_gbps = (double)c.bytes / (t_c1 > 0 ? t_c1 : 1e-9) / 1e9;
+  m->cm.cpu_tok_frac = t_c8 > t_c1 && t_c1 > 0 ? (t_c8 / t_c1 - 1) / 7 : 0;
+  log_info(
+      "expert cost model: host->device %.1f GB/s, CPU %.1f GB/s (+%.2f per token), device "
+      "%.1f us per expert (+%.2f per token)",
+      m->cm.h2d_gbps, m->cm.cpu_gbps, m->cm.cpu_tok_frac, m->cm.gpu_s * 1e6, m->cm.gpu_tok_frac);
   return 0;
 }

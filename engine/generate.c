@@ -275,8 +275,20 @@ void gen_json_stats(struct jw *w, const struct run_stats *st) {
   jw_obj_end(w);
   jw_key(w, "expert_cache"), jw_obj(w);
   json_tier(w, "host", st->host_capacity, st->host_hits, st->host_misses, st->host_evictions);
-  json_tier(w, "device", st->dev_capacity, st->dev_hits, st->dev_misses, st->dev_evictions);
+  json_tier(w, "vram", st->dev_capacity, st->dev_hits, st->dev_misses, st->dev_evictions);
   jw_obj_end(w);
+  jw_key(w, "h2d_bytes"), jw_uint(w, st->h2d_bytes);
+  jw_key(w, "experts_computed"), jw_obj(w);
+  jw_key(w, "gpu"), jw_uint(w, st->experts_gpu);
+  jw_key(w, "cpu"), jw_uint(w, st->experts_cpu);
+  jw_obj_end(w);
+  jw_key(w, "experts_promoted"), jw_uint(w, st->promoted);
+  const int nt = st->n_prompt + st->n_generated > 0 ? st->n_prompt + st->n_generated : 1;
+  jw_key(w, "stall_s_per_token"), jw_obj(w);
+  jw_key(w, "disk"), jw_num(w, st->disk_wait_s / nt);
+  jw_key(w, "copy"), jw_num(w, st->copy_wait_s / nt);
+  jw_obj_end(w);
+  jw_key(w, "cpu_expert_s"), jw_num(w, st->cpu_expert_s);
 }
 
 int gen_write_json(struct session *s, const struct run_opts *o, const struct gen_result *r,
@@ -340,10 +352,29 @@ void gen_print_stats(FILE *f, const char *mode, const struct run_stats *st) {
   fprintf(f, "  read from disk   %s in %llu reads, %.2f s waiting%s\n", io,
           (unsigned long long)st->io_reads, st->io_s,
           st->io_reads ? (st->io_direct ? " (O_DIRECT)" : " (buffered)") : "");
+  const uint64_t vacc = st->dev_hits + st->dev_misses;
+  if (vacc)
+    fprintf(f,
+            "  expert hit rate  VRAM %.1f%% (%llu hits, %llu misses, %llu evictions, %llu slots)\n",
+            100.0 * (double)st->dev_hits / (double)vacc, (unsigned long long)st->dev_hits,
+            (unsigned long long)st->dev_misses, (unsigned long long)st->dev_evictions,
+            (unsigned long long)st->dev_capacity);
   if (acc)
     fprintf(f,
-            "  expert hit rate  host %.1f%% (%llu hits, %llu misses, %llu evictions, %llu slots)\n",
-            100.0 * (double)st->host_hits / (double)acc, (unsigned long long)st->host_hits,
-            (unsigned long long)st->host_misses, (unsigned long long)st->host_evictions,
-            (unsigned long long)st->host_capacity);
+            "  expert hit rate  %s %.1f%% (%llu hits, %llu misses, %llu evictions, %llu slots)\n",
+            vacc ? "RAM " : "host", 100.0 * (double)st->host_hits / (double)acc,
+            (unsigned long long)st->host_hits, (unsigned long long)st->host_misses,
+            (unsigned long long)st->host_evictions, (unsigned long long)st->host_capacity);
+  if (st->experts_gpu || st->h2d_bytes) {
+    char h2d[32];
+    ferry_format_size(st->h2d_bytes, h2d, sizeof h2d);
+    const int nt = st->n_prompt + st->n_generated > 0 ? st->n_prompt + st->n_generated : 1;
+    fprintf(f,
+            "  experts computed %llu on the device, %llu on the CPU (%.2f s); %llu promoted to "
+            "VRAM, %s copied\n",
+            (unsigned long long)st->experts_gpu, (unsigned long long)st->experts_cpu,
+            st->cpu_expert_s, (unsigned long long)st->promoted, h2d);
+    fprintf(f, "  stalls per token disk %.2f ms, copies %.2f ms\n", 1e3 * st->disk_wait_s / nt,
+            1e3 * st->copy_wait_s / nt);
+  }
 }

@@ -308,6 +308,7 @@ static void backend_limits(const struct model *m, struct ferry_limits *lim) {
 // counts. Pinned buffers come from the backend's host_alloc.
 static int host_alloc(struct model *m, bool dry) {
   const struct model_hparams *hp = &m->hp;
+  const bool tiers = !m->host_mem && m->o.dense_only; // CPU expert compute beside a device
   const int64_t B = m->B, K = hp->n_expert_used, E = hp->n_expert, L = hp->n_layer;
   const int64_t V = hp->n_vocab;
   uint64_t total = 0;
@@ -331,6 +332,10 @@ static int host_alloc(struct model *m, bool dry) {
       {(void **)&m->done, E + 1, false},
       {(void **)&m->groups, (E + 1) * sizeof(struct ferry_moe_group), false},
       {(void **)&m->eptr, (E + 1) * 3 * sizeof(void *), false},
+      {(void **)&m->cgroups, (E + 1) * sizeof(struct ferry_moe_group), false},
+      {(void **)&m->refs, (E + 1) * sizeof(struct expert_ref), false},
+      {(void **)&m->h_xn, tiers ? B * hp->n_embd * 4 : 0, true},
+      {(void **)&m->h_cslots, tiers ? B * K * hp->n_embd * 4 : 0, true},
   };
   for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
     const uint64_t bytes = ferry_align_up(t[i].bytes ? t[i].bytes : 1, 64);
@@ -350,17 +355,28 @@ static int host_alloc(struct model *m, bool dry) {
 
 static void host_free(struct model *m) {
   if (!m->be) return;
-  void *pinned[] = {m->h_io, m->h_head, m->h_ids, m->h_wts, m->h_pred, m->h_ids_all, m->h_wts_all};
+  void *pinned[] = {m->h_io,      m->h_head,    m->h_ids, m->h_wts,   m->h_pred,
+                    m->h_ids_all, m->h_wts_all, m->h_xn,  m->h_cslots};
   for (size_t i = 0; i < sizeof pinned / sizeof pinned[0]; i++)
     m->be->ops.host_free(m->be, pinned[i]);
-  void *heap[] = {m->grp_cnt, m->grp_off, m->uniq,   m->h_rows,
-                  m->h_map,   m->done,    m->groups, (void *)m->eptr};
+  void *heap[] = {m->grp_cnt, m->grp_off, m->uniq,    m->h_rows, m->h_map,
+                  m->done,    m->groups,  m->cgroups, m->refs,   (void *)m->eptr};
   for (size_t i = 0; i < sizeof heap / sizeof heap[0]; i++) ferry_free_aligned(heap[i]);
 }
 
-// Staging for reads into backend memory that is not host memory: NSTAGE pinned buffers.
+// Reads of the load: up to LOAD_DEPTH in flight, LOAD_CHUNK each; into pinned staging
+// buffers (as many, no larger than the data) when the backend's memory is not host memory.
 #define LOAD_CHUNK (16u << 20)
 #define LOAD_DEPTH 8
+
+static uint64_t staging_chunk(uint64_t total) {
+  const uint64_t c = ferry_align_up(total, IO_ALIGN);
+  return c < LOAD_CHUNK ? c : LOAD_CHUNK;
+}
+static uint64_t staging_bytes(uint64_t total) {
+  const uint64_t chunk = staging_chunk(total), n = (total + chunk - 1) / chunk;
+  return (n < LOAD_DEPTH ? n : LOAD_DEPTH) * (chunk + 2 * IO_ALIGN);
+}
 
 static void resolve_opts(struct model *m, const struct model_opts *o, const struct gguf_file *f) {
   m->f = f;
@@ -410,7 +426,12 @@ int model_plan(const struct gguf_file *f, const struct model_opts *o, enum ferry
                    (o->dense_only ? 0 : tmp.hp.n_layer * sizeof(struct ferry_moe_table));
     host_alloc(&tmp, true);
     out->host = tmp.host_bytes + model_meta_bytes(f) +
-                (tmp.host_mem ? 0 : (uint64_t)LOAD_DEPTH * LOAD_CHUNK);
+                (tmp.host_mem ? 0 : staging_bytes(o->dense_only ? dbytes : wbytes));
+    if (!tmp.host_mem && o->dense_only) { // the CPU backend that computes experts from RAM
+      lim.n_ctx = lim.n_head = lim.n_kv_head = lim.head_dim = 0;
+      lim.dn_hk = lim.dn_hv = lim.dn_dk = lim.dn_dv = 0;
+      out->host += ferry_backend_scratch_bytes(FERRY_BACKEND_CPU, &lim);
+    }
   }
   free(reg);
   free(tmp.layers);
@@ -453,8 +474,10 @@ static int load_regions(struct model *m, const struct region *reg, int n_reg) {
   memset(pc, 0, sizeof pc);
   uint64_t total = 0, done = 0;
   for (int i = 0; i < n_reg; i++) total += reg[i].len;
-  for (int i = 0; i < LOAD_DEPTH && !m->host_mem && !rc; i++) {
-    rc = be->ops.host_alloc(be, &pc[i].stage_alloc, LOAD_CHUNK + 2 * IO_ALIGN);
+  const uint64_t chunk = m->host_mem ? LOAD_CHUNK : staging_chunk(total);
+  const int depth = (int)(m->host_mem ? LOAD_DEPTH : staging_bytes(total) / (chunk + 2 * IO_ALIGN));
+  for (int i = 0; i < depth && !m->host_mem && !rc; i++) {
+    rc = be->ops.host_alloc(be, &pc[i].stage_alloc, chunk + 2 * IO_ALIGN);
     pc[i].stage = rc ? NULL : (uint8_t *)ferry_align_up((uintptr_t)pc[i].stage_alloc, IO_ALIGN);
     if (!rc) rc = be->ops.event_create(be, &pc[i].ev);
   }
@@ -465,13 +488,13 @@ static int load_regions(struct model *m, const struct region *reg, int n_reg) {
   int inflight = 0;
   while (!rc && (ri < n_reg || inflight)) {
     // issue pieces while a slot is free
-    while (!rc && ri < n_reg && inflight < LOAD_DEPTH) {
-      struct load_piece *p = &pc[(head + inflight) % LOAD_DEPTH];
+    while (!rc && ri < n_reg && inflight < depth) {
+      struct load_piece *p = &pc[(head + inflight) % depth];
       const struct region *g = &reg[ri];
       // pieces start at page boundaries of the file so that, read into place, every
       // piece's span lands exactly where the region's bytes belong
       const uint64_t off = g->off + roff;
-      uint64_t len = LOAD_CHUNK - off % IO_ALIGN;
+      uint64_t len = chunk - off % IO_ALIGN;
       if (len > g->len - roff) len = g->len - roff;
       p->dst = m->wmem + g->at + roff;
       if (p->stage) rc = be->ops.event_sync(be, p->ev); // its last copy has finished
@@ -495,7 +518,7 @@ static int load_regions(struct model *m, const struct region *reg, int n_reg) {
     }
     done += p->q.len;
     progress(m, done, total);
-    head = (head + 1) % LOAD_DEPTH;
+    head = (head + 1) % depth;
     inflight--;
   }
   if (rc) io_reader_wait_all(r);
@@ -646,6 +669,7 @@ void model_destroy(struct model *m) {
   if (!m) return;
   if (m->be) {
     if (m->graph) m->be->ops.graph_destroy(m->be, m->graph);
+    if (m->ev_used) m->be->ops.event_destroy(m->be, m->ev_used);
     fwd_free(m);
     host_free(m);
     m->be->ops.mem_free(m->be, m->state_mem);
@@ -664,10 +688,27 @@ const struct layer_weights *model_layer(const struct model *m, int l) { return &
 struct ferry_backend *model_backend(const struct model *m) {
   return m->be;
 }
-void model_set_expert_source(struct model *m, const struct expert_source *src) {
+int model_set_expert_source(struct model *m, const struct expert_source *src,
+                            struct ferry_backend *cpu, const struct cost_model *cm) {
   m->src = *src;
   m->src_set = true;
+  m->cpu = m->host_mem ? NULL : cpu;
+  if (cm) m->cm = *cm;
+  int rc;
+  if (!m->host_mem && !m->ev_used && (rc = m->be->ops.event_create(m->be, &m->ev_used))) return rc;
+  if (m->cpu) {
+    struct ferry_limits lim;
+    backend_limits(m, &lim);
+    lim.n_ctx = lim.n_head = lim.n_kv_head = lim.head_dim = 0; // experts only
+    lim.dn_hk = lim.dn_hv = lim.dn_dk = lim.dn_dv = 0;
+    if ((rc = m->cpu->ops.reserve(m->cpu, &lim))) return rc;
+    if (m->cm.policy == EXPERT_AUTO && (rc = fwd_calibrate(m))) return rc;
+  }
+  return 0;
 }
+
+void model_expert_counters(const struct model *m, struct expert_counters *out) { *out = m->ecnt; }
+
 void model_set_route_observer(struct model *m, const struct route_observer *o) {
   m->obs = o ? *o : (struct route_observer){0};
   m->obs_set = o && o->on_route;

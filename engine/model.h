@@ -14,6 +14,9 @@
 #include "engine/hparams.h"
 #include "kernels/backend.h"
 #include "kernels/types.h"
+#include "offload/costmodel.h"
+#include "offload/dcache.h"
+#include "offload/ecache.h"
 
 // Where a weight's bytes are.
 enum weight_loc {
@@ -47,19 +50,53 @@ struct layer_weights {
   struct weight sh_gate, sh_up, sh_down, sh_gate_inp; // qwen3next shared expert
 };
 
-// Where routed experts come from in stream mode. acquire pins the n experts of `layer`
-// (starting reads for misses, not waiting); ready(i) says whether expert i of that call
-// can be used without blocking; get(i) returns its gate/up/down bytes in the model's
-// backend memory, blocking on I/O if needed; release drops the pins. acquire returns
-// -ENOSPC when the source cannot hold n experts at once (the caller then asks for fewer).
+// Where routed experts come from in stream mode: tiers of caches over the file (offload/:
+// VRAM slots, pinned host slots, the disk). acquire pins n experts of a layer and fills
+// one ref per expert (several acquires may be in flight: each has its own refs). An
+// expert is in VRAM (dev[] usable on the device after `ev`), in host RAM (host_ready) or
+// being read from disk into a host slot (host_ready once poll/wait sees it land).
+enum expert_tier { EXPERT_VRAM = 0, EXPERT_HOST, EXPERT_DISK };
+struct expert_ref {
+  int32_t expert;
+  enum expert_tier tier; // where acquire found it
+  bool host_ready;       // host[] holds the bytes
+  const void *host[3];   // gate, up, down in host memory
+  bool on_dev;           // dev[] is the expert's VRAM slot
+  const void *dev[3];
+  struct ferry_event *ev; // dev[] is filled once this completes (NULL: already)
+  bool host_pinned;       // private: a host-tier pin is held (h)
+  bool copied;            // private: h's bytes were copied to the device (release waits)
+  struct ecache_ref h;    // private
+  struct dcache_ref d;    // private
+};
 struct expert_source {
   void *ctx;
-  int (*acquire)(void *ctx, int layer, int n, const int32_t *experts);
-  bool (*ready)(void *ctx, int i);
-  int (*get)(void *ctx, int i, const void *ptrs[3]);
-  void (*release)(void *ctx, int layer, int n);
+  // Pins the n experts (router order, no duplicates) in the tier that has them and submits
+  // one batch of reads for the misses. -ENOSPC when the host tier cannot hold n at once
+  // (the caller asks for fewer).
+  int (*acquire)(void *ctx, int layer, int n, const int32_t *experts, struct expert_ref *out);
+  // Never blocks: marks the refs whose reads have landed host_ready.
+  void (*poll)(void *ctx, int n, struct expert_ref *refs);
+  // Blocks until r's bytes are in host memory (a disk stall).
+  int (*wait)(void *ctx, struct expert_ref *r);
+  // Copies a host_ready expert into a VRAM slot on the copy stream (sets on_dev, dev, ev);
+  // -ENOSPC when every VRAM slot of its size is pinned. NULL without a VRAM tier.
+  int (*to_device)(void *ctx, int layer, struct expert_ref *r);
+  // Drops the pins. `used` (may be NULL) is recorded on the compute stream after the work
+  // that read dev[]; host slots copied to the device are kept until their copies are done.
+  void (*release)(void *ctx, int layer, int n, struct expert_ref *refs, struct ferry_event *used);
   // Optional hint: start reading these experts of `layer` (not pinned, never blocks).
   void (*prefetch)(void *ctx, int layer, int n, const int32_t *experts);
+  int dev_slots; // VRAM slots of the smallest size class (0: no VRAM tier)
+};
+
+// Counters of where experts were computed and what the tiers cost (stream mode).
+struct expert_counters {
+  uint64_t gpu, cpu;  // experts computed on the device / on the CPU from host RAM
+  uint64_t promoted;  // host hits copied to VRAM for reuse
+  double disk_wait_s; // blocked waiting for reads
+  double copy_wait_s; // blocked waiting for host->device copies
+  double cpu_s;       // CPU expert compute
 };
 
 struct model_opts {
@@ -98,7 +135,12 @@ void model_destroy(struct model *m);
 const struct model_hparams *model_hparams(const struct model *m);
 const struct layer_weights *model_layer(const struct model *m, int l);
 struct ferry_backend *model_backend(const struct model *m);
-void model_set_expert_source(struct model *m, const struct expert_source *src);
+// Stream mode: where routed experts come from. With a device backend, cpu (a CPU backend
+// on the same pool, borrowed) computes the experts the cost model gives the CPU; NULL
+// computes every expert on the device.
+int model_set_expert_source(struct model *m, const struct expert_source *src,
+                            struct ferry_backend *cpu, const struct cost_model *cm);
+void model_expert_counters(const struct model *m, struct expert_counters *out);
 // What the model allocated (same fields as model_plan; host counts what it allocated on
 // the host apart from the metadata).
 void model_mem_used(const struct model *m, struct model_mem *out);

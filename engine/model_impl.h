@@ -97,7 +97,16 @@ struct model {
   bool *done;                        // [E]
   struct ferry_moe_group *groups;    // [E]
   const void *(*eptr)[3];            // [E]
-  uint64_t host_bytes;               // the host-side arrays above
+  struct ferry_moe_group *cgroups;   // [E] groups computed on the CPU (device backends)
+  struct expert_ref *refs;           // [E] acquired experts of a layer (stream mode)
+  float *h_xn;         // [B][d] pinned: a layer's expert input for the CPU (stream, device)
+  float *h_cslots;     // [B*K][d] pinned: outputs of the experts the CPU computed
+  uint64_t host_bytes; // the host-side arrays above
+  // stream mode on a device backend
+  struct ferry_backend *cpu; // computes the experts the cost model gives the CPU (borrowed)
+  struct cost_model cm;
+  struct expert_counters ecnt;
+  struct ferry_event *ev_used; // recorded after a layer's device expert work
   // decode graph
   struct ferry_graph *graph;
   bool graph_failed; // capture refused: decode runs op by op
@@ -113,6 +122,8 @@ int fwd_chunk(struct model *m, const int32_t *tok, int T, const bool *want, floa
 int fwd_linear(struct model *m, const struct weight *w, const float *x, int64_t T, float *y);
 int fwd_attention(struct model *m, int l, int T);
 int fwd_moe(struct model *m, int l, int T);
+// Measures the cost model's rates (stream mode on a device with a CPU backend).
+int fwd_calibrate(struct model *m);
 // qwen3moe.c / qwen3next.c: one transformer layer.
 int qwen3moe_layer(struct model *m, int l, int T);
 int qwen3next_layer(struct model *m, int l, int T);

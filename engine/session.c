@@ -42,6 +42,7 @@ enum {
   OPT_PREFETCH,
   OPT_BACKEND,
   OPT_NOGRAPH,
+  OPT_XCOMPUTE,
   OPT_HELP,
 };
 
@@ -65,6 +66,7 @@ static const struct option k_opts[] = {{"model", required_argument, 0, 'm'},
                                        {"cpu", no_argument, 0, OPT_CPU},
                                        {"backend", required_argument, 0, OPT_BACKEND},
                                        {"no-graph", no_argument, 0, OPT_NOGRAPH},
+                                       {"expert-compute", required_argument, 0, OPT_XCOMPUTE},
                                        {"stats", no_argument, 0, OPT_STATS},
                                        {"json", required_argument, 0, OPT_JSON},
                                        {"logprobs", required_argument, 0, OPT_LOGPROBS},
@@ -131,7 +133,8 @@ static void usage(const char *cmd) {
         "                 [--temp T] [--top-k K] [--top-p P] [--min-p P] [--seed S] [-t THREADS] "
         "[-c CTX]\n"
         "                 [-b BATCH] [--mode auto|full|stream] [--ram SIZE] [--vram SIZE]\n"
-        "                 [--backend auto|cpu|cuda] [--cpu] [--no-graph]\n"
+        "                 [--backend auto|cpu|cuda|sim] [--cpu] [--no-graph]\n"
+        "                 [--expert-compute auto|cpu|gpu]\n"
         "                 [--stats] [--json PATH] [--logprobs K] [--exact]\n"
         "                 [--cache-type-k f32|f16|q8_0] [--cache-type-v f32|f16|q8_0]\n");
 }
@@ -206,6 +209,16 @@ int run_opts_parse(struct run_opts *o, const char *cmd, int argc, char **argv) {
         o->backend = optarg;
         break;
       case OPT_NOGRAPH: o->no_graph = true; break;
+      case OPT_XCOMPUTE:
+        if (!strcmp(optarg, "auto"))
+          o->expert_compute = EXPERT_AUTO;
+        else if (!strcmp(optarg, "cpu"))
+          o->expert_compute = EXPERT_CPU;
+        else if (!strcmp(optarg, "gpu"))
+          o->expert_compute = EXPERT_GPU;
+        else
+          rc = ferry_fail(-EINVAL, "--expert-compute: '%s' is not auto, cpu or gpu", optarg);
+        break;
       case OPT_STATS: o->stats = true; break;
       case OPT_JSON: o->json_path = optarg; break;
       case OPT_LOGPROBS: rc = parse_int("--logprobs", optarg, 0, 1000, &o->logprobs); break;
@@ -253,7 +266,8 @@ struct session {
   struct tokenizer *tok;
   struct ferry_pool *pool;
   struct ferry_backend *be;
-  struct stream *stream; // stream mode only
+  struct ferry_backend *cpu; // stream mode on a device: computes experts from host RAM
+  struct stream *stream;     // stream mode only
   struct budget *budget;
   struct plan plan;
   double load_s;
@@ -318,6 +332,7 @@ int session_plan(const struct gguf_file *f, const struct run_opts *o, enum ferry
                              .n_layer = hp.n_layer,
                              .n_expert = hp.n_expert};
   stream_expert_slot_bytes(f, &hp, &need->expert_slot_bytes, &need->all_experts);
+  stream_vram_bytes(f, &hp, &need->dev_min_cache, &need->dev_slot_bytes, &need->dev_all_experts);
   hparams_free(&hp);
   const struct plan_req req = {.mode = o->mode == MODE_FULL     ? PLAN_FULL
                                        : o->mode == MODE_STREAM ? PLAN_STREAM
@@ -326,7 +341,8 @@ int session_plan(const struct gguf_file *f, const struct run_opts *o, enum ferry
                                .ram = ram,
                                .vram = vram,
                                .ram_given = o->ram != 0,
-                               .vram_given = o->vram != 0};
+                               .vram_given = o->vram != 0,
+                               .vram_tier_needed = o->expert_compute == EXPERT_GPU};
   return plan_make(need, &req, out);
 }
 
@@ -350,12 +366,6 @@ int session_open(struct session **out, const struct run_opts *o) {
   const bool stream = s->plan.mode == PLAN_STREAM;
   if (o->mode == MODE_AUTO)
     log_info("mode auto -> %s on %s (%s)", plan_mode_name(s->plan.mode), s->be->name, s->device);
-  if (stream && device) {
-    rc = ferry_fail(-ENOTSUP,
-                    "the model does not fit in VRAM and stream mode on the GPU (expert tiers) is "
-                    "not built yet; use --backend cpu");
-    goto fail;
-  }
   // Charge the plan before allocating (the expert cache charges itself when created).
   if ((rc = budget_create(&s->budget, ram, device ? vram : 0))) goto fail;
   for (int t = 0; t < BUDGET_N_TIERS; t++)
@@ -376,10 +386,22 @@ int session_open(struct session **out, const struct run_opts *o) {
                  used.state <= c[BUDGET_KV] && used.scratch <= c[BUDGET_SCRATCH]);
   }
   if (stream) {
-    if ((rc = stream_create(&s->stream, s->f, model_hparams(s->m), s->budget))) goto fail;
+    if ((rc = stream_create(&s->stream, s->f, model_hparams(s->m), s->budget, s->be,
+                            s->plan.vram_cache)))
+      goto fail;
     struct expert_source src;
     stream_expert_source(s->stream, &src);
-    model_set_expert_source(s->m, &src);
+    // on a device, experts in host RAM may be computed by the CPU (cost model, offload/)
+    if (device && o->expert_compute != EXPERT_GPU &&
+        (rc = ferry_backend_create(&s->cpu, "cpu", s->pool, 0)))
+      goto fail;
+    const struct cost_model cm = {.policy = o->expert_compute,
+                                  .h2d_gbps = 12,
+                                  .cpu_gbps = 20,
+                                  .cpu_tok_frac = 0.5,
+                                  .gpu_s = 20e-6,
+                                  .gpu_tok_frac = 0.02};
+    if ((rc = model_set_expert_source(s->m, &src, s->cpu, &cm))) goto fail;
   }
   s->load_s = ferry_now_s() - t0;
   *out = s;
@@ -394,6 +416,7 @@ void session_close(struct session *s) {
   stream_destroy(s->stream);
   model_destroy(s->m);
   budget_destroy(s->budget);
+  ferry_backend_destroy(s->cpu);
   ferry_backend_destroy(s->be);
   ferry_pool_destroy(s->pool);
   tok_destroy(s->tok);
@@ -420,4 +443,14 @@ void session_fill_stats(struct session *s, struct run_stats *st) {
   st->peak_vram = budget_peak_total(s->budget, BUDGET_DEVICE);
   st->io_direct = false;
   if (s->stream) stream_fill_stats(s->stream, st);
+  if (s->m) {
+    struct expert_counters ec;
+    model_expert_counters(s->m, &ec);
+    st->experts_gpu = ec.gpu;
+    st->experts_cpu = ec.cpu;
+    st->promoted = ec.promoted;
+    st->disk_wait_s = ec.disk_wait_s;
+    st->copy_wait_s += ec.copy_wait_s;
+    st->cpu_expert_s = ec.cpu_s;
+  }
 }

@@ -30,6 +30,7 @@ struct run_opts {
   uint64_t ram, vram;  // 0 = unset (defaults: available memory minus a margin; no GPU)
   const char *backend; // "auto" (NULL), "cpu" or "cuda"; --cpu = --backend cpu
   bool no_graph;       // decode op by op even where graphs can be captured
+  enum expert_policy expert_compute; // --expert-compute auto|cpu|gpu (stream mode, device)
   bool stats;
   int logprobs; // K > 0: record top-K log-probabilities per step
   bool exact;
@@ -54,7 +55,12 @@ struct run_stats {
   double io_s;
   bool io_direct;
   uint64_t host_capacity, host_hits, host_misses, host_evictions;
-  uint64_t dev_capacity, dev_hits, dev_misses, dev_evictions;
+  uint64_t dev_capacity, dev_hits, dev_misses, dev_evictions; // VRAM tier
+  uint64_t h2d_bytes;                                         // expert bytes copied host -> VRAM
+  uint64_t experts_gpu, experts_cpu; // experts computed on the device / the CPU
+  uint64_t promoted;                 // host hits copied to VRAM for their reuse
+  double disk_wait_s, copy_wait_s;   // blocked on reads / on host->VRAM copies
+  double cpu_expert_s;               // CPU expert compute
 };
 
 struct session;

@@ -12,11 +12,15 @@
 
 struct stream {
   struct io_reader *reader;
-  struct ecache *cache;
+  struct ecache *cache; // host tier (pinned RAM on a device backend) over the file
   struct ecache_layer *layers;
-  struct ecache_ref *refs; // [n_expert] refs of the current acquire
+  struct dcache *vram; // VRAM tier, or NULL
+  struct ferry_backend *be;
+  struct ferry_stream *copy; // host->VRAM copies
   uint32_t n_layer, n_expert;
-  uint32_t n_acq; // refs of the current acquire
+  int32_t *tmp_e, *tmp_i;   // [n_expert] acquire: experts missing from VRAM, their index
+  struct ecache_ref *tmp_h; // [n_expert]
+  double copy_wait_s;
 };
 
 static int layer_layout(const struct gguf_file *f, uint32_t l, struct ecache_layer *out) {
@@ -59,6 +63,35 @@ void stream_expert_slot_bytes(const struct gguf_file *f, const struct model_hpar
   }
 }
 
+static bool vram_layers(const struct gguf_file *f, const struct model_hparams *hp,
+                        struct dcache_layer *dl) {
+  for (uint32_t l = 0; l < hp->n_layer; l++) {
+    struct ecache_layer L;
+    if (layer_layout(f, l, &L)) {
+      ferry_clear_error();
+      return false;
+    }
+    dl[l].n_experts = L.n_experts;
+    for (int q = 0; q < 3; q++) dl[l].len[q] = L.part[q].len;
+  }
+  return true;
+}
+
+void stream_vram_bytes(const struct gguf_file *f, const struct model_hparams *hp,
+                       uint64_t *min_bytes, uint64_t *one_per_layer, uint64_t *all) {
+  *min_bytes = *one_per_layer = *all = 0;
+  struct dcache_layer *dl = calloc(hp->n_layer ? hp->n_layer : 1, sizeof *dl);
+  if (dl && vram_layers(f, hp, dl)) {
+    *min_bytes = dcache_min_bytes(dl, hp->n_layer, hp->n_expert_used);
+    for (uint32_t l = 0; l < hp->n_layer; l++) {
+      const uint64_t slot = dcache_slot_bytes(&dl[l]);
+      *one_per_layer += slot;
+      *all += slot * dl[l].n_experts;
+    }
+  }
+  free(dl);
+}
+
 // Test seam: FERRY_IO_FAULT="kind:nth:arg[,...]" (kind errno|short|delay; e.g.
 // "errno:40:5" fails the 40th expert read with EIO) arms the io/ fault injector so the
 // end-to-end tests can fail, shorten or delay reads of a real run.
@@ -87,36 +120,41 @@ static void arm_faults_from_env(void) {
   }
 }
 
+// Host slabs of a device backend are pinned so copies to VRAM are asynchronous DMA.
+static void *pinned_alloc(uint64_t bytes, void *ctx) {
+  struct ferry_backend *be = ctx;
+  void *p = NULL;
+  if (be->ops.host_alloc(be, &p, bytes)) return NULL;
+  return p;
+}
+static void pinned_free(void *p, uint64_t bytes, void *ctx) {
+  struct ferry_backend *be = ctx;
+  be->ops.host_free(be, p);
+}
+
 int stream_create(struct stream **out, const struct gguf_file *f, const struct model_hparams *hp,
-                  struct budget *b) {
+                  struct budget *b, struct ferry_backend *be, uint64_t vram_bytes) {
   *out = NULL;
   struct stream *s = calloc(1, sizeof *s);
   if (!s) return ferry_fail(-ENOMEM, "out of memory");
   s->n_layer = hp->n_layer;
   s->n_expert = hp->n_expert;
+  s->be = be;
   s->layers = calloc(hp->n_layer, sizeof *s->layers);
-  s->refs = calloc(hp->n_expert, sizeof *s->refs);
+  s->tmp_e = calloc(hp->n_expert, sizeof *s->tmp_e);
+  s->tmp_i = calloc(hp->n_expert, sizeof *s->tmp_i);
+  s->tmp_h = calloc(hp->n_expert, sizeof *s->tmp_h);
   int rc = 0;
-  if (!s->layers || !s->refs) {
+  if (!s->layers || !s->tmp_e || !s->tmp_i || !s->tmp_h) {
     rc = ferry_fail(-ENOMEM, "out of memory");
     goto fail;
   }
   for (uint32_t l = 0; l < hp->n_layer; l++)
     if ((rc = layer_layout(f, l, &s->layers[l]))) goto fail;
-  uint64_t min = stream_min_cache_bytes(f, hp);
-  uint64_t left = budget_left(b, BUDGET_HOST);
-  if (left < min) {
-    char b1[32], b2[32], b3[32];
-    ferry_format_size(budget_limit(b, BUDGET_HOST), b1, sizeof b1);
-    ferry_format_size(budget_used_total(b, BUDGET_HOST), b2, sizeof b2);
-    ferry_format_size(min, b3, sizeof b3);
-    rc = ferry_fail(-ENOMEM,
-                    "RAM budget %s is too small for stream mode: dense weights, state and scratch "
-                    "take %s and the "
-                    "expert cache needs at least %s (%u experts of one layer); raise --ram to at "
-                    "least %llu bytes",
-                    b1, b2, b3, hp->n_expert_used,
-                    (unsigned long long)(budget_used_total(b, BUDGET_HOST) + min));
+  const uint64_t min = stream_min_cache_bytes(f, hp), left = budget_left(b, BUDGET_HOST);
+  if (left < min) { // the plan checked this: a failure here is a planning bug
+    rc = ferry_fail(-ENOMEM, "expert cache: %llu bytes of RAM budget left, %llu needed",
+                    (unsigned long long)left, (unsigned long long)min);
     goto fail;
   }
   if ((rc = io_reader_open(&s->reader, gguf_path(f), NULL))) goto fail;
@@ -124,13 +162,37 @@ int stream_create(struct stream **out, const struct gguf_file *f, const struct m
   // No more slots than there are experts: a cache larger than all of them is wasted RAM.
   uint64_t one = 0, all = 0;
   stream_expert_slot_bytes(f, hp, &one, &all);
+  const bool pinned = be && be->kind == FERRY_BACKEND_CUDA;
   struct ecache_params p = {.n_layers = hp->n_layer,
                             .layers = s->layers,
                             .reader = s->reader,
                             .budget = b,
                             .host_bytes = left < all ? left : all,
-                            .min_slots = hp->n_expert_used};
+                            .min_slots = hp->n_expert_used,
+                            .host_alloc = pinned ? pinned_alloc : NULL,
+                            .host_free = pinned ? pinned_free : NULL,
+                            .alloc_ctx = be};
   if ((rc = ecache_create(&s->cache, &p))) goto fail;
+  if (vram_bytes && be && be->kind != FERRY_BACKEND_CPU) {
+    struct dcache_layer *dl = calloc(hp->n_layer, sizeof *dl);
+    if (!dl || !vram_layers(f, hp, dl)) {
+      free(dl);
+      rc = ferry_fail(-ENOMEM, "out of memory");
+      goto fail;
+    }
+    if (!(rc = be->ops.stream_create(be, &s->copy))) {
+      struct dcache_params dp = {.n_layers = hp->n_layer,
+                                 .layers = dl,
+                                 .be = be,
+                                 .copy = s->copy,
+                                 .budget = b,
+                                 .bytes = vram_bytes,
+                                 .min_slots = hp->n_expert_used};
+      rc = dcache_create(&s->vram, &dp);
+    }
+    free(dl);
+    if (rc) goto fail;
+  }
   *out = s;
   return 0;
 fail:
@@ -140,54 +202,123 @@ fail:
 
 void stream_destroy(struct stream *s) {
   if (!s) return;
+  dcache_destroy(s->vram);
+  if (s->copy) s->be->ops.stream_destroy(s->be, s->copy);
   ecache_destroy(s->cache);
   io_reader_close(s->reader);
   free(s->layers);
-  free(s->refs);
+  free(s->tmp_e), free(s->tmp_i), free(s->tmp_h);
   free(s);
 }
 
-static int src_acquire(void *ctx, int layer, int n, const int32_t *experts) {
-  struct stream *s = ctx;
-  s->n_acq = (uint32_t)n;
-  return ecache_acquire(s->cache, (uint32_t)layer, (uint32_t)n, experts, s->refs);
+static void set_host(struct expert_ref *r) {
+  r->host_ready = r->h.state == ECACHE_READY;
+  for (int p = 0; p < 3; p++) r->host[p] = r->host_ready ? r->h.data[p] : NULL;
 }
-// Non-blocking: reaps completed reads so experts are computed as they land.
-static bool src_ready(void *ctx, int i) {
+
+// VRAM first (a VRAM hit does not touch the host tier, so the host LRU ages out what lives
+// in VRAM and the two tiers hold mostly different experts), then the host tier for the
+// rest, whose misses are read in one batch.
+static int src_acquire(void *ctx, int layer, int n, const int32_t *experts,
+                       struct expert_ref *out) {
   struct stream *s = ctx;
-  if (s->refs[i].state != ECACHE_READY) ecache_poll(s->cache, s->n_acq, s->refs);
-  return s->refs[i].state == ECACHE_READY;
-}
-static int src_get(void *ctx, int i, const void *ptrs[3]) {
-  struct stream *s = ctx;
-  struct ecache_ref *r = &s->refs[i];
-  if (r->state != ECACHE_READY) {
-    int rc = ecache_wait(s->cache, r);
-    if (rc) return rc;
+  int m = 0;
+  for (int i = 0; i < n; i++) {
+    struct expert_ref *r = &out[i];
+    memset(r, 0, sizeof *r);
+    r->expert = experts[i];
+    r->h.slot = -1;
+    if (s->vram && dcache_lookup(s->vram, (uint32_t)layer, experts[i], &r->d)) {
+      r->tier = EXPERT_VRAM;
+      r->on_dev = true;
+      for (int p = 0; p < 3; p++) r->dev[p] = r->d.dev[p];
+      r->ev = r->d.ready;
+      continue;
+    }
+    s->tmp_e[m] = experts[i];
+    s->tmp_i[m++] = i;
   }
-  for (int p = 0; p < 3; p++) ptrs[p] = r->data[p];
+  int rc = m ? ecache_acquire(s->cache, (uint32_t)layer, (uint32_t)m, s->tmp_e, s->tmp_h) : 0;
+  if (rc) {
+    for (int i = 0; i < n; i++)
+      if (out[i].on_dev) dcache_release(s->vram, &out[i].d, NULL), out[i].on_dev = false;
+    return rc;
+  }
+  for (int j = 0; j < m; j++) {
+    struct expert_ref *r = &out[s->tmp_i[j]];
+    r->h = s->tmp_h[j];
+    r->host_pinned = true;
+    r->tier = r->h.state == ECACHE_READY ? EXPERT_HOST : EXPERT_DISK;
+    set_host(r);
+  }
   return 0;
 }
-static void src_release(void *ctx, int layer, int n) {
+
+// Non-blocking: reaps completed reads so experts are computed as they land.
+static void src_poll(void *ctx, int n, struct expert_ref *refs) {
   struct stream *s = ctx;
-  ecache_release(s->cache, (uint32_t)layer, (uint32_t)n, s->refs);
+  for (int i = 0; i < n; i++)
+    if (refs[i].host_pinned && !refs[i].host_ready) {
+      ecache_poll(s->cache, 1, &refs[i].h);
+      set_host(&refs[i]);
+    }
+}
+
+static int src_wait(void *ctx, struct expert_ref *r) {
+  struct stream *s = ctx;
+  if (r->host_ready || !r->host_pinned) return 0;
+  int rc = ecache_wait(s->cache, &r->h);
+  if (!rc) set_host(r);
+  return rc;
+}
+
+static int src_to_device(void *ctx, int layer, struct expert_ref *r) {
+  struct stream *s = ctx;
+  FERRY_ASSERT(r->host_ready && !r->on_dev);
+  int rc = dcache_fill(s->vram, (uint32_t)layer, r->expert, r->host, &r->d);
+  if (rc) return rc;
+  r->on_dev = r->copied = true;
+  for (int p = 0; p < 3; p++) r->dev[p] = r->d.dev[p];
+  r->ev = r->d.ready;
+  return 0;
+}
+
+static void src_release(void *ctx, int layer, int n, struct expert_ref *refs,
+                        struct ferry_event *used) {
+  struct stream *s = ctx;
+  for (int i = 0; i < n; i++) {
+    struct expert_ref *r = &refs[i];
+    if (r->copied) { // the host slot is the copy's source until the copy is done
+      const double t0 = ferry_now_s();
+      if (s->be->ops.event_sync(s->be, r->d.ready)) ferry_clear_error();
+      s->copy_wait_s += ferry_now_s() - t0;
+      r->copied = false;
+    }
+    if (r->on_dev) dcache_release(s->vram, &r->d, used), r->on_dev = false;
+    if (r->host_pinned) ecache_release(s->cache, (uint32_t)layer, 1, &r->h), r->host_pinned = false;
+  }
 }
 
 static void src_prefetch(void *ctx, int layer, int n, const int32_t *experts) {
   struct stream *s = ctx;
-  if (ecache_prefetch(s->cache, (uint32_t)layer, (uint32_t)n, experts) < 0)
+  int m = 0;
+  for (int i = 0; i < n; i++) // what is in VRAM needs no read
+    if (!s->vram || !dcache_contains(s->vram, (uint32_t)layer, experts[i]))
+      s->tmp_e[m++] = experts[i];
+  if (m && ecache_prefetch(s->cache, (uint32_t)layer, (uint32_t)m, s->tmp_e) < 0)
     ferry_clear_error(); // only a hint
 }
 
 void stream_expert_source(struct stream *s, struct expert_source *src) {
   *src = (struct expert_source){.ctx = s,
                                 .acquire = src_acquire,
-                                .ready = src_ready,
-                                .get = src_get,
+                                .poll = src_poll,
+                                .wait = src_wait,
+                                .to_device = s->vram ? src_to_device : NULL,
                                 .release = src_release,
-                                .prefetch = src_prefetch};
+                                .prefetch = src_prefetch,
+                                .dev_slots = s->vram ? (int)dcache_min_class_slots(s->vram) : 0};
 }
-
 void stream_fill_stats(struct stream *s, struct run_stats *st) {
   struct io_stats io;
   io_reader_stats(s->reader, &io);
@@ -201,4 +332,14 @@ void stream_fill_stats(struct stream *s, struct run_stats *st) {
   st->host_hits = es.tier[ECACHE_HOST].hits;
   st->host_misses = es.tier[ECACHE_HOST].misses;
   st->host_evictions = es.tier[ECACHE_HOST].evictions;
+  st->copy_wait_s += s->copy_wait_s;
+  if (s->vram) {
+    struct dcache_stats ds;
+    dcache_stats(s->vram, &ds);
+    st->dev_capacity = ds.capacity_slots;
+    st->dev_hits = ds.hits;
+    st->dev_misses = ds.misses;
+    st->dev_evictions = ds.evictions;
+    st->h2d_bytes = ds.h2d_bytes;
+  }
 }

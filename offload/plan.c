@@ -91,6 +91,20 @@ int plan_make(const struct plan_need *n, const struct plan_req *r, struct plan *
     for (int c = 0; c < BUDGET_N_CATS; c++) used += ch[c];
     const uint64_t left = r->ram - used;
     out->host_cache = left < n->all_experts ? left : n->all_experts;
+    if (r->device) { // what VRAM has left after the dense part becomes the VRAM tier
+      const uint64_t vleft = r->vram - sb;
+      out->vram_cache = vleft < n->dev_all_experts ? vleft : n->dev_all_experts;
+      if (out->vram_cache < n->dev_min_cache) out->vram_cache = 0;
+      if (!out->vram_cache && r->vram_tier_needed) {
+        struct sizes z;
+        return ferry_fail(-ENOMEM,
+                          "VRAM budget %s leaves no room for the VRAM expert tier that computing "
+                          "every expert on the GPU needs (dense part %s, tier at least %s); use "
+                          "--vram %llu or more, or --expert-compute auto",
+                          sz(&z, 0, r->vram), sz(&z, 1, sb), sz(&z, 2, n->dev_min_cache),
+                          (unsigned long long)(sb + n->dev_min_cache));
+      }
+    }
   }
   return 0;
 }

@@ -30,6 +30,10 @@ struct plan_need {
   uint64_t all_experts; // every expert as cache slots: no cache needs more
   uint32_t n_layer, n_expert;
   uint64_t expert_slot_bytes; // one expert of every layer, as slots (for "experts per layer")
+  // the VRAM expert tier (device backends, stream mode)
+  uint64_t dev_min_cache;   // the smallest VRAM tier that works (k experts per size class)
+  uint64_t dev_all_experts; // every expert as VRAM slots
+  uint64_t dev_slot_bytes;  // one expert of every layer as VRAM slots
 };
 
 struct plan_req {
@@ -37,6 +41,7 @@ struct plan_req {
   bool device;                // the backend is a device (its memory is VRAM)
   uint64_t ram, vram;         // budgets (vram ignored without a device)
   bool ram_given, vram_given; // from flags (for messages)
+  bool vram_tier_needed;      // every expert is computed on the device (no CPU compute)
 };
 
 struct plan {
@@ -46,6 +51,7 @@ struct plan {
   // bytes to charge, per tier and category (budget.h)
   uint64_t charge[BUDGET_N_TIERS][BUDGET_N_CATS];
   uint64_t host_cache;                  // stream: host expert cache bytes (slots)
+  uint64_t vram_cache;                  // stream on a device: VRAM expert tier (0: none)
   uint64_t full_backend, full_host;     // what full mode needs (for the report)
   uint64_t stream_backend, stream_host; // what stream mode needs without the cache
 };

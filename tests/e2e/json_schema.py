@@ -41,7 +41,10 @@ RUN_SCHEMA = {
     "ram_budget_bytes": "uint",
     "vram_budget_bytes": "uint",
     "io": {"bytes_read": "uint", "reads": "uint", "read_s": "unum", "direct": "bool"},
-    "expert_cache": {"host": CACHE_TIER, "device": CACHE_TIER},
+    "expert_cache": {"host": CACHE_TIER, "vram": CACHE_TIER},
+    "h2d_bytes": "uint",
+    "experts_computed": {"gpu": "uint", "cpu": "uint"},
+    "stall_s_per_token": {"disk": "unum", "copy": "unum"},
     "steps?": [{"id": "uint", "top": TOP}],
 }
 

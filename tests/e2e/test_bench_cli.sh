@@ -30,7 +30,7 @@ for m in modes:
     for k in ("bytes_read", "reads"):
         need(isinstance(io.get(k), int) and io[k] >= 0, "io." + k)
     need(isinstance(io.get("direct"), bool), "io.direct")
-    for tier in ("host", "device"):
+    for tier in ("host", "vram"):
         t = m.get("expert_cache", {}).get(tier, {})
         for k in ("capacity", "hits", "misses", "evictions"):
             need(isinstance(t.get(k), int) and t[k] >= 0, "expert_cache.%s.%s" % (tier, k))

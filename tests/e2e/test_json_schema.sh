@@ -82,7 +82,7 @@ if [ -f "$J" ]; then
   run_case "validator rejects a wrong step id" broken sid "d['steps'][0]['id']+=1" --logprobs 5
   run_case "validator rejects n_prompt mismatch" broken np "d['prompt_tokens'].append(1)" --logprobs 5
   run_case "validator rejects a negative time" broken neg "d['load_s']=-1.0" --logprobs 5
-  run_case "validator rejects a missing cache tier" broken tier "del d['expert_cache']['device']" --logprobs 5
+  run_case "validator rejects a missing cache tier" broken tier "del d['expert_cache']['vram']" --logprobs 5
 else
   FAILS=$((FAILS + 1)); echo "FAIL no report to break"
 fi
