@@ -41,9 +41,11 @@
 
 // #pragma unroll for code compiled for both host and device (the host compiler warns).
 #ifdef __CUDA_ARCH__
-#define FERRY_UNROLL _Pragma("unroll")
+#define FERRY_UNROLL  _Pragma("unroll")
+#define FERRY_UNROLL2 _Pragma("unroll 2")
 #else
 #define FERRY_UNROLL
+#define FERRY_UNROLL2
 #endif
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -154,6 +156,8 @@ struct cuda_ctx {
   int device;
   int n_sm;
   cublasHandle_t blas;
+  cudaStream_t blas_stream; // the stream set on blas (with the workspace: see cuda_gemm)
+  bool blas_set;            // blas_stream is valid
   struct cuda_scratch sc;
   char desc[192];
 };

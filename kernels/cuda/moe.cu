@@ -10,10 +10,16 @@
 //    item source: a by-value list (moe_ffn) or the device ids (moe_ffn_ids, which needs
 //    no host synchronisation and can be captured in a graph). Both sources run the same
 //    kernel code, so moe_ffn_ids == moe_ffn bit for bit.
-//  - larger groups: gather the group's inputs (F16 for FAST, F32 for EXACT), dequantize
-//    gate and up into one tile, one cuBLAS product for both, SwiGLU, dequantize down,
-//    one product. moe_ffn_ids reads the ids back (not capturable), groups the pairs on
-//    the host exactly as the CPU backend does, and runs this same code.
+//  - larger groups, FAST: a grouped tensor-core product over all the call's groups at
+//    once (k_moe_mma): one launch for gate, up and SwiGLU, one for down, each block a
+//    64 x 64 tile of one group, weights dequantized to F16 in shared memory 32 columns at
+//    a time, F32 accumulation (WMMA). EXACT (and gate/up of different types): gather the
+//    group's F32 inputs, dequantize gate and up into one F32 tile, one cublasSgemm for
+//    both, SwiGLU, dequantize down, one product.
+//    moe_ffn_ids reads the ids back (not capturable), groups the pairs on the host
+//    exactly as the CPU backend does, and runs this same code.
+#include <mma.h>
+
 #include "kernels/cuda/quant.cuh"
 
 namespace {
@@ -155,6 +161,180 @@ __global__ void k_moe_combine(float *__restrict__ y, const float *__restrict__ s
     }
     y[i] = acc;
   }
+}
+
+// ---- grouped tensor-core product (FAST, groups of GEMM_MIN_ROWS pairs or more) ----
+
+constexpr int MM_BM = 64, MM_BN = 64, MM_BK = 32, MM_THREADS = 128, MM_ITEMS = 128;
+constexpr int MM_LDH = MM_BK + 8; // shared row stride of the F16 tiles (halves)
+constexpr int MM_LDF = MM_BN + 4; // of the F32 output staging (floats)
+
+// One 64-row slice of a group: weights (gate/up, or down), its first grouped row, rows.
+struct mm_item {
+  const uint8_t *w0, *w1;
+  int32_t r0, cnt;
+};
+struct mm_items {
+  mm_item it[MM_ITEMS];
+};
+
+// Block (item, column tile): out[r0 + r][n0 + c] for r < cnt, c < 64, of
+//   GATED: silu(x_r . Wg[n]) * (x_r . Wu[n]) with x_r = x + rows[r0 + r] * ldx;
+//   else:  x_r . W[n] with x_r = x + (r0 + r) * ldx.
+// K (a multiple of 32) in steps of 32: the X tile (F32 -> F16) and the weight tiles
+// (dequantized pieces -> F16) in shared memory, 2 x 2 WMMA 16x16x16 fragments per warp.
+template <class T, int A, bool GATED>
+__global__ void __launch_bounds__(MM_THREADS)
+    k_moe_mma(const mm_items items, int64_t N, int64_t K, int64_t rbw, const float *__restrict__ x,
+              int64_t ldx, const int32_t *__restrict__ rows, float *__restrict__ out, int64_t ldo) {
+  using namespace nvcuda;
+  constexpr int NW = GATED ? 2 : 1;
+  constexpr int PPR = MM_BK / T::PL; // pieces per weight row per K step
+  __shared__ __align__(32) __half xs[MM_BM][MM_LDH];
+  __shared__ __align__(32) __half ws[NW][MM_BN][MM_LDH];
+  __shared__ __align__(32) float stage[MM_BM][MM_LDF];
+  const mm_item it = items.it[blockIdx.x];
+  const int64_t n0 = (int64_t)blockIdx.y * MM_BN;
+  const int tid = threadIdx.x, warp = tid >> 5, wm = warp >> 1, wn = warp & 1;
+  const uint8_t *wsrc[2] = {it.w0, it.w1};
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[NW][2][2];
+#pragma unroll
+  for (int g = 0; g < NW; g++)
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+      for (int j = 0; j < 2; j++) wmma::fill_fragment(acc[g][i][j], 0.0f);
+  for (int64_t k0 = 0; k0 < K; k0 += MM_BK) {
+    for (int e = tid; e < MM_BM * MM_BK; e += MM_THREADS) {
+      const int r = e / MM_BK, c = e % MM_BK;
+      float v = 0.0f;
+      if (r < it.cnt) {
+        const int64_t sr = GATED ? (int64_t)rows[it.r0 + r] : (int64_t)it.r0 + r;
+        v = x[sr * ldx + k0 + c];
+      }
+      xs[r][c] = __float2half_rn(v);
+    }
+#pragma unroll
+    for (int g = 0; g < NW; g++)
+      for (int e = tid; e < MM_BN * PPR; e += MM_THREADS) {
+        const int nr = e / PPR, pp = e % PPR;
+        const int64_t n = n0 + nr, kk = k0 + pp * T::PL;
+        float v[T::PL];
+        if (n < N) {
+          T::template piece<A>(wsrc[g] + n * rbw + (kk / T::QK) * T::BYTES,
+                               (int)((kk % T::QK) / T::PL), v);
+        } else {
+#pragma unroll
+          for (int q = 0; q < T::PL; q++) v[q] = 0.0f;
+        }
+#pragma unroll
+        for (int q = 0; q < T::PL; q++) ws[g][nr][pp * T::PL + q] = __float2half_rn(v[q]);
+      }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < MM_BK; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a[2];
+#pragma unroll
+      for (int i = 0; i < 2; i++) wmma::load_matrix_sync(a[i], &xs[wm * 32 + i * 16][kk], MM_LDH);
+#pragma unroll
+      for (int g = 0; g < NW; g++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> b;
+          wmma::load_matrix_sync(b, &ws[g][wn * 32 + j * 16][kk], MM_LDH);
+#pragma unroll
+          for (int i = 0; i < 2; i++) wmma::mma_sync(acc[g][i][j], a[i], b, acc[g][i][j]);
+        }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 2; i++)
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+      if constexpr (GATED) // same fragment type: element t of gate and up is one position
+        for (int t = 0; t < acc[0][i][j].num_elements; t++)
+          acc[0][i][j].x[t] = silu_mul(acc[0][i][j].x[t], acc[1][i][j].x[t]);
+      wmma::store_matrix_sync(&stage[wm * 32 + i * 16][wn * 32 + j * 16], acc[0][i][j], MM_LDF,
+                              wmma::mem_row_major);
+    }
+  __syncthreads();
+  for (int e = tid; e < MM_BM * MM_BN; e += MM_THREADS) {
+    const int r = e / MM_BN, c = e % MM_BN;
+    if (r < it.cnt && n0 + c < N) out[((int64_t)it.r0 + r) * ldo + n0 + c] = stage[r][c];
+  }
+}
+
+template <class T, bool GATED>
+int launch_mma(const mm_items &L, int count, int64_t N, int64_t K, int64_t rbw, const float *x,
+               int64_t ldx, const int32_t *rows, float *out, int64_t ldo, cudaStream_t s) {
+  bool al = rbw % T::ALIGN == 0;
+  for (int i = 0; i < count; i++)
+    al = al && (uintptr_t)L.it[i].w0 % T::ALIGN == 0 &&
+         (!GATED || (uintptr_t)L.it[i].w1 % T::ALIGN == 0);
+  const dim3 grid((unsigned)count, (unsigned)((N + MM_BN - 1) / MM_BN));
+  if (al)
+    k_moe_mma<T, T::ALIGN, GATED><<<grid, MM_THREADS, 0, s>>>(L, N, K, rbw, x, ldx, rows, out, ldo);
+  else
+    k_moe_mma<T, 1, GATED><<<grid, MM_THREADS, 0, s>>>(L, N, K, rbw, x, ldx, rows, out, ldo);
+  CUDA_CHECK_LAUNCH("moe mma");
+  return 0;
+}
+
+int mma_type(enum ferry_type t, bool gated, const mm_items &L, int count, int64_t N, int64_t K,
+             int64_t rbw, const float *x, int64_t ldx, const int32_t *rows, float *out, int64_t ldo,
+             cudaStream_t s) {
+  switch (t) {
+#define G(FT, T)                                                                       \
+  case FT:                                                                             \
+    return gated ? launch_mma<T, true>(L, count, N, K, rbw, x, ldx, rows, out, ldo, s) \
+                 : launch_mma<T, false>(L, count, N, K, rbw, x, ldx, rows, out, ldo, s);
+    FQ_TYPES(G)
+#undef G
+    default: return ferry_fail(-EINVAL, "cuda moe: type %d not supported", (int)t);
+  }
+}
+
+// Whether the grouped tensor-core path takes these groups: FAST, gate and up of one type,
+// both products' K a multiple of its 32-column step.
+bool mma_ok(enum ferry_prec prec, const struct ferry_moe_shape *sh) {
+  return prec == FERRY_PREC_FAST && sh->t_gate == sh->t_up && sh->d % MM_BK == 0 &&
+         sh->ff % MM_BK == 0;
+}
+
+// The GEMM-sized groups of g through k_moe_mma: h = swiglu rows, then y rows.
+int moe_groups_mma(const struct ferry_moe_shape *sh, const float *x, const int32_t *rows,
+                   int n_group, const struct ferry_moe_group *g, float *h, float *y,
+                   cudaStream_t s) {
+  const int64_t d = sh->d, ff = sh->ff;
+  const int64_t rb_gu = cuda_row_bytes(sh->t_gate, d), rb_d = cuda_row_bytes(sh->t_down, ff);
+  for (int pass = 0; pass < 2; pass++) { // 0: gate + up -> h, 1: down -> y
+    mm_items L;
+    int n = 0, rc = 0;
+    for (int gi = 0; gi <= n_group; gi++) {
+      const bool last = gi == n_group;
+      if (!last && g[gi].cnt < GEMM_MIN_ROWS) continue;
+      for (int32_t m0 = 0; !last && m0 < g[gi].cnt; m0 += MM_BM) {
+        mm_item &it = L.it[n++];
+        it.w0 = (const uint8_t *)g[gi].w[pass ? 2 : 0];
+        it.w1 = pass ? NULL : (const uint8_t *)g[gi].w[1];
+        it.r0 = g[gi].off + m0;
+        it.cnt = g[gi].cnt - m0 < MM_BM ? g[gi].cnt - m0 : MM_BM;
+        if (n == MM_ITEMS) {
+          rc = pass ? mma_type(sh->t_down, false, L, n, d, ff, rb_d, h, ff, NULL, y, d, s)
+                    : mma_type(sh->t_gate, true, L, n, ff, d, rb_gu, x, d, rows, h, ff, s);
+          if (rc) return rc;
+          n = 0;
+        }
+      }
+      if (last && n) {
+        rc = pass ? mma_type(sh->t_down, false, L, n, d, ff, rb_d, h, ff, NULL, y, d, s)
+                  : mma_type(sh->t_gate, true, L, n, ff, d, rb_gu, x, d, rows, h, ff, s);
+        if (rc) return rc;
+      }
+    }
+  }
+  return 0;
 }
 
 // ---- launches of the per-pair path ----
@@ -309,7 +489,8 @@ int moe_groups(struct cuda_ctx *ctx, enum ferry_prec prec, const struct ferry_mo
     }
   }
   if (n && (rc = flush())) return rc;
-  // large groups: dequantized tiles and cuBLAS
+  // large groups: the grouped tensor-core product (FAST), else tiles and cuBLAS
+  if (mma_ok(prec, sh)) return moe_groups_mma(sh, x, rows, n_group, g, sc->moe_h, y, s);
   const int dt = prec == FERRY_PREC_EXACT ? DT_FLOAT : DT_HALF;
   const size_t esz = dt == DT_HALF ? 2 : 4;
   const int64_t d = sh->d, ff = sh->ff;

@@ -304,7 +304,15 @@ int cuda_gemm(struct cuda_ctx *ctx, int dt, const void *w, int64_t nrows, int64_
   const float alpha = 1.0f, beta = 0.0f;
   if (nrows > INT32_MAX || n > INT32_MAX || m > INT32_MAX || ldx > INT32_MAX || ldy > INT32_MAX)
     return ferry_fail(-EINVAL, "cuda gemm: dimensions exceed cuBLAS int range");
-  CUBLAS_CHECK(cublasSetStream(ctx->blas, s));
+  if (!ctx->blas_set || ctx->blas_stream != s) {
+    // cublasSetStream resets the workspace to cuBLAS's own pool (which would allocate, and
+    // cannot during graph capture): set the reserved one again after it.
+    CUBLAS_CHECK(cublasSetStream(ctx->blas, s));
+    if (ctx->sc.blas_ws)
+      CUBLAS_CHECK(cublasSetWorkspace(ctx->blas, ctx->sc.blas_ws, ctx->sc.blas_ws_bytes));
+    ctx->blas_stream = s;
+    ctx->blas_set = true;
+  }
   if (dt == DT_FLOAT) // plain F32 (default math: no TF32)
     CUBLAS_CHECK(cublasSgemm(ctx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)nrows, (int)m, (int)n,
                              &alpha, (const float *)w, (int)n, (const float *)x, (int)ldx, &beta, y,

@@ -513,6 +513,8 @@ __host__ __device__ __forceinline__ float lane_dot(const uint8_t *wr, int64_t nb
     }
   } else {
     const int64_t nu = nb * T::UPB;
+    // two units per trip: the second unit's loads are issued before the first is summed
+    FERRY_UNROLL2
     for (int64_t j = lane; j < nu; j += 32) {
       const int64_t b = j / T::UPB;
       acc += T::template dot<A>(wr + b * T::BYTES, (int)(j % T::UPB), x + b * T::QK);

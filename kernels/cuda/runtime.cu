@@ -178,6 +178,10 @@ extern "C" int cuda_reserve(struct cuda_ctx *ctx, const struct ferry_limits *lim
   uint64_t hbytes = 0;
   const uint64_t bytes = scratch_layout(&want, NULL, NULL, NULL, &hbytes);
   CUDA_CHECK(cudaDeviceSynchronize()); // no op may still use the old scratch
+  ctx->blas_set = false;
+  // cublasSetStream puts cuBLAS back on its own workspace pool: it must not keep the one
+  // freed below
+  if (ctx->sc.blas_ws) CUBLAS_CHECK(cublasSetStream(ctx->blas, NULL));
   scratch_free(&ctx->sc);
   struct cuda_scratch sc;
   memset(&sc, 0, sizeof sc);
@@ -219,7 +223,7 @@ extern "C" int cuda_reserve(struct cuda_ctx *ctx, const struct ferry_limits *lim
     sc.h_off = sc.h_cnt + (E + 1);
   }
   ctx->sc = sc;
-  if (sc.blas_ws) CUBLAS_CHECK(cublasSetWorkspace(ctx->blas, sc.blas_ws, sc.blas_ws_bytes));
+  ctx->blas_set = false; // cuda_gemm sets stream and workspace before the next product
   return 0;
 }
 

@@ -140,6 +140,8 @@ static const struct op_case g_op_cases[] = {
   {FERRY_OP_MOE_FFN, FT_Q4_K, {256, 64, 9, 4, 2, FT_Q8_0, 1}, TOL_GEMM, "groups 1..9, two calls", P_FAST},
   {FERRY_OP_MOE_FFN, FT_Q8_0, {96, 256, 7, 5, 3, FT_Q6_K}, TOL_GEMM, "q8_0 / q6_K down", P_FAST},
   {FERRY_OP_MOE_FFN, FT_Q4_K, {256, 256, 5, 3, 2, FT_Q6_K, 0, FT_Q5_K}, TOL_DOT, "gate, up types differ", P_EXACT},
+  {FERRY_OP_MOE_FFN, FT_Q4_K, {256, 256, 5, 3, 2, FT_Q6_K, 0, FT_Q5_K}, TOL_GEMM, "gate, up types differ (F16 tiles)", P_FAST},
+  {FERRY_OP_MOE_FFN, FT_BF16, {96, 64, 6, 2, 2}, TOL_GEMM, "bf16 experts, tensor-core path", P_FAST},
   {FERRY_OP_MOE_FFN, FT_F16, {64, 48, 2, 4, 2}, TOL_DOT, "f16, groups of 1-2", P_FAST},
   {FERRY_OP_MOE_FFN, FT_Q4_K, {2048, 768, 1, 32, 8, FT_Q6_K}, TOL_DOT, "qwen3moe decode", P_FAST},
   {FERRY_OP_MOE_FFN, FT_Q4_K, {2048, 768, 64, 16, 8, FT_Q6_K, 1}, TOL_GEMM, "qwen3moe prefill", P_FAST},
