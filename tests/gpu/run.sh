@@ -8,9 +8,12 @@
 # Usage: tests/gpu/run.sh [--no-build] [BUILD_DIR]
 #   --no-build   use BUILD_DIR as it is (built elsewhere, e.g. here for sm_90 and carried to
 #                the GPU machine): no configure, no compiler needed; the test binaries run
-#                directly (ctest files hold the build machine's paths).
+#                directly (ctest files hold the build machine's paths). BUILD_DIR needs only
+#                tests/gpu_test_*, tests/test_ops_table and bench/bench_cuda (a whole build
+#                dir is over the 64 MiB a device call carries; copy these four).
 # Env: FERRY_CUDA_ARCHS (default "native" with a GPU, else "86;90"); BENCH=0 skips the
-# benchmark; FERRY_OP_FILTER limits the op cases (tests and benchmark); BENCH_MIN_MS.
+# benchmark; FERRY_OP_FILTER limits the op cases (tests and benchmark); BENCH_MIN_MS;
+# LOG_DIR (default: beside BUILD_DIR) receives gpu.log and bench.log.
 set -u
 src="$(cd "$(dirname "$0")/../.." && pwd)"
 build_it=1
@@ -36,7 +39,11 @@ else
 fi
 [ -x "$build/tests/gpu_test_ops" ] || { echo "no $build/tests/gpu_test_ops: build first"; exit 1; }
 
-log="$build.gpu.log"
+log_dir="${LOG_DIR:-$(dirname "$build")}"
+mkdir -p "$log_dir"
+log="$log_dir/$(basename "$build").gpu.log"
+bench_log="$log_dir/$(basename "$build").bench.log"
+[ "$have_gpu" = 1 ] && nvidia-smi -L
 : >"$log"
 n_skip=0
 n_fail=0
@@ -68,14 +75,14 @@ bench_rc=0
 if [ "${BENCH:-1}" != 0 ] && [ "$have_gpu" = 1 ]; then
   echo "== bench (bench_cuda)"
   "$build/bench/bench_cuda" --min-ms "${BENCH_MIN_MS:-20}" ${FERRY_OP_FILTER:+--filter "$FERRY_OP_FILTER"} \
-    2>&1 | tee "$build.bench.log"
+    2>&1 | tee "$bench_log"
   bench_rc=${PIPESTATUS[0]}
   results+=("bench_cuda: rc $bench_rc")
 fi
 
 echo "== summary"
 printf '%s\n' "${results[@]}"
-echo "logs: $log $build.bench.log"
+echo "logs: $log $bench_log"
 if [ $n_fail != 0 ] || [ $bench_rc != 0 ]; then echo "RESULT: FAIL"; exit 1; fi
 if [ $n_skip != 0 ]; then echo "RESULT: SKIP (no CUDA device)"; exit 77; fi
 echo "RESULT: PASS"
