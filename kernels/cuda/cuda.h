@@ -81,7 +81,9 @@ int cuda_matvec(enum ferry_type t, const void *w, int64_t nrows, int64_t n, cons
 int cuda_matmul(struct cuda_ctx *ctx, enum ferry_prec prec, enum ferry_type t, const void *w,
                 int64_t nrows, int64_t n, const float *x, int64_t ldx, int64_t m, float *y,
                 int64_t ldy, void *stream);
-// w and offs are host arrays, rows is device memory (kernels/backend.h).
+// w and offs are host arrays, rows is device memory (kernels/backend.h). Groups of 3 rows
+// or more need the reserved gather buffer: offs[n_group] * n <= max(max_tok * max_in,
+// max_tok * moe_k * max(moe_d, moe_ff)).
 int cuda_matmul_grouped(struct cuda_ctx *ctx, enum ferry_type t, const void *const *w,
                         int64_t n_group, int64_t nrows, int64_t n, const float *x, int64_t ldx,
                         const int32_t *rows, const int64_t *offs, float *y, int64_t ldy,

@@ -100,9 +100,10 @@ static uint64_t scratch_layout(const struct ferry_limits *l, struct cuda_scratch
     TAKE(sc->blas_ws, void *, sc->blas_ws_bytes);
     sc->wtile_bytes = (size_t)imax((int64_t)64 << 20, moe ? 2 * l->moe_ff * l->moe_d * 4 : 0);
     TAKE(sc->wtile, void *, sc->wtile_bytes);
-    // matmul (max_tok rows of max_in) and matmul_grouped (pairs of the widest row)
-    const int64_t widest = imax(l->max_in, imax(l->moe_d, l->moe_ff));
-    sc->xconv_bytes = (size_t)(B * imax(l->moe_k, 1) * widest * 4);
+    // matmul: max_tok rows of max_in; matmul_grouped: max_tok * moe_k rows of the expert
+    // widths (moe_d, moe_ff)
+    sc->xconv_bytes =
+        (size_t)(imax(B * l->max_in, B * imax(l->moe_k, 1) * imax(l->moe_d, l->moe_ff)) * 4);
     TAKE(sc->xconv, void *, sc->xconv_bytes);
   }
   sc->moe_xg = sc->moe_hc = NULL;

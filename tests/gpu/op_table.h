@@ -432,9 +432,10 @@ static inline struct ferry_limits op_case_limits(const struct op_case *c) {
       l.max_tok = p[2];
       l.max_in = p[1];
       break;
-    case FERRY_OP_MATMUL_GROUPED:
+    case FERRY_OP_MATMUL_GROUPED: // an expert product: rows of moe_d
       l.max_tok = p[2];
       l.max_in = p[1];
+      l.moe_d = p[1];
       l.moe_k = p[4];
       break;
     case FERRY_OP_MOE_FFN:
