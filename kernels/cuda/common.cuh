@@ -41,9 +41,11 @@
 
 // #pragma unroll for code compiled for both host and device (the host compiler warns).
 #ifdef __CUDA_ARCH__
-#define FERRY_UNROLL _Pragma("unroll")
+#define FERRY_UNROLL  _Pragma("unroll")
+#define FERRY_UNROLL2 _Pragma("unroll 2")
 #else
 #define FERRY_UNROLL
+#define FERRY_UNROLL2
 #endif
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -112,17 +114,69 @@ static inline int64_t kv_row_bytes(enum ferry_type t, int64_t elems) {
       return ferry_fail(-EIO, "%s:%d: %s: cuBLAS status %d", __FILE__, __LINE__, #call, (int)s_); \
   } while (0)
 
-enum cuda_scratch { CUDA_SCRATCH_W = 0, CUDA_SCRATCH_X = 1, CUDA_SCRATCH_COUNT };
+// Below this many activation rows a product runs as mat-vecs (one weight pass per row);
+// from it on, weights are dequantized to tiles for cuBLAS. MoE groups use the same rule
+// per group, so a pair's output depends only on its group's size (moe_ffn == moe_ffn_ids).
+constexpr int64_t GEMM_MIN_ROWS = 3;
+// Attention decode splits the positions over at most this many blocks per head.
+constexpr int ATT_MAX_SPLITS = 32;
+
+// The workspaces of cuda_reserve, sized from struct ferry_limits (cuda_scratch_layout).
+// Device memory unless marked h_ (pinned host).
+struct cuda_scratch {
+  bool reserved;           // cuda_reserve has run
+  struct ferry_limits lim; // what it is sized for
+  uint64_t bytes;          // device bytes
+  void *base;              // the one device allocation
+  void *h_base;            // the one pinned host allocation
+  // matrix products
+  void *blas_ws; // cuBLAS workspace (set on the handle, so capture never allocates)
+  size_t blas_ws_bytes;
+  void *wtile; // dequantized weight tiles (F16 or F32)
+  size_t wtile_bytes;
+  void *xconv; // converted / gathered activations (F16 or F32)
+  size_t xconv_bytes;
+  // routed experts, pairs = max_tok * moe_k
+  int64_t pairs;
+  void *moe_xg;      // [pairs][moe_d] gathered inputs (F16 or F32)
+  float *moe_gu;     // [pairs][2 * moe_ff] gate | up outputs (GEMM path; gate alone when
+                     // the per-pair path runs gate and up apart)
+  float *moe_h;      // [pairs][moe_ff] swiglu(gate, up) (F32)
+  void *moe_hc;      // [pairs][moe_ff] the same converted for the down GEMM (F16 or F32)
+  int32_t *moe_rows; // [pairs] token of each grouped row (moe_ffn_ids, host grouping)
+  int32_t *h_ids, *h_rows, *h_map;  // [pairs] pinned
+  int32_t *h_cnt, *h_off;           // [moe_n_expert + 1] (plain host)
+  struct ferry_moe_group *h_groups; // [moe_n_expert] (plain host)
+  // attention decode partials: [n_head][att_splits][head_dim + 2]
+  float *att_part;
+  int att_splits;
+};
 
 struct cuda_ctx {
   int device;
+  int n_sm;
   cublasHandle_t blas;
-  void *d_scratch[CUDA_SCRATCH_COUNT];
-  size_t scratch_bytes[CUDA_SCRATCH_COUNT];
+  cudaStream_t blas_stream; // the stream set on blas (with the workspace: see cuda_gemm)
+  bool blas_set;            // blas_stream is valid
+  struct cuda_scratch sc;
   char desc[192];
 };
 
-// Scratch buffer `which` of at least `bytes`, grown (after draining `stream`, whose
-// queued kernels may still read the old buffer) when too small.
-int cuda_ctx_scratch(struct cuda_ctx *ctx, enum cuda_scratch which, size_t bytes, void *stream,
-                     void **out);
+// Element size of the GEMM path's operands: F16 (FAST, quantized or F16 weights) or F32.
+enum { DT_HALF = 0, DT_FLOAT = 1 };
+int gemm_dtype(enum ferry_prec prec, enum ferry_type t);
+// C(nrows x m, col-major, ldc = ldy) = W(nrows x n)^T-view . X(n x m): Y[i][r] = W[r].X[i],
+// W and X of element type dt.
+int cuda_gemm(struct cuda_ctx *ctx, int dt, const void *w, int64_t nrows, int64_t n, const void *x,
+              int64_t ldx, int64_t m, float *y, int64_t ldy, cudaStream_t s);
+// Dequantize n elements of t at src into dst as F16 (dt DT_HALF) or F32.
+int cuda_dequant_to(enum ferry_type t, const void *src, void *dst, int dt, int64_t n,
+                    cudaStream_t s);
+// X rows (x + (rows ? rows[i] : i) * ldx, i < m, rows in device memory) -> m compact rows
+// of n elements of type dt at dst.
+int cuda_gather_rows(int dt, const float *x, int64_t ldx, const int32_t *rows, int64_t m, int64_t n,
+                     void *dst, cudaStream_t s);
+// -EINVAL with a message when t is not a weight type or n not a multiple of its block.
+int cuda_check_weight(enum ferry_type t, int64_t n, const char *what);
+// Bytes of a row of n elements of t (t checked).
+int64_t cuda_row_bytes(enum ferry_type t, int64_t n);

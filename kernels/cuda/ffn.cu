@@ -1,8 +1,10 @@
 // kernels/cuda/ffn.cu: elementwise ops of the feed-forward and residual path (SwiGLU,
-// add, scale, axpy, sigmoid gate) and the MoE router (softmax over all experts, top-k
-// with ties to the lower index, renormalisation with the denominator clamped at
-// 6.1035e-5). CPU references: cpu_swiglu, cpu_add, cpu_scale, cpu_axpy, cpu_sigmoid_mul,
-// cpu_router_topk_rows.
+// add, scale, axpy, sigmoid gate, the shared-expert row gate, strided copies) and the MoE
+// router (softmax over all experts, top-k with ties to the lower index, renormalisation
+// with the denominator clamped at 6.1035e-5). CPU references: cpu_swiglu, cpu_add,
+// cpu_scale, cpu_axpy, cpu_sigmoid_mul, cpu_router_topk_rows, backend_cpu.c's
+// gate_add_rows and copy2d. Sums and products the CPU rounds one by one (axpy, the row
+// gate) use the IEEE-rounded intrinsics, so no FMA contraction changes their bits.
 #include "kernels/cuda/common.cuh"
 
 namespace {
@@ -22,7 +24,7 @@ __global__ void k_elementwise(float *y, const float *a, const float *b, float sc
       }
       case EW_ADD: y[i] = a[i] + b[i]; break;
       case EW_SCALE: y[i] = sc * a[i]; break;
-      case EW_AXPY: y[i] = fmaf(sc, a[i], y[i]); break;
+      case EW_AXPY: y[i] = __fadd_rn(y[i], __fmul_rn(sc, a[i])); break;
       case EW_SIGMOID_MUL: y[i] = a[i] / (1.0f + __expf(-b[i])); break;
     }
   }
@@ -99,7 +101,39 @@ __global__ void k_router_topk(const float *__restrict__ logits, int64_t n_tok, i
   for (int i = lane; i < k; i += 32) weights[t * k + i] *= inv;
 }
 
+// y[t][i] += sigmoid(g[t]) * x[t][i]; sigmoid as the CPU computes it in F32 (exp rounded
+// to float from double: the correctly rounded expf).
+__global__ void k_gate_add_rows(float *y, const float *__restrict__ x, const float *__restrict__ g,
+                                int64_t n_rows, int64_t d) {
+  const int64_t total = n_rows * d;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const float e = (float)exp(-(double)g[i / d]);
+    const float sg = __fdiv_rn(1.0f, __fadd_rn(1.0f, e));
+    y[i] = __fadd_rn(y[i], __fmul_rn(sg, x[i]));
+  }
+}
+
 } // namespace
+
+extern "C" int cuda_gate_add_rows(float *y, const float *x, const float *g, int64_t n_rows,
+                                  int64_t d, void *stream) {
+  if (n_rows < 0 || d < 0) return ferry_fail(-EINVAL, "cuda gate_add_rows: bad sizes");
+  if (n_rows == 0 || d == 0) return 0;
+  k_gate_add_rows<<<grid_for(n_rows * d, 256), 256, 0, (cudaStream_t)stream>>>(y, x, g, n_rows, d);
+  CUDA_CHECK_LAUNCH("gate_add_rows");
+  return 0;
+}
+
+extern "C" int cuda_copy2d(float *dst, int64_t ldd, const float *src, int64_t lds, int64_t nrows,
+                           int64_t ncols, void *stream) {
+  if (ncols < 0 || nrows < 0 || ldd < ncols || lds < ncols)
+    return ferry_fail(-EINVAL, "cuda copy2d: bad strides");
+  if (nrows == 0 || ncols == 0) return 0;
+  CUDA_CHECK(cudaMemcpy2DAsync(dst, (size_t)ldd * 4, src, (size_t)lds * 4, (size_t)ncols * 4,
+                               (size_t)nrows, cudaMemcpyDeviceToDevice, (cudaStream_t)stream));
+  return 0;
+}
 
 extern "C" int cuda_swiglu(float *y, const float *g, const float *u, int64_t n, void *stream) {
   return ew_launch<EW_SWIGLU>(y, g, u, 0.0f, n, stream, "swiglu");

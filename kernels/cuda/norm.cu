@@ -1,32 +1,40 @@
 // kernels/cuda/norm.cu: RMSNorm over contiguous rows with one shared weight vector; the
 // same kernel does per-head QK-norm (rows = tokens x heads, n = head_dim). CPU reference:
-// cpu_rmsnorm_rows.
+// cpu_rmsnorm_rows. The sum of squares is taken in double and the scale rounded once, as
+// the reference does, so the two agree to the last bit or so (one kernel per call).
 #include "kernels/cuda/common.cuh"
 
 namespace {
 
+__device__ __forceinline__ double warp_sum_d(double v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
 // One block per row. Each thread reads the same elements in both passes, so y may == x.
 __global__ void k_rmsnorm(float *y, const float *x, const float *__restrict__ w, int64_t nrows,
                           int64_t n, float eps) {
-  __shared__ float partial[32];
+  __shared__ double partial[32];
+  __shared__ float s_scale;
   for (int64_t r = blockIdx.x; r < nrows; r += gridDim.x) {
     const float *xr = x + r * n;
     float *yr = y + r * n;
-    float ss = 0.0f;
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) ss = fmaf(xr[i], xr[i], ss);
-    ss = warp_sum(ss);
+    double ss = 0.0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) ss += (double)xr[i] * xr[i];
+    ss = warp_sum_d(ss);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
     if (lane == 0) partial[warp] = ss;
     __syncthreads();
     if (warp == 0) {
-      float v = lane < nwarps ? partial[lane] : 0.0f;
-      v = warp_sum(v);
-      if (lane == 0) partial[0] = v;
+      double v = lane < nwarps ? partial[lane] : 0.0;
+      v = warp_sum_d(v);
+      if (lane == 0) s_scale = (float)(1.0 / sqrt(v / (double)n + (double)eps));
     }
     __syncthreads();
-    const float scale = rsqrtf(partial[0] / (float)n + eps);
-    __syncthreads(); // partial[] is reused by the next row
+    const float scale = s_scale;
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) yr[i] = w[i] * (xr[i] * scale);
+    __syncthreads(); // partial[] and s_scale are reused by the next row
   }
 }
 

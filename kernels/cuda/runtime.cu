@@ -1,5 +1,5 @@
-// kernels/cuda/runtime.cu: device discovery, the context (cuBLAS handle + matmul scratch),
-// device/pinned memory, asynchronous copies, streams and events. Thin wrappers: their job
+// kernels/cuda/runtime.cu: device discovery, the context (cuBLAS handle + the scratch of
+// cuda_reserve), device/pinned memory, asynchronous copies, streams, events and graphs. Thin wrappers: their job
 // is to turn CUDA errors into ferry errors that name the failing call.
 #include "kernels/cuda/common.cuh"
 
@@ -28,22 +28,35 @@ extern "C" int cuda_ctx_create(struct cuda_ctx **out, int device) {
     free(ctx);
     return ferry_fail(-EIO, "cuda: cublasCreate failed on device %d", device);
   }
-  // Tensor-core math with F32 accumulation is what GemmEx with COMPUTE_32F asks for.
+  // Default math: cublasSgemm stays F32 (no TF32), GemmEx with F16 inputs and
+  // CUBLAS_COMPUTE_32F may use tensor cores with F32 accumulation.
   cublasSetMathMode(ctx->blas, CUBLAS_DEFAULT_MATH);
   cudaDeviceProp prop;
-  if (cudaGetDeviceProperties(&prop, device) == cudaSuccess)
+  if (cudaGetDeviceProperties(&prop, device) == cudaSuccess) {
     snprintf(ctx->desc, sizeof ctx->desc, "%.120s (sm_%d%d, %.1f GiB)", prop.name, prop.major,
              prop.minor, (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
-  else
+    ctx->n_sm = prop.multiProcessorCount;
+  } else {
+    (void)cudaGetLastError();
     snprintf(ctx->desc, sizeof ctx->desc, "CUDA device %d", device);
+    ctx->n_sm = 1;
+  }
   *out = ctx;
   return 0;
+}
+
+static void scratch_free(struct cuda_scratch *sc) {
+  if (sc->base) cudaFree(sc->base);
+  if (sc->h_base) cudaFreeHost(sc->h_base);
+  free(sc->h_cnt);
+  free(sc->h_groups);
+  memset(sc, 0, sizeof *sc);
 }
 
 extern "C" void cuda_ctx_destroy(struct cuda_ctx *ctx) {
   if (!ctx) return;
   cudaDeviceSynchronize();
-  for (int i = 0; i < CUDA_SCRATCH_COUNT; i++) cudaFree(ctx->d_scratch[i]);
+  scratch_free(&ctx->sc);
   cublasDestroy(ctx->blas);
   free(ctx);
 }
@@ -52,20 +65,204 @@ extern "C" void cuda_ctx_describe(const struct cuda_ctx *ctx, char *buf, size_t 
   snprintf(buf, n, "%s", ctx ? ctx->desc : "no CUDA context");
 }
 
-int cuda_ctx_scratch(struct cuda_ctx *ctx, enum cuda_scratch which, size_t bytes, void *stream,
-                     void **out) {
-  if (ctx->scratch_bytes[which] < bytes) {
-    CUDA_CHECK(cudaStreamSynchronize((cudaStream_t)stream));
-    cudaFree(ctx->d_scratch[which]);
-    ctx->d_scratch[which] = NULL;
-    ctx->scratch_bytes[which] = 0;
-    // Round up so that slowly growing requests do not reallocate every call.
-    const size_t want = (bytes + (size_t)(4u << 20) - 1) / (4u << 20) * (4u << 20);
-    CUDA_CHECK(cudaMalloc(&ctx->d_scratch[which], want));
-    ctx->scratch_bytes[which] = want;
+// ---- scratch ----
+
+static int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+// Lays out the workspaces for lim. With base / h_base NULL it only counts (sc may be
+// NULL). Returns the device bytes; *host_bytes gets the pinned host bytes.
+static uint64_t scratch_layout(const struct ferry_limits *l, struct cuda_scratch *sc, uint8_t *base,
+                               uint8_t *h_base, uint64_t *host_bytes) {
+  struct cuda_scratch dummy;
+  if (!sc) sc = &dummy;
+  uint64_t off = 0, hoff = 0;
+#define TAKE(ptr, type, nbytes)                                 \
+  do {                                                          \
+    const uint64_t b_ = ((uint64_t)(nbytes) + 255) / 256 * 256; \
+    (ptr) = base ? (type)(void *)(base + off) : (type)NULL;     \
+    off += b_;                                                  \
+  } while (0)
+#define HTAKE(ptr, nbytes)                                                 \
+  do {                                                                     \
+    const uint64_t b_ = ((uint64_t)(nbytes) + 63) / 64 * 64;               \
+    (ptr) = h_base ? (int32_t *)(void *)(h_base + hoff) : (int32_t *)NULL; \
+    hoff += b_;                                                            \
+  } while (0)
+  const int64_t B = imax(l->max_tok, 1);
+  const bool gemm = B >= GEMM_MIN_ROWS;
+  const bool moe = l->moe_k > 0 && l->moe_n_expert > 0 && l->moe_d > 0 && l->moe_ff > 0;
+  const int64_t pairs = moe ? B * l->moe_k : 0;
+  sc->pairs = pairs;
+  sc->blas_ws_bytes = sc->wtile_bytes = sc->xconv_bytes = 0;
+  sc->blas_ws = sc->wtile = sc->xconv = NULL;
+  if (gemm) {
+    sc->blas_ws_bytes = (size_t)32 << 20; // cuBLAS's recommendation for Hopper
+    TAKE(sc->blas_ws, void *, sc->blas_ws_bytes);
+    sc->wtile_bytes = (size_t)imax((int64_t)64 << 20, moe ? 2 * l->moe_ff * l->moe_d * 4 : 0);
+    TAKE(sc->wtile, void *, sc->wtile_bytes);
+    // matmul: max_tok rows of max_in; matmul_grouped: max_tok * moe_k rows of the expert
+    // widths (moe_d, moe_ff)
+    sc->xconv_bytes =
+        (size_t)(imax(B * l->max_in, B * imax(l->moe_k, 1) * imax(l->moe_d, l->moe_ff)) * 4);
+    TAKE(sc->xconv, void *, sc->xconv_bytes);
   }
-  *out = ctx->d_scratch[which];
+  sc->moe_xg = sc->moe_hc = NULL;
+  sc->moe_gu = sc->moe_h = NULL;
+  sc->moe_rows = sc->h_ids = sc->h_rows = sc->h_map = NULL;
+  if (moe) {
+    TAKE(sc->moe_h, float *, pairs * l->moe_ff * 4);
+    TAKE(sc->moe_gu, float *, pairs * 2 * l->moe_ff * 4);
+    TAKE(sc->moe_rows, int32_t *, pairs * 4);
+    if (gemm) {
+      TAKE(sc->moe_xg, void *, pairs * l->moe_d * 4);
+      TAKE(sc->moe_hc, void *, pairs * l->moe_ff * 4);
+    }
+    HTAKE(sc->h_ids, pairs * 4);
+    HTAKE(sc->h_rows, pairs * 4);
+    HTAKE(sc->h_map, pairs * 4);
+  }
+  sc->att_part = NULL;
+  sc->att_splits = 0;
+  if (l->n_ctx > 0 && l->n_head > 0 && l->head_dim > 0) {
+    int64_t sp = (l->n_ctx + 127) / 128;
+    sc->att_splits = (int)(sp < 1 ? 1 : sp > ATT_MAX_SPLITS ? ATT_MAX_SPLITS : sp);
+    TAKE(sc->att_part, float *, l->n_head * sc->att_splits * (l->head_dim + 2) * 4);
+  }
+#undef TAKE
+#undef HTAKE
+  if (host_bytes) *host_bytes = hoff;
+  return off;
+}
+
+extern "C" uint64_t cuda_scratch_bytes(const struct ferry_limits *lim) {
+  return scratch_layout(lim, NULL, NULL, NULL, NULL);
+}
+
+extern "C" uint64_t cuda_reserved_bytes(const struct cuda_ctx *ctx) { return ctx->sc.bytes; }
+
+// Field-by-field maximum of two limits (weight types united).
+static struct ferry_limits limits_max(const struct ferry_limits *a, const struct ferry_limits *b) {
+  struct ferry_limits m = *a;
+#define MX(f) m.f = a->f > b->f ? a->f : b->f
+  MX(n_threads);
+  MX(max_tok);
+  MX(max_in);
+  MX(n_ctx);
+  MX(n_head);
+  MX(n_kv_head);
+  MX(head_dim);
+  MX(moe_d);
+  MX(moe_ff);
+  MX(moe_k);
+  MX(moe_n_expert);
+  MX(dn_hk);
+  MX(dn_hv);
+  MX(dn_dk);
+  MX(dn_dv);
+#undef MX
+  m.weight_types = a->weight_types | b->weight_types;
+  return m;
+}
+
+// Whether every field of b is within a (the scratch for a serves b).
+static bool limits_covered(const struct ferry_limits *a, const struct ferry_limits *b) {
+  return b->max_tok <= a->max_tok && b->max_in <= a->max_in && b->n_ctx <= a->n_ctx &&
+         b->n_head <= a->n_head && b->n_kv_head <= a->n_kv_head && b->head_dim <= a->head_dim &&
+         b->moe_d <= a->moe_d && b->moe_ff <= a->moe_ff && b->moe_k <= a->moe_k &&
+         b->moe_n_expert <= a->moe_n_expert && b->dn_hk <= a->dn_hk && b->dn_hv <= a->dn_hv &&
+         b->dn_dk <= a->dn_dk && b->dn_dv <= a->dn_dv && !(b->weight_types & ~a->weight_types);
+}
+
+extern "C" int cuda_reserve(struct cuda_ctx *ctx, const struct ferry_limits *lim) {
+  if (ctx->sc.reserved && limits_covered(&ctx->sc.lim, lim)) return 0;
+  const struct ferry_limits want = ctx->sc.reserved ? limits_max(&ctx->sc.lim, lim) : *lim;
+  uint64_t hbytes = 0;
+  const uint64_t bytes = scratch_layout(&want, NULL, NULL, NULL, &hbytes);
+  CUDA_CHECK(cudaDeviceSynchronize()); // no op may still use the old scratch
+  ctx->blas_set = false;
+  // cublasSetStream puts cuBLAS back on its own workspace pool: it must not keep the one
+  // freed below
+  if (ctx->sc.blas_ws) CUBLAS_CHECK(cublasSetStream(ctx->blas, NULL));
+  scratch_free(&ctx->sc);
+  struct cuda_scratch sc;
+  memset(&sc, 0, sizeof sc);
+  void *d = NULL, *h = NULL;
+  if (bytes) {
+    cudaError_t e = cudaMalloc(&d, bytes);
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();
+      char b[32];
+      ferry_format_size(bytes, b, sizeof b);
+      return ferry_fail(-ENOMEM, "cuda reserve: cannot allocate %s of scratch: %s", b,
+                        cudaGetErrorString(e));
+    }
+  }
+  if (hbytes) {
+    cudaError_t e = cudaHostAlloc(&h, hbytes, cudaHostAllocPortable);
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();
+      cudaFree(d);
+      return ferry_fail(-ENOMEM, "cuda reserve: cannot pin %llu bytes: %s",
+                        (unsigned long long)hbytes, cudaGetErrorString(e));
+    }
+  }
+  scratch_layout(&want, &sc, (uint8_t *)d, (uint8_t *)h, NULL);
+  sc.base = d;
+  sc.h_base = h;
+  sc.bytes = bytes;
+  sc.lim = want;
+  sc.reserved = true;
+  if (sc.pairs > 0) {
+    const int64_t E = want.moe_n_expert;
+    sc.h_cnt = (int32_t *)calloc((size_t)(2 * (E + 1)), sizeof(int32_t));
+    sc.h_groups = (struct ferry_moe_group *)calloc((size_t)E, sizeof(struct ferry_moe_group));
+    if (!sc.h_cnt || !sc.h_groups) {
+      ctx->sc = sc;
+      scratch_free(&ctx->sc);
+      return ferry_fail(-ENOMEM, "cuda reserve: out of host memory");
+    }
+    sc.h_off = sc.h_cnt + (E + 1);
+  }
+  ctx->sc = sc;
+  ctx->blas_set = false; // cuda_gemm sets stream and workspace before the next product
   return 0;
+}
+
+// ---- graphs ----
+
+extern "C" int cuda_graph_begin(void *stream) {
+  if (!stream) return ferry_fail(-EINVAL, "cuda graph_begin: capture needs a non-NULL stream");
+  CUDA_CHECK(cudaStreamBeginCapture((cudaStream_t)stream, cudaStreamCaptureModeThreadLocal));
+  return 0;
+}
+
+extern "C" int cuda_graph_end(void *stream, void **out) {
+  *out = NULL;
+  if (!stream) return ferry_fail(-EINVAL, "cuda graph_end: no stream");
+  cudaGraph_t g = NULL;
+  CUDA_CHECK(cudaStreamEndCapture((cudaStream_t)stream, &g));
+  cudaGraphExec_t ex = NULL;
+  const cudaError_t e = cudaGraphInstantiate(&ex, g, 0);
+  cudaGraphDestroy(g);
+  CUDA_CHECK(e);
+  *out = (void *)ex;
+  return 0;
+}
+
+extern "C" int cuda_graph_launch(void *graph_exec, void *stream) {
+  if (!graph_exec) return ferry_fail(-EINVAL, "cuda graph_launch: no graph");
+  CUDA_CHECK(cudaGraphLaunch((cudaGraphExec_t)graph_exec, (cudaStream_t)stream));
+  return 0;
+}
+
+extern "C" void cuda_graph_destroy(void *graph_exec) {
+  if (graph_exec) cudaGraphExecDestroy((cudaGraphExec_t)graph_exec);
+}
+
+extern "C" int cuda_stream_capturing(void *stream) {
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  CUDA_CHECK(cudaStreamIsCapturing((cudaStream_t)stream, &st));
+  return st != cudaStreamCaptureStatusNone;
 }
 
 // ---- memory ----

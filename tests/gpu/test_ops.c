@@ -1,30 +1,33 @@
-// tests/gpu/test_ops.c: runs every case of tests/gpu/op_table.h on the CUDA backend and
-// on the CPU reference backend with identical random inputs and compares the outputs by
-// normalised error (and NaN/Inf, and exact router ids). Before looking for a device it
-// checks that every op has table cases and a CUDA entry, so an incomplete table fails
-// even on machines without a GPU; without a device the comparison is skipped (exit 77).
-// FERRY_OP_FILTER=substring runs only the cases whose label contains it.
+// tests/gpu/test_ops.c: runs every case of tests/gpu/op_table.h on the CUDA backend and on
+// the scalar reference backend ("ref") with identical random inputs and compares the
+// outputs by normalised error (and NaN/Inf, and exact router ids); then checks that
+// moe_ffn_ids gives moe_ffn's output rows bit for bit on CUDA (stream mode == full mode).
+// Before looking for a device it checks that every op has table cases and a CUDA entry,
+// so an incomplete table fails even on machines without a GPU; without a device the
+// comparison is skipped (exit 77). FERRY_OP_FILTER=substring runs only the cases whose
+// label contains it. Each line names the case index, so a failure points at one case.
 #include <stdio.h>
 #include <string.h>
 
 #include "kernels/cuda/cuda.h"
-#include "numa/pool.h"
 #include "tests/check.h"
 #include "tests/gpu/op_table.h"
 
-static int run_case(int i, const struct op_case *c, struct ferry_backend *cpu,
+static int run_case(int i, const struct op_case *c, struct ferry_backend *ref,
                     struct ferry_backend *gpu, bool *pass) {
-  struct op_run *rc_cpu = NULL, *rc_gpu = NULL;
-  float *ref = NULL, *out = NULL;
+  struct op_run *rc_ref = NULL, *rc_gpu = NULL;
+  float *want = NULL, *out = NULL;
   int64_t n_ref = 0, n_out = 0;
   const uint64_t seed = 0x5eed0000u + (uint64_t)i;
   double t0 = ferry_now_s();
-  int rc = op_run_setup(&rc_cpu, c, cpu, seed);
-  if (!rc) rc = op_run_invoke(rc_cpu, NULL);
-  if (!rc) rc = op_run_output(rc_cpu, &ref, &n_ref);
-  const double t_cpu = ferry_now_s() - t0;
+  int rc = op_run_setup(&rc_ref, c, ref, seed);
+  if (!rc) rc = op_run_invoke(rc_ref, NULL);
+  if (!rc) rc = op_run_output(rc_ref, &want, &n_ref);
+  const double t_ref = ferry_now_s() - t0;
+  char label[192];
+  op_case_label(c, label, sizeof label);
   if (rc) {
-    fprintf(stderr, "cpu reference failed: %s\n", ferry_errmsg());
+    fprintf(stderr, "case %d (%s): reference failed: %s\n", i, label, ferry_errmsg());
     goto out;
   }
   t0 = ferry_now_s();
@@ -33,20 +36,19 @@ static int run_case(int i, const struct op_case *c, struct ferry_backend *cpu,
   if (!rc) rc = op_run_output(rc_gpu, &out, &n_out);
   const double t_gpu = ferry_now_s() - t0;
   if (rc) {
-    fprintf(stderr, "cuda failed: %s\n", ferry_errmsg());
+    fprintf(stderr, "case %d (%s): cuda failed: %s\n", i, label, ferry_errmsg());
     goto out;
   }
   bool finite = true;
-  const double err = n_out == n_ref ? op_case_error(c, out, ref, n_out, &finite) : INFINITY;
-  *pass = finite && err <= c->tol;
-  char label[160];
-  op_case_label(c, label, sizeof label);
-  printf("%-4s %3d  err %.2e  tol %.0e%s  cpu %6.3fs gpu %6.3fs  %s\n", *pass ? "ok" : "FAIL", i,
-         err, c->tol, finite ? "" : "  NaN/Inf", t_cpu, t_gpu, label);
+  const double err = n_out == n_ref ? op_case_error(c, out, want, n_out, &finite) : INFINITY;
+  const double tol = op_case_tol(c, gpu);
+  *pass = finite && err <= tol;
+  printf("%-4s %3d  err %.2e  tol %.0e%s  ref %6.3fs gpu %6.3fs  %s\n", *pass ? "ok" : "FAIL", i,
+         err, tol, finite ? "" : "  NaN/Inf", t_ref, t_gpu, label);
 out:
-  free(ref);
+  free(want);
   free(out);
-  op_run_destroy(rc_cpu);
+  op_run_destroy(rc_ref);
   op_run_destroy(rc_gpu);
   return rc;
 }
@@ -70,27 +72,26 @@ int main(void) {
   const int ndev = ferry_backend_cuda_devices();
   if (ndev <= 0) SKIP("no CUDA device: %d op cases not compared", G_OP_CASES_N);
 
-  struct ferry_pool *pool = NULL;
-  CHECK_EQ(ferry_pool_create(&pool, 0), 0);
-  struct ferry_backend *cpu = NULL, *gpu = NULL;
-  CHECK_EQ(ferry_backend_create(&cpu, "cpu", pool, 0), 0);
+  struct ferry_backend *ref = NULL, *gpu = NULL;
+  CHECK_EQ(ferry_backend_create(&ref, "ref", NULL, 0), 0);
   if (ferry_backend_create(&gpu, "cuda", NULL, 0)) {
     fprintf(stderr, "cannot create the CUDA backend: %s\n", ferry_errmsg());
     return 1;
   }
   char desc[256];
-  cuda_ctx_describe((const struct cuda_ctx *)gpu->impl, desc, sizeof desc);
-  printf("test_ops: %d cases, CUDA backend on %s\n", G_OP_CASES_N, desc);
+  ferry_backend_describe(gpu, desc, sizeof desc);
+  printf("test_ops: %d cases, CUDA backend on %s, against the scalar references\n", G_OP_CASES_N,
+         desc);
 
   const char *filter = getenv("FERRY_OP_FILTER");
   int n_pass = 0, n_fail = 0, n_run = 0;
   for (int i = 0; i < G_OP_CASES_N; i++) {
-    char label[160];
+    char label[192];
     op_case_label(&g_op_cases[i], label, sizeof label);
     if (filter && *filter && !strstr(label, filter)) continue;
     n_run++;
     bool pass = false;
-    if (run_case(i, &g_op_cases[i], cpu, gpu, &pass)) pass = false;
+    if (run_case(i, &g_op_cases[i], ref, gpu, &pass)) pass = false;
     if (pass)
       n_pass++;
     else {
@@ -101,8 +102,27 @@ int main(void) {
   }
   printf("test_ops: %d passed, %d failed, %d run of %d cases\n", n_pass, n_fail, n_run,
          G_OP_CASES_N);
+
+  // moe_ffn_ids == moe_ffn, bit for bit, for every expert case and both precisions.
+  int n_ident = 0;
+  for (int i = 0; i < G_OP_CASES_N; i++) {
+    const struct op_case *c = &g_op_cases[i];
+    if (c->op != FERRY_OP_MOE_FFN && c->op != FERRY_OP_MOE_FFN_IDS) continue;
+    char label[192];
+    op_case_label(c, label, sizeof label);
+    if (filter && *filter && !strstr(label, filter)) continue;
+    int64_t mismatch = -1;
+    const int rc = op_moe_bitident(c, gpu, 0xb17u + (uint64_t)i, &mismatch);
+    if (rc) fprintf(stderr, "case %d: %s\n", i, ferry_errmsg());
+    printf("%-4s %3d  moe_ffn_ids == moe_ffn: %lld of %lld pairs differ  %s\n",
+           !rc && mismatch == 0 ? "ok" : "FAIL", i, (long long)mismatch,
+           (long long)(c->p[2] * c->p[4]), label);
+    CHECK_EQ(rc, 0);
+    CHECK_EQ(mismatch, 0);
+    n_ident++;
+  }
+  printf("test_ops: bit identity checked on %d expert cases\n", n_ident);
   ferry_backend_destroy(gpu);
-  ferry_backend_destroy(cpu);
-  ferry_pool_destroy(pool);
+  ferry_backend_destroy(ref);
   CHECK_DONE();
 }
