@@ -650,6 +650,8 @@ int model_load(struct model **out, const struct gguf_file *f, const struct model
   if (m->hp.n_layer_file > m->hp.n_layer)
     log_info("%s: ignoring %u multi-token-prediction block(s) (blk.%u and up)", gguf_path(f),
              m->hp.n_layer_file - m->hp.n_layer, m->hp.n_layer);
+  // a device computes on its own stream: graphs cannot be captured on the default one
+  if (!m->host_mem && (rc = be->ops.stream_create(be, &m->st))) goto fail;
   struct ferry_limits lim;
   backend_limits(m, &lim);
   if ((rc = be->ops.reserve(be, &lim)) || (rc = fwd_alloc(m, false)) ||
@@ -675,6 +677,10 @@ void model_destroy(struct model *m) {
     m->be->ops.mem_free(m->be, m->state_mem);
     m->be->ops.mem_free(m->be, m->ckpt_mem);
     m->be->ops.mem_free(m->be, m->wmem_alloc);
+    if (m->st) {
+      m->be->ops.stream_sync(m->be, m->st);
+      m->be->ops.stream_destroy(m->be, m->st);
+    }
   }
   free(m->kc), free(m->vc), free(m->conv_state), free(m->ssm_state);
   free(m->etab);

@@ -106,6 +106,24 @@ int model_info_print(const struct gguf_file *f, FILE *o, uint64_t ram, uint64_t 
   fprintf(o, "bytes        total %s (%llu), dense %s (%llu), routed experts %s (%llu)\n", b1,
           (unsigned long long)(dense + experts), b2, (unsigned long long)dense, b3,
           (unsigned long long)experts);
+  {
+    // what one decode token reads: every dense weight but the embedding (one row of it,
+    // unless it is also the output head) and k experts of every layer
+    const struct gguf_tensor *emb = gguf_find_tensor(f, "token_embd.weight");
+    const bool tied = !gguf_find_tensor(f, "output.weight");
+    uint64_t touched = dense, one_per_layer = 0;
+    if (emb && !tied) touched -= emb->nbytes - emb->nb1;
+    for (int64_t i = 0; i < gguf_n_tensors(f); i++) {
+      const struct gguf_tensor *t = gguf_tensor_at(f, i);
+      if (is_expert_tensor(t->name)) one_per_layer += t->nb2;
+    }
+    touched += one_per_layer * hp.n_expert_used;
+    ferry_format_size(touched, b1, sizeof b1);
+    fprintf(o,
+            "decode       touches %s (%llu) of weights per token (dense but the embedding, %u "
+            "experts per layer)\n",
+            b1, (unsigned long long)touched, hp.n_expert_used);
+  }
   fprintf(o, "one expert   bytes per layer (gate + up + down):\n");
   for (uint32_t l = 0; l < hp.n_layer; l++) {
     uint64_t part[3] = {0};

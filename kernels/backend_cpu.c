@@ -130,8 +130,23 @@ uint64_t cpu_backend_scratch_bytes(const struct ferry_limits *lim, int n_workers
   return layout(NULL, lim, n_workers, NULL);
 }
 
-static int cpu_reserve(struct ferry_backend *be, const struct ferry_limits *lim) {
+// A second reserve grows the scratch to the larger of the two limits, field by field.
+static void merge_limits(struct ferry_limits *a, const struct ferry_limits *b) {
+  // the attention scratch grows with the query heads per KV head: keep the larger group
+  if (b->n_kv_head > 0 &&
+      (a->n_kv_head <= 0 || b->n_head / b->n_kv_head > a->n_head / a->n_kv_head))
+    a->n_head = b->n_head, a->n_kv_head = b->n_kv_head;
+#define MX(f) a->f = a->f > b->f ? a->f : b->f
+  MX(n_threads), MX(max_tok), MX(max_in), MX(n_ctx), MX(head_dim);
+  MX(moe_d), MX(moe_ff), MX(moe_k), MX(moe_n_expert), MX(dn_hk), MX(dn_hv), MX(dn_dk), MX(dn_dv);
+#undef MX
+  a->weight_types |= b->weight_types;
+}
+
+static int cpu_reserve(struct ferry_backend *be, const struct ferry_limits *req) {
   struct cpu_impl *c = IMPL(be);
+  struct ferry_limits merged = c->lim, *lim = &merged;
+  merge_limits(lim, req);
   const uint64_t need = layout(NULL, lim, c->workers, NULL);
   if (c->sim) { // the scratch is device memory of the simulated device
     pthread_mutex_lock(&c->sim_mu);
@@ -151,7 +166,7 @@ static int cpu_reserve(struct ferry_backend *be, const struct ferry_limits *lim)
   ferry_free_aligned(c->scratch);
   c->scratch = p;
   c->bytes = need;
-  c->lim = *lim;
+  c->lim = merged;
   layout(c, lim, c->workers, p);
   return 0;
 }
@@ -494,14 +509,16 @@ static int cpu_be_attn(struct ferry_backend *be, enum ferry_prec prec, float *ou
                       (long long)n_head, (long long)n_kv_head, (long long)head_dim);
   const int64_t pos0 = *pos;
   if (n_tok < 0 || pos0 < 0) return ferry_fail(-EINVAL, "cpu attention: bad positions");
+  if (head_dim > 1024)
+    return ferry_fail(-EINVAL, "cpu attention: head_dim %lld > 1024", (long long)head_dim);
   if (prec == FERRY_PREC_EXACT || c->ref) {
     cpu_attn_prefill(out, q, kc, vc, kv_type, n_tok, pos0, n_head, n_kv_head, head_dim, stride,
                      scale);
     return 0;
   }
-  if (!c->attn || pos0 + n_tok > c->lim.n_ctx || n_head > c->lim.n_head ||
-      n_kv_head < c->lim.n_kv_head || head_dim > c->lim.head_dim ||
-      n_head / n_kv_head > c->lim.n_head / c->lim.n_kv_head)
+  // the scratch holds, per worker, the scores of one KV head's query group over n_ctx
+  if (!c->attn || pos0 + n_tok > c->lim.n_ctx ||
+      cpu_attn_scratch_floats(c->lim.n_ctx, n_head, n_kv_head, head_dim) > c->attn_per)
     return ferry_fail(-EINVAL,
                       "cpu attention: %lld positions or its heads exceed the reserved scratch",
                       (long long)(pos0 + n_tok));

@@ -28,8 +28,8 @@ double cost_cpu_s(const struct cost_model *cm, uint64_t bytes, int cnt);
 double cost_gpu_s(const struct cost_model *cm, uint64_t copy_bytes, int cnt);
 // Picks the side for one expert given the work already queued on each (seconds), and
 // adds its cost there. Fixed policies always pick their side.
-enum expert_side cost_decide(const struct cost_model *cm, uint64_t bytes, int cnt,
-                             double *cpu_busy, double *gpu_busy);
+enum expert_side cost_decide(const struct cost_model *cm, uint64_t bytes, int cnt, double *cpu_busy,
+                             double *gpu_busy);
 
 #ifdef __cplusplus
 }

@@ -17,7 +17,7 @@ struct dslot {
   int32_t layer, expert; // -1 when empty
   uint32_t pins;
   bool in_lru;
-  int32_t prev, next;        // LRU links (prev towards most recently used)
+  int32_t prev, next;         // LRU links (prev towards most recently used)
   struct ferry_event *filled; // recorded on the copy stream after the last fill
   struct ferry_event *used;   // the caller's event after the last use (may be NULL)
 };
@@ -58,10 +58,14 @@ static uint64_t slot_bytes_of(const struct dcache_layer *L) { return part_off(L,
 static void lru_remove(struct dcache *c, struct dslot *s) {
   if (!s->in_lru) return;
   struct dclass *k = &c->cls[s->cls];
-  if (s->prev >= 0) c->slots[s->prev].next = s->next;
-  else k->mru = s->next;
-  if (s->next >= 0) c->slots[s->next].prev = s->prev;
-  else k->lru = s->prev;
+  if (s->prev >= 0)
+    c->slots[s->prev].next = s->next;
+  else
+    k->mru = s->next;
+  if (s->next >= 0)
+    c->slots[s->next].prev = s->prev;
+  else
+    k->lru = s->prev;
   s->prev = s->next = -1;
   s->in_lru = false;
 }
@@ -71,16 +75,18 @@ static void lru_push_mru(struct dcache *c, struct dslot *s) {
   const int32_t id = (int32_t)(s - c->slots);
   s->prev = -1;
   s->next = k->mru;
-  if (k->mru >= 0) c->slots[k->mru].prev = id;
-  else k->lru = id;
+  if (k->mru >= 0)
+    c->slots[k->mru].prev = id;
+  else
+    k->lru = id;
   k->mru = id;
   s->in_lru = true;
 }
 
 // Classes: one per distinct slot size, in order of first appearance. Returns the count;
 // cls_of[l] receives layer l's class (UINT32_MAX for layers without experts).
-static uint32_t make_classes(const struct dcache_layer *layers, uint32_t n_layers,
-                             uint64_t *sizes, uint32_t *counts, uint32_t *cls_of) {
+static uint32_t make_classes(const struct dcache_layer *layers, uint32_t n_layers, uint64_t *sizes,
+                             uint32_t *counts, uint32_t *cls_of) {
   uint32_t n = 0;
   for (uint32_t l = 0; l < n_layers; l++) {
     cls_of[l] = UINT32_MAX;
@@ -240,8 +246,7 @@ static void fill_ref(struct dcache *c, struct dslot *s, struct dcache_ref *out) 
 }
 
 bool dcache_lookup(struct dcache *c, uint32_t layer, int32_t expert, struct dcache_ref *out) {
-  FERRY_ASSERT(layer < c->n_layers && expert >= 0 &&
-               (uint32_t)expert < c->layers[layer].n_experts);
+  FERRY_ASSERT(layer < c->n_layers && expert >= 0 && (uint32_t)expert < c->layers[layer].n_experts);
   const int32_t id = *where_of(c, layer, expert);
   if (id < 0) {
     c->st.misses++;

@@ -72,8 +72,7 @@ int dcache_fill(struct dcache *c, uint32_t layer, int32_t expert, const void *co
 void dcache_release(struct dcache *c, struct dcache_ref *r, struct ferry_event *used);
 bool dcache_contains(const struct dcache *c, uint32_t layer, int32_t expert);
 // The smallest capacity for which create succeeds with these layers and min_slots.
-uint64_t dcache_min_bytes(const struct dcache_layer *layers, uint32_t n_layers,
-                          uint32_t min_slots);
+uint64_t dcache_min_bytes(const struct dcache_layer *layers, uint32_t n_layers, uint32_t min_slots);
 void dcache_stats(const struct dcache *c, struct dcache_stats *out);
 // Bytes of one expert's slot, and the slots of the smallest size class.
 uint64_t dcache_slot_bytes(const struct dcache_layer *l);

@@ -107,6 +107,40 @@ static inline int64_t kv_row_bytes(enum ferry_type t, int64_t elems) {
 // ---- context (runtime.cu) ----
 #include <cublas_v2.h>
 
+// cuBLAS is opened at run time (cuda_blas_load, on the first context), not linked: mapping
+// libcublas/libcublasLt at start-up costs ~215 MB of RSS in every process, CPU-only runs
+// included. The few entry points ferry uses go through this table; the macros below keep
+// the call sites written as plain cuBLAS calls.
+struct cuda_blas_api {
+  cublasStatus_t (*create)(cublasHandle_t *);
+  cublasStatus_t (*destroy)(cublasHandle_t);
+  cublasStatus_t (*set_stream)(cublasHandle_t, cudaStream_t);
+  cublasStatus_t (*set_workspace)(cublasHandle_t, void *, size_t);
+  cublasStatus_t (*set_math_mode)(cublasHandle_t, cublasMath_t);
+  cublasStatus_t (*sgemm)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
+                          const float *, const float *, int, const float *, int, const float *,
+                          float *, int);
+  cublasStatus_t (*gemm_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
+                            const void *, const void *, cudaDataType, int, const void *,
+                            cudaDataType, int, const void *, void *, cudaDataType, int,
+                            cublasComputeType_t, cublasGemmAlgo_t);
+};
+extern struct cuda_blas_api g_blas;
+// Loads libcublas once (thread-safe); 0 or -ENODEV with a message naming what is missing.
+int cuda_blas_load(void);
+#undef cublasCreate
+#undef cublasDestroy
+#undef cublasSetStream
+#undef cublasSetWorkspace
+#undef cublasSgemm
+#define cublasCreate(...)       g_blas.create(__VA_ARGS__)
+#define cublasDestroy(...)      g_blas.destroy(__VA_ARGS__)
+#define cublasSetStream(...)    g_blas.set_stream(__VA_ARGS__)
+#define cublasSetWorkspace(...) g_blas.set_workspace(__VA_ARGS__)
+#define cublasSetMathMode(...)  g_blas.set_math_mode(__VA_ARGS__)
+#define cublasSgemm(...)        g_blas.sgemm(__VA_ARGS__)
+#define cublasGemmEx(...)       g_blas.gemm_ex(__VA_ARGS__)
+
 #define CUBLAS_CHECK(call)                                                                        \
   do {                                                                                            \
     cublasStatus_t s_ = (call);                                                                   \

@@ -3,6 +3,10 @@
 // is to turn CUDA errors into ferry errors that name the failing call.
 #include "kernels/cuda/common.cuh"
 
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+
 #include <stdio.h>
 
 extern "C" int cuda_device_count(void) {
@@ -14,8 +18,55 @@ extern "C" int cuda_device_count(void) {
   return n;
 }
 
+struct cuda_blas_api g_blas;
+
+#ifndef FERRY_CUBLAS_DIR
+#define FERRY_CUBLAS_DIR ""
+#endif
+
+int cuda_blas_load(void) {
+  static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+  static int state; // 0 not tried, 1 loaded, -1 failed
+  static char err[512];
+  pthread_mutex_lock(&mu);
+  if (!state) {
+    // next to the CUDA toolkit ferry was built with, then wherever the loader finds it
+    const char *cands[] = {FERRY_CUBLAS_DIR "/libcublas.so." FERRY_CUBLAS_MAJOR,
+                           "libcublas.so." FERRY_CUBLAS_MAJOR, "libcublas.so"};
+    void *h = NULL;
+    for (size_t i = 0; i < sizeof cands / sizeof cands[0] && !h; i++)
+      if (cands[i][0] != '/' || FERRY_CUBLAS_DIR[0]) h = dlopen(cands[i], RTLD_NOW | RTLD_LOCAL);
+    state = -1;
+    if (!h) {
+      snprintf(err, sizeof err, "cuda: cannot load libcublas.so.%s (%s)", FERRY_CUBLAS_MAJOR,
+               dlerror());
+    } else {
+      struct {
+        void **fn;
+        const char *name;
+      } syms[] = {{(void **)&g_blas.create, "cublasCreate_v2"},
+                  {(void **)&g_blas.destroy, "cublasDestroy_v2"},
+                  {(void **)&g_blas.set_stream, "cublasSetStream_v2"},
+                  {(void **)&g_blas.set_workspace, "cublasSetWorkspace_v2"},
+                  {(void **)&g_blas.set_math_mode, "cublasSetMathMode"},
+                  {(void **)&g_blas.sgemm, "cublasSgemm_v2"},
+                  {(void **)&g_blas.gemm_ex, "cublasGemmEx"}};
+      state = 1;
+      for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++)
+        if (!(*syms[i].fn = dlsym(h, syms[i].name))) {
+          snprintf(err, sizeof err, "cuda: libcublas has no %s", syms[i].name);
+          state = -1;
+        }
+    }
+  }
+  const int ok = state == 1;
+  pthread_mutex_unlock(&mu);
+  return ok ? 0 : ferry_fail(-ENODEV, "%s", err);
+}
+
 extern "C" int cuda_ctx_create(struct cuda_ctx **out, int device) {
   *out = NULL;
+  if (int rc = cuda_blas_load()) return rc;
   const int n = cuda_device_count();
   if (n <= 0) return ferry_fail(-ENODEV, "cuda: no CUDA device present");
   if (device < 0 || device >= n)

@@ -7,6 +7,8 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CHECK="python3 $HERE/fixture_check.py"
 MODELS=(pub-qwen3moe-tiny-F32 pub-qwen3moe-kq-Q4_K_M pub-qwen3moe-kq-Q8_0 qwen3moe-tiny-Q8_0
         pub-qwen3next-tiny-F32 pub-qwen3next-kq-Q4_K_M pub-qwen3next-legacy-kq-Q4_K_M qwen3next-tiny-Q8_0)
+# FERRY_MODELS="a b c" narrows the list (e.g. to the models carried to a GPU machine)
+if [ -n "${FERRY_MODELS:-}" ]; then read -r -a MODELS <<<"$FERRY_MODELS"; fi
 FAILS=0
 PASSES=0
 TMP=$(mktemp -d)
