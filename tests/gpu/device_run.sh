@@ -8,9 +8,9 @@
 #           graph tests, the op-table unit test, bench_cuda (HBM bandwidth and per-op GB/s)
 #   e2e     tests/gpu/test_fixtures_cuda.sh: rules 1 and 2, greedy tokens, graph == no
 #           graph, stream mode on the GPU
-#   bench   bench/gpu_full.sh (full GPU mode on the synthetic 30B and 80B shapes) and
-#           bench/gpu_tiers.sh (laptop emulation: --vram 6G in a 12 GiB RAM cgroup)
-# Usage: tests/gpu/device_run.sh [PHASE...]   (default: build ops e2e bench)
+#   full    bench/gpu_full.sh: full GPU mode on the synthetic 30B and 80B shapes
+#   tiers   bench/gpu_tiers.sh: laptop emulation (--vram 6G in a 12 GiB RAM cgroup)
+# Usage: tests/gpu/device_run.sh [PHASE...]   (default: build ops e2e full tiers)
 # Env: OUT, FERRY_CUDA_ARCHS, FIXTURES (default tests/fixtures, else .gpu-carry/fixtures),
 #      BENCH_MIN_MS (bench_cuda, default 10), SYNTH_DIR (default /tmp/ferry-synth).
 set -u
@@ -19,7 +19,7 @@ cd "$src"
 OUT="${OUT:-$src/gpu-out}"
 mkdir -p "$OUT"
 phases=("$@")
-[ ${#phases[@]} -gt 0 ] || phases=(build ops e2e bench)
+[ ${#phases[@]} -gt 0 ] || phases=(build ops e2e full tiers)
 build="$src/build-gpu"
 fix="${FIXTURES:-}"
 [ -n "$fix" ] || { [ -d tests/fixtures/models ] && fix=$src/tests/fixtures || fix=$src/.gpu-carry/fixtures; }
@@ -61,12 +61,11 @@ for ph in "${phases[@]}"; do
       grep -E '^FAIL|passed' "$OUT/e2e.txt" | head -40
       summary "e2e: rc $rc ($((SECONDS - t0)) s)"
       ;;
-    bench)
-      OUT="$OUT" FERRY_BIN="$build/ferry" bash bench/gpu_full.sh >"$OUT/bench_full.txt" 2>&1
-      summary "bench full: rc $? ($((SECONDS - t0)) s)"
-      t0=$SECONDS
-      OUT="$OUT" FERRY_BIN="$build/ferry" bash bench/gpu_tiers.sh >"$OUT/bench_tiers.txt" 2>&1
-      summary "bench tiers: rc $? ($((SECONDS - t0)) s)"
+    full | tiers)
+      OUT="$OUT" bash "bench/gpu_$ph.sh" >"$OUT/bench_$ph.txt" 2>&1
+      rc=$?
+      grep -E "^==|prefill|decode|error|cgroup" "$OUT/bench_$ph.txt" | head -40
+      summary "bench $ph: rc $rc ($((SECONDS - t0)) s)"
       ;;
     *) summary "unknown phase $ph" ;;
   esac
