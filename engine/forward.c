@@ -33,6 +33,88 @@
 #define OP(name, ...) m->be->ops.name(m->be, __VA_ARGS__, m->st)
 
 // ---------------------------------------------------------------------------------------
+// FERRY_PROFILE=1: where a forward pass spends its time, by section (embedding, attention,
+// DeltaNet, router, experts, shared expert, head). Marks are events on the compute stream
+// (device backends) or wall-clock times (CPU); each section's time runs from the previous
+// mark. Decode runs op by op while profiling (a graph cannot be split). Printed to stderr
+// when the model is destroyed.
+
+#define PROF_MARKS 512
+#define PROF_NAMES 16
+struct fwd_prof {
+  int n;                                  // marks of the current chunk
+  const char *mark[PROF_MARKS];           // section that ends at mark i
+  struct ferry_event *ev[PROF_MARKS + 1]; // ev[0] starts the chunk
+  double wall[PROF_MARKS + 1];
+  const char *name[PROF_NAMES];
+  double total[PROF_NAMES];
+  uint64_t count[PROF_NAMES];
+  double chunk_s; // summed chunk wall time
+};
+
+int fwd_prof_init(struct model *m) {
+  const char *e = getenv("FERRY_PROFILE");
+  if (!e || !*e || !strcmp(e, "0")) return 0;
+  struct fwd_prof *p = calloc(1, sizeof *p);
+  if (!p) return ferry_fail(-ENOMEM, "out of memory");
+  m->prof = p;
+  if (!m->host_mem)
+    for (int i = 0; i <= PROF_MARKS; i++) CK(m->be->ops.event_create(m->be, &p->ev[i]));
+  return 0;
+}
+
+static void prof_start(struct model *m) {
+  struct fwd_prof *p = m->prof;
+  p->n = 0;
+  p->wall[0] = ferry_now_s();
+  if (p->ev[0]) m->be->ops.event_record(m->be, p->ev[0], m->st);
+}
+
+void fwd_prof_mark(struct model *m, const char *section) {
+  struct fwd_prof *p = m->prof;
+  if (!p || m->capturing || p->n >= PROF_MARKS) return;
+  p->mark[p->n] = section;
+  p->n++;
+  p->wall[p->n] = ferry_now_s();
+  if (p->ev[p->n]) m->be->ops.event_record(m->be, p->ev[p->n], m->st);
+}
+
+static void prof_end(struct model *m) {
+  struct fwd_prof *p = m->prof;
+  if (!m->host_mem) m->be->ops.stream_sync(m->be, m->st);
+  p->chunk_s += ferry_now_s() - p->wall[0];
+  for (int i = 0; i < p->n; i++) {
+    double dt = p->wall[i + 1] - p->wall[i];
+    if (p->ev[i]) {
+      const float ms = m->be->ops.event_elapsed_ms(m->be, p->ev[i], p->ev[i + 1]);
+      if (ms >= 0) dt = ms * 1e-3;
+    }
+    int k = 0;
+    while (k < PROF_NAMES && p->name[k] && strcmp(p->name[k], p->mark[i])) k++;
+    if (k == PROF_NAMES) continue;
+    p->name[k] = p->mark[i];
+    p->total[k] += dt;
+    p->count[k]++;
+  }
+}
+
+void fwd_prof_done(struct model *m) {
+  struct fwd_prof *p = m->prof;
+  if (!p) return;
+  double sum = 0;
+  for (int k = 0; k < PROF_NAMES && p->name[k]; k++) sum += p->total[k];
+  fprintf(stderr, "profile (%s): %.3f s in forward passes, %.3f s in sections\n", m->be->name,
+          p->chunk_s, sum);
+  for (int k = 0; k < PROF_NAMES && p->name[k]; k++)
+    fprintf(stderr, "  %-12s %9.3f ms %5.1f%% (%llu)\n", p->name[k], p->total[k] * 1e3,
+            sum > 0 ? 100 * p->total[k] / sum : 0, (unsigned long long)p->count[k]);
+  for (int i = 0; i <= PROF_MARKS; i++)
+    if (p->ev[i]) m->be->ops.event_destroy(m->be, p->ev[i]);
+  free(p);
+  m->prof = NULL;
+}
+
+// ---------------------------------------------------------------------------------------
 // buffers
 
 int fwd_alloc(struct model *m, bool dry) {
@@ -355,6 +437,7 @@ int fwd_moe(struct model *m, int l, int T) {
   const int64_t E = hp->n_expert, K = hp->n_expert_used, BK = (int64_t)m->B * K;
   CK(fwd_linear(m, &L->router, b->xn, T, b->rlog));
   CK(OP(router_topk, b->rlog, T, E, K, b->ids, b->wts));
+  fwd_prof_mark(m, "router");
   // The stale gate: the next layer's router on this layer's input guesses its experts
   // (the residual stream changes little from one layer to the next); for prefetch in
   // stream mode and for the routing statistics.
@@ -365,6 +448,7 @@ int fwd_moe(struct model *m, int l, int T) {
     CK(OP(router_topk, lg, T, E, K, b->pred, b->rlog));
     CK(OP(copy_d2h, m->h_pred + (l + 1) * BK, b->pred, (size_t)T * K * 4));
   }
+  if (guess) fwd_prof_mark(m, "guess");
   if (L->exps[EXP_GATE].loc == WLOC_STREAMED) {
     CK(moe_streamed(m, l, T));
   } else {
@@ -372,6 +456,7 @@ int fwd_moe(struct model *m, int l, int T) {
     CK(OP(moe_ffn_ids, m->prec, &sh, &m->etab[l], b->xn, T, K, b->ids, b->slots, b->map));
     CK(OP(moe_combine, b->moe, b->slots, b->map, b->wts, T, K, hp->n_embd));
   }
+  fwd_prof_mark(m, "experts");
   if (m->obs_set) CK(observe(m, l, T));
   return 0;
 }
@@ -411,6 +496,7 @@ static int fwd_body(struct model *m, int T) {
   const struct model_hparams *hp = &m->hp;
   const struct weight *e = &m->token_embd;
   CK(OP(embed, e->type, e->data, e->nb1, m->b.io + 1, T, hp->n_embd, m->b.x));
+  fwd_prof_mark(m, "embed");
   for (uint32_t l = 0; l < hp->n_layer; l++) {
     CK(hp->arch == ARCH_QWEN3NEXT ? qwen3next_layer(m, (int)l, T) : qwen3moe_layer(m, (int)l, T));
     if (m->check_finite) CK(check_finite(m, (int)l, T));
@@ -470,7 +556,7 @@ static int capture_decode(struct model *m) {
 
 static bool graph_usable(const struct model *m, int T, const bool *want) {
   return T == 1 && want[0] && !m->graph_failed && !m->o.no_graph && !m->host_mem &&
-         !m->o.dense_only && !m->check_finite;
+         !m->o.dense_only && !m->check_finite && !m->prof;
 }
 
 int fwd_chunk(struct model *m, const int32_t *tok, int T, const bool *want, float *logits,
@@ -497,9 +583,15 @@ int fwd_chunk(struct model *m, const int32_t *tok, int T, const bool *want, floa
       return 0;
     }
   }
+  if (m->prof) prof_start(m);
   CK(OP(copy_h2d, m->b.io, m->h_io, (size_t)(1 + T) * sizeof(int32_t)));
   CK(fwd_body(m, T));
   m->pos += T;
+  if (m->prof && !want[T - 1]) { // no head in this chunk (a prefill chunk before the last)
+    int any = 0;
+    for (int t = 0; t < T; t++) any |= want[t];
+    if (!any) prof_end(m);
+  }
   // the output head for the requested rows (gathered into b.blk unless they are all the
   // rows or just the last one)
   int nw = 0;
@@ -516,6 +608,10 @@ int fwd_chunk(struct model *m, const int32_t *tok, int T, const bool *want, floa
   }
   CK(fwd_head(m, src, nw, logits + (int64_t)*n_out * V));
   *n_out += nw;
+  if (m->prof) {
+    fwd_prof_mark(m, "head");
+    prof_end(m);
+  }
   return 0;
 }
 

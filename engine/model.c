@@ -658,7 +658,7 @@ int model_load(struct model **out, const struct gguf_file *f, const struct model
       (rc = host_alloc(m, false)) || (rc = alloc_state(m)))
     goto fail;
   m->scratch_bytes = m->b.bytes + ferry_backend_reserved(be);
-  if ((rc = load_weights(m)) || (rc = build_expert_tables(m))) goto fail;
+  if ((rc = load_weights(m)) || (rc = build_expert_tables(m)) || (rc = fwd_prof_init(m))) goto fail;
   model_reset(m);
   *out = m;
   return 0;
@@ -670,6 +670,7 @@ fail:
 void model_destroy(struct model *m) {
   if (!m) return;
   if (m->be) {
+    fwd_prof_done(m);
     if (m->graph) m->be->ops.graph_destroy(m->be, m->graph);
     if (m->ev_used) m->be->ops.event_destroy(m->be, m->ev_used);
     fwd_free(m);

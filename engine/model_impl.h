@@ -109,12 +109,18 @@ struct model {
   struct ferry_event *ev_used; // recorded after a layer's device expert work
   // decode graph
   struct ferry_graph *graph;
-  bool graph_failed; // capture refused: decode runs op by op
-  bool capturing;    // ops are being recorded into the graph
+  bool graph_failed;     // capture refused: decode runs op by op
+  bool capturing;        // ops are being recorded into the graph
+  struct fwd_prof *prof; // FERRY_PROFILE=1: time per section (forward.c), else NULL
 };
 
 // forward.c
 int fwd_alloc(struct model *m, bool dry);
+// FERRY_PROFILE: marks the end of a section of the forward pass (its time runs from the
+// previous mark); prints and frees the totals.
+void fwd_prof_mark(struct model *m, const char *section);
+int fwd_prof_init(struct model *m);
+void fwd_prof_done(struct model *m);
 void fwd_free(struct model *m);
 int fwd_chunk(struct model *m, const int32_t *tok, int T, const bool *want, float *logits,
               int *n_out);

@@ -10,9 +10,12 @@ int qwen3moe_layer(struct model *m, int l, int T) {
   struct ferry_backend *be = m->be;
   int rc;
   if ((rc = be->ops.rmsnorm(be, b->xn, b->x, L->attn_norm.data, T, d, hp->eps, m->st)) ||
-      (rc = fwd_attention(m, l, T)) ||
-      (rc = be->ops.rmsnorm(be, b->xn, b->x, L->ffn_norm.data, T, d, hp->eps, m->st)) ||
-      (rc = fwd_moe(m, l, T)))
+      (rc = fwd_attention(m, l, T)))
     return rc;
-  return be->ops.add(be, b->x, b->x, b->moe, T * d, m->st);
+  fwd_prof_mark(m, "attention");
+  if ((rc = be->ops.rmsnorm(be, b->xn, b->x, L->ffn_norm.data, T, d, hp->eps, m->st)) ||
+      (rc = fwd_moe(m, l, T)) || (rc = be->ops.add(be, b->x, b->x, b->moe, T * d, m->st)))
+    return rc;
+  fwd_prof_mark(m, "residual");
+  return 0;
 }

@@ -63,8 +63,12 @@ int qwen3next_layer(struct model *m, int l, int T) {
   const int64_t d = hp->n_embd;
   CK(OP(rmsnorm, b->xn, b->x, L->attn_norm.data, T, d, hp->eps));
   CK(hp->recurrent[l] ? deltanet(m, l, T) : fwd_attention(m, l, T));
+  fwd_prof_mark(m, hp->recurrent[l] ? "deltanet" : "attention");
   CK(OP(rmsnorm, b->xn, b->x, L->ffn_norm.data, T, d, hp->eps));
   CK(fwd_moe(m, l, T));
   CK(shared_expert(m, l, T));
-  return OP(add, b->x, b->x, b->moe, T * d);
+  fwd_prof_mark(m, "shared");
+  CK(OP(add, b->x, b->x, b->moe, T * d));
+  fwd_prof_mark(m, "residual");
+  return 0;
 }

@@ -19,6 +19,8 @@
 //    moe_ffn_ids reads the ids back (not capturable), groups the pairs on the host
 //    exactly as the CPU backend does, and runs this same code.
 #include <mma.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "kernels/cuda/quant.cuh"
 
@@ -297,8 +299,14 @@ int mma_type(enum ferry_type t, bool gated, const mm_items &L, int count, int64_
 
 // Whether the grouped tensor-core path takes these groups: FAST, gate and up of one type,
 // both products' K a multiple of its 32-column step.
+// FERRY_CUDA_NO_MMA=1 turns the grouped tensor-core path off (diagnosis, A/B timing).
 bool mma_ok(enum ferry_prec prec, const struct ferry_moe_shape *sh) {
-  return prec == FERRY_PREC_FAST && sh->t_gate == sh->t_up && sh->d % MM_BK == 0 &&
+  static int off = -1;
+  if (off < 0) {
+    const char *e = getenv("FERRY_CUDA_NO_MMA");
+    off = e && *e && strcmp(e, "0") != 0;
+  }
+  return !off && prec == FERRY_PREC_FAST && sh->t_gate == sh->t_up && sh->d % MM_BK == 0 &&
          sh->ff % MM_BK == 0;
 }
 

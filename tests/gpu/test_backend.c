@@ -88,7 +88,7 @@ static void check_bad_args(struct ferry_backend *be) {
 
 // ---- a captured decode step ----
 
-enum { NH = 8, NKV = 2, HD = 64, CTX = 16, D = 256, FF = 64, NE = 6, K = 3 };
+enum { NH = 8, NKV = 2, HD = 64, CTX = 16, D = 256, FF = 256, NE = 6, K = 3 };
 
 struct step {
   struct ferry_backend *be;

@@ -45,6 +45,16 @@ static int run_case(int i, const struct op_case *c, struct ferry_backend *ref,
   *pass = finite && err <= tol;
   printf("%-4s %3d  err %.2e  tol %.0e%s  ref %6.3fs gpu %6.3fs  %s\n", *pass ? "ok" : "FAIL", i,
          err, tol, finite ? "" : "  NaN/Inf", t_ref, t_gpu, label);
+  if (!*pass && n_out == n_ref) { // where it differs: the first elements off by more than tol
+    double scale = 0;
+    for (int64_t j = 0; j < n_ref; j++) scale = fmax(scale, fabs(want[j]));
+    int shown = 0;
+    for (int64_t j = 0; j < n_ref && shown < 8; j++)
+      if (!(fabs(out[j] - want[j]) <= tol * scale)) {
+        printf("     [%lld] cuda %.8g ref %.8g\n", (long long)j, out[j], want[j]);
+        shown++;
+      }
+  }
 out:
   free(want);
   free(out);
