@@ -36,6 +36,7 @@ struct model {
   struct ferry_pool *pool;
   struct expert_source src;
   bool src_set;
+  struct route_observer obs;
 
   struct weight token_embd, output_norm, output;
   struct layer_weights *layers;
@@ -61,12 +62,14 @@ struct model {
   int32_t *top_ids;
   float *top_w;
   int32_t *grp_rows, *grp_cnt, *grp_off, *uniq;
-  bool *done;            // [n_expert] per acquired expert: computed
-  int32_t *sel, *pos_of; // [n_expert] experts computed together; [B*K] pair -> grouped row
-  int32_t *pf_ids;       // [k] prefetch guess for the next layer
-  float *attn_scratch;   // [attn_workers] x cpu_attn_scratch_floats(n_ctx, ...)
+  bool *done;                    // [n_expert] per acquired expert: computed
+  int32_t *sel, *pos_of;         // [n_expert] experts computed together; [B*K] pair -> grouped row
+  int32_t *pred_cur, *pred_next; // [B*K] stale-gate ids for this layer / for the next one
+  bool pred_valid;               // pred_cur holds this layer's predictions
+  float *plog;                   // [B*E] (predict_routes) or [E]: next layer's logits
+  float *attn_scratch;           // [attn_workers] x cpu_attn_scratch_floats(n_ctx, ...)
   int attn_workers;
-  float *pf_w;
+  float *pf_w;               // [B*K] weights of the predictions (unused)
   const void *(*eptr)[3];    // [n_expert] bytes of the selected experts
   uint8_t *xg_g, *xg_u, *hq; // fast path: quantized expert inputs in grouped order
   uint8_t *qin;              // fast path: [B] token inputs quantized for gate and up
@@ -416,7 +419,8 @@ static int alloc_scratch(struct model *m, bool dry) {
   m->eg = falloc(m, B * ff), m->eu = falloc(m, B * ff), m->ed = falloc(m, B * d),
   m->ex = falloc(m, B * d);
   m->sel = (int32_t *)falloc(m, E + 1);
-  m->pf_ids = (int32_t *)falloc(m, K), m->pf_w = falloc(m, K);
+  m->pred_cur = (int32_t *)falloc(m, B * K), m->pred_next = (int32_t *)falloc(m, B * K);
+  m->pf_w = falloc(m, B * K), m->plog = falloc(m, (m->o.predict_routes ? B : 1) * E);
   // attention scratch for every pool worker the session may create
   int cores = numa_topo_physical_cores();
   m->attn_workers = m->o.n_threads > cores ? m->o.n_threads : cores > 0 ? cores : 1;
@@ -458,9 +462,10 @@ static int alloc_scratch(struct model *m, bool dry) {
   if (dry) return 0;
   if (!m->x || !m->a || !m->q || !m->k || !m->v || !m->att || !m->gate || !m->mlog || !m->moe_out ||
       !m->slot_out || !m->tmp1 || !m->tmp2 || !m->tmp3 || !m->tmp4 || !m->eg || !m->eu || !m->ed ||
-      !m->ex || !m->top_w || !m->sel || !m->pos_of || !m->pf_ids || !m->pf_w || !m->attn_scratch ||
-      !m->eptr || !m->xg_g || !m->xg_u || !m->hq || !m->qin || !m->eG || !m->eU || !m->top_ids ||
-      !m->grp_rows || !m->grp_cnt || !m->grp_off || !m->uniq || !m->done || !m->actq)
+      !m->ex || !m->top_w || !m->sel || !m->pos_of || !m->pred_cur || !m->pred_next || !m->pf_w ||
+      !m->plog || !m->attn_scratch || !m->eptr || !m->xg_g || !m->xg_u || !m->hq || !m->qin ||
+      !m->eG || !m->eU || !m->top_ids || !m->grp_rows || !m->grp_cnt || !m->grp_off || !m->uniq ||
+      !m->done || !m->actq)
     return ferry_fail_ctx(-ENOMEM, "scratch buffers");
   return 0;
 }
@@ -564,13 +569,46 @@ void model_destroy(struct model *m) {
     ferry_free_aligned(m->conv_state[l]), ferry_free_aligned(m->ssm_state[l]);
   }
   free(m->kc), free(m->vc), free(m->conv_state), free(m->ssm_state);
-  void *bufs[] = {
-      m->x,       m->a,       m->q,        m->k,      m->v,     m->att,          m->gate,
-      m->mlog,    m->moe_out, m->slot_out, m->tmp1,   m->tmp2,  m->tmp3,         m->tmp4,
-      m->eg,      m->eu,      m->ed,       m->ex,     m->top_w, m->top_ids,      m->grp_rows,
-      m->grp_cnt, m->sel,     m->pos_of,   m->pf_ids, m->pf_w,  m->attn_scratch, (void *)m->eptr,
-      m->xg_g,    m->xg_u,    m->hq,       m->qin,    m->eG,    m->eU,           m->grp_off,
-      m->uniq,    m->done,    m->actq};
+  void *bufs[] = {m->x,
+                  m->a,
+                  m->q,
+                  m->k,
+                  m->v,
+                  m->att,
+                  m->gate,
+                  m->mlog,
+                  m->moe_out,
+                  m->slot_out,
+                  m->tmp1,
+                  m->tmp2,
+                  m->tmp3,
+                  m->tmp4,
+                  m->eg,
+                  m->eu,
+                  m->ed,
+                  m->ex,
+                  m->top_w,
+                  m->top_ids,
+                  m->grp_rows,
+                  m->grp_cnt,
+                  m->sel,
+                  m->pos_of,
+                  m->pred_cur,
+                  m->pred_next,
+                  m->plog,
+                  m->pf_w,
+                  m->attn_scratch,
+                  (void *)m->eptr,
+                  m->xg_g,
+                  m->xg_u,
+                  m->hq,
+                  m->qin,
+                  m->eG,
+                  m->eU,
+                  m->grp_off,
+                  m->uniq,
+                  m->done,
+                  m->actq};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) ferry_free_aligned(bufs[i]);
   ferry_free_aligned(m->wbuf);
   free(m->layers);
@@ -588,6 +626,9 @@ void model_set_expert_source(struct model *m, const struct expert_source *src) {
   m->src = *src;
   m->src_set = true;
 }
+void model_set_route_observer(struct model *m, const struct route_observer *o) {
+  m->obs = o ? *o : (struct route_observer){0};
+}
 void model_mem(const struct model *m, uint64_t *weights, uint64_t *state, uint64_t *scratch) {
   if (weights) *weights = m->wbuf_bytes;
   if (state) *state = m->state_bytes;
@@ -599,6 +640,7 @@ int model_pos(const struct model *m) { return m->pos; }
 
 void model_reset(struct model *m) {
   m->pos = 0;
+  m->pred_valid = false;
   const struct model_hparams *hp = &m->hp;
   for (uint32_t l = 0; l < hp->n_layer; l++) {
     if (m->conv_state[l]) {
@@ -767,20 +809,25 @@ static void experts_fast(struct model *m, const struct layer_weights *L, int n) 
   cpu_matmul_batch(m->pool, n, jobs);
 }
 
-// Decode in stream mode: guess the next layer's experts by running its router on this
-// layer's MoE input (the residual stream changes little from one layer to the next) and
-// start reading them, so their reads overlap this layer's compute. A wrong guess costs a
-// read and may evict a cached expert. Off unless --prefetch: on random-weight models the
-// guesses are wrong and it reads 4x more (NOTES.md); to be measured on real weights.
-static void prefetch_next(struct model *m, int l, int T, const float *mn) {
+// The stale gate: layer l+1's router applied to this layer's MoE input `mn` (the residual
+// stream changes little from one layer to the next), top-k per token -> pred_next. For
+// all T tokens when predict_routes is set (traces, statistics), else for decode prefetch
+// only. In stream mode decode the guesses are handed to the expert source as a prefetch
+// hint (after this layer's own misses are queued), so their reads overlap this layer's
+// compute; the cache caps and prioritizes them (offload/ecache.h). Off by default unless
+// --prefetch (NOTES.md has the measurements).
+static void predict_next(struct model *m, int l, int T, const float *mn) {
   const struct model_hparams *hp = &m->hp;
-  if (T != 1 || !m->src.prefetch || (uint32_t)l + 1 >= hp->n_layer || !m->o.prefetch) return;
+  if ((uint32_t)l + 1 >= hp->n_layer) return;
+  bool pf = T == 1 && m->src.prefetch && m->o.prefetch;
+  if (!m->o.predict_routes && !pf) return;
   int64_t E = hp->n_expert, K = hp->n_expert_used;
   const struct layer_weights *N = &m->layers[l + 1];
-  float *lg = m->mlog + E; // mlog has room for (B + 1) * E
-  mm(m, &N->router, N->router.data, mn, 1, lg);
-  if (cpu_router_topk(lg, E, K, m->pf_ids, m->pf_w) == 0)
-    m->src.prefetch(m->src.ctx, l + 1, (int)K, m->pf_ids);
+  int n = m->o.predict_routes ? T : 1;
+  mm(m, &N->router, N->router.data, mn, n, m->plog);
+  int rc = cpu_router_topk_rows(m->plog, n, E, K, m->pred_next, m->pf_w);
+  FERRY_ASSERT(rc == 0);
+  if (pf) m->src.prefetch(m->src.ctx, l + 1, (int)K, m->pred_next);
 }
 
 static int moe(struct model *m, int l, int T) {
@@ -792,6 +839,10 @@ static int moe(struct model *m, int l, int T) {
   mm(m, &L->router, L->router.data, mn, T, m->mlog);
   int rc = cpu_router_topk_rows(m->mlog, T, E, K, m->top_ids, m->top_w);
   FERRY_ASSERT(rc == 0);
+  if (m->obs.on_route)
+    m->obs.on_route(m->obs.ctx, l, m->pos, T, (int)K, m->top_ids, m->top_w,
+                    m->pred_valid ? m->pred_cur : NULL);
+  m->pred_valid = false;
   // group (token, slot) pairs by expert (counting sort keeps token order inside a group)
   memset(m->grp_cnt, 0, (E + 1) * sizeof(int32_t));
   for (int64_t i = 0; i < T * K; i++) m->grp_cnt[m->top_ids[i]]++;
@@ -836,7 +887,12 @@ static int moe(struct model *m, int l, int T) {
       continue;
     }
     if (rc) return ferry_fail_ctx(rc, "layer %d experts", l);
-    if (u0 == 0) prefetch_next(m, l, T, mn); // after this layer's own misses are queued
+    if (u0 == 0) { // after this layer's own misses are queued
+      predict_next(m, l, T, mn);
+      int32_t *t = m->pred_cur;
+      m->pred_cur = m->pred_next, m->pred_next = t;
+      m->pred_valid = m->o.predict_routes && (uint32_t)l + 1 < hp->n_layer;
+    }
     memset(m->done, 0, nb);
     for (int left = nb; left > 0;) {
       int ns = 0, idx[nb];

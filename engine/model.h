@@ -66,6 +66,21 @@ struct model_opts {
   enum ferry_type kv_k, kv_v;
   bool progress; // progress bar on stderr while loading
   bool prefetch; // stream mode: prefetch the next layer's guessed experts (off by default)
+  // Stale-gate predictions for every chunk: after layer l's router, layer l+1's router is
+  // applied to layer l's MoE input (all T tokens), top-k -> the `pred` the route observer
+  // sees for layer l+1. Decode prefetch uses the same predictions (computed once).
+  bool predict_routes;
+};
+
+// Observer of routing decisions (traces, statistics). Called once per MoE layer per forward
+// chunk, right after top-k, on the engine's thread. T tokens at positions pos0..pos0+T-1;
+// ids/w: [T][k] in router order (host memory, valid during the call). pred: [T][k] the
+// ids predicted for THIS layer by applying its router to the previous layer's MoE input
+// (the stale gate), or NULL for layer 0 or when model_opts.predict_routes is off.
+struct route_observer {
+  void *ctx;
+  void (*on_route)(void *ctx, int layer, int pos0, int T, int k, const int32_t *ids, const float *w,
+                   const int32_t *pred);
 };
 
 struct model;
@@ -79,6 +94,8 @@ const struct model_hparams *model_hparams(const struct model *m);
 const struct layer_weights *model_layer(const struct model *m, int l);
 void model_set_pool(struct model *m, struct ferry_pool *pool);
 void model_set_expert_source(struct model *m, const struct expert_source *src);
+// Sets (or with NULL / o->on_route NULL, clears) the routing observer; o is copied.
+void model_set_route_observer(struct model *m, const struct route_observer *o);
 // Bytes the model allocated: weights, state (KV + recurrent), scratch.
 void model_mem(const struct model *m, uint64_t *weights, uint64_t *state, uint64_t *scratch);
 // Bytes of per-sequence state for n_ctx positions (for the plan, before loading).

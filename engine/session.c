@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "base/base.h"
+#include "engine/routing.h"
 #include "engine/stream.h"
 #include "numa/pool.h"
 #include "offload/budget.h"
@@ -38,6 +39,8 @@ enum {
   OPT_MODES,
   OPT_NOPROG,
   OPT_PREFETCH,
+  OPT_TRACE,
+  OPT_RSTATS,
   OPT_HELP,
 };
 
@@ -70,6 +73,8 @@ static const struct option k_opts[] = {{"model", required_argument, 0, 'm'},
                                        {"modes", required_argument, 0, OPT_MODES},
                                        {"no-progress", no_argument, 0, OPT_NOPROG},
                                        {"prefetch", no_argument, 0, OPT_PREFETCH},
+                                       {"trace-experts", required_argument, 0, OPT_TRACE},
+                                       {"routing-stats", no_argument, 0, OPT_RSTATS},
                                        {"help", no_argument, 0, OPT_HELP},
                                        {0, 0, 0, 0}};
 
@@ -116,7 +121,9 @@ static void usage(const char *cmd) {
     printf(
         "usage: ferry bench -m MODEL.gguf [--modes auto,full,stream] [-p PROMPT | -f FILE] [--raw] "
         "[-n N]\n"
-        "                   [-t N] [--ram SIZE] [--temp T] [--seed S] [--json PATH]\n");
+        "                   [-t N] [--ram SIZE] [--temp T] [--seed S] [--json PATH]\n"
+        "                   [--prefetch] [--trace-experts FILE] [--routing-stats]\n"
+        "  with several modes the trace of mode M goes to FILE.M\n");
   else
     printf(
         "usage: ferry run -m MODEL.gguf [-p PROMPT | -f FILE] [--system TEXT] [-n N] [--raw]\n"
@@ -124,7 +131,8 @@ static void usage(const char *cmd) {
         "[-c CTX]\n"
         "                 [-b BATCH] [--mode auto|full|stream] [--ram SIZE] [--vram SIZE] [--cpu]\n"
         "                 [--stats] [--json PATH] [--logprobs K] [--exact]\n"
-        "                 [--cache-type-k f32|f16|q8_0] [--cache-type-v f32|f16|q8_0]\n");
+        "                 [--cache-type-k f32|f16|q8_0] [--cache-type-v f32|f16|q8_0]\n"
+        "                 [--prefetch] [--trace-experts FILE] [--routing-stats]\n");
 }
 
 int run_opts_parse(struct run_opts *o, const char *cmd, int argc, char **argv) {
@@ -201,6 +209,15 @@ int run_opts_parse(struct run_opts *o, const char *cmd, int argc, char **argv) {
       case OPT_MODES: o->modes = optarg; break;
       case OPT_NOPROG: o->no_progress = true; break;
       case OPT_PREFETCH: o->prefetch = true; break;
+      case OPT_TRACE:
+        if (score) return ferry_fail(-EINVAL, "--trace-experts is for run and bench, not score");
+        if (!*optarg) return ferry_fail(-EINVAL, "--trace-experts needs a file name");
+        o->trace_experts = optarg;
+        break;
+      case OPT_RSTATS:
+        if (score) return ferry_fail(-EINVAL, "--routing-stats is for run and bench, not score");
+        o->routing_stats = true;
+        break;
       case 'h':
       case OPT_HELP: usage(cmd); return 1;
       case ':': return ferry_fail(-EINVAL, "option '%s' needs a value", flag);
@@ -238,6 +255,7 @@ struct session {
   struct ferry_pool *pool;
   struct stream *stream; // stream mode only
   struct budget *budget;
+  struct routing *routing; // --trace-experts / --routing-stats
   enum run_mode mode;
   uint64_t ram_budget;
   double load_s;
@@ -262,14 +280,16 @@ int session_open(struct session **out, const struct run_opts *o) {
   if (rc) goto fail;
   if ((rc = tok_create(&s->tok, s->f))) goto fail;
 
-  struct model_opts mo = {.exact = o->exact,
-                          .n_ctx = o->n_ctx,
-                          .n_batch = o->n_batch,
-                          .n_threads = o->threads,
-                          .kv_k = o->kv_k,
-                          .kv_v = o->kv_v,
-                          .progress = !o->no_progress && isatty(2),
-                          .prefetch = o->prefetch};
+  struct model_opts mo = {
+      .exact = o->exact,
+      .n_ctx = o->n_ctx,
+      .n_batch = o->n_batch,
+      .n_threads = o->threads,
+      .kv_k = o->kv_k,
+      .kv_v = o->kv_v,
+      .progress = !o->no_progress && isatty(2),
+      .prefetch = o->prefetch,
+      .predict_routes = o->prefetch || o->routing_stats || o->trace_experts != NULL};
   s->ram_budget = o->ram;
   if (!s->ram_budget) {
     s->ram_budget = session_default_ram();
@@ -340,6 +360,18 @@ int session_open(struct session **out, const struct run_opts *o) {
     stream_expert_source(s->stream, &src);
     model_set_expert_source(s->m, &src);
   }
+  if (o->trace_experts || o->routing_stats) {
+    const struct model_hparams *hp = model_hparams(s->m);
+    struct routing_opts ro = {.trace_path = o->trace_experts,
+                              .stats = o->routing_stats,
+                              .n_layer = (int)hp->n_layer,
+                              .n_expert = (int)hp->n_expert,
+                              .k = (int)hp->n_expert_used};
+    if ((rc = routing_create(&s->routing, &ro))) goto fail;
+    struct route_observer ob;
+    routing_observer(s->routing, &ob);
+    model_set_route_observer(s->m, &ob);
+  }
   s->load_s = ferry_now_s() - t0;
   *out = s;
   return 0;
@@ -350,6 +382,7 @@ fail:
 
 void session_close(struct session *s) {
   if (!s) return;
+  routing_destroy(s->routing);
   stream_destroy(s->stream);
   model_destroy(s->m);
   budget_destroy(s->budget);
@@ -376,4 +409,16 @@ void session_fill_stats(struct session *s, struct run_stats *st) {
   st->peak_vram = 0;
   st->io_direct = false;
   if (s->stream) stream_fill_stats(s->stream, st);
+  st->has_routing = false;
+  st->lag1_reuse = st->stale_gate_accuracy = st->coverage90 = -1;
+  if (s->routing && s->o.routing_stats) {
+    struct routing_summary rs;
+    routing_summarize(s->routing, &rs);
+    st->has_routing = rs.valid;
+    st->lag1_reuse = rs.lag1_reuse;
+    st->stale_gate_accuracy = rs.stale_gate_accuracy;
+    st->coverage90 = rs.coverage90;
+  }
 }
+
+int session_flush(struct session *s) { return routing_flush(s->routing); }

@@ -36,6 +36,8 @@ struct run_opts {
   bool kv_set;
   bool no_progress;
   bool prefetch;
+  const char *trace_experts; // --trace-experts FILE
+  bool routing_stats;        // --routing-stats
 };
 
 // Parses argv (argv[0] is the subcommand). `cmd` selects which flags are legal.
@@ -51,6 +53,14 @@ struct run_stats {
   bool io_direct;
   uint64_t host_capacity, host_hits, host_misses, host_evictions;
   uint64_t dev_capacity, dev_hits, dev_misses, dev_evictions;
+  uint64_t host_capacity_bytes;
+  // stale-gate prefetch (stream mode with --prefetch; offload/ecache.h counters)
+  bool prefetch;
+  uint64_t pf_issued, pf_used, pf_wrong, pf_skipped, pf_bytes, pf_cancelled;
+  uint64_t demand_bytes;
+  // --routing-stats (engine/routing.h); -1 where undefined
+  bool has_routing;
+  double lag1_reuse, stale_gate_accuracy, coverage90;
 };
 
 struct session;
@@ -69,3 +79,5 @@ const struct gguf_file *session_gguf(struct session *s);
 const struct tokenizer *session_tokenizer(struct session *s);
 const char *session_mode_name(const struct session *s);
 void session_fill_stats(struct session *s, struct run_stats *st);
+// Flushes the expert trace (if any); reports a failed write.
+int session_flush(struct session *s);

@@ -186,6 +186,7 @@ void stream_fill_stats(struct stream *s, struct run_stats *st) {
   struct ecache_stats es;
   ecache_stats(s->cache, &es);
   st->host_capacity = es.capacity_slots[ECACHE_HOST];
+  st->host_capacity_bytes = es.capacity_bytes[ECACHE_HOST];
   st->host_hits = es.tier[ECACHE_HOST].hits;
   st->host_misses = es.tier[ECACHE_HOST].misses;
   st->host_evictions = es.tier[ECACHE_HOST].evictions;
