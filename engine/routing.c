@@ -9,8 +9,8 @@
 #include "base/base.h"
 
 struct layer_acc {
-  int32_t *prev;   // [k] ids of the last position seen
-  int prev_pos;    // its position, -1 before the first
+  int32_t *prev; // [k] ids of the last position seen
+  int prev_pos;  // its position, -1 before the first
   uint64_t lag_hits, lag_pairs;
   uint64_t pred_hits, pred_n;
   uint64_t *counts; // [n_expert] routings per expert
@@ -167,8 +167,8 @@ int routing_flush(struct routing *r) {
   int bad = r->write_failed || fflush(r->trace) != 0 || ferror(r->trace);
   int e = errno;
   if (bad)
-    return ferry_fail(-(e ? e : EIO), "writing --trace-experts file '%s' failed: %s",
-                      r->trace_path, strerror(e ? e : EIO));
+    return ferry_fail(-(e ? e : EIO), "writing --trace-experts file '%s' failed: %s", r->trace_path,
+                      strerror(e ? e : EIO));
   return 0;
 }
 

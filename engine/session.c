@@ -409,6 +409,7 @@ void session_fill_stats(struct session *s, struct run_stats *st) {
   st->peak_vram = 0;
   st->io_direct = false;
   if (s->stream) stream_fill_stats(s->stream, st);
+  st->prefetch = s->stream && s->o.prefetch;
   st->has_routing = false;
   st->lag1_reuse = st->stale_gate_accuracy = st->coverage90 = -1;
   if (s->routing && s->o.routing_stats) {

@@ -190,4 +190,8 @@ void stream_fill_stats(struct stream *s, struct run_stats *st) {
   st->host_hits = es.tier[ECACHE_HOST].hits;
   st->host_misses = es.tier[ECACHE_HOST].misses;
   st->host_evictions = es.tier[ECACHE_HOST].evictions;
+  const struct ecache_counters *t = &es.tier[ECACHE_HOST];
+  st->pf_issued = t->prefetches, st->pf_used = t->pf_used, st->pf_wrong = t->pf_wrong;
+  st->pf_cancelled = t->pf_cancelled, st->pf_skipped = t->pf_skipped, st->pf_bytes = t->pf_bytes;
+  st->demand_bytes = t->demand_bytes;
 }
