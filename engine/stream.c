@@ -33,6 +33,26 @@ static int layer_layout(const struct gguf_file *f, uint32_t l, struct ecache_lay
   return 0;
 }
 
+int stream_expert_layout(const struct gguf_file *f, const struct model_hparams *hp,
+                         struct ecache_layer *out) {
+  for (uint32_t l = 0; l < hp->n_layer; l++) {
+    int rc = layer_layout(f, l, &out[l]);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+uint64_t stream_cache_bytes(const struct ecache_layer *layers, uint32_t n_layer, uint64_t left) {
+  // No more slots than there are experts: a cache larger than all of them is wasted RAM.
+  uint64_t all = 0;
+  for (uint32_t l = 0; l < n_layer; l++) {
+    uint64_t slot = 0;
+    for (int q = 0; q < 3; q++) slot += io_span_max(layers[l].part[q].len);
+    all += slot * layers[l].n_experts;
+  }
+  return left < all ? left : all;
+}
+
 uint64_t stream_min_cache_bytes(const struct gguf_file *f, const struct model_hparams *hp) {
   struct ecache_layer *layers = calloc(hp->n_layer, sizeof *layers);
   if (!layers) return UINT64_MAX / 4;
@@ -105,18 +125,11 @@ int stream_create(struct stream **out, const struct gguf_file *f, const struct m
   }
   if ((rc = io_reader_open(&s->reader, gguf_path(f), NULL))) goto fail;
   arm_faults_from_env();
-  // No more slots than there are experts: a cache larger than all of them is wasted RAM.
-  uint64_t all = 0;
-  for (uint32_t l = 0; l < hp->n_layer; l++) {
-    uint64_t slot = 0;
-    for (int q = 0; q < 3; q++) slot += io_span_max(s->layers[l].part[q].len);
-    all += slot * s->layers[l].n_experts;
-  }
   struct ecache_params p = {.n_layers = hp->n_layer,
                             .layers = s->layers,
                             .reader = s->reader,
                             .budget = b,
-                            .host_bytes = left < all ? left : all,
+                            .host_bytes = stream_cache_bytes(s->layers, hp->n_layer, left),
                             .min_slots = hp->n_expert_used};
   if ((rc = ecache_create(&s->cache, &p))) goto fail;
   *out = s;

@@ -7,10 +7,17 @@
 #include "engine/gguf.h"
 #include "engine/model.h"
 #include "offload/budget.h"
+#include "offload/ecache.h"
 
 struct stream;
 struct run_stats;
 
+// The routed experts' file layout, one entry per layer (out: hp->n_layer entries).
+int stream_expert_layout(const struct gguf_file *f, const struct model_hparams *hp,
+                         struct ecache_layer *out);
+// The host capacity stream mode gives the cache when `left` bytes of the budget remain:
+// `left`, but no more than all the experts take as slots (ferry cachesim uses it too).
+uint64_t stream_cache_bytes(const struct ecache_layer *layers, uint32_t n_layer, uint64_t left);
 // Bytes of the smallest cache that works: the k largest experts of one layer, as slots.
 uint64_t stream_min_cache_bytes(const struct gguf_file *f, const struct model_hparams *hp);
 // Creates the cache with what the budget has left (host RAM), at least the minimum.

@@ -666,7 +666,8 @@ static int rknobs_parse(struct rknobs *k, const char *s) {
     continue;              \
   }
     K(u)
-    K(beta) K(rho) K(g0) K(gj) K(s_lo) K(s_hi) K(b_lo) K(b_hi) K(amp) K(growth) K(vs)
+    K(beta)
+    K(rho) K(g0) K(gj) K(s_lo) K(s_hi) K(b_lo) K(b_hi) K(amp) K(growth) K(vs)
 #undef K
         return ferry_fail(-EINVAL,
                           "--routing-knobs: unknown knob '%s' (u, beta, rho, g0, gj, s_lo, s_hi, "

@@ -301,7 +301,7 @@ static int validate_layout(const struct ecache_params *p, uint64_t file_size) {
 
 // Slot bytes of one layer: the three slices' aligned supersets (worst misalignment when
 // the expert stride is not block-aligned).
-static uint64_t layer_slot_bytes(const struct ecache_layer *L) {
+uint64_t ecache_layer_slot_bytes(const struct ecache_layer *L) {
   uint64_t at = 0;
   for (int q = 0; q < ECACHE_N_PARTS; q++) {
     const struct ecache_slice *s = &L->part[q];
@@ -319,12 +319,12 @@ uint64_t ecache_min_host_bytes(const struct ecache_layer *layers, uint32_t n_lay
   uint64_t denom = 0, need = 0;
   if (!min_slots) min_slots = 1;
   for (uint32_t l = 0; l < n_layers; l++)
-    if (layers[l].n_experts) denom += layer_slot_bytes(&layers[l]);
+    if (layers[l].n_experts) denom += ecache_layer_slot_bytes(&layers[l]);
   for (uint32_t l = 0; l < n_layers; l++) {
     if (!layers[l].n_experts) continue;
-    uint64_t slot = layer_slot_bytes(&layers[l]), lj = 0;
+    uint64_t slot = ecache_layer_slot_bytes(&layers[l]), lj = 0;
     for (uint32_t m = 0; m < n_layers; m++)
-      lj += layers[m].n_experts && layer_slot_bytes(&layers[m]) == slot;
+      lj += layers[m].n_experts && ecache_layer_slot_bytes(&layers[m]) == slot;
     uint64_t nj = ((uint64_t)min_slots * denom + lj - 1) / lj;
     if (nj > need) need = nj;
   }
@@ -379,7 +379,7 @@ int ecache_create(struct ecache **out, const struct ecache_params *p) {
       at += (s->stride % IO_ALIGN == 0 || L->n_experts == 1) ? io_span_bytes(s->base, s->len)
                                                              : io_span_max(s->len);
     }
-    FERRY_ASSERT(at == layer_slot_bytes(L));
+    FERRY_ASSERT(at == ecache_layer_slot_bytes(L));
     size[l] = at;
     uint32_t k = 0;
     while (k < c->n_cls && c->cls[k].slot_bytes != at) k++;

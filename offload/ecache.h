@@ -159,6 +159,9 @@ void ecache_release(struct ecache *c, uint32_t layer, uint32_t n, struct ecache_
 // the number of reads started (>= 0) or -EINVAL for a bad layer or expert.
 int ecache_prefetch(struct ecache *c, uint32_t layer, uint32_t n, const int32_t *experts);
 
+// Bytes of one slot of a layer: its three slices' 4096-aligned supersets.
+uint64_t ecache_layer_slot_bytes(const struct ecache_layer *L);
+
 // The smallest host_bytes for which ecache_create succeeds with these layers and
 // min_slots (every size class gets min_slots slots). Used to plan before creating.
 uint64_t ecache_min_host_bytes(const struct ecache_layer *layers, uint32_t n_layers,
