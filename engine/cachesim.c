@@ -92,19 +92,20 @@ int trace_load(struct trace *t, const char *path) {
   ssize_t len;
   int64_t cap = 0, lineno = 0;
   int rc = 0;
-  int32_t *ids = malloc(sizeof(int32_t) * TRACE_MAX_K), *pred = malloc(sizeof(int32_t) * TRACE_MAX_K);
+  int32_t *ids = malloc(sizeof(int32_t) * TRACE_MAX_K),
+          *pred = malloc(sizeof(int32_t) * TRACE_MAX_K);
   if (!ids || !pred) rc = ferry_fail(-ENOMEM, "out of memory");
   while (!rc && (len = getline(&line, &lcap, f)) >= 0) {
     lineno++;
     const char *s = line;
     while (*s == ' ' || *s == '\t') s++;
     if (*s == '\n' || *s == 0) continue;
-#define BAD(...) \
+#define BAD(...)                                     \
   rc = ferry_fail(-EINVAL, "%s:%lld: " __VA_ARGS__); \
   break
     if (*s != '{') {
-      BAD("not a JSON object (expected one {\"pos\", \"layer\", \"experts\", ...} per line)",
-          path, (long long)lineno);
+      BAD("not a JSON object (expected one {\"pos\", \"layer\", \"experts\", ...} per line)", path,
+          (long long)lineno);
     }
     const char *vp = find_key(s, "pos"), *vl = find_key(s, "layer"), *ve = find_key(s, "experts");
     const char *vc = find_key(s, "chunk"), *vq = find_key(s, "pred");
@@ -188,8 +189,8 @@ static const int32_t *next_pred(const struct trace *t, int64_t i, int64_t j, uin
 
 static int check_layout(const struct trace *t, const struct sim_config *c) {
   if ((uint32_t)t->n_layer > c->n_layers)
-    return ferry_fail(-EINVAL, "the trace has layer %d but the model has %u layers",
-                      t->n_layer - 1, c->n_layers);
+    return ferry_fail(-EINVAL, "the trace has layer %d but the model has %u layers", t->n_layer - 1,
+                      c->n_layers);
   for (int64_t i = 0; i < t->n; i++)
     for (int q = 0; q < t->k; q++)
       if ((uint32_t)t->ids[i * t->k + q] >= c->layers[t->layer[i]].n_experts ||
@@ -362,7 +363,8 @@ static void heap_swap(struct gc *g, int32_t i, int32_t j) {
   g->nd[b].heap = i, g->nd[a].heap = j;
 }
 static void heap_fix(struct gc *g, int32_t i) {
-  while (i > 0 && lfu_less(g, g->heap[i], g->heap[(i - 1) / 2])) heap_swap(g, i, (i - 1) / 2), i = (i - 1) / 2;
+  while (i > 0 && lfu_less(g, g->heap[i], g->heap[(i - 1) / 2]))
+    heap_swap(g, i, (i - 1) / 2), i = (i - 1) / 2;
   for (;;) {
     int32_t l = 2 * i + 1, r = l + 1, m = i;
     if (l < g->n_heap && lfu_less(g, g->heap[l], g->heap[m])) m = l;
@@ -488,7 +490,8 @@ static void gc_touch(struct gc *g, int64_t key) {
   }
 }
 
-static int gc_init(struct gc *g, enum sim_policy pol, uint64_t cap, int64_t n_keys, int32_t max_nodes) {
+static int gc_init(struct gc *g, enum sim_policy pol, uint64_t cap, int64_t n_keys,
+                   int32_t max_nodes) {
   memset(g, 0, sizeof *g);
   g->pol = pol, g->cap = cap;
   g->nd = calloc((size_t)max_nodes, sizeof *g->nd);
@@ -531,8 +534,9 @@ static int run_generic(const struct trace *t, const struct sim_config *c, struct
   uint64_t per_layer_slots = denom ? bytes / denom : 0;
   if (per_layer_slots < c->min_slots) {
     free(slot);
-    return ferry_fail(-ENOSPC, "capacity gives %llu slot(s) per layer, fewer than the %u experts "
-                               "one token uses",
+    return ferry_fail(-ENOSPC,
+                      "capacity gives %llu slot(s) per layer, fewer than the %u experts "
+                      "one token uses",
                       (unsigned long long)per_layer_slots, c->min_slots);
   }
   int n_inst = c->global ? 1 : (int)L;
@@ -598,7 +602,8 @@ static int run_generic(const struct trace *t, const struct sim_config *c, struct
     }
     const int32_t *pf = c->prefetch ? next_pred(t, i, j, L) : NULL;
     if (pf) {
-      if (c->cap >= 0 && (double)wasted > (c->cap == 0 ? ECACHE_PREFETCH_CAP : c->cap) * (double)needed) {
+      if (c->cap >= 0 &&
+          (double)wasted > (c->cap == 0 ? ECACHE_PREFETCH_CAP : c->cap) * (double)needed) {
         r.pf_skipped += (uint64_t)t->k;
       } else {
         uint32_t l1 = l + 1;

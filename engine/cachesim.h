@@ -31,9 +31,9 @@ const char *sim_policy_name(enum sim_policy p);
 
 struct sim_config {
   enum sim_policy policy;
-  bool global;   // one cache over all layers (generic policies); else one per layer
-  bool prefetch; // stale-gate prefetch (needs "pred" in the trace)
-  double cap;    // prefetch cap (as ecache_params.prefetch_cap)
+  bool global;    // one cache over all layers (generic policies); else one per layer
+  bool prefetch;  // stale-gate prefetch (needs "pred" in the trace)
+  double cap;     // prefetch cap (as ecache_params.prefetch_cap)
   int64_t warmup; // positions before this are not counted (their chunks, exactly)
   // Capacity: per layer l, slot bytes slot[l] (the ecache layout gives them); ferry's
   // policy gets host_bytes (or host_slots when host_bytes is 0), the generic policies the

@@ -21,24 +21,25 @@
 #define MAX_SIZES 16
 
 static void usage(FILE *o) {
-  fprintf(o,
-          "usage: ferry cachesim TRACE [--model M.gguf] (--ram SIZE [--vram SIZE] | --slots LIST)\n"
-          "                      [--policies ferry,lru,lfu,s3fifo] [--scope layer,global]\n"
-          "                      [--prefetch off|on|both] [--cap F] [--warmup N] [--experts N]\n"
-          "                      [-c CTX] [-b BATCH] [-t THREADS] [--json PATH]\n"
-          "TRACE: the JSON lines of ferry run/bench --trace-experts.\n"
-          "--ram/--vram: budgets for the model file (needs --model); the expert capacity is what\n"
-          "  `ferry run --mode stream --ram SIZE` gives its cache (pass the run's -c/-b/-t too).\n"
-          "  --vram adds what is left of it after the dense weights, state and scratch, as one\n"
-          "  cache with the RAM (ferry has no device tier yet).\n"
-          "--slots: slots per layer, N or P%% of the experts, comma-separated (25%%,50%%,75%%).\n"
-          "--policies: ferry = the engine's own cache (offload/ecache in simulation: size classes,\n"
-          "  pins, batches), lru, lfu, s3fifo; --scope: per-layer or global budgets (generic\n"
-          "  policies; ferry's cache is per size class). --prefetch: stale-gate prefetch (needs\n"
-          "  the trace's \"pred\"); --cap: prefetch cap (default %.2f, negative: none).\n"
-          "--warmup N: count only chunks starting at position N or later.\n"
-          "Without --model: --slots only, n_experts from --experts or the trace, no bytes.\n",
-          ECACHE_PREFETCH_CAP);
+  fprintf(
+      o,
+      "usage: ferry cachesim TRACE [--model M.gguf] (--ram SIZE [--vram SIZE] | --slots LIST)\n"
+      "                      [--policies ferry,lru,lfu,s3fifo] [--scope layer,global]\n"
+      "                      [--prefetch off|on|both] [--cap F] [--warmup N] [--experts N]\n"
+      "                      [-c CTX] [-b BATCH] [-t THREADS] [--json PATH]\n"
+      "TRACE: the JSON lines of ferry run/bench --trace-experts.\n"
+      "--ram/--vram: budgets for the model file (needs --model); the expert capacity is what\n"
+      "  `ferry run --mode stream --ram SIZE` gives its cache (pass the run's -c/-b/-t too).\n"
+      "  --vram adds what is left of it after the dense weights, state and scratch, as one\n"
+      "  cache with the RAM (ferry has no device tier yet).\n"
+      "--slots: slots per layer, N or P%% of the experts, comma-separated (25%%,50%%,75%%).\n"
+      "--policies: ferry = the engine's own cache (offload/ecache in simulation: size classes,\n"
+      "  pins, batches), lru, lfu, s3fifo; --scope: per-layer or global budgets (generic\n"
+      "  policies; ferry's cache is per size class). --prefetch: stale-gate prefetch (needs\n"
+      "  the trace's \"pred\"); --cap: prefetch cap (default %.2f, negative: none).\n"
+      "--warmup N: count only chunks starting at position N or later.\n"
+      "Without --model: --slots only, n_experts from --experts or the trace, no bytes.\n",
+      ECACHE_PREFETCH_CAP);
 }
 
 enum { O_MODEL = 256, O_RAM, O_VRAM, O_SLOTS, O_POL, O_SCOPE, O_PF, O_CAP, O_WARM, O_EXP, O_JSON };
@@ -89,8 +90,8 @@ static int parse_list(const char *flag, const char *s, const char *const *names,
 // The host capacity `ferry run --mode stream --ram ram` gives its expert cache (and, with
 // vram, what the device would have left for experts).
 static int budget_capacity(const struct gguf_file *f, const struct model_hparams *hp,
-                           const struct ecache_layer *layers, uint64_t ram, uint64_t vram, int n_ctx,
-                           int n_batch, int threads, uint64_t *out) {
+                           const struct ecache_layer *layers, uint64_t ram, uint64_t vram,
+                           int n_ctx, int n_batch, int threads, uint64_t *out) {
   struct model_opts mo = {.dense_only = true,
                           .n_ctx = n_ctx,
                           .n_batch = n_batch,
@@ -114,15 +115,22 @@ static int budget_capacity(const struct gguf_file *f, const struct model_hparams
 }
 
 int cmd_cachesim(int argc, char **argv) {
-  static const struct option opts[] = {
-      {"model", required_argument, 0, O_MODEL},  {"ram", required_argument, 0, O_RAM},
-      {"vram", required_argument, 0, O_VRAM},    {"slots", required_argument, 0, O_SLOTS},
-      {"policies", required_argument, 0, O_POL}, {"scope", required_argument, 0, O_SCOPE},
-      {"prefetch", required_argument, 0, O_PF},  {"cap", required_argument, 0, O_CAP},
-      {"warmup", required_argument, 0, O_WARM},  {"experts", required_argument, 0, O_EXP},
-      {"json", required_argument, 0, O_JSON},    {"ctx-size", required_argument, 0, 'c'},
-      {"batch-size", required_argument, 0, 'b'}, {"threads", required_argument, 0, 't'},
-      {"help", no_argument, 0, 'h'},             {0, 0, 0, 0}};
+  static const struct option opts[] = {{"model", required_argument, 0, O_MODEL},
+                                       {"ram", required_argument, 0, O_RAM},
+                                       {"vram", required_argument, 0, O_VRAM},
+                                       {"slots", required_argument, 0, O_SLOTS},
+                                       {"policies", required_argument, 0, O_POL},
+                                       {"scope", required_argument, 0, O_SCOPE},
+                                       {"prefetch", required_argument, 0, O_PF},
+                                       {"cap", required_argument, 0, O_CAP},
+                                       {"warmup", required_argument, 0, O_WARM},
+                                       {"experts", required_argument, 0, O_EXP},
+                                       {"json", required_argument, 0, O_JSON},
+                                       {"ctx-size", required_argument, 0, 'c'},
+                                       {"batch-size", required_argument, 0, 'b'},
+                                       {"threads", required_argument, 0, 't'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
   const char *model = NULL, *slots = NULL, *json = NULL;
   const char *pol_s = "ferry,lru,lfu,s3fifo", *scope_s = "layer,global", *pf_s = "both";
   uint64_t ram = 0, vram = 0;
@@ -148,16 +156,17 @@ int cmd_cachesim(int argc, char **argv) {
       case O_JSON: json = optarg; break;
       case O_CAP:
         cap = strtod(optarg, &end);
-        if (end == optarg || *end) return ferry_fail(-EINVAL, "--cap: '%s' is not a number", optarg);
+        if (end == optarg || *end)
+          return ferry_fail(-EINVAL, "--cap: '%s' is not a number", optarg);
         if (cap == 0) cap = 1e-12; // 0 means "default" to the cache: keep a real zero
         break;
-#define LNG(ch, name, var, lo, hi)                                                          \
-  case ch:                                                                                  \
-    errno = 0;                                                                              \
-    var = strtol(optarg, &end, 10);                                                         \
-    if (end == optarg || *end || errno || var < (lo) || var > (hi))                         \
-      return ferry_fail(-EINVAL, "%s: '%s' is not an integer in %ld..%ld", name, optarg,    \
-                        (long)(lo), (long)(hi));                                            \
+#define LNG(ch, name, var, lo, hi)                                                       \
+  case ch:                                                                               \
+    errno = 0;                                                                           \
+    var = strtol(optarg, &end, 10);                                                      \
+    if (end == optarg || *end || errno || var < (lo) || var > (hi))                      \
+      return ferry_fail(-EINVAL, "%s: '%s' is not an integer in %ld..%ld", name, optarg, \
+                        (long)(lo), (long)(hi));                                         \
     break;
         LNG(O_WARM, "--warmup", warmup, 0, 1L << 30)
         LNG(O_EXP, "--experts", experts, 1, 1 << 20)
@@ -179,7 +188,8 @@ int cmd_cachesim(int argc, char **argv) {
   if (!ram && !slots) return ferry_fail(-EINVAL, "give --ram SIZE (with --model) or --slots LIST");
   if (ram && slots) return ferry_fail(-EINVAL, "give either --ram or --slots, not both");
   if (vram && !ram) return ferry_fail(-EINVAL, "--vram goes with --ram");
-  if (ram && !model) return ferry_fail(-EINVAL, "--ram needs --model (the budgets are for a model)");
+  if (ram && !model)
+    return ferry_fail(-EINVAL, "--ram needs --model (the budgets are for a model)");
   static const char *const pol_names[] = {"ferry", "lru", "lfu", "s3fifo"};
   static const char *const scope_names[] = {"layer", "global"};
   bool pol_on[SIM_N_POLICIES], scope_on[2];
@@ -226,8 +236,8 @@ int cmd_cachesim(int argc, char **argv) {
     for (uint32_t l = 0; l < n_layers; l++) {
       layers[l].n_experts = E;
       for (int q = 0; q < ECACHE_N_PARTS; q++)
-        layers[l].part[q] = (struct ecache_slice){.base = (uint64_t)q << 40, .stride = 4096,
-                                                  .len = 4096};
+        layers[l].part[q] =
+            (struct ecache_slice){.base = (uint64_t)q << 40, .stride = 4096, .len = 4096};
     }
   }
   uint32_t E0 = layers[0].n_experts;
@@ -259,11 +269,8 @@ int cmd_cachesim(int argc, char **argv) {
   printf("%-22s %-7s %-7s %-3s %9s %9s %11s %11s %12s\n", "capacity", "policy", "scope", "pf",
          "hit rate", "hits", "misses", "MiB/token", "pf right");
   for (int si = 0; si < n_sizes && !rc; si++) {
-    struct sim_config cfg = {.layers = layers,
-                             .n_layers = n_layers,
-                             .min_slots = k,
-                             .cap = cap,
-                             .warmup = warmup};
+    struct sim_config cfg = {
+        .layers = layers, .n_layers = n_layers, .min_slots = k, .cap = cap, .warmup = warmup};
     char label[64];
     if (ram) {
       cfg.host_bytes = (uint64_t)sizes[si].v;
@@ -271,7 +278,8 @@ int cmd_cachesim(int argc, char **argv) {
       ferry_format_size(cfg.host_bytes, b, sizeof b);
       snprintf(label, sizeof label, "%s", b);
     } else {
-      uint64_t per = sizes[si].pct ? (uint64_t)(sizes[si].v / 100.0 * E0 + 0.5) : (uint64_t)sizes[si].v;
+      uint64_t per =
+          sizes[si].pct ? (uint64_t)(sizes[si].v / 100.0 * E0 + 0.5) : (uint64_t)sizes[si].v;
       if (per < k) per = k;
       cfg.host_bytes = per * denom; // the same slots in every layer, whatever the classes
       snprintf(label, sizeof label, "%llu/layer (%.0f%%)", (unsigned long long)per,
@@ -298,7 +306,10 @@ int cmd_cachesim(int argc, char **argv) {
           if (pf && res) snprintf(pr, sizeof pr, "%.1f%%", 100.0 * r.pf_used / res);
           if (model) snprintf(mb, sizeof mb, "%.2f", mib);
           printf("%-22s %-7s %-7s %-3s %8.1f%% %9llu %11llu %11s %12s\n", label,
-                 sim_policy_name(cfg.policy), p == SIM_FERRY ? "class" : sc ? "global" : "layer",
+                 sim_policy_name(cfg.policy),
+                 p == SIM_FERRY ? "class"
+                 : sc           ? "global"
+                                : "layer",
                  pf ? "on" : "off", 100 * hr, (unsigned long long)r.hits,
                  (unsigned long long)r.misses, mb, pr);
           if (json) {

@@ -620,6 +620,8 @@ struct rknobs {
   float growth;       // residual |x|^2 growth per layer (estimate, for DeltaNet betas)
   float vs;           // DeltaNet value std before the conv's silu (small: silu ~ linear,
                       // so the averaged values carry no large constant part)
+  float ma;           // DeltaNet: share of v-heads without memory that average the last two
+                      // tokens (conv taps 0,0,1,1): reuse by the next token only
 };
 
 static void rknobs_default(struct rknobs *k, bool next) {
@@ -635,7 +637,8 @@ static void rknobs_default(struct rknobs *k, bool next) {
                          .b_hi = 0.7f,
                          .amp = 16.f,
                          .growth = 0.24f,
-                         .vs = 0.2f};
+                         .vs = 0.2f,
+                         .ma = 0.f};
   else // 512 experts, top-10 (the Qwen3-Next layout)
     *k = (struct rknobs){.u = 0.25f,
                          .beta = 1.0f,
@@ -648,7 +651,8 @@ static void rknobs_default(struct rknobs *k, bool next) {
                          .b_hi = 0.6f,
                          .amp = 64.f,
                          .growth = 0.24f,
-                         .vs = 0.2f};
+                         .vs = 0.2f,
+                         .ma = 0.f};
 }
 
 static int rknobs_parse(struct rknobs *k, const char *s) {
@@ -667,11 +671,12 @@ static int rknobs_parse(struct rknobs *k, const char *s) {
   }
     K(u)
     K(beta)
-    K(rho) K(g0) K(gj) K(s_lo) K(s_hi) K(b_lo) K(b_hi) K(amp) K(growth) K(vs)
+    K(rho)
+    K(g0) K(gj) K(s_lo) K(s_hi) K(b_lo) K(b_hi) K(amp) K(growth) K(vs) K(ma)
 #undef K
         return ferry_fail(-EINVAL,
                           "--routing-knobs: unknown knob '%s' (u, beta, rho, g0, gj, s_lo, s_hi, "
-                          "b_lo, b_hi, amp, growth, vs)",
+                          "b_lo, b_hi, amp, growth, vs, ma)",
                           name);
   }
   if (!(k->u > 0 && k->beta > 0 && k->rho > 0 && k->s_lo >= 1 && k->s_hi >= k->s_lo && k->amp > 0 &&
@@ -698,6 +703,13 @@ static void rreal_free(struct rreal *R) {
   if (!R) return;
   free(R->pair), free(R->tau), free(R->x0), free(R->wout), free(R->bias);
   free(R);
+}
+
+// DeltaNet v-heads without memory (knob ma): every round(1/ma)-th head.
+static bool rr_ma_head(const struct rreal *R, uint32_t l, uint32_t h) {
+  if (R->k.ma <= 0) return false;
+  uint32_t m = (uint32_t)lroundf(1.f / R->k.ma);
+  return (h + l) % (m ? m : 1) == 0;
 }
 
 static bool rr_full_attn(const struct rreal *R, uint32_t l, const struct synth_params *p) {
@@ -770,8 +782,9 @@ static int rreal_create(struct rreal **out, const struct synth_params *p) {
       for (uint32_t h = 0; h < R->nv; h++) {
         double tau = exp(log(k->s_lo) + (log(k->s_hi) - log(k->s_lo)) * ferry_rng_uniform(&rng));
         if (tau < 1.1) tau = 1.1;
+        if (rr_ma_head(R, l, h)) tau = 1.05; // beta = 0.95: the conv's two-token average
         R->tau[l * R->nv + h] = (float)tau;
-        inv_neff += 1.0 / (2 * tau - 1);
+        inv_neff += tau < 1.1 ? 0.5 : 1.0 / (2 * tau - 1);
       }
       inv_neff /= R->nv;
       // the gated RMSNorm makes each head's output unit-rms whatever the window, so the
@@ -918,10 +931,16 @@ static void rr_row(const struct rreal *R, const struct plan_tensor *t, uint64_t 
       }
       break;
     }
-    case RK_CONV:
+    case RK_CONV: { // row = channel; v-heads without memory average the last two tokens
+      uint64_t ch = row % ne1;
+      bool ma =
+          ch >= 2ull * R->key_dim &&
+          rr_ma_head(R, (uint32_t)l, (uint32_t)((ch - 2ull * R->key_dim) / (R->value_dim / R->nv)));
       memset(kind, BK_SET, (size_t)nb);
-      for (int j = 0; j < nb * bl; j++) x[j] = j == nb * bl - 1 ? 1.f : 0.f;
+      for (int j = 0; j < nb * bl; j++)
+        x[j] = j == nb * bl - 1 || (ma && j == nb * bl - 2) ? 1.f : 0.f;
       break;
+    }
     case RK_FILL: {
       float v = strstr(t->name, "ssm_a") ? -1e-3f : strstr(t->name, "ssm_dt") ? 0.f : 1.f;
       memset(kind, BK_SET, (size_t)nb);
