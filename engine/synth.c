@@ -643,7 +643,7 @@ static void rknobs_default(struct rknobs *k, bool next) {
     *k = (struct rknobs){.u = 0.25f,
                          .beta = 1.0f,
                          .rho = 1.5f,
-                         .g0 = 6.f,
+                         .g0 = 8.f,
                          .gj = 1.f,
                          .s_lo = 2.f,
                          .s_hi = 10.f,
@@ -672,7 +672,8 @@ static int rknobs_parse(struct rknobs *k, const char *s) {
     K(u)
     K(beta)
     K(rho)
-    K(g0) K(gj) K(s_lo) K(s_hi) K(b_lo) K(b_hi) K(amp) K(growth) K(vs) K(ma)
+    K(g0)
+    K(gj) K(s_lo) K(s_hi) K(b_lo) K(b_hi) K(amp) K(growth) K(vs) K(ma)
 #undef K
         return ferry_fail(-EINVAL,
                           "--routing-knobs: unknown knob '%s' (u, beta, rho, g0, gj, s_lo, s_hi, "
