@@ -8,6 +8,7 @@
 # usage: MODEL=/var/tmp/r30.gguf bench/prefetch_cgroup.sh
 #   LIMIT=<bytes, default file/3> RAM=<default LIMIT - 128 MiB> N=64 REPS=2 THREADS=2
 #   FERRY=build/ferry PROMPT="..." SAMPLING="--seed 7" OUT=dir
+#   ON_FLAGS="--prefetch" (e.g. "--prefetch --prefetch-cap 0.1")
 # Needs root and a memory cgroup (v1 or v2). Prints a markdown table; OUT keeps the JSON.
 set -euo pipefail
 src="$(cd "$(dirname "$0")/.." && pwd)"
@@ -22,6 +23,7 @@ FERRY=${FERRY:-$src/build/ferry}
 PROMPT=${PROMPT:-"Explain how a car ferry loads vehicles, in three short paragraphs."}
 SAMPLING=${SAMPLING:-"--seed 7"}
 OUT=${OUT:-$(mktemp -d /tmp/ferry_prefetch.XXXXXX)}
+ON_FLAGS=${ON_FLAGS:---prefetch}
 mkdir -p "$OUT"
 drop_cache() {
   python3 -c "import os,sys; fd=os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(fd,0,0,os.POSIX_FADV_DONTNEED)" "$1"
@@ -36,14 +38,14 @@ elif [ -f /sys/fs/cgroup/memory/memory.limit_in_bytes ]; then
 else
   echo "no memory cgroup controller" >&2; exit 1
 fi
-echo "## prefetch off/on: $MODEL ($SIZE B), cgroup $LIMIT B, --ram $RAM, -n $N, -t $THREADS, $SAMPLING"
+echo "## prefetch off/on ($ON_FLAGS): $MODEL ($SIZE B), cgroup $LIMIT B, --ram $RAM, -n $N, -t $THREADS, $SAMPLING"
 echo "- commit $(git -C "$src" rev-parse --short HEAD); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs), nproc $(nproc); load before $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "| run | prefetch | decode tok/s | MiB read / decode token | hit rate | stall ms / token | guesses right | wrong guesses read | skipped by cap |"
 echo "|---|---|---|---|---|---|---|---|---|"
 for r in $(seq 1 "$REPS"); do
   for pf in off on; do
-    flag=""; [ $pf = on ] && flag=--prefetch
+    flag=""; [ $pf = on ] && flag=$ON_FLAGS
     for n in 1 "$N"; do # -n 1 (prefill only) is subtracted so the numbers are decode only
       drop_cache "$MODEL"
       bash -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$CG" \

@@ -41,6 +41,7 @@ enum {
   OPT_PREFETCH,
   OPT_TRACE,
   OPT_RSTATS,
+  OPT_PFCAP,
   OPT_HELP,
 };
 
@@ -75,6 +76,7 @@ static const struct option k_opts[] = {{"model", required_argument, 0, 'm'},
                                        {"prefetch", no_argument, 0, OPT_PREFETCH},
                                        {"trace-experts", required_argument, 0, OPT_TRACE},
                                        {"routing-stats", no_argument, 0, OPT_RSTATS},
+                                       {"prefetch-cap", required_argument, 0, OPT_PFCAP},
                                        {"help", no_argument, 0, OPT_HELP},
                                        {0, 0, 0, 0}};
 
@@ -132,7 +134,7 @@ static void usage(const char *cmd) {
         "                 [-b BATCH] [--mode auto|full|stream] [--ram SIZE] [--vram SIZE] [--cpu]\n"
         "                 [--stats] [--json PATH] [--logprobs K] [--exact]\n"
         "                 [--cache-type-k f32|f16|q8_0] [--cache-type-v f32|f16|q8_0]\n"
-        "                 [--prefetch] [--trace-experts FILE] [--routing-stats]\n");
+        "                 [--prefetch] [--prefetch-cap F] [--trace-experts FILE] [--routing-stats]\n");
 }
 
 int run_opts_parse(struct run_opts *o, const char *cmd, int argc, char **argv) {
@@ -214,6 +216,17 @@ int run_opts_parse(struct run_opts *o, const char *cmd, int argc, char **argv) {
         if (!*optarg) return ferry_fail(-EINVAL, "--trace-experts needs a file name");
         o->trace_experts = optarg;
         break;
+      case OPT_PFCAP: {
+        char *end;
+        errno = 0;
+        o->prefetch_cap = strtod(optarg, &end);
+        if (errno || end == optarg || *end || o->prefetch_cap > 100)
+          rc = ferry_fail(-EINVAL, "--prefetch-cap: '%s' is not a number <= 100 (negative: no cap)",
+                          optarg);
+        else if (o->prefetch_cap == 0)
+          o->prefetch_cap = 1e-12; // 0 means "the default" to the cache: keep a real zero
+        break;
+      }
       case OPT_RSTATS:
         if (score) return ferry_fail(-EINVAL, "--routing-stats is for run and bench, not score");
         o->routing_stats = true;
@@ -355,7 +368,8 @@ int session_open(struct session **out, const struct run_opts *o) {
       goto fail;
   }
   if (s->mode == MODE_STREAM) {
-    if ((rc = stream_create(&s->stream, s->f, model_hparams(s->m), s->budget))) goto fail;
+    if ((rc = stream_create(&s->stream, s->f, model_hparams(s->m), s->budget, o->prefetch_cap)))
+      goto fail;
     struct expert_source src;
     stream_expert_source(s->stream, &src);
     model_set_expert_source(s->m, &src);

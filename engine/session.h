@@ -38,6 +38,7 @@ struct run_opts {
   bool prefetch;
   const char *trace_experts; // --trace-experts FILE
   bool routing_stats;        // --routing-stats
+  double prefetch_cap;       // --prefetch-cap (0: ECACHE_PREFETCH_CAP; < 0: none)
 };
 
 // Parses argv (argv[0] is the subcommand). `cmd` selects which flags are legal.

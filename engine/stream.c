@@ -92,7 +92,7 @@ static void arm_faults_from_env(void) {
 }
 
 int stream_create(struct stream **out, const struct gguf_file *f, const struct model_hparams *hp,
-                  struct budget *b) {
+                  struct budget *b, double prefetch_cap) {
   *out = NULL;
   struct stream *s = calloc(1, sizeof *s);
   if (!s) return ferry_fail(-ENOMEM, "out of memory");
@@ -130,7 +130,8 @@ int stream_create(struct stream **out, const struct gguf_file *f, const struct m
                             .reader = s->reader,
                             .budget = b,
                             .host_bytes = stream_cache_bytes(s->layers, hp->n_layer, left),
-                            .min_slots = hp->n_expert_used};
+                            .min_slots = hp->n_expert_used,
+                            .prefetch_cap = prefetch_cap};
   if ((rc = ecache_create(&s->cache, &p))) goto fail;
   *out = s;
   return 0;

@@ -22,8 +22,9 @@ uint64_t stream_cache_bytes(const struct ecache_layer *layers, uint32_t n_layer,
 uint64_t stream_min_cache_bytes(const struct gguf_file *f, const struct model_hparams *hp);
 // Creates the cache with what the budget has left (host RAM), at least the minimum.
 // Fails naming the budget, what is already used and the minimum cache.
+// prefetch_cap: as ecache_params.prefetch_cap (0: the default).
 int stream_create(struct stream **out, const struct gguf_file *f, const struct model_hparams *hp,
-                  struct budget *b);
+                  struct budget *b, double prefetch_cap);
 void stream_destroy(struct stream *s); // NULL-safe
 void stream_expert_source(struct stream *s, struct expert_source *src);
 void stream_fill_stats(struct stream *s, struct run_stats *st);
