@@ -134,7 +134,8 @@ static void usage(const char *cmd) {
         "                 [-b BATCH] [--mode auto|full|stream] [--ram SIZE] [--vram SIZE] [--cpu]\n"
         "                 [--stats] [--json PATH] [--logprobs K] [--exact]\n"
         "                 [--cache-type-k f32|f16|q8_0] [--cache-type-v f32|f16|q8_0]\n"
-        "                 [--prefetch] [--prefetch-cap F] [--trace-experts FILE] [--routing-stats]\n");
+        "                 [--prefetch] [--prefetch-cap F] [--trace-experts FILE] "
+        "[--routing-stats]\n");
 }
 
 int run_opts_parse(struct run_opts *o, const char *cmd, int argc, char **argv) {

@@ -664,21 +664,23 @@ static int rknobs_parse(struct rknobs *k, const char *s) {
     float v;
     if (sscanf(tok, "%31[a-z_0-9]=%f", name, &v) != 2 || !isfinite(v))
       return ferry_fail(-EINVAL, "--routing-knobs: '%s' is not name=number", tok);
-#define K(f)               \
-  if (!strcmp(name, #f)) { \
-    k->f = v;              \
-    continue;              \
-  }
-    K(u)
-    K(beta)
-    K(rho)
-    K(g0)
-    K(gj) K(s_lo) K(s_hi) K(b_lo) K(b_hi) K(amp) K(growth) K(vs) K(ma)
-#undef K
-        return ferry_fail(-EINVAL,
-                          "--routing-knobs: unknown knob '%s' (u, beta, rho, g0, gj, s_lo, s_hi, "
-                          "b_lo, b_hi, amp, growth, vs, ma)",
-                          name);
+    const struct {
+      const char *name;
+      float *v;
+    } knobs[] = {{"u", &k->u},       {"beta", &k->beta}, {"rho", &k->rho},       {"g0", &k->g0},
+                 {"gj", &k->gj},     {"s_lo", &k->s_lo}, {"s_hi", &k->s_hi},     {"b_lo", &k->b_lo},
+                 {"b_hi", &k->b_hi}, {"amp", &k->amp},   {"growth", &k->growth}, {"vs", &k->vs},
+                 {"ma", &k->ma}};
+    size_t q = 0;
+    while (q < sizeof knobs / sizeof knobs[0] && strcmp(name, knobs[q].name)) q++;
+    if (q < sizeof knobs / sizeof knobs[0]) {
+      *knobs[q].v = v;
+      continue;
+    }
+    return ferry_fail(-EINVAL,
+                      "--routing-knobs: unknown knob '%s' (u, beta, rho, g0, gj, s_lo, s_hi, "
+                      "b_lo, b_hi, amp, growth, vs, ma)",
+                      name);
   }
   if (!(k->u > 0 && k->beta > 0 && k->rho > 0 && k->s_lo >= 1 && k->s_hi >= k->s_lo && k->amp > 0 &&
         k->b_lo >= 0 && k->b_hi >= 0 && k->g0 >= 0 && k->gj >= 0 && k->growth >= 0))
