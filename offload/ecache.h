@@ -65,7 +65,7 @@ struct ecache_layer {
 };
 
 // Default prefetch cap: wrong-guess bytes at most this share of the needed bytes
-// (NOTES.md, "Prefetch that pays", has the measurements behind it).
+// (NOTES.md, "Realistic routing and prefetch (issue 13)", has the measurements).
 #define ECACHE_PREFETCH_CAP 0.25
 
 struct ecache_params {

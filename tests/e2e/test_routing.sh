@@ -52,6 +52,19 @@ st = [sum(ov(by[p, l]["experts"], by[p, l]["pred"]) for p in range(npos)) / (npo
       for l in range(1, layers)]
 assert abs(sum(lag) / layers - rt["lag1_reuse"]) < 1e-6, (lag, rt)
 assert abs(sum(st) / len(st) - rt["stale_gate_accuracy"]) < 1e-6, (st, rt)
+n_exp = 16 if run["arch"] == "qwen3moe" else 32
+cov = []
+for l in range(layers):
+    cnt = {}
+    for p in range(npos):
+        for e in by[p, l]["experts"]:
+            cnt[e] = cnt.get(e, 0) + 1
+    c = sorted(cnt.values(), reverse=True)
+    tot, acc, n = sum(c), 0, 0
+    while 10 * acc < 9 * tot:
+        acc += c[n]; n += 1
+    cov.append(n / n_exp)
+assert abs(sum(cov) / layers - rt["coverage90"]) < 1e-6, (cov, rt)
 print("trace ok: %d lines, %d layers, top-%d" % (len(rows), layers, k))
 EOF
 }
