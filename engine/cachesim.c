@@ -205,7 +205,7 @@ static int check_layout(const struct trace *t, const struct sim_config *c) {
     if (!any)
       return ferry_fail(-EINVAL,
                         "prefetch needs the predicted ids (\"pred\"), which this trace lacks "
-                        "(record it with --routing-stats, --trace-experts or --prefetch)");
+                        "(ferry run --trace-experts records them from layer 1 on)");
   }
   return 0;
 }

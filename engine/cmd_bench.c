@@ -111,15 +111,14 @@ static int default_stream_ram(const struct run_opts *o, uint64_t *out) {
   if (rc) goto done;
   if ((rc = hparams_load(&hp, f))) goto done;
   hp_ok = true;
-  struct model_opts mo = {
-      .exact = o->exact,
-      .n_ctx = o->n_ctx,
-      .n_batch = o->n_batch,
-      .n_threads = o->threads,
-      .kv_k = o->kv_k,
-      .kv_v = o->kv_v,
-      .prefetch = o->prefetch,
-      .predict_routes = o->prefetch || o->routing_stats || o->trace_experts != NULL};
+  struct model_opts mo = {.exact = o->exact,
+                          .n_ctx = o->n_ctx,
+                          .n_batch = o->n_batch,
+                          .n_threads = o->threads,
+                          .kv_k = o->kv_k,
+                          .kv_v = o->kv_v,
+                          .prefetch = o->prefetch,
+                          .predict_routes = o->routing_stats || o->trace_experts != NULL};
   uint64_t w_all = 0, wd = 0, st = 0, sc = 0;
   if ((rc = model_plan(f, &mo, &w_all, &st, &sc))) goto done;
   mo.dense_only = true;

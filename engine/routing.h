@@ -3,8 +3,7 @@
 // per MoE layer) and routing statistics (`--routing-stats`).
 //
 // Trace line (keys in this order; `pred` only when the run computed stale-gate
-// predictions, i.e. with --routing-stats, --trace-experts or --prefetch, and not for
-// layer 0; `chunk` is the first position of the forward chunk the token was computed in,
+// predictions, i.e. always with --trace-experts, and not for layer 0; `chunk` is the first position of the forward chunk the token was computed in,
 // so a replay can group the tokens the engine acquired experts for together):
 //   {"pos": P, "layer": L, "chunk": C, "experts": [ids in router order], "weights": [...],
 //    "pred": [ids predicted by the stale gate, router order]}

@@ -294,16 +294,15 @@ int session_open(struct session **out, const struct run_opts *o) {
   if (rc) goto fail;
   if ((rc = tok_create(&s->tok, s->f))) goto fail;
 
-  struct model_opts mo = {
-      .exact = o->exact,
-      .n_ctx = o->n_ctx,
-      .n_batch = o->n_batch,
-      .n_threads = o->threads,
-      .kv_k = o->kv_k,
-      .kv_v = o->kv_v,
-      .progress = !o->no_progress && isatty(2),
-      .prefetch = o->prefetch,
-      .predict_routes = o->prefetch || o->routing_stats || o->trace_experts != NULL};
+  struct model_opts mo = {.exact = o->exact,
+                          .n_ctx = o->n_ctx,
+                          .n_batch = o->n_batch,
+                          .n_threads = o->threads,
+                          .kv_k = o->kv_k,
+                          .kv_v = o->kv_v,
+                          .progress = !o->no_progress && isatty(2),
+                          .prefetch = o->prefetch,
+                          .predict_routes = o->routing_stats || o->trace_experts != NULL};
   s->ram_budget = o->ram;
   if (!s->ram_budget) {
     s->ram_budget = session_default_ram();
