@@ -4,6 +4,7 @@
 #include <stddef.h>
 
 const struct ferry_cmd ferry_cmds[] = {
-    {"info", cmd_info},   {"run", cmd_run},     {"score", cmd_score}, {"tokenize", cmd_tokenize},
-    {"bench", cmd_bench}, {"synth", cmd_synth}, {NULL, NULL},
+    {"info", cmd_info},         {"run", cmd_run},     {"score", cmd_score},
+    {"tokenize", cmd_tokenize}, {"bench", cmd_bench}, {"synth", cmd_synth},
+    {"cachesim", cmd_cachesim}, {NULL, NULL},
 };

@@ -292,6 +292,34 @@ static void print_table(FILE *f, const struct run_opts *o, const struct bench_mo
   print_row(f, "cache slots", c, n);
   for (int i = 0; i < n; i++) snprintf(c[i], sizeof c[i], "%d", ms[i].w.n_generated);
   print_row(f, "generated tokens", c, n);
+  bool any_pf = false, any_rt = false;
+  for (int i = 0; i < n; i++) any_pf |= ms[i].w.st.prefetch, any_rt |= ms[i].w.st.has_routing;
+  if (any_pf) {
+    for (int i = 0; i < n; i++) {
+      const struct run_stats *st = &ms[i].w.st;
+      uint64_t res = st->pf_used + st->pf_wrong;
+      if (st->prefetch && res)
+        snprintf(c[i], sizeof c[i], "%.1f%% of %llu", 100.0 * (double)st->pf_used / (double)res,
+                 (unsigned long long)res);
+      else
+        snprintf(c[i], sizeof c[i], "-");
+    }
+    print_row(f, "prefetch right", c, n);
+  }
+  if (any_rt) {
+    const char *lab[3] = {"lag-1 reuse", "stale-gate acc.", "coverage90"};
+    for (int j = 0; j < 3; j++) {
+      for (int i = 0; i < n; i++) {
+        const struct run_stats *st = &ms[i].w.st;
+        double v = j == 0 ? st->lag1_reuse : j == 1 ? st->stale_gate_accuracy : st->coverage90;
+        if (st->has_routing && v >= 0)
+          snprintf(c[i], sizeof c[i], "%.1f%%", 100 * v);
+        else
+          snprintf(c[i], sizeof c[i], "-");
+      }
+      print_row(f, lab[j], c, n);
+    }
+  }
   fprintf(f, "identical tokens   %s\n",
           identical ? "yes" : "NO (the modes generated different tokens: stream must equal full)");
 }
@@ -357,8 +385,13 @@ int cmd_bench(int argc, char **argv) {
   }
   struct bench_mode ms[BENCH_MAX_MODES];
   memset(ms, 0, sizeof ms);
+  char trace[BENCH_MAX_MODES][4096];
   for (int i = 0; i < n && !rc; i++) {
     struct run_opts mo = o;
+    if (o.trace_experts && n > 1) { // one trace per mode: FILE.full, FILE.stream, ...
+      snprintf(trace[i], sizeof trace[i], "%s.%s", o.trace_experts, mode_req_name(req[i]));
+      mo.trace_experts = trace[i];
+    }
     mo.mode = req[i];
     mo.stats = false, mo.json_path = NULL;
     mo.ram = req[i] == MODE_FULL ? 0 : req[i] == MODE_STREAM ? stream_ram : o.ram;

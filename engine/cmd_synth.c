@@ -17,7 +17,7 @@ static void synth_usage(FILE *o) {
   fprintf(o,
           "usage: ferry synth (--arch qwen3moe|qwen3next | --preset NAME) --quant f32|q8_0|q4_k_m\n"
           "                   [dims] [--layout split|legacy] [--vocab-from FILE.gguf] [--seed S]\n"
-          "                   [-t THREADS] -o OUT.gguf\n"
+          "                   [--routing random|real] [-t THREADS] -o OUT.gguf\n"
           "presets: qwen3-30b-a3b (qwen3moe), qwen3-next-80b-a3b (qwen3next, split layout)\n"
           "  without a preset the dims default to the fixtures' tiny models\n"
           "dims (override the preset):\n"
@@ -33,7 +33,11 @@ static void synth_usage(FILE *o) {
           "  that are not a multiple of 256 fall back to Q8_0 (a warning says how many).\n"
           "  Large K-quant tensors reuse a per-tensor bank of 1024 quantized blocks, picked at\n"
           "  random per row and block (the reference quantizer is slow); --exact-quant\n"
-          "  quantizes every row instead.\n");
+          "  quantizes every row instead.\n"
+          "--routing real constructs the weights so that the model's own router reproduces the\n"
+          "  routing statistics of real Qwen3 MoE models (expert reuse between tokens, stale-gate\n"
+          "  predictability, popularity skew growing with depth; NOTES.md). Needs --embd >= 512.\n"
+          "  --routing-knobs k=v,... overrides its constants (experiments). Default: random.\n");
 }
 
 static int parse_u32(const char *flag, const char *s, uint32_t lo, uint32_t hi, uint32_t *out) {
@@ -75,6 +79,8 @@ enum {
   O_SEED,
   O_NAME,
   O_EXACT,
+  O_ROUTING,
+  O_KNOBS,
 };
 
 int cmd_synth(int argc, char **argv) {
@@ -106,6 +112,8 @@ int cmd_synth(int argc, char **argv) {
                                        {"seed", required_argument, 0, O_SEED},
                                        {"name", required_argument, 0, O_NAME},
                                        {"exact-quant", no_argument, 0, O_EXACT},
+                                       {"routing", required_argument, 0, O_ROUTING},
+                                       {"routing-knobs", required_argument, 0, O_KNOBS},
                                        {"threads", required_argument, 0, 't'},
                                        {"output", required_argument, 0, 'o'},
                                        {"help", no_argument, 0, 'h'},
@@ -192,6 +200,15 @@ int cmd_synth(int argc, char **argv) {
       case O_VOCAB_FROM: p.vocab_from = optarg; break;
       case O_NAME: p.name = optarg; break;
       case O_EXACT: p.exact = true; break;
+      case O_ROUTING:
+        if (!strcmp(optarg, "real"))
+          p.routing = SYNTH_ROUTING_REAL;
+        else if (!strcmp(optarg, "random"))
+          p.routing = SYNTH_ROUTING_RANDOM;
+        else
+          rc = ferry_fail(-EINVAL, "--routing must be random or real (got '%s')", optarg);
+        break;
+      case O_KNOBS: p.routing_knobs = optarg; break;
       case O_SEED: {
         char *end;
         errno = 0;
@@ -226,6 +243,8 @@ int cmd_synth(int argc, char **argv) {
       return ferry_fail(-EINVAL, "--layout must be split or legacy (got '%s')", layout);
   }
   if (!out) return ferry_fail(-EINVAL, "missing -o OUT.gguf");
+  if (p.routing_knobs && p.routing != SYNTH_ROUTING_REAL)
+    return ferry_fail(-EINVAL, "--routing-knobs needs --routing real");
   if ((rc = synth_params_validate(&p))) return rc;
 
   struct synth_stats st;

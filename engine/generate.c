@@ -223,6 +223,7 @@ int gen_run(struct session *s, const struct run_opts *o, const int32_t *prompt, 
   r->st.n_prompt = n_prompt;
   r->st.n_generated = r->n_generated;
   session_fill_stats(s, &r->st);
+  rc = session_flush(s);
 done:
   sampler_destroy(smp);
   tok_decoder_destroy(dec);
@@ -276,6 +277,18 @@ void gen_json_stats(struct jw *w, const struct run_stats *st) {
   jw_key(w, "expert_cache"), jw_obj(w);
   json_tier(w, "host", st->host_capacity, st->host_hits, st->host_misses, st->host_evictions);
   json_tier(w, "vram", st->dev_capacity, st->dev_hits, st->dev_misses, st->dev_evictions);
+  jw_key(w, "host_capacity_bytes"), jw_uint(w, st->host_capacity_bytes);
+  if (st->prefetch) {
+    jw_key(w, "prefetch"), jw_obj(w);
+    jw_key(w, "issued"), jw_uint(w, st->pf_issued);
+    jw_key(w, "used"), jw_uint(w, st->pf_used);
+    jw_key(w, "wrong"), jw_uint(w, st->pf_wrong);
+    jw_key(w, "cancelled"), jw_uint(w, st->pf_cancelled);
+    jw_key(w, "skipped_by_cap"), jw_uint(w, st->pf_skipped);
+    jw_key(w, "bytes_read"), jw_uint(w, st->pf_bytes);
+    jw_key(w, "demand_bytes"), jw_uint(w, st->demand_bytes);
+    jw_obj_end(w);
+  }
   jw_obj_end(w);
   jw_key(w, "h2d_bytes"), jw_uint(w, st->h2d_bytes);
   jw_key(w, "experts_computed"), jw_obj(w);
@@ -289,6 +302,14 @@ void gen_json_stats(struct jw *w, const struct run_stats *st) {
   jw_key(w, "copy"), jw_num(w, st->copy_wait_s / nt);
   jw_obj_end(w);
   jw_key(w, "cpu_expert_s"), jw_num(w, st->cpu_expert_s);
+  if (st->has_routing) {
+    jw_key(w, "routing"), jw_obj(w);
+    jw_key(w, "lag1_reuse"), st->lag1_reuse >= 0 ? jw_num(w, st->lag1_reuse) : jw_null(w);
+    jw_key(w, "stale_gate_accuracy");
+    st->stale_gate_accuracy >= 0 ? jw_num(w, st->stale_gate_accuracy) : jw_null(w);
+    jw_key(w, "coverage90"), st->coverage90 >= 0 ? jw_num(w, st->coverage90) : jw_null(w);
+    jw_obj_end(w);
+  }
 }
 
 int gen_write_json(struct session *s, const struct run_opts *o, const struct gen_result *r,
@@ -376,5 +397,29 @@ void gen_print_stats(FILE *f, const char *mode, const struct run_stats *st) {
             st->cpu_expert_s, (unsigned long long)st->promoted, h2d);
     fprintf(f, "  stalls per token disk %.2f ms, copies %.2f ms\n", 1e3 * st->disk_wait_s / nt,
             1e3 * st->copy_wait_s / nt);
+  }
+  if (st->prefetch) {
+    uint64_t res = st->pf_used + st->pf_wrong;
+    char pb[32];
+    ferry_format_size(st->pf_bytes, pb, sizeof pb);
+    fprintf(f,
+            "  prefetch         %llu issued, %llu used, %llu wrong (%.1f%% right), %llu "
+            "cancelled, %llu skipped by the cap, %s read\n",
+            (unsigned long long)st->pf_issued, (unsigned long long)st->pf_used,
+            (unsigned long long)st->pf_wrong, res ? 100.0 * (double)st->pf_used / (double)res : 0.0,
+            (unsigned long long)st->pf_cancelled, (unsigned long long)st->pf_skipped, pb);
+  }
+  if (st->has_routing) {
+    fprintf(f, "  routing          lag-1 reuse ");
+    if (st->lag1_reuse >= 0)
+      fprintf(f, "%.1f%%", 100 * st->lag1_reuse);
+    else
+      fprintf(f, "-");
+    fprintf(f, ", stale-gate accuracy ");
+    if (st->stale_gate_accuracy >= 0)
+      fprintf(f, "%.1f%%", 100 * st->stale_gate_accuracy);
+    else
+      fprintf(f, "-");
+    fprintf(f, ", coverage90 %.1f%% of the experts\n", 100 * st->coverage90);
   }
 }

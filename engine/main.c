@@ -14,7 +14,8 @@ static void usage(FILE *o) {
           "  tokenize  print the token ids of a text\n"
           "  info      model dimensions, sizes and the placement plan\n"
           "  bench     compare modes side by side\n"
-          "  synth     write a synthetic model with random weights\n"
+          "  synth     write a synthetic model (random weights, or --routing real)\n"
+          "  cachesim  replay an expert trace against cache policies and sizes\n"
           "run 'ferry <command> --help' for its options\n");
 }
 

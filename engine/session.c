@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "base/base.h"
+#include "engine/routing.h"
 #include "engine/stream.h"
 #include "kernels/backend.h"
 #include "numa/pool.h"
@@ -43,6 +44,9 @@ enum {
   OPT_BACKEND,
   OPT_NOGRAPH,
   OPT_XCOMPUTE,
+  OPT_TRACE,
+  OPT_RSTATS,
+  OPT_PFCAP,
   OPT_HELP,
 };
 
@@ -78,6 +82,9 @@ static const struct option k_opts[] = {{"model", required_argument, 0, 'm'},
                                        {"modes", required_argument, 0, OPT_MODES},
                                        {"no-progress", no_argument, 0, OPT_NOPROG},
                                        {"prefetch", no_argument, 0, OPT_PREFETCH},
+                                       {"trace-experts", required_argument, 0, OPT_TRACE},
+                                       {"routing-stats", no_argument, 0, OPT_RSTATS},
+                                       {"prefetch-cap", required_argument, 0, OPT_PFCAP},
                                        {"help", no_argument, 0, OPT_HELP},
                                        {0, 0, 0, 0}};
 
@@ -126,7 +133,9 @@ static void usage(const char *cmd) {
     printf(
         "usage: ferry bench -m MODEL.gguf [--modes auto,full,stream] [-p PROMPT | -f FILE] [--raw] "
         "[-n N]\n"
-        "                   [-t N] [--ram SIZE] [--temp T] [--seed S] [--json PATH]\n");
+        "                   [-t N] [--ram SIZE] [--temp T] [--seed S] [--json PATH]\n"
+        "                   [--prefetch] [--trace-experts FILE] [--routing-stats]\n"
+        "  with several modes the trace of mode M goes to FILE.M\n");
   else
     printf(
         "usage: ferry run -m MODEL.gguf [-p PROMPT | -f FILE] [--system TEXT] [-n N] [--raw]\n"
@@ -136,7 +145,9 @@ static void usage(const char *cmd) {
         "                 [--backend auto|cpu|cuda|sim] [--cpu] [--no-graph]\n"
         "                 [--expert-compute auto|cpu|gpu]\n"
         "                 [--stats] [--json PATH] [--logprobs K] [--exact]\n"
-        "                 [--cache-type-k f32|f16|q8_0] [--cache-type-v f32|f16|q8_0]\n");
+        "                 [--cache-type-k f32|f16|q8_0] [--cache-type-v f32|f16|q8_0]\n"
+        "                 [--prefetch] [--prefetch-cap F] [--trace-experts FILE] "
+        "[--routing-stats]\n");
 }
 
 int run_opts_parse(struct run_opts *o, const char *cmd, int argc, char **argv) {
@@ -230,6 +241,26 @@ int run_opts_parse(struct run_opts *o, const char *cmd, int argc, char **argv) {
       case OPT_MODES: o->modes = optarg; break;
       case OPT_NOPROG: o->no_progress = true; break;
       case OPT_PREFETCH: o->prefetch = true; break;
+      case OPT_TRACE:
+        if (score) return ferry_fail(-EINVAL, "--trace-experts is for run and bench, not score");
+        if (!*optarg) return ferry_fail(-EINVAL, "--trace-experts needs a file name");
+        o->trace_experts = optarg;
+        break;
+      case OPT_PFCAP: {
+        char *end;
+        errno = 0;
+        o->prefetch_cap = strtod(optarg, &end);
+        if (errno || end == optarg || *end || o->prefetch_cap > 100)
+          rc = ferry_fail(-EINVAL, "--prefetch-cap: '%s' is not a number <= 100 (negative: no cap)",
+                          optarg);
+        else if (o->prefetch_cap == 0)
+          o->prefetch_cap = 1e-12; // 0 means "the default" to the cache: keep a real zero
+        break;
+      }
+      case OPT_RSTATS:
+        if (score) return ferry_fail(-EINVAL, "--routing-stats is for run and bench, not score");
+        o->routing_stats = true;
+        break;
       case 'h':
       case OPT_HELP: usage(cmd); return 1;
       case ':': return ferry_fail(-EINVAL, "option '%s' needs a value", flag);
@@ -270,6 +301,7 @@ struct session {
   struct stream *stream;     // stream mode only
   struct budget *budget;
   struct plan plan;
+  struct routing *routing; // --trace-experts / --routing-stats
   double load_s;
   char device[160];
 };
@@ -304,6 +336,7 @@ struct model_opts session_model_opts(const struct run_opts *o) {
                              .kv_v = o->kv_v,
                              .progress = !o->no_progress && isatty(2),
                              .prefetch = o->prefetch,
+                             .predict_routes = o->routing_stats || o->trace_experts != NULL,
                              .no_graph = o->no_graph};
 }
 
@@ -387,7 +420,7 @@ int session_open(struct session **out, const struct run_opts *o) {
   }
   if (stream) {
     if ((rc = stream_create(&s->stream, s->f, model_hparams(s->m), s->budget, s->be,
-                            s->plan.vram_cache)))
+                            s->plan.vram_cache, o->prefetch_cap)))
       goto fail;
     struct expert_source src;
     stream_expert_source(s->stream, &src);
@@ -403,6 +436,18 @@ int session_open(struct session **out, const struct run_opts *o) {
                                   .gpu_tok_frac = 0.02};
     if ((rc = model_set_expert_source(s->m, &src, s->cpu, &cm))) goto fail;
   }
+  if (o->trace_experts || o->routing_stats) {
+    const struct model_hparams *hp = model_hparams(s->m);
+    struct routing_opts ro = {.trace_path = o->trace_experts,
+                              .stats = o->routing_stats,
+                              .n_layer = (int)hp->n_layer,
+                              .n_expert = (int)hp->n_expert,
+                              .k = (int)hp->n_expert_used};
+    if ((rc = routing_create(&s->routing, &ro))) goto fail;
+    struct route_observer ob;
+    routing_observer(s->routing, &ob);
+    model_set_route_observer(s->m, &ob);
+  }
   s->load_s = ferry_now_s() - t0;
   *out = s;
   return 0;
@@ -413,6 +458,7 @@ fail:
 
 void session_close(struct session *s) {
   if (!s) return;
+  routing_destroy(s->routing);
   stream_destroy(s->stream);
   model_destroy(s->m);
   budget_destroy(s->budget);
@@ -453,4 +499,17 @@ void session_fill_stats(struct session *s, struct run_stats *st) {
     st->copy_wait_s += ec.copy_wait_s;
     st->cpu_expert_s = ec.cpu_s;
   }
+  st->prefetch = s->stream && s->o.prefetch;
+  st->has_routing = false;
+  st->lag1_reuse = st->stale_gate_accuracy = st->coverage90 = -1;
+  if (s->routing && s->o.routing_stats) {
+    struct routing_summary rs;
+    routing_summarize(s->routing, &rs);
+    st->has_routing = rs.valid;
+    st->lag1_reuse = rs.lag1_reuse;
+    st->stale_gate_accuracy = rs.stale_gate_accuracy;
+    st->coverage90 = rs.coverage90;
+  }
 }
+
+int session_flush(struct session *s) { return routing_flush(s->routing); }

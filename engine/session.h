@@ -39,6 +39,9 @@ struct run_opts {
   bool kv_set;
   bool no_progress;
   bool prefetch;
+  const char *trace_experts; // --trace-experts FILE
+  bool routing_stats;        // --routing-stats
+  double prefetch_cap;       // --prefetch-cap (0: ECACHE_PREFETCH_CAP; < 0: none)
 };
 
 // Parses argv (argv[0] is the subcommand). `cmd` selects which flags are legal.
@@ -61,6 +64,14 @@ struct run_stats {
   uint64_t promoted;                 // host hits copied to VRAM for their reuse
   double disk_wait_s, copy_wait_s;   // blocked on reads / on host->VRAM copies
   double cpu_expert_s;               // CPU expert compute
+  uint64_t host_capacity_bytes;
+  // stale-gate prefetch (stream mode with --prefetch; offload/ecache.h counters)
+  bool prefetch;
+  uint64_t pf_issued, pf_used, pf_wrong, pf_skipped, pf_bytes, pf_cancelled;
+  uint64_t demand_bytes;
+  // --routing-stats (engine/routing.h); -1 where undefined
+  bool has_routing;
+  double lag1_reuse, stale_gate_accuracy, coverage90;
 };
 
 struct session;
@@ -89,3 +100,5 @@ struct model_opts session_model_opts(const struct run_opts *o);
 // when nothing fits.
 int session_plan(const struct gguf_file *f, const struct run_opts *o, enum ferry_backend_kind kind,
                  uint64_t ram, uint64_t vram, struct plan_need *need, struct plan *out);
+// Flushes the expert trace (if any); reports a failed write.
+int session_flush(struct session *s);

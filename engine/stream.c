@@ -37,6 +37,26 @@ static int layer_layout(const struct gguf_file *f, uint32_t l, struct ecache_lay
   return 0;
 }
 
+int stream_expert_layout(const struct gguf_file *f, const struct model_hparams *hp,
+                         struct ecache_layer *out) {
+  for (uint32_t l = 0; l < hp->n_layer; l++) {
+    int rc = layer_layout(f, l, &out[l]);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+uint64_t stream_cache_bytes(const struct ecache_layer *layers, uint32_t n_layer, uint64_t left) {
+  // No more slots than there are experts: a cache larger than all of them is wasted RAM.
+  uint64_t all = 0;
+  for (uint32_t l = 0; l < n_layer; l++) {
+    uint64_t slot = 0;
+    for (int q = 0; q < 3; q++) slot += io_span_max(layers[l].part[q].len);
+    all += slot * layers[l].n_experts;
+  }
+  return left < all ? left : all;
+}
+
 uint64_t stream_min_cache_bytes(const struct gguf_file *f, const struct model_hparams *hp) {
   struct ecache_layer *layers = calloc(hp->n_layer, sizeof *layers);
   if (!layers) return UINT64_MAX / 4;
@@ -133,7 +153,8 @@ static void pinned_free(void *p, uint64_t bytes, void *ctx) {
 }
 
 int stream_create(struct stream **out, const struct gguf_file *f, const struct model_hparams *hp,
-                  struct budget *b, struct ferry_backend *be, uint64_t vram_bytes) {
+                  struct budget *b, struct ferry_backend *be, uint64_t vram_bytes,
+                  double prefetch_cap) {
   *out = NULL;
   struct stream *s = calloc(1, sizeof *s);
   if (!s) return ferry_fail(-ENOMEM, "out of memory");
@@ -159,16 +180,14 @@ int stream_create(struct stream **out, const struct gguf_file *f, const struct m
   }
   if ((rc = io_reader_open(&s->reader, gguf_path(f), NULL))) goto fail;
   arm_faults_from_env();
-  // No more slots than there are experts: a cache larger than all of them is wasted RAM.
-  uint64_t one = 0, all = 0;
-  stream_expert_slot_bytes(f, hp, &one, &all);
   const bool pinned = be && be->kind == FERRY_BACKEND_CUDA;
   struct ecache_params p = {.n_layers = hp->n_layer,
                             .layers = s->layers,
                             .reader = s->reader,
                             .budget = b,
-                            .host_bytes = left < all ? left : all,
+                            .host_bytes = stream_cache_bytes(s->layers, hp->n_layer, left),
                             .min_slots = hp->n_expert_used,
+                            .prefetch_cap = prefetch_cap,
                             .host_alloc = pinned ? pinned_alloc : NULL,
                             .host_free = pinned ? pinned_free : NULL,
                             .alloc_ctx = be};
@@ -329,6 +348,7 @@ void stream_fill_stats(struct stream *s, struct run_stats *st) {
   struct ecache_stats es;
   ecache_stats(s->cache, &es);
   st->host_capacity = es.capacity_slots[ECACHE_HOST];
+  st->host_capacity_bytes = es.capacity_bytes[ECACHE_HOST];
   st->host_hits = es.tier[ECACHE_HOST].hits;
   st->host_misses = es.tier[ECACHE_HOST].misses;
   st->host_evictions = es.tier[ECACHE_HOST].evictions;
@@ -342,4 +362,8 @@ void stream_fill_stats(struct stream *s, struct run_stats *st) {
     st->dev_evictions = ds.evictions;
     st->h2d_bytes = ds.h2d_bytes;
   }
+  const struct ecache_counters *t = &es.tier[ECACHE_HOST];
+  st->pf_issued = t->prefetches, st->pf_used = t->pf_used, st->pf_wrong = t->pf_wrong;
+  st->pf_cancelled = t->pf_cancelled, st->pf_skipped = t->pf_skipped, st->pf_bytes = t->pf_bytes;
+  st->demand_bytes = t->demand_bytes;
 }

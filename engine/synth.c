@@ -45,12 +45,15 @@ struct plan_tensor {
   enum role role;
   int layer;     // -1 for global tensors
   uint64_t hash; // FNV-1a of name
+  int rk;        // --routing real: how rows are built (enum rkind), 0 = like random
 };
 
+struct rreal;
 struct plan {
   struct plan_tensor *t;
   int n;
   int n_fallback;
+  struct rreal *R; // --routing real
 };
 
 // ---- parameters ------------------------------------------------------------------------
@@ -494,7 +497,8 @@ static int write_metadata(struct gguf_writer *w, const struct synth_params *p,
   if (p->name)
     snprintf(name, sizeof name, "%s", p->name);
   else
-    snprintf(name, sizeof name, "synth %s%s (random weights)", arch, p->legacy ? " legacy" : "");
+    snprintf(name, sizeof name, "synth %s%s (%s)", arch, p->legacy ? " legacy" : "",
+             p->routing == SYNTH_ROUTING_REAL ? "realistic routing" : "random weights");
   size_label(pl, p, label, sizeof label);
   int rc = gguf_writer_add_str(w, "general.architecture", arch);
   if (!rc) rc = gguf_writer_add_str(w, "general.type", "model");
@@ -542,6 +546,8 @@ static int write_metadata(struct gguf_writer *w, const struct synth_params *p,
   static const uint32_t k_ftype[] = {[SYNTH_F32] = 0, [SYNTH_Q8_0] = 7, [SYNTH_Q4_K_M] = 15};
   if (!rc) rc = gguf_writer_add_u32(w, "general.file_type", k_ftype[p->recipe]);
   if (!rc) rc = gguf_writer_add_u32(w, "general.quantization_version", 2);
+  if (!rc && p->routing == SYNTH_ROUTING_REAL)
+    rc = gguf_writer_add_str(w, "ferry.synth.routing", "real");
   if (rc) return rc;
   if (!vsrc) return vocab_write_minimal(w, n_vocab);
   for (int64_t i = 0; i < gguf_n_kv(vsrc) && !rc; i++) {
@@ -561,6 +567,391 @@ static inline uint64_t mix64(uint64_t z) {
 static void stream_seed(struct ferry_rng *rng, const struct plan_tensor *t, uint64_t seed,
                         uint64_t stream) {
   ferry_rng_seed(rng, mix64(seed ^ mix64(t->hash + 0x9e3779b97f4a7c15ull * (stream + 1))));
+}
+
+// ---- --routing real ----------------------------------------------------------------------
+// The construction (NOTES.md "Realistic routing" has the measurements and the why). The
+// residual stream's first 256 dimensions (one K-quant block) are reserved:
+//   dim 0       a constant (every token embedding has beta there): it gives every router a
+//               per-expert bias (router column 0, popularity skew growing with depth), and
+//               every attention / DeltaNet layer constant queries and keys;
+//   dims 1..255 the routing subspace S that every router reads (router rows are zero
+//               elsewhere). The embedding puts a token-specific part there (what changes
+//               from token to token); the mixers (attention, DeltaNet) add a slowly
+//               varying context, a recency-weighted average of the previous tokens'
+//               content; nothing else writes to S (expert and shared-expert down rows for
+//               dims < 256 are zero), so the residual stream's S part changes little from
+//               layer to layer (the stale gate works) and little from token to token
+//               (consecutive tokens share experts).
+// The recency weighting comes out of the real forward pass: attention queries and keys
+// are constant vectors on two RoPE pairs, so a score is A*cos(theta*(t-s)) summed over the
+// pairs, a Gaussian window over the past whose width is set by the pair's frequency and A
+// (the q/k norm weights); DeltaNet layers with constant q = k keep an exponential moving
+// average of the values (state S = k m^T, m <- (1-beta) m + beta v), with beta per v-head
+// from ssm_ba. Values read the other 1792 dimensions (token content); outputs go to S only.
+enum rkind {
+  RK_NONE = 0,
+  RK_EMBD,   // token_embd: block 0 = [beta, u * N(0,1) x 255]
+  RK_NORM,   // attn/ffn norms: 1 on block 0
+  RK_ROUTER, // ffn_gate_inp: [bias_e, S row, 0...]
+  RK_ATTN_Q, // constant queries on two RoPE pairs per kv group (gate rows of qwen3next: 0)
+  RK_ATTN_K, // constant keys, same pairs
+  RK_T_IN,   // values: block 0 zero
+  RK_S_OUT,  // mixer output: only rows 1..255 (S)
+  RK_NO_S,   // expert / shared-expert down: rows < 256 zero
+  RK_QKNORM, // q/k norm weights: the score amplitude
+  RK_QKV,    // DeltaNet attn_qkv: constant q/k (dim 0 of each head), values like RK_T_IN
+  RK_GATE,   // DeltaNet attn_gate: constant z
+  RK_BA,     // DeltaNet ssm_ba: b per v-head (beta = 1/tau), a = 0
+  RK_CONV,   // DeltaNet conv taps (0, ..., 0, 1)
+  RK_FILL,   // a constant (ssm_dt.bias 0, ssm_a -1e-3, ssm_norm 1)
+};
+
+// Constants of the construction. Units: the token-specific part of S has std u per
+// dimension; "gains" are the std of the mixers' context part relative to u, before the
+// 1/sqrt(window) of averaging (as in the simulation that chose them); bias is the std of
+// the router's per-expert bias relative to the token-specific logit std.
+struct rknobs {
+  float u, beta, rho; // S token part std, dim-0 constant, router S-row scale
+  float g0, gj;       // context gain of the first mixer layer / the others
+  float s_lo, s_hi;   // recency window (tokens): Gaussian sigma / EMA time constant
+  float b_lo, b_hi;   // router bias std at the first / the last layer
+  float amp;          // attention score amplitude A
+  float growth;       // residual |x|^2 growth per layer (estimate, for DeltaNet betas)
+  float vs;           // DeltaNet value std before the conv's silu (small: silu ~ linear,
+                      // so the averaged values carry no large constant part)
+  float ma;           // DeltaNet: share of v-heads without memory that average the last two
+                      // tokens (conv taps 0,0,1,1): reuse by the next token only
+};
+
+static void rknobs_default(struct rknobs *k, bool next) {
+  if (!next) // 128 experts, top-8 (Qwen3-30B-A3B figures)
+    *k = (struct rknobs){.u = 0.25f,
+                         .beta = 1.0f,
+                         .rho = 1.5f,
+                         .g0 = 14.f,
+                         .gj = 2.f,
+                         .s_lo = 32.f,
+                         .s_hi = 128.f,
+                         .b_lo = 0.f,
+                         .b_hi = 0.7f,
+                         .amp = 16.f,
+                         .growth = 0.24f,
+                         .vs = 0.2f,
+                         .ma = 0.f};
+  else // 512 experts, top-10 (the Qwen3-Next layout)
+    *k = (struct rknobs){.u = 0.25f,
+                         .beta = 1.0f,
+                         .rho = 1.5f,
+                         .g0 = 8.f,
+                         .gj = 1.f,
+                         .s_lo = 2.f,
+                         .s_hi = 10.f,
+                         .b_lo = 0.2f,
+                         .b_hi = 0.6f,
+                         .amp = 64.f,
+                         .growth = 0.24f,
+                         .vs = 0.2f,
+                         .ma = 0.f};
+}
+
+static int rknobs_parse(struct rknobs *k, const char *s) {
+  if (!s || !*s) return 0;
+  char buf[512];
+  snprintf(buf, sizeof buf, "%s", s);
+  for (char *sv = NULL, *tok = strtok_r(buf, ",", &sv); tok; tok = strtok_r(NULL, ",", &sv)) {
+    char name[32];
+    float v;
+    if (sscanf(tok, "%31[a-z_0-9]=%f", name, &v) != 2 || !isfinite(v))
+      return ferry_fail(-EINVAL, "--routing-knobs: '%s' is not name=number", tok);
+    const struct {
+      const char *name;
+      float *v;
+    } knobs[] = {{"u", &k->u},       {"beta", &k->beta}, {"rho", &k->rho},       {"g0", &k->g0},
+                 {"gj", &k->gj},     {"s_lo", &k->s_lo}, {"s_hi", &k->s_hi},     {"b_lo", &k->b_lo},
+                 {"b_hi", &k->b_hi}, {"amp", &k->amp},   {"growth", &k->growth}, {"vs", &k->vs},
+                 {"ma", &k->ma}};
+    size_t q = 0;
+    while (q < sizeof knobs / sizeof knobs[0] && strcmp(name, knobs[q].name)) q++;
+    if (q < sizeof knobs / sizeof knobs[0]) {
+      *knobs[q].v = v;
+      continue;
+    }
+    return ferry_fail(-EINVAL,
+                      "--routing-knobs: unknown knob '%s' (u, beta, rho, g0, gj, s_lo, s_hi, "
+                      "b_lo, b_hi, amp, growth, vs, ma)",
+                      name);
+  }
+  if (!(k->u > 0 && k->beta > 0 && k->rho > 0 && k->s_lo >= 1 && k->s_hi >= k->s_lo && k->amp > 0 &&
+        k->b_lo >= 0 && k->b_hi >= 0 && k->g0 >= 0 && k->gj >= 0 && k->growth >= 0))
+    return ferry_fail(-EINVAL, "--routing-knobs: values out of range");
+  return 0;
+}
+
+#define RR_BLOCK 256 // reserved dims: [0, RR_BLOCK)
+
+struct rreal {
+  struct rknobs k;
+  uint32_t d, hd, n_rot, H, Hkv, E, n_layer, nk, nv, dk, key_dim, value_dim;
+  bool next;
+  float g_norm; // q/k norm weight
+  int *pair;    // [n_layer * Hkv] first RoPE pair of each kv group (attention layers)
+  float *tau;   // [n_layer * nv] EMA time constant of each v-head (DeltaNet layers)
+  float *x0;    // [n_layer] estimate of the normalized dim-0 value at the layer's input
+  float *wout;  // [n_layer] std of the mixer's output rows into S
+  float *bias;  // [n_layer] router bias std (x-space units of the router row)
+};
+
+static void rreal_free(struct rreal *R) {
+  if (!R) return;
+  free(R->pair), free(R->tau), free(R->x0), free(R->wout), free(R->bias);
+  free(R);
+}
+
+// DeltaNet v-heads without memory (knob ma): every round(1/ma)-th head.
+static bool rr_ma_head(const struct rreal *R, uint32_t l, uint32_t h) {
+  if (R->k.ma <= 0) return false;
+  uint32_t m = (uint32_t)lroundf(1.f / R->k.ma);
+  return (h + l) % (m ? m : 1) == 0;
+}
+
+static bool rr_full_attn(const struct rreal *R, uint32_t l, const struct synth_params *p) {
+  return !R->next || (l + 1) % p->full_attn_interval == 0;
+}
+
+static int rreal_create(struct rreal **out, const struct synth_params *p) {
+  *out = NULL;
+  struct rreal *R = calloc(1, sizeof *R);
+  if (!R) return ferry_fail(-ENOMEM, "synth: out of memory");
+  R->next = p->arch == SYNTH_QWEN3NEXT;
+  rknobs_default(&R->k, R->next);
+  int rc = rknobs_parse(&R->k, p->routing_knobs);
+  if (rc) goto fail;
+  R->d = p->n_embd, R->hd = p->head_dim, R->n_rot = p->n_rot, R->H = p->n_head;
+  R->Hkv = p->n_head_kv, R->E = p->n_expert, R->n_layer = p->n_layer;
+  R->nk = p->ssm_groups, R->nv = p->ssm_dt_rank, R->dk = p->ssm_state;
+  R->key_dim = p->ssm_groups * p->ssm_state, R->value_dim = p->ssm_inner;
+  if (R->d < 2 * RR_BLOCK || R->d % RR_BLOCK || R->n_rot < 8 || R->H % R->Hkv) {
+    rc = ferry_fail(-EINVAL,
+                    "--routing real needs --embd a multiple of %d and at least %d (got %u) and "
+                    "--rope-dims >= 8",
+                    RR_BLOCK, 2 * RR_BLOCK, R->d);
+    goto fail;
+  }
+  if (R->next && (p->legacy || R->dk < 1 || R->nv % R->nk)) {
+    rc = ferry_fail(-EINVAL, "--routing real supports the split qwen3next layout only");
+    goto fail;
+  }
+  R->pair = calloc((size_t)R->n_layer * R->Hkv, sizeof *R->pair);
+  R->tau = calloc((size_t)R->n_layer * (R->nv ? R->nv : 1), sizeof *R->tau);
+  R->x0 = calloc(R->n_layer, sizeof *R->x0);
+  R->wout = calloc(R->n_layer, sizeof *R->wout);
+  R->bias = calloc(R->n_layer, sizeof *R->bias);
+  if (!R->pair || !R->tau || !R->x0 || !R->wout || !R->bias) {
+    rc = ferry_fail(-ENOMEM, "synth: out of memory");
+    goto fail;
+  }
+  const struct rknobs *k = &R->k;
+  // two RoPE pairs (i, i+1) per kv group: score ~ A (1 - theta_eff^2 dt^2 / 2), so the
+  // window's sigma is 1 / (theta_eff sqrt(A)); q^ and k^ entries are g sqrt(hd / 2)
+  R->g_norm = sqrtf(k->amp / sqrtf((float)R->hd));
+  double lb = log(p->rope_base), r = exp(-2.0 * lb / R->n_rot);
+  double emb2 = (double)k->beta * k->beta + (RR_BLOCK - 1) * (double)k->u * k->u +
+                (R->d - RR_BLOCK) * 0.25; // token_embd: std 0.5 outside block 0
+  for (uint32_t l = 0; l < R->n_layer; l++) {
+    struct ferry_rng rng;
+    ferry_rng_seed(&rng, mix64(p->seed ^ mix64(0x726f7574696e67ull + l)));
+    double xn = sqrt(emb2 * (1.0 + k->growth * l));
+    R->x0[l] = (float)(k->beta * sqrt((double)R->d) / xn);
+    float frac = R->n_layer > 1 ? (float)l / (float)(R->n_layer - 1) : 0.f;
+    float bstd = k->b_lo + (k->b_hi - k->b_lo) * frac;
+    R->bias[l] = bstd * k->rho * k->u / k->beta;
+    float G = l == 0 ? k->g0 : k->gj;
+    if (rr_full_attn(R, l, p)) {
+      double inv_neff = 0;
+      for (uint32_t g = 0; g < R->Hkv; g++) {
+        double sig = exp(log(k->s_lo) + (log(k->s_hi) - log(k->s_lo)) * ferry_rng_uniform(&rng));
+        double th = 1.0 / (sig * sqrt(k->amp)) / sqrt((1 + r * r) / 2);
+        int i = (int)lround(-log(th) * R->n_rot / (2 * lb));
+        int imax = (int)R->n_rot / 2 - 2;
+        R->pair[l * R->Hkv + g] = i < 0 ? 0 : i > imax ? imax : i;
+        inv_neff += 1.0 / (1.77 * sig);
+      }
+      (void)inv_neff;           // attention averages by itself: the gain needs no window factor
+      const float s_v = 0.935f; // value std: W_v rows 1/sqrt(d) over the 1792 content dims
+      R->wout[l] = G * k->u / (s_v * sqrtf((float)R->H * R->hd));
+    } else {
+      double inv_neff = 0;
+      for (uint32_t h = 0; h < R->nv; h++) {
+        double tau = exp(log(k->s_lo) + (log(k->s_hi) - log(k->s_lo)) * ferry_rng_uniform(&rng));
+        if (tau < 1.1) tau = 1.1;
+        if (rr_ma_head(R, l, h)) tau = 1.05; // beta = 0.95: the conv's two-token average
+        R->tau[l * R->nv + h] = (float)tau;
+        inv_neff += tau < 1.1 ? 0.5 : 1.0 / (2 * tau - 1);
+      }
+      inv_neff /= R->nv;
+      // the gated RMSNorm makes each head's output unit-rms whatever the window, so the
+      // averaging factor of attention is applied here by hand (silu(z) = 1)
+      R->wout[l] = G * k->u * sqrtf((float)inv_neff) / sqrtf((float)R->value_dim);
+    }
+  }
+  *out = R;
+  return 0;
+fail:
+  rreal_free(R);
+  return rc;
+}
+
+// Per-tensor kind from its name; mixer outputs get their own law (bank) std.
+static void plan_routing_real(struct plan *pl, const struct rreal *R) {
+  static const struct {
+    const char *sfx;
+    int rk;
+  } map[] = {
+      {"token_embd.weight", RK_EMBD},
+      {"attn_norm.weight", RK_NORM},
+      {"ffn_norm.weight", RK_NORM},
+      {"post_attention_norm.weight", RK_NORM},
+      {"ffn_gate_inp.weight", RK_ROUTER},
+      {"attn_q.weight", RK_ATTN_Q},
+      {"attn_k.weight", RK_ATTN_K},
+      {"attn_v.weight", RK_T_IN},
+      {"attn_output.weight", RK_S_OUT},
+      {"attn_q_norm.weight", RK_QKNORM},
+      {"attn_k_norm.weight", RK_QKNORM},
+      {"ffn_down_exps.weight", RK_NO_S},
+      {"ffn_down_shexp.weight", RK_NO_S},
+      {"attn_qkv.weight", RK_QKV},
+      {"attn_gate.weight", RK_GATE},
+      {"ssm_ba.weight", RK_BA},
+      {"ssm_conv1d.weight", RK_CONV},
+      {"ssm_dt.bias", RK_FILL},
+      {"ssm_a", RK_FILL},
+      {"ssm_norm.weight", RK_FILL},
+      {"ssm_out.weight", RK_S_OUT},
+  };
+  for (int i = 0; i < pl->n; i++) {
+    struct plan_tensor *t = &pl->t[i];
+    const char *sfx = t->name;
+    if (t->layer >= 0) sfx = strchr(strchr(t->name, '.') + 1, '.') + 1;
+    for (size_t j = 0; j < sizeof map / sizeof map[0]; j++)
+      if (!strcmp(sfx, map[j].sfx)) t->rk = map[j].rk;
+    if (t->rk == RK_S_OUT) t->a = 0.f, t->b = R->wout[t->layer];
+    if (t->rk == RK_QKV) t->a = 0.f, t->b = R->k.vs / sqrtf((float)(R->d - RR_BLOCK));
+  }
+}
+
+enum { BK_ZERO = 0, BK_RAND, BK_SET };
+
+// Block 0 = (v, 0, ..., 0).
+static void set0(float *x, int bl, uint8_t *kind, float v) {
+  for (int j = 0; j < bl; j++) x[j] = 0;
+  x[0] = v;
+  kind[0] = BK_SET;
+}
+
+// Fills the kinds of a row's blocks (nb blocks of bl values) and the values of its BK_SET
+// blocks in x (the other values of x are left alone).
+static void rr_row(const struct rreal *R, const struct plan_tensor *t, uint64_t seed, uint64_t row,
+                   float *x, uint8_t *kind, int nb, int bl) {
+  const struct rknobs *k = &R->k;
+  int l = t->layer;
+  uint64_t ne1 = t->ne[1];
+  memset(kind, BK_ZERO, (size_t)nb);
+  struct ferry_rng rng;
+  stream_seed(&rng, t, seed, row | (1ull << 62));
+  switch (t->rk) {
+    case RK_EMBD:
+      memset(kind, BK_RAND, (size_t)nb);
+      kind[0] = BK_SET;
+      x[0] = k->beta;
+      for (int j = 1; j < bl; j++) x[j] = k->u * ferry_rng_normal(&rng);
+      break;
+    case RK_NORM:
+      memset(kind, BK_RAND, (size_t)nb);
+      kind[0] = BK_SET;
+      for (int j = 0; j < bl; j++) x[j] = 1.f;
+      break;
+    case RK_ROUTER: {
+      kind[0] = BK_SET;
+      for (int j = 0; j < bl; j++) x[j] = 0;
+      float sc = k->rho / sqrtf((float)(RR_BLOCK - 1));
+      x[0] = R->bias[l] * ferry_rng_normal(&rng);
+      for (int j = 1; j < bl; j++) x[j] = sc * ferry_rng_normal(&rng);
+      break;
+    }
+    case RK_ATTN_Q:
+    case RK_ATTN_K: {
+      uint64_t o = row % ne1, h, i;
+      if (t->rk == RK_ATTN_K) {
+        h = o / R->hd, i = o % R->hd; // h is the kv group
+      } else if (R->next) {
+        h = o / (2 * R->hd), i = o % (2 * R->hd);
+        if (i >= R->hd) break; // output gate rows: sigmoid(0) = 1/2
+        h /= R->H / R->Hkv;
+      } else {
+        h = o / R->hd / (R->H / R->Hkv), i = o % R->hd;
+      }
+      int p0 = R->pair[l * R->Hkv + h];
+      if (i == (uint64_t)p0 || i == (uint64_t)p0 + 1) set0(x, bl, kind, 1.f / R->x0[l]);
+      break;
+    }
+    case RK_T_IN:
+      memset(kind, BK_RAND, (size_t)nb);
+      kind[0] = BK_ZERO;
+      break;
+    case RK_S_OUT: {
+      uint64_t o = row % ne1;
+      if (o >= 1 && o < RR_BLOCK) memset(kind, BK_RAND, (size_t)nb);
+      break;
+    }
+    case RK_NO_S:
+      if (row % ne1 >= RR_BLOCK) memset(kind, BK_RAND, (size_t)nb);
+      break;
+    case RK_QKNORM:
+      memset(kind, BK_SET, (size_t)nb);
+      for (int j = 0; j < nb * bl; j++) x[j] = R->g_norm;
+      break;
+    case RK_QKV: {
+      uint64_t o = row % ne1;
+      if (o < 2ull * R->key_dim) {
+        if (o % R->dk == 0) set0(x, bl, kind, 1.f / R->x0[l]);
+      } else {
+        memset(kind, BK_RAND, (size_t)nb);
+        kind[0] = BK_ZERO;
+      }
+      break;
+    }
+    case RK_GATE: // silu(1.28) = 1.0
+      set0(x, bl, kind, 1.28f / R->x0[l]);
+      break;
+    case RK_BA: {
+      uint32_t rr = R->nv / R->nk; // v-heads per k-head; groups of 2 rr rows: b then a
+      uint64_t o = row % ne1, g = o / (2 * rr), j = o % (2 * rr);
+      if (j < rr) {
+        float tau = R->tau[l * R->nv + g * rr + j];
+        set0(x, bl, kind, -logf(tau - 1.f) / R->x0[l]); // beta = sigmoid(b) = 1/tau
+      }
+      break;
+    }
+    case RK_CONV: { // row = channel; v-heads without memory average the last two tokens
+      uint64_t ch = row % ne1;
+      bool ma =
+          ch >= 2ull * R->key_dim &&
+          rr_ma_head(R, (uint32_t)l, (uint32_t)((ch - 2ull * R->key_dim) / (R->value_dim / R->nv)));
+      memset(kind, BK_SET, (size_t)nb);
+      for (int j = 0; j < nb * bl; j++)
+        x[j] = j == nb * bl - 1 || (ma && j == nb * bl - 2) ? 1.f : 0.f;
+      break;
+    }
+    case RK_FILL: {
+      float v = strstr(t->name, "ssm_a") ? -1e-3f : strstr(t->name, "ssm_dt") ? 0.f : 1.f;
+      memset(kind, BK_SET, (size_t)nb);
+      for (int j = 0; j < nb * bl; j++) x[j] = v;
+      break;
+    }
+    default: memset(kind, BK_RAND, (size_t)nb); break;
+  }
 }
 
 // n values of tensor t's law from stream `stream` (a row index, or a bank block index with
@@ -634,7 +1025,37 @@ struct batch_ctx {
   float **scratch;     // one row of floats per worker
   const uint8_t *bank; // NULL: quantize every row
   uint32_t block_bytes;
+  const struct rreal *R; // --routing real (used when t->rk != RK_NONE)
 };
+
+// A row of a --routing real tensor: zero, bank (random) and constructed blocks.
+static void real_row(const struct batch_ctx *c, uint64_t row, uint8_t *dst, float *x) {
+  const struct plan_tensor *t = c->t;
+  uint64_t n = t->ne[0];
+  int nb = n % RR_BLOCK == 0 ? (int)(n / RR_BLOCK) : 1, bl = (int)(n / (uint64_t)nb);
+  uint8_t kind[nb];
+  if (c->bank) {
+    rr_row(c->R, t, c->seed, row, x, kind, nb, bl);
+    struct ferry_rng rng;
+    stream_seed(&rng, t, c->seed, row);
+    for (int j = 0; j < nb; j++) {
+      uint64_t idx = ((ferry_rng_u64(&rng) >> 32) * SYNTH_BANK_BLOCKS) >> 32;
+      uint8_t *d = dst + (uint64_t)j * c->block_bytes;
+      if (kind[j] == BK_ZERO)
+        memset(d, 0, c->block_bytes);
+      else if (kind[j] == BK_RAND)
+        memcpy(d, c->bank + idx * c->block_bytes, c->block_bytes);
+      else
+        cpu_quantize_row((enum ferry_type)t->type, x + (uint64_t)j * bl, d, bl);
+    }
+    return;
+  }
+  gen_values(t, c->seed, row, x, n);
+  rr_row(c->R, t, c->seed, row, x, kind, nb, bl);
+  for (int j = 0; j < nb; j++)
+    if (kind[j] == BK_ZERO) memset(x + (uint64_t)j * bl, 0, sizeof(float) * (size_t)bl);
+  convert_row(t->type, x, dst, (int64_t)n);
+}
 
 static void batch_fn(void *vctx, int64_t b, int64_t e, int tid) {
   struct batch_ctx *c = vctx;
@@ -642,7 +1063,9 @@ static void batch_fn(void *vctx, int64_t b, int64_t e, int tid) {
   uint64_t n = c->t->ne[0];
   for (int64_t r = b; r < e; r++) {
     uint8_t *dst = c->out + (uint64_t)r * c->row_bytes;
-    if (c->bank) {
+    if (c->R && c->t->rk) {
+      real_row(c, c->row0 + (uint64_t)r, dst, x);
+    } else if (c->bank) {
       struct ferry_rng rng;
       stream_seed(&rng, c->t, c->seed, c->row0 + (uint64_t)r);
       for (uint64_t j = 0; j < n / 256; j++) {
@@ -676,6 +1099,10 @@ static int plan_prepare(const struct synth_params *p, struct plan *pl, struct gg
   rc = plan_build(pl, p, *n_vocab);
   if (rc) return rc;
   plan_assign_types(pl, p);
+  if (p->routing == SYNTH_ROUTING_REAL) {
+    if ((rc = rreal_create(&pl->R, p))) return rc;
+    plan_routing_real(pl, pl->R);
+  }
   return 0;
 }
 
@@ -688,6 +1115,7 @@ int synth_estimate_bytes(const struct synth_params *p, uint64_t *out) {
   for (int i = 0; !rc && i < pl.n; i++) total += ferry_align_up(plan_tensor_bytes(&pl.t[i]), 32);
   *out = total;
   free(pl.t);
+  rreal_free(pl.R);
   gguf_close(vsrc);
   return rc;
 }
@@ -799,14 +1227,15 @@ int synth_write(const struct synth_params *p, const char *path, struct synth_sta
         snprintf(law.name, sizeof law.name, "bank:%u:%d:%a:%a", t->type, (int)t->law, t->a, t->b);
         law.hash = fnv1a(law.name);
         banks[bi].type = t->type, banks[bi].law = t->law, banks[bi].a = t->a, banks[bi].b = t->b;
-        struct batch_ctx bc = {&law, p->seed, 0, 0, banks[bi].data, scratch, NULL, block_bytes};
+        struct batch_ctx bc = {&law,    p->seed, 0,           0,   banks[bi].data,
+                               scratch, NULL,    block_bytes, NULL};
         ferry_pool_run(pool, SYNTH_BANK_BLOCKS, 16, bank_fn, &bc);
       }
       bk = banks[bi].data;
     }
     for (uint64_t r0 = 0; r0 < rows && !rc; r0 += per_batch) {
       uint64_t k = rows - r0 < per_batch ? rows - r0 : per_batch;
-      struct batch_ctx c = {t, p->seed, r0, row_bytes, batch, scratch, bk, block_bytes};
+      struct batch_ctx c = {t, p->seed, r0, row_bytes, batch, scratch, bk, block_bytes, pl.R};
       ferry_pool_run(pool, (int64_t)k, 1, batch_fn, &c);
       rc = gguf_writer_write(w, batch, k * row_bytes);
       done += k * row_bytes;
@@ -838,5 +1267,6 @@ out:
   gguf_writer_destroy(w);
   gguf_close(vsrc);
   free(pl.t);
+  rreal_free(pl.R);
   return rc;
 }

@@ -25,6 +25,12 @@ extern "C" {
 
 enum synth_arch { SYNTH_QWEN3MOE = 0, SYNTH_QWEN3NEXT = 1 };
 enum synth_recipe { SYNTH_F32 = 0, SYNTH_Q8_0 = 1, SYNTH_Q4_K_M = 2 };
+// How the model routes tokens to experts. RANDOM: every weight random (routing close to
+// uniform). REAL: weights constructed so that the model's own router, run by the engine,
+// reproduces published routing statistics of real Qwen3 MoE models (temporal reuse,
+// stale-gate predictability, popularity skew growing with depth); see synth.c and
+// NOTES.md ("Realistic routing").
+enum synth_routing { SYNTH_ROUTING_RANDOM = 0, SYNTH_ROUTING_REAL = 1 };
 
 struct synth_params {
   enum synth_arch arch;
@@ -50,8 +56,11 @@ struct synth_params {
   uint32_t n_vocab;       // 0: the token count of vocab_from, or the minimal vocabulary (282)
   const char *vocab_from; // GGUF whose tokenizer.* keys are copied (NULL: minimal byte vocab)
   uint64_t seed;
-  bool exact;    // quantize every row (no block bank; slow for big K-quant tensors)
-  int n_threads; // <= 0: one per physical core
+  bool exact; // quantize every row (no block bank; slow for big K-quant tensors)
+  enum synth_routing routing;
+  const char *routing_knobs; // REAL: "name=value,..." overrides of the construction's
+                             // constants (experiments; synth.c lists them), or NULL
+  int n_threads;             // <= 0: one per physical core
 };
 
 // Tiny defaults for an architecture (the dims of the fixtures' tiny models, F32 recipe).

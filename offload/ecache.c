@@ -1,8 +1,16 @@
 // offload/ecache.c: the host tier of the expert cache (see ecache.h). Data structures:
 // a map (layer, expert) -> slot, one slab and one LRU list per size class, and per slot
 // its three io requests. A slot is EMPTY, LOADING (reads queued or in flight), READY or
-// FAILED; only unpinned EMPTY/READY slots sit in the LRU list, so the list is exactly
-// the set of slots that can be reused without waiting.
+// FAILED; only unpinned EMPTY/READY slots sit in the LRU list (an EMPTY one may still
+// have reads of a dropped prefetch in flight: take_victim waits for them before reuse).
+// Prefetched slots ("spec") sit outside the list, unpinned, until the next acquire
+// claims or drops them; their reads may be deferred (not yet handed to the reader)
+// while demand reads are outstanding.
+//
+// Simulation mode (no reader): no memory, no reads; a load lands at once. Every
+// decision (hits, misses, victims, prefetch claims and drops, the cap) depends only on
+// the sequence of calls, never on when reads complete, so a simulation replays a run's
+// counters exactly (ferry cachesim).
 #include "offload/ecache.h"
 
 #include <errno.h>
@@ -20,6 +28,8 @@ struct slot {
   uint32_t pins;
   uint8_t state;
   bool in_lru;
+  bool spec;          // loaded by prefetch, not yet claimed by an acquire (in c->spec)
+  bool deferred;      // spec whose reads are not handed to the reader yet
   int32_t prev, next; // LRU links (prev towards most recently used)
   struct io_req req[ECACHE_N_PARTS];
 };
@@ -46,9 +56,15 @@ struct ecache {
   struct ecache_counters *lc; // per layer
   struct ecache_counters tot;
   uint64_t capacity_bytes;
-  struct io_reader *reader;
+  struct io_reader *reader; // NULL: simulation mode
   struct budget *budget;
   bool registered, charged;
+  int32_t *spec; // [n_slots] slots holding unclaimed prefetches
+  uint32_t n_spec, n_deferred;
+  uint32_t n_demand_loading; // LOADING slots that are not spec
+  double prefetch_cap;       // < 0: no cap
+  uint64_t wasted_bytes;     // slot bytes of dropped (wrong) prefetches
+  uint64_t needed_bytes;     // slot bytes of demand misses and claimed prefetches
   uint32_t min_slots;
   void *(*host_alloc)(uint64_t, void *);
   void (*host_free)(void *, uint64_t, void *);
@@ -124,14 +140,21 @@ static void slot_poll(struct ecache *c, struct slot *s) {
     failed |= s->req[p].err != 0;
   }
   s->state = failed ? SLOT_FAILED : SLOT_READY;
+  if (!s->spec) c->n_demand_loading--;
   if (failed) {
     c->lc[s->layer].errors++;
     c->tot.errors++;
   }
-  if (!s->pins) { // an unpinned load finished: it becomes reusable
+  if (!s->pins && !s->spec) { // an unpinned load finished: it becomes reusable
     if (failed) slot_unmap(c, s);
     lru_insert(c, s, failed);
   }
+}
+
+static bool slot_busy(const struct slot *s) {
+  for (int p = 0; p < ECACHE_N_PARTS; p++)
+    if (s->req[p].state == IO_REQ_QUEUED || s->req[p].state == IO_REQ_INFLIGHT) return true;
+  return false;
 }
 
 // Waits for every read of s (ignoring their errors; slot_poll records them).
@@ -140,6 +163,10 @@ static void slot_drain(struct ecache *c, struct slot *s) {
     if (s->req[p].state == IO_REQ_QUEUED || s->req[p].state == IO_REQ_INFLIGHT)
       io_read_wait(c->reader, &s->req[p]);
   slot_poll(c, s);
+}
+
+static uint64_t slot_bytes_of(const struct ecache *c, const struct slot *s) {
+  return c->cls[s->cls].slot_bytes;
 }
 
 static void slot_pin(struct ecache *c, struct slot *s) {
@@ -151,30 +178,53 @@ static void fill_ref(struct ecache *c, struct slot *s, struct ecache_ref *r) {
   r->state = ECACHE_READY;
   r->tier = ECACHE_HOST;
   for (int p = 0; p < ECACHE_N_PARTS; p++)
-    r->data[p] = s->h + c->poff[s->layer][p] + s->req[p].data_off;
+    r->data[p] = s->h ? s->h + c->poff[s->layer][p] + s->req[p].data_off : NULL;
 }
 
-// Queues the three reads of (layer, e) into s. The layout was validated at create, so
-// this fails only on a reader-level problem.
-static int slot_load(struct ecache *c, struct slot *s, uint32_t layer, int32_t e) {
-  const struct ecache_layer *L = &c->layers[layer];
-  s->layer = (int32_t)layer;
-  s->expert = e;
-  s->state = SLOT_LOADING;
-  *where_of(c, layer, e) = (int32_t)(s - c->slots);
+// Hands the three reads of s (already mapped to (layer, e)) to the reader. On failure the
+// reads already queued are waited for and the slot is left LOADING with no reads: the
+// caller unmaps or fails it.
+static int slot_queue(struct ecache *c, struct slot *s) {
+  const struct ecache_layer *L = &c->layers[s->layer];
   for (int p = 0; p < ECACHE_N_PARTS; p++) {
-    uint64_t off = L->part[p].base + (uint64_t)e * L->part[p].stride;
-    io_req_init(&s->req[p], s->h + c->poff[layer][p], c->registered ? s->buf_index : -1, off,
+    uint64_t off = L->part[p].base + (uint64_t)s->expert * L->part[p].stride;
+    io_req_init(&s->req[p], s->h + c->poff[s->layer][p], c->registered ? s->buf_index : -1, off,
                 L->part[p].len);
     int rc = io_read_queue(c->reader, &s->req[p]);
     if (rc < 0) {
-      // Reads already queued for this slot must land before it is reused.
       for (int q = 0; q < p; q++) io_read_wait(c->reader, &s->req[q]);
-      slot_unmap(c, s);
-      return ferry_fail_ctx(rc, "expert cache: layer %u expert %d %s slice", layer, e, k_part[p]);
+      return ferry_fail_ctx(rc, "expert cache: layer %d expert %d %s slice", s->layer, s->expert,
+                            k_part[p]);
     }
   }
   return 0;
+}
+
+// Maps (layer, e) to s and queues its three reads (a demand load), or with `spec` marks it
+// a prefetch whose reads wait in the deferred set. In simulation mode the load lands at
+// once. The layout was validated at create, so this fails only on a reader-level problem.
+static int slot_load(struct ecache *c, struct slot *s, uint32_t layer, int32_t e, bool spec) {
+  s->layer = (int32_t)layer;
+  s->expert = e;
+  *where_of(c, layer, e) = (int32_t)(s - c->slots);
+  s->spec = spec;
+  if (!c->reader) {
+    s->state = SLOT_READY;
+    return 0;
+  }
+  s->state = SLOT_LOADING;
+  if (spec) {
+    s->deferred = true;
+    c->n_deferred++;
+    return 0;
+  }
+  c->n_demand_loading++;
+  int rc = slot_queue(c, s);
+  if (rc) {
+    c->n_demand_loading--;
+    slot_unmap(c, s);
+  }
+  return rc;
 }
 
 // Reusable slots of a class without blocking, plus how many more could be had by
@@ -184,7 +234,7 @@ static uint32_t class_available(struct ecache *c, uint32_t cls, uint32_t *loadin
   *loading = 0;
   for (uint32_t i = k->first; i < k->first + k->n_slots; i++) {
     struct slot *s = &c->slots[i];
-    if (s->state == SLOT_LOADING && !s->pins) {
+    if (s->state == SLOT_LOADING && !s->pins && !s->spec) {
       slot_poll(c, s);
       if (s->state == SLOT_LOADING) (*loading)++;
     }
@@ -199,11 +249,15 @@ static struct slot *take_victim(struct ecache *c, uint32_t cls, bool may_wait) {
   if (k->lru < 0 && may_wait) {
     for (uint32_t i = k->first; i < k->first + k->n_slots && k->lru < 0; i++) {
       struct slot *s = &c->slots[i];
-      if (s->state == SLOT_LOADING && !s->pins) slot_drain(c, s);
+      if (s->state == SLOT_LOADING && !s->pins && !s->spec) slot_drain(c, s);
     }
   }
   if (k->lru < 0) return NULL;
   struct slot *s = &c->slots[k->lru];
+  if (c->reader && slot_busy(s)) // a dropped prefetch still reading into it
+    for (int p = 0; p < ECACHE_N_PARTS; p++)
+      if (s->req[p].state == IO_REQ_QUEUED || s->req[p].state == IO_REQ_INFLIGHT)
+        io_read_wait(c->reader, &s->req[p]);
   lru_remove(c, s);
   if (s->state == SLOT_READY) {
     c->lc[s->layer].evictions++;
@@ -247,7 +301,7 @@ static int validate_layout(const struct ecache_params *p, uint64_t file_size) {
 
 // Slot bytes of one layer: the three slices' aligned supersets (worst misalignment when
 // the expert stride is not block-aligned).
-static uint64_t layer_slot_bytes(const struct ecache_layer *L) {
+uint64_t ecache_layer_slot_bytes(const struct ecache_layer *L) {
   uint64_t at = 0;
   for (int q = 0; q < ECACHE_N_PARTS; q++) {
     const struct ecache_slice *s = &L->part[q];
@@ -265,12 +319,12 @@ uint64_t ecache_min_host_bytes(const struct ecache_layer *layers, uint32_t n_lay
   uint64_t denom = 0, need = 0;
   if (!min_slots) min_slots = 1;
   for (uint32_t l = 0; l < n_layers; l++)
-    if (layers[l].n_experts) denom += layer_slot_bytes(&layers[l]);
+    if (layers[l].n_experts) denom += ecache_layer_slot_bytes(&layers[l]);
   for (uint32_t l = 0; l < n_layers; l++) {
     if (!layers[l].n_experts) continue;
-    uint64_t slot = layer_slot_bytes(&layers[l]), lj = 0;
+    uint64_t slot = ecache_layer_slot_bytes(&layers[l]), lj = 0;
     for (uint32_t m = 0; m < n_layers; m++)
-      lj += layers[m].n_experts && layer_slot_bytes(&layers[m]) == slot;
+      lj += layers[m].n_experts && ecache_layer_slot_bytes(&layers[m]) == slot;
     uint64_t nj = ((uint64_t)min_slots * denom + lj - 1) / lj;
     if (nj > need) need = nj;
   }
@@ -279,14 +333,15 @@ uint64_t ecache_min_host_bytes(const struct ecache_layer *layers, uint32_t n_lay
 
 int ecache_create(struct ecache **out, const struct ecache_params *p) {
   *out = NULL;
-  if (!p || !p->n_layers || !p->layers || !p->reader)
+  if (!p || !p->n_layers || !p->layers || (!p->reader && !p->simulate))
     return ferry_fail(-EINVAL, "expert cache: missing layers or reader");
-  int rc = validate_layout(p, io_reader_file_size(p->reader));
+  int rc = validate_layout(p, p->reader ? io_reader_file_size(p->reader) : UINT64_MAX);
   if (rc) return rc;
   struct ecache *c = calloc(1, sizeof *c);
   if (!c) return ferry_fail(-ENOMEM, "out of memory");
   c->n_layers = p->n_layers;
-  c->reader = p->reader;
+  c->reader = p->simulate ? NULL : p->reader;
+  c->prefetch_cap = p->prefetch_cap == 0 ? ECACHE_PREFETCH_CAP : p->prefetch_cap;
   c->budget = p->budget;
   c->min_slots = p->min_slots ? p->min_slots : 1;
   c->host_alloc = p->host_alloc ? p->host_alloc : default_alloc;
@@ -324,7 +379,7 @@ int ecache_create(struct ecache **out, const struct ecache_params *p) {
       at += (s->stride % IO_ALIGN == 0 || L->n_experts == 1) ? io_span_bytes(s->base, s->len)
                                                              : io_span_max(s->len);
     }
-    FERRY_ASSERT(at == layer_slot_bytes(L));
+    FERRY_ASSERT(at == ecache_layer_slot_bytes(L));
     size[l] = at;
     uint32_t k = 0;
     while (k < c->n_cls && c->cls[k].slot_bytes != at) k++;
@@ -395,11 +450,26 @@ int ecache_create(struct ecache **out, const struct ecache_params *p) {
   }
   c->where = malloc((n_map ? n_map : 1) * sizeof *c->where);
   c->slots = calloc(c->n_slots, sizeof *c->slots);
-  if (!c->where || !c->slots) {
+  c->spec = calloc(c->n_slots, sizeof *c->spec);
+  if (!c->where || !c->slots || !c->spec) {
     rc = ferry_fail(-ENOMEM, "out of memory");
     goto fail;
   }
   for (uint64_t i = 0; i < n_map; i++) c->where[i] = -1;
+  if (!c->reader) { // simulation: slots without memory
+    for (uint32_t k = 0; k < c->n_cls; k++) {
+      struct eclass *K = &c->cls[k];
+      K->mru = K->lru = -1;
+      for (uint32_t i = 0; i < K->n_slots; i++) {
+        struct slot *s = &c->slots[K->first + i];
+        s->cls = k, s->layer = s->expert = -1, s->prev = s->next = -1, s->buf_index = -1;
+        lru_insert(c, s, true);
+      }
+    }
+    free(size);
+    *out = c;
+    return 0;
+  }
 
   // Slabs, slots and their registration (one reader buffer per <= 1 GiB of slots).
   uint32_t n_iov = 0;
@@ -466,7 +536,7 @@ fail:
 
 void ecache_destroy(struct ecache *c) {
   if (!c) return;
-  if (c->slots) {
+  if (c->slots && c->reader) {
     for (uint32_t i = 0; i < c->n_slots; i++) {
       struct slot *s = &c->slots[i];
       for (int p = 0; p < ECACHE_N_PARTS; p++)
@@ -482,6 +552,7 @@ void ecache_destroy(struct ecache *c) {
                      c->alloc_ctx);
   if (c->charged) budget_release(c->budget, BUDGET_HOST, BUDGET_EXPERTS, c->capacity_bytes);
   free(c->slots);
+  free(c->spec);
   free(c->where);
   free(c->cls);
   free(c->lc);
@@ -521,12 +592,87 @@ static void slot_unpin(struct ecache *c, struct slot *s) {
   }
 }
 
+// Hands the deferred prefetch reads to the reader once no demand read is outstanding
+// (prefetch reads have a lower priority than demand misses).
+static void pump(struct ecache *c) {
+  if (!c->reader || !c->n_deferred || c->n_demand_loading) return;
+  for (uint32_t i = 0; i < c->n_spec; i++) {
+    struct slot *s = &c->slots[c->spec[i]];
+    if (!s->deferred) continue;
+    s->deferred = false;
+    c->n_deferred--;
+    if (slot_queue(c, s)) { // a hint: the slot is dropped when the next acquire resolves it
+      ferry_clear_error();
+      s->state = SLOT_FAILED;
+      continue;
+    }
+    c->tot.pf_bytes += slot_bytes_of(c, s);
+    c->lc[s->layer].pf_bytes += slot_bytes_of(c, s);
+  }
+  FERRY_ASSERT(c->n_deferred == 0);
+  io_reader_submit(c->reader);
+}
+
+static bool in_list(int32_t e, uint32_t n, const int32_t *experts) {
+  for (uint32_t i = 0; i < n; i++)
+    if (experts[i] == e) return true;
+  return false;
+}
+
+// Every acquire first resolves the outstanding prefetches (made for this acquire): those
+// it asks for are claimed (they count as hits; deferred reads become demand reads), the
+// others are dropped as wrong guesses: unmapped, their deferred reads never issued
+// (cancelled), their slots back at the victim end of the LRU list. Only the call sequence
+// decides which, so simulation and engine agree.
+static void resolve_spec(struct ecache *c, uint32_t layer, uint32_t n, const int32_t *experts) {
+  bool queued = false;
+  for (uint32_t i = 0; i < c->n_spec; i++) {
+    struct slot *s = &c->slots[c->spec[i]];
+    FERRY_ASSERT(s->spec && !s->pins && !s->in_lru);
+    uint32_t L = (uint32_t)s->layer;
+    uint64_t b = slot_bytes_of(c, s);
+    s->spec = false;
+    if (L == layer && s->state != SLOT_FAILED && in_list(s->expert, n, experts)) {
+      c->lc[L].pf_used++, c->tot.pf_used++;
+      c->needed_bytes += b;
+      if (s->state == SLOT_LOADING) c->n_demand_loading++;
+      if (s->deferred) {
+        s->deferred = false;
+        c->n_deferred--;
+        if (slot_queue(c, s)) {
+          ferry_clear_error(); // the acquire below sees it FAILED and reads it again
+          c->n_demand_loading--;
+          s->state = SLOT_FAILED;
+          slot_unmap(c, s);
+          lru_insert(c, s, true);
+          continue;
+        }
+        c->tot.pf_bytes += b, c->lc[L].pf_bytes += b;
+        queued = true;
+      }
+      continue; // step 1 of the acquire pins it
+    }
+    c->lc[L].pf_wrong++, c->tot.pf_wrong++;
+    c->wasted_bytes += b;
+    if (s->deferred) {
+      s->deferred = false;
+      c->n_deferred--;
+      c->lc[L].pf_cancelled++, c->tot.pf_cancelled++;
+    }
+    slot_unmap(c, s);       // reads still in flight land in an EMPTY slot; nobody reads them
+    lru_insert(c, s, true); // reused first; take_victim waits for reads still in flight
+  }
+  c->n_spec = 0;
+  if (queued) io_reader_submit(c->reader);
+}
+
 int ecache_acquire(struct ecache *c, uint32_t layer, uint32_t n, const int32_t *experts,
                    struct ecache_ref *out) {
   int rc = check_experts(c, layer, n, experts);
   if (rc) return rc;
   const struct ecache_layer *L = &c->layers[layer];
   uint32_t cls = c->layer_cls[layer], need = 0;
+  if (c->n_spec) resolve_spec(c, layer, n, experts);
 
   // 1. Pin what is present (loaded or loading) so the misses below cannot evict it.
   for (uint32_t i = 0; i < n; i++) {
@@ -590,19 +736,23 @@ int ecache_acquire(struct ecache *c, uint32_t layer, uint32_t n, const int32_t *
     rc = s ? 0 : ferry_fail_ctx(-EIO, "expert cache: no slot came free for layer %u", layer);
     if (s) {
       s->pins = 1;
-      rc = slot_load(c, s, layer, experts[i]);
+      rc = slot_load(c, s, layer, experts[i], false);
       if (rc) s->pins = 0, lru_insert(c, s, true);
     }
     if (rc) {
       for (uint32_t j = 0; j < n; j++)
         if (out[j].slot >= 0) slot_unpin(c, &c->slots[out[j].slot]), out[j].slot = -1;
-      io_reader_submit(c->reader);
+      if (c->reader) io_reader_submit(c->reader);
       return rc;
     }
     r->slot = (int32_t)(s - c->slots);
+    if (!c->reader) fill_ref(c, s, r);
     misses++;
+    c->needed_bytes += slot_bytes_of(c, s);
+    c->tot.demand_bytes += slot_bytes_of(c, s);
+    c->lc[layer].demand_bytes += slot_bytes_of(c, s);
   }
-  if (misses) {
+  if (misses && c->reader) {
     rc = io_reader_submit(c->reader);
     if (rc < 0) {
       ferry_fail_ctx(rc, "expert cache: layer %u", layer);
@@ -623,6 +773,7 @@ int ecache_wait(struct ecache *c, struct ecache_ref *r) {
   struct slot *s = &c->slots[r->slot];
   FERRY_ASSERT(s->pins > 0 && s->layer == (int32_t)r->layer && s->expert == r->expert);
   if (s->state == SLOT_LOADING) slot_drain(c, s);
+  pump(c);
   if (s->state == SLOT_LOADING) // the ring itself failed; the reads may still land
     return ferry_fail_ctx(-EIO, "expert cache: layer %u expert %d", r->layer, r->expert);
   if (s->state == SLOT_FAILED) {
@@ -639,7 +790,7 @@ int ecache_wait(struct ecache *c, struct ecache_ref *r) {
 }
 
 int ecache_poll(struct ecache *c, uint32_t n, struct ecache_ref *refs) {
-  io_reader_poll(c->reader);
+  if (c->reader) io_reader_poll(c->reader);
   int ready = 0;
   for (uint32_t i = 0; i < n; i++) {
     struct ecache_ref *r = &refs[i];
@@ -650,6 +801,7 @@ int ecache_poll(struct ecache *c, uint32_t n, struct ecache_ref *refs) {
     }
     ready += r->state == ECACHE_READY;
   }
+  pump(c);
   return ready;
 }
 
@@ -664,28 +816,34 @@ void ecache_release(struct ecache *c, uint32_t layer, uint32_t n, struct ecache_
     r->slot = -1;
     for (int p = 0; p < ECACHE_N_PARTS; p++) r->data[p] = NULL;
   }
+  pump(c);
 }
 
 int ecache_prefetch(struct ecache *c, uint32_t layer, uint32_t n, const int32_t *experts) {
   int rc = check_experts(c, layer, n, experts);
   if (rc) return rc;
   uint32_t cls = c->layer_cls[layer];
+  if (c->prefetch_cap >= 0 && (double)c->wasted_bytes > c->prefetch_cap * (double)c->needed_bytes) {
+    c->lc[layer].pf_skipped += n, c->tot.pf_skipped += n;
+    return 0;
+  }
   int started = 0;
   for (uint32_t i = 0; i < n; i++) {
-    if (*where_of(c, layer, experts[i]) >= 0) continue;
+    if (*where_of(c, layer, experts[i]) >= 0) continue; // cached, loading or prefetched
     struct slot *s = take_victim(c, cls, false);
     if (!s) break;
-    if (slot_load(c, s, layer, experts[i])) {
-      lru_insert(c, s, true);
-      ferry_clear_error(); // a hint; acquire will report the problem if it persists
-      break;
-    }
+    slot_load(c, s, layer, experts[i], true); // spec: never fails (reads are deferred)
+    c->spec[c->n_spec++] = (int32_t)(s - c->slots);
     started++;
   }
   if (started) {
     c->lc[layer].prefetches += (uint64_t)started;
     c->tot.prefetches += (uint64_t)started;
-    io_reader_submit(c->reader);
+    if (!c->reader) {
+      uint64_t b = (uint64_t)started * c->cls[cls].slot_bytes;
+      c->lc[layer].pf_bytes += b, c->tot.pf_bytes += b;
+    }
+    pump(c);
   }
   return started;
 }
@@ -744,9 +902,16 @@ void ecache_check(const struct ecache *c) {
       FERRY_ASSERT(c->layer_cls[s->layer] == s->cls);
       FERRY_ASSERT(c->where[c->map_base[s->layer] + (uint64_t)s->expert] == (int32_t)i);
       if (s->state == SLOT_LOADING || s->state == SLOT_FAILED) FERRY_ASSERT(!s->in_lru);
-      if (s->state == SLOT_FAILED) FERRY_ASSERT(s->pins > 0);
+      if (s->state == SLOT_FAILED) FERRY_ASSERT(s->pins > 0 || s->spec);
     }
-    if (s->state == SLOT_READY) FERRY_ASSERT(s->in_lru == (s->pins == 0));
+    if (s->spec) {
+      FERRY_ASSERT(!s->pins && !s->in_lru && s->state != SLOT_EMPTY);
+      uint32_t j = 0;
+      while (j < c->n_spec && c->spec[j] != (int32_t)i) j++;
+      FERRY_ASSERT(j < c->n_spec);
+    }
+    FERRY_ASSERT(!s->deferred || (s->spec && s->state == SLOT_LOADING));
+    if (s->state == SLOT_READY && !s->spec) FERRY_ASSERT(s->in_lru == (s->pins == 0));
   }
   uint32_t mapped = 0;
   for (uint32_t l = 0; l < c->n_layers; l++)

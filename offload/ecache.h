@@ -19,6 +19,23 @@
 // flight are never evicted (the kernel is writing into them); an unpinned expert still
 // loading (prefetch, or released before waiting) is waited for before reuse.
 //
+// Prefetch (ecache_prefetch): guesses for the next acquire (the engine's stale-gate
+// predictions for the next layer). A guess not cached takes the least recently used
+// unpinned slot and is held aside, unpinned and outside the LRU list, until the next
+// acquire: if that acquire asks for it, it is a hit (a read that started a layer early);
+// if not, it is dropped (unmapped, its slot first in line for reuse) and counted wrong.
+// Priority: prefetch reads are handed to the reader only once no demand read is
+// outstanding (checked in acquire, poll, wait and release); a wrong guess whose reads were
+// never issued costs nothing (counted cancelled). Cap: while the bytes of wrong guesses
+// exceed prefetch_cap times the bytes the engine needed (demand misses plus claimed
+// prefetches), prefetch does nothing (counted skipped); this bounds the bytes read to
+// (1 + cap) times the needed bytes, up to one layer's guesses. All of this depends only on
+// the sequence of calls, not on I/O timing: hit, miss and prefetch counts are reproducible.
+//
+// Simulation (params.simulate): no memory and no reads, every load lands at once, data
+// pointers are NULL; the same decisions as the real cache (ferry cachesim replays traces
+// with it).
+//
 // Threads: one thread (the engine's) calls everything; not thread-safe.
 #pragma once
 #include <stdbool.h>
@@ -47,6 +64,10 @@ struct ecache_layer {
   struct ecache_slice part[ECACHE_N_PARTS]; // gate, up, down
 };
 
+// Default prefetch cap: wrong-guess bytes at most this share of the needed bytes
+// (NOTES.md, "Realistic routing and prefetch (issue 13)", has the measurements).
+#define ECACHE_PREFETCH_CAP 0.25
+
 struct ecache_params {
   uint32_t n_layers;
   const struct ecache_layer *layers; // [n_layers], copied
@@ -67,6 +88,8 @@ struct ecache_params {
   void *(*host_alloc)(uint64_t bytes, void *ctx);
   void (*host_free)(void *p, uint64_t bytes, void *ctx);
   void *alloc_ctx;
+  bool simulate;       // no reader, no memory: a replay of the decisions only
+  double prefetch_cap; // 0: ECACHE_PREFETCH_CAP; < 0: no cap
 };
 
 enum ecache_ref_state { ECACHE_READY = 0, ECACHE_IN_FLIGHT };
@@ -84,12 +107,18 @@ struct ecache_ref {
 };
 
 struct ecache_counters {
-  uint64_t acquires;   // experts acquired (hits + misses)
-  uint64_t hits;       // found in the tier (loaded, or already loading)
-  uint64_t misses;     // read from storage by acquire
-  uint64_t evictions;  // loaded experts dropped to make room (counted on their layer)
-  uint64_t prefetches; // reads started by ecache_prefetch
-  uint64_t errors;     // expert loads that failed
+  uint64_t acquires;     // experts acquired (hits + misses)
+  uint64_t hits;         // found in the tier (loaded, or already loading)
+  uint64_t misses;       // read from storage by acquire
+  uint64_t evictions;    // loaded experts dropped to make room (counted on their layer)
+  uint64_t prefetches;   // guesses taken by ecache_prefetch (slots set aside)
+  uint64_t errors;       // expert loads that failed
+  uint64_t pf_used;      // guesses claimed by the next acquire (counted in hits too)
+  uint64_t pf_wrong;     // guesses dropped
+  uint64_t pf_cancelled; // wrong guesses whose reads were never issued
+  uint64_t pf_skipped;   // guesses not taken because of the cap
+  uint64_t pf_bytes;     // bytes of prefetch reads issued (slot bytes; all in simulation)
+  uint64_t demand_bytes; // bytes of demand misses (slot bytes)
 };
 
 struct ecache_stats {
@@ -134,6 +163,9 @@ void ecache_release(struct ecache *c, uint32_t layer, uint32_t n, struct ecache_
 // they will be acquired soon). Uses only free or evictable slots and never waits. Returns
 // the number of reads started (>= 0) or -EINVAL for a bad layer or expert.
 int ecache_prefetch(struct ecache *c, uint32_t layer, uint32_t n, const int32_t *experts);
+
+// Bytes of one slot of a layer: its three slices' 4096-aligned supersets.
+uint64_t ecache_layer_slot_bytes(const struct ecache_layer *L);
 
 // The smallest host_bytes for which ecache_create succeeds with these layers and
 // min_slots (every size class gets min_slots slots). Used to plan before creating.

@@ -240,6 +240,91 @@ static struct ecache_params params(struct io_reader *r, struct budget *b, uint32
       .min_slots = KMAX};
 }
 
+static void same_counters(const struct ecache_counters *a, const struct ecache_counters *b) {
+  CHECK_EQ(a->acquires, b->acquires);
+  CHECK_EQ(a->hits, b->hits);
+  CHECK_EQ(a->misses, b->misses);
+  CHECK_EQ(a->evictions, b->evictions);
+  CHECK_EQ(a->prefetches, b->prefetches);
+  CHECK_EQ(a->pf_used, b->pf_used);
+  CHECK_EQ(a->pf_wrong, b->pf_wrong);
+  CHECK_EQ(a->pf_skipped, b->pf_skipped);
+  CHECK_EQ(a->demand_bytes, b->demand_bytes);
+}
+
+// Decode-like traffic (layer after layer, each acquire followed by a guess for the next
+// layer that is partly right) through a real cache and a simulated one with the same
+// layout: every counter must agree after every call, whatever the I/O timing (random
+// completion delays are injected; some acquires are polled, some waited for in order).
+static void sim_replays_real(struct io_reader *rd, double cap, int tokens) {
+  struct ecache *real = NULL, *sim = NULL;
+  struct ecache_params p = params(rd, NULL, 3 * NL * KMAX / 2);
+  p.prefetch_cap = cap;
+  CHECK_EQ(ecache_create(&real, &p), 0);
+  p.simulate = true;
+  p.reader = NULL;
+  CHECK_EQ(ecache_create(&sim, &p), 0);
+  int32_t prev[NL][KMAX] = {{0}};
+  uint64_t allocs0 = g_allocs;
+  for (int t = 0; t < tokens; t++) {
+    for (uint32_t l = 0; l < NL; l++) {
+      int32_t ex[KMAX];
+      pick(KMAX, ex, false);
+      for (int i = 0; i < KMAX / 2; i++) // temporal reuse: half of the last token's experts
+        if (ferry_rng_u64(&g_rng) % 2) {
+          bool dup = false;
+          for (int j = 0; j < KMAX; j++) dup |= ex[j] == prev[l][i];
+          if (!dup) ex[i] = prev[l][i];
+        }
+      memcpy(prev[l], ex, sizeof ex);
+      if (ferry_rng_u64(&g_rng) % 8 == 0)
+        io_fault_set(IO_FAULT_DELAY, 1 + ferry_rng_u64(&g_rng) % 6, 300);
+      struct ecache_ref rr[KMAX], rs[KMAX];
+      CHECK_EQ(ecache_acquire(real, l, KMAX, ex, rr), 0);
+      CHECK_EQ(ecache_acquire(sim, l, KMAX, ex, rs), 0);
+      if (l + 1 < NL) { // the guess: the next layer's experts, some of them wrong
+        int32_t g[KMAX];
+        pick(KMAX, g, false);
+        CHECK_EQ(ecache_prefetch(real, l + 1, KMAX, g), ecache_prefetch(sim, l + 1, KMAX, g));
+      }
+      if (t % 2) {
+        int spins = 0;
+        while (ecache_poll(real, KMAX, rr) < KMAX && spins++ < 100000) usleep(5);
+      }
+      for (int i = 0; i < KMAX; i++) {
+        if (rr[i].state == ECACHE_IN_FLIGHT) CHECK_EQ(ecache_wait(real, &rr[i]), 0);
+        CHECK(ref_ok(&rr[i]));
+        CHECK_EQ(rs[i].state, ECACHE_READY);
+      }
+      ecache_release(real, l, KMAX, rr);
+      ecache_release(sim, l, KMAX, rs);
+      struct ecache_stats a, b;
+      ecache_stats(real, &a);
+      ecache_stats(sim, &b);
+      same_counters(&a.tier[ECACHE_HOST], &b.tier[ECACHE_HOST]);
+      ecache_check(real);
+      ecache_check(sim);
+    }
+  }
+  CHECK_EQ(g_allocs, allocs0);
+  io_fault_clear();
+  struct ecache_stats a;
+  ecache_stats(real, &a);
+  const struct ecache_counters *c = &a.tier[ECACHE_HOST];
+  CHECK(c->pf_used > 0 && c->pf_wrong > 0 && c->hits > 0 && c->misses > 0);
+  CHECK(c->pf_bytes <= c->prefetches * 3 * 49152 + c->prefetches * 3 * 65536); // issued <= taken
+  if (cap > 0) CHECK(c->pf_skipped > 0); // random guesses are mostly wrong: the cap bites
+  fprintf(stderr,
+          "sim == real (cap %.2f): %llu hits, %llu misses, %llu guesses (%llu used, %llu "
+          "wrong, %llu cancelled, %llu skipped)\n",
+          cap, (unsigned long long)c->hits, (unsigned long long)c->misses,
+          (unsigned long long)c->prefetches, (unsigned long long)c->pf_used,
+          (unsigned long long)c->pf_wrong, (unsigned long long)c->pf_cancelled,
+          (unsigned long long)c->pf_skipped);
+  ecache_destroy(real);
+  ecache_destroy(sim);
+}
+
 int main(void) {
   struct io_uring probe;
   int prc = io_uring_queue_init(4, &probe, 0);
@@ -426,6 +511,12 @@ int main(void) {
   io_fault_clear();
   random_traffic(c, b, 300); // consistent and correct after the failure
   ecache_destroy(c);
+  io_reader_close(rd);
+
+  // The simulation replays the real cache's decisions exactly, with and without the cap.
+  FERRY_ASSERT(io_reader_open(&rd, path, NULL) == 0);
+  sim_replays_real(rd, -1, 60);
+  sim_replays_real(rd, 0.25, 60);
   io_reader_close(rd);
 
   // The same traffic through the buffered fallback path.
