@@ -670,6 +670,8 @@ fail:
 void model_destroy(struct model *m) {
   if (!m) return;
   if (m->be) {
+    // work still queued on the compute stream may read the buffers freed below
+    if (m->st) m->be->ops.stream_sync(m->be, m->st);
     fwd_prof_done(m);
     if (m->graph) m->be->ops.graph_destroy(m->be, m->graph);
     if (m->ev_used) m->be->ops.event_destroy(m->be, m->ev_used);

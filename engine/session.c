@@ -459,8 +459,8 @@ fail:
 void session_close(struct session *s) {
   if (!s) return;
   routing_destroy(s->routing);
+  model_destroy(s->m); // first: its stream may still wait on the tiers' copy events
   stream_destroy(s->stream);
-  model_destroy(s->m);
   budget_destroy(s->budget);
   ferry_backend_destroy(s->cpu);
   ferry_backend_destroy(s->be);
