@@ -5,7 +5,8 @@
 # when this ferry's synth has it). Runs, each with --stats and --json: the three tiers with
 # the cost model (auto), with every RAM expert on the CPU, with every expert on the device;
 # CPU-only stream mode; and full GPU mode without the caps (the model fits the H200).
-# Env: FERRY_BIN, FERRY_FIXTURES, OUT, SYNTH_DIR, N (decode tokens, 64), LAYERS (48).
+# Env: FERRY_BIN, FERRY_FIXTURES, OUT, SYNTH_DIR, N (decode tokens, 64), LAYERS (48),
+# CONFIGS (which runs, default all five).
 set -u
 bin=${FERRY_BIN:?}; fix=${FERRY_FIXTURES:?}; out=${OUT:-.}; dir=${SYNTH_DIR:-/tmp/ferry-synth}
 n=${N:-64}; layers=${LAYERS:-48}
@@ -43,10 +44,11 @@ run() { # NAME ARGS...
   [ -n "$cg" ] && cat "$cg/memory.peak" "$cg/memory.max_usage_in_bytes" 2>/dev/null | head -1 |
     sed 's/^/  cgroup peak bytes: /'
 }
-run gpu-auto --backend cuda --mode stream --vram 6G --ram 11G
-run gpu-cpu --backend cuda --mode stream --vram 6G --ram 11G --expert-compute cpu
-run gpu-gpu --backend cuda --mode stream --vram 6G --ram 11G --expert-compute gpu
-run cpu-stream --backend cpu --mode stream --ram 11G
-cg="" run gpu-full --backend cuda --mode full
+want() { [[ " ${CONFIGS:-gpu-auto gpu-cpu gpu-gpu cpu-stream gpu-full} " == *" $1 "* ]]; }
+want gpu-auto && run gpu-auto --backend cuda --mode stream --vram 6G --ram 11G
+want gpu-cpu && run gpu-cpu --backend cuda --mode stream --vram 6G --ram 11G --expert-compute cpu
+want gpu-gpu && run gpu-gpu --backend cuda --mode stream --vram 6G --ram 11G --expert-compute gpu
+want cpu-stream && run cpu-stream --backend cpu --mode stream --ram 11G
+want gpu-full && cg="" run gpu-full --backend cuda --mode full
 [ -n "$cg" ] && rmdir "$cg" 2>/dev/null
 exit 0
