@@ -306,8 +306,11 @@ bool mma_ok(enum ferry_prec prec, const struct ferry_moe_shape *sh) {
     const char *e = getenv("FERRY_CUDA_NO_MMA");
     off = e && *e && strcmp(e, "0") != 0;
   }
+  // F32 and BF16 experts stay in F32 as the dense products do (gemm_dtype): the fast path
+  // rounds activations to F16 only where the weights are quantized anyway
   return !off && prec == FERRY_PREC_FAST && sh->t_gate == sh->t_up && sh->d % MM_BK == 0 &&
-         sh->ff % MM_BK == 0;
+         sh->ff % MM_BK == 0 && gemm_dtype(prec, sh->t_gate) == DT_HALF &&
+         gemm_dtype(prec, sh->t_down) == DT_HALF;
 }
 
 // The GEMM-sized groups of g through k_moe_mma: h = swiglu rows, then y rows.
@@ -499,7 +502,10 @@ int moe_groups(struct cuda_ctx *ctx, enum ferry_prec prec, const struct ferry_mo
   if (n && (rc = flush())) return rc;
   // large groups: the grouped tensor-core product (FAST), else tiles and cuBLAS
   if (mma_ok(prec, sh)) return moe_groups_mma(sh, x, rows, n_group, g, sc->moe_h, y, s);
-  const int dt = prec == FERRY_PREC_EXACT ? DT_FLOAT : DT_HALF;
+  const int dt = gemm_dtype(prec, sh->t_gate) == DT_HALF && gemm_dtype(prec, sh->t_up) == DT_HALF &&
+                         gemm_dtype(prec, sh->t_down) == DT_HALF
+                     ? DT_HALF
+                     : DT_FLOAT;
   const size_t esz = dt == DT_HALF ? 2 : 4;
   const int64_t d = sh->d, ff = sh->ff;
   for (int gi = 0; gi < n_group; gi++) {
