@@ -131,13 +131,25 @@ void plan_print(const struct plan *p, const struct plan_need *n, FILE *o) {
   if (p->device) fprintf(o, " (minimum --vram %llu)", (unsigned long long)p->stream_backend);
   fprintf(o, "; minimum --ram %s (%llu)\n", sz(&z, 4, min_ram), (unsigned long long)min_ram);
   if (p->mode == PLAN_STREAM || p->host_cache) {
-    const uint64_t per = n->expert_slot_bytes;
-    uint64_t slots = per ? p->host_cache / per : 0;
+    uint64_t vslots = n->dev_slot_bytes ? p->vram_cache / n->dev_slot_bytes : 0;
+    if (vslots > n->n_expert) vslots = n->n_expert;
+    if (p->device)
+      fprintf(o,
+              "  stream     expert tier (VRAM) %s: about %llu of %u experts per layer (%.1f%%)\n",
+              sz(&z, 0, p->vram_cache), (unsigned long long)vslots, n->n_expert,
+              n->n_expert ? 100.0 * (double)vslots / n->n_expert : 0.0);
+    uint64_t slots = n->expert_slot_bytes ? p->host_cache / n->expert_slot_bytes : 0;
     if (slots > n->n_expert) slots = n->n_expert;
     fprintf(
         o, "  stream     expert cache (host RAM) %s: about %llu of %u experts per layer (%.1f%%)\n",
         sz(&z, 0, p->host_cache), (unsigned long long)slots, n->n_expert,
         n->n_expert ? 100.0 * (double)slots / n->n_expert : 0.0);
+    if (p->device) {
+      const uint64_t both = vslots + slots < n->n_expert ? vslots + slots : n->n_expert;
+      fprintf(o, "  stream     together about %llu of %u experts per layer (%.1f%%) in memory\n",
+              (unsigned long long)both, n->n_expert,
+              n->n_expert ? 100.0 * (double)both / n->n_expert : 0.0);
+    }
   }
-  fprintf(o, "  mode       %s\n", plan_mode_name(p->mode));
+  if (p->mode != PLAN_AUTO) fprintf(o, "  mode       %s\n", plan_mode_name(p->mode));
 }
