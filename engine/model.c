@@ -48,10 +48,12 @@ struct model {
   // per-sequence state
   int pos;
   int n_ctx;
-  void **kc, **vc;    // [n_layer] KV cache of full-attention layers (NULL for DeltaNet)
-  int64_t kv_stride;  // elements per cached position (n_head_kv * head_dim)
-  float **conv_state; // [n_layer] (K-1) x conv_dim (DeltaNet)
-  float **ssm_state;  // [n_layer] Hv x dk x dv (DeltaNet)
+  void **kc, **vc;           // [n_layer] KV cache of full-attention layers (NULL for DeltaNet)
+  int64_t kv_stride;         // elements per cached position (n_head_kv * head_dim)
+  float **conv_state;        // [n_layer] (K-1) x conv_dim (DeltaNet)
+  float **ssm_state;         // [n_layer] Hv x dk x dv (DeltaNet)
+  float **ck_conv, **ck_ssm; // [n_layer] checkpoint copies of conv_state / ssm_state, or NULL
+  int ck_pos;                // position the checkpoint was taken at, -1: none
   uint64_t state_bytes;
 
   // scratch, sized for n_batch tokens, allocated once
@@ -483,6 +485,10 @@ static int resident_get(void *ctx, int i, const void *ptrs[3]) {
   return 0;
 }
 
+static uint64_t checkpoint_bytes(const struct model_hparams *hp);
+static int checkpoint_alloc(struct model *m);
+static void checkpoint_free(struct model *m);
+
 int model_load(struct model **out, const struct gguf_file *f, const struct model_opts *o) {
   *out = NULL;
   struct model *m = calloc(1, sizeof *m);
@@ -518,6 +524,7 @@ int model_load(struct model **out, const struct gguf_file *f, const struct model
     m->src_set = true;
   }
   if ((rc = alloc_state(m)) || (rc = alloc_scratch(m, false))) goto fail;
+  if (m->o.checkpoint && (rc = checkpoint_alloc(m))) goto fail;
   model_reset(m);
   *out = m;
   return 0;
@@ -547,6 +554,7 @@ int model_plan(const struct gguf_file *f, const struct model_opts *o, uint64_t *
   alloc_scratch(&tmp, true);
   *scratch = tmp.scratch_bytes + model_meta_bytes(f); // the session charges this too
   *state = model_state_bytes(&tmp.hp, n_ctx, o->kv_k, o->kv_v);
+  if (o->checkpoint) *state += checkpoint_bytes(&tmp.hp);
   *weights = 0;
   for (int64_t i = 0; i < gguf_n_tensors(f); i++) {
     const struct gguf_tensor *t = gguf_tensor_at(f, i);
@@ -564,6 +572,7 @@ void model_destroy(struct model *m) {
     ferry_free_aligned(m->conv_state[l]), ferry_free_aligned(m->ssm_state[l]);
   }
   free(m->kc), free(m->vc), free(m->conv_state), free(m->ssm_state);
+  checkpoint_free(m);
   void *bufs[] = {
       m->x,       m->a,       m->q,        m->k,      m->v,     m->att,          m->gate,
       m->mlog,    m->moe_out, m->slot_out, m->tmp1,   m->tmp2,  m->tmp3,         m->tmp4,
@@ -599,6 +608,7 @@ int model_pos(const struct model *m) { return m->pos; }
 
 void model_reset(struct model *m) {
   m->pos = 0;
+  m->ck_pos = -1;
   const struct model_hparams *hp = &m->hp;
   for (uint32_t l = 0; l < hp->n_layer; l++) {
     if (m->conv_state[l]) {
@@ -607,6 +617,90 @@ void model_reset(struct model *m) {
       memset(m->ssm_state[l], 0, 4ull * hp->ssm_n_v_heads * hp->ssm_head_k * hp->ssm_head_v);
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------
+// checkpoint and rewind (the server's prompt cache)
+
+static uint64_t conv_state_bytes(const struct model_hparams *hp) {
+  return 4ull * (hp->ssm_conv_k - 1) * (2ull * hp->ssm_n_k_heads * hp->ssm_head_k + hp->ssm_inner);
+}
+static uint64_t ssm_state_bytes(const struct model_hparams *hp) {
+  return 4ull * hp->ssm_n_v_heads * hp->ssm_head_k * hp->ssm_head_v;
+}
+static bool is_recurrent(const struct model_hparams *hp, uint32_t l) {
+  return hp->arch == ARCH_QWEN3NEXT && hp->recurrent[l];
+}
+
+static uint64_t checkpoint_bytes(const struct model_hparams *hp) {
+  uint64_t total = 0;
+  for (uint32_t l = 0; l < hp->n_layer; l++)
+    if (is_recurrent(hp, l)) total += conv_state_bytes(hp) + ssm_state_bytes(hp);
+  return total;
+}
+
+static int checkpoint_alloc(struct model *m) {
+  const struct model_hparams *hp = &m->hp;
+  m->ck_conv = calloc(hp->n_layer, sizeof *m->ck_conv);
+  m->ck_ssm = calloc(hp->n_layer, sizeof *m->ck_ssm);
+  if (!m->ck_conv || !m->ck_ssm) return ferry_fail(-ENOMEM, "out of memory");
+  for (uint32_t l = 0; l < hp->n_layer; l++) {
+    if (!is_recurrent(hp, l)) continue;
+    m->ck_conv[l] = ferry_alloc_aligned(64, conv_state_bytes(hp));
+    m->ck_ssm[l] = ferry_alloc_aligned(64, ssm_state_bytes(hp));
+    if (!m->ck_conv[l] || !m->ck_ssm[l]) return ferry_fail_ctx(-ENOMEM, "state checkpoint");
+  }
+  m->state_bytes += checkpoint_bytes(hp);
+  return 0;
+}
+
+static void checkpoint_free(struct model *m) {
+  for (uint32_t l = 0; m->ck_conv && l < m->hp.n_layer; l++) {
+    ferry_free_aligned(m->ck_conv[l]);
+    ferry_free_aligned(m->ck_ssm[l]);
+  }
+  free(m->ck_conv), free(m->ck_ssm);
+}
+
+int model_checkpoint(struct model *m) {
+  const struct model_hparams *hp = &m->hp;
+  if (!checkpoint_bytes(hp)) return 0;
+  if (!m->ck_conv)
+    return ferry_fail(-EINVAL, "model_checkpoint: the model was loaded without checkpoint memory");
+  for (uint32_t l = 0; l < hp->n_layer; l++)
+    if (is_recurrent(hp, l)) {
+      memcpy(m->ck_conv[l], m->conv_state[l], conv_state_bytes(hp));
+      memcpy(m->ck_ssm[l], m->ssm_state[l], ssm_state_bytes(hp));
+    }
+  m->ck_pos = m->pos;
+  return 0;
+}
+
+int model_rewind(struct model *m, int pos) {
+  const struct model_hparams *hp = &m->hp;
+  if (pos < 0 || pos > m->pos)
+    return ferry_fail(-EINVAL, "cannot rewind to position %d: the sequence is at %d", pos, m->pos);
+  if (pos == 0) {
+    model_reset(m);
+    return 0;
+  }
+  if (pos == m->pos || !checkpoint_bytes(hp)) {
+    m->pos = pos;
+    if (m->ck_pos > pos) m->ck_pos = -1;
+    return 0;
+  }
+  if (m->ck_pos != pos)
+    return ferry_fail(-EINVAL,
+                      "cannot rewind the recurrent state to position %d (checkpoint at %d): only "
+                      "the checkpoint or 0 can be reached",
+                      pos, m->ck_pos);
+  for (uint32_t l = 0; l < hp->n_layer; l++)
+    if (is_recurrent(hp, l)) {
+      memcpy(m->conv_state[l], m->ck_conv[l], conv_state_bytes(hp));
+      memcpy(m->ssm_state[l], m->ck_ssm[l], ssm_state_bytes(hp));
+    }
+  m->pos = pos;
+  return 0;
 }
 
 // ---------------------------------------------------------------------------------------

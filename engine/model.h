@@ -64,8 +64,9 @@ struct model_opts {
   int n_batch;     // prefill chunk (tokens per forward call)
   int n_threads;   // pool size the model will be used with (0: one per physical core)
   enum ferry_type kv_k, kv_v;
-  bool progress; // progress bar on stderr while loading
-  bool prefetch; // stream mode: prefetch the next layer's guessed experts (off by default)
+  bool progress;   // progress bar on stderr while loading
+  bool prefetch;   // stream mode: prefetch the next layer's guessed experts (off by default)
+  bool checkpoint; // allocate the recurrent-state checkpoint (model_checkpoint), charged as state
 };
 
 struct model;
@@ -93,9 +94,22 @@ uint64_t model_meta_bytes(const struct gguf_file *f);
 double model_load_seconds(const struct model *m);
 int model_n_ctx(const struct model *m);
 
-// Resets the sequence (KV and recurrent state to empty, position 0).
+// Resets the sequence (KV and recurrent state to empty, position 0). Drops the checkpoint.
 void model_reset(struct model *m);
 int model_pos(const struct model *m);
+
+// Saves the recurrent state (DeltaNet conv + ssm state of every recurrent layer) at the
+// current position into the model's one checkpoint (replacing the previous one). The
+// checkpoint memory is allocated at load (model_opts.checkpoint = true) and charged like the
+// state. No-op returning 0 for models without recurrent layers; -EINVAL with a message if the
+// model has recurrent layers but was loaded without model_opts.checkpoint.
+int model_checkpoint(struct model *m);
+// Moves the sequence back to pos (0 <= pos <= model_pos): KV rows at pos and later are
+// simply overwritten later. For recurrent layers the state can only go back to the
+// checkpoint's position (restored from it) or to 0 (reset). Returns 0, or -EINVAL with a
+// message if pos cannot be reached. Going back before the checkpoint's position drops the
+// checkpoint (the positions it summarises are then overwritten).
+int model_rewind(struct model *m, int pos);
 
 // Runs n tokens at the current position (then advances it). For each i with
 // want_logits[i] (NULL: only the last token) writes n_vocab logits to
