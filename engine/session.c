@@ -269,7 +269,8 @@ int session_open(struct session **out, const struct run_opts *o) {
                           .kv_k = o->kv_k,
                           .kv_v = o->kv_v,
                           .progress = !o->no_progress && isatty(2),
-                          .prefetch = o->prefetch};
+                          .prefetch = o->prefetch,
+                          .checkpoint = o->prompt_cache};
   s->ram_budget = o->ram;
   if (!s->ram_budget) {
     s->ram_budget = session_default_ram();

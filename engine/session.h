@@ -36,6 +36,7 @@ struct run_opts {
   bool kv_set;
   bool no_progress;
   bool prefetch;
+  bool prompt_cache; // serve: keep a checkpoint of the recurrent state (model_opts.checkpoint)
 };
 
 // Parses argv (argv[0] is the subcommand). `cmd` selects which flags are legal.
