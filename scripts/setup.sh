@@ -3,7 +3,8 @@
 # CUDA (nvcc + cuBLAS) is optional and expected at /usr/local/cuda when present.
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config liburing-dev libhwloc-dev libpcre2-dev libutf8proc-dev
-      python3 clang clang-format libclang-rt-14-dev)
+      python3 clang clang-format libclang-rt-14-dev
+      libmicrohttpd-dev libjansson-dev curl)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
