@@ -217,7 +217,7 @@ int run_opts_parse(struct run_opts *o, const char *cmd, int argc, char **argv) {
       return ferry_fail(
           -EINVAL, "missing --from N (the number of context tokens before the first scored one)");
     if (!o->json_path) return ferry_fail(-EINVAL, "missing --json PATH");
-  } else if (!bench) {
+  } else if (!bench && strcmp(cmd, "serve")) {
     if (o->prompt && o->prompt_file) return ferry_fail(-EINVAL, "give either -p or -f, not both");
     if (!o->prompt && !o->prompt_file) return ferry_fail(-EINVAL, "missing -p PROMPT or -f FILE");
   }
