@@ -14,12 +14,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "base/base.h"
 #include "engine/serve_int.h"
 
-enum { IDLE_TIMEOUT_S = 60, STREAM_BLOCK = 16 << 10 };
+enum { IDLE_TIMEOUT_S = 60, STOP_GRACE_S = 2, STREAM_BLOCK = 16 << 10 };
 
 struct route_def {
   const char *path;
@@ -207,7 +208,7 @@ static int stream_fill(struct stream *st, size_t tlen, bool done) {
     rc = out_event(st, fmt_final_chunk(j));
     if (!rc && j->req.include_usage) rc = out_event(st, fmt_usage_chunk(j));
   }
-  if (!rc && st->sse) rc = out_bytes(st, "data: [DONE]\n\n", 14);
+  if (!rc && st->sse && !j->status) rc = out_bytes(st, "data: [DONE]\n\n", 14); // an error ends it
   return rc;
 }
 
@@ -397,6 +398,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
   if (!cr) { // headers are in: route, authenticate, check the announced length
     if (!(cr = calloc(1, sizeof *cr))) return MHD_NO;
     *con_cls = cr;
+    atomic_fetch_add(&srv->active, 1);
     cr->srv = srv, cr->t_recv = ferry_now_s(), cr->route = R_OTHER;
     bool post = !strcmp(method, "POST"), get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
     const struct route_def *rd = NULL;
@@ -472,6 +474,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
   struct conn_req *cr = *con_cls;
   if (cr) {
     atomic_fetch_sub(&cr->srv->body_bytes, cr->held);
+    atomic_fetch_sub(&cr->srv->active, 1);
     free(cr->body);
     free(cr);
     *con_cls = NULL;
@@ -511,7 +514,7 @@ int http_start(struct server *srv) {
   getsockname(fd, (struct sockaddr *)&ss, &sl);
   srv->port = ntohs(family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                        : ((struct sockaddr_in *)&ss)->sin_port);
-  unsigned flags = MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_THREAD_PER_CONNECTION |
+  unsigned flags = MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ITC |
                    MHD_USE_ERROR_LOG | (family == AF_INET6 ? MHD_USE_IPv6 : 0);
   srv->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_LISTEN_SOCKET, fd,
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)(srv->so.queue + 32),
@@ -525,7 +528,15 @@ int http_start(struct server *srv) {
   return 0;
 }
 
+// Stops accepting, gives the requests being answered (their generations are over: the
+// engine has stopped) up to STOP_GRACE_S to send their last bytes, then closes everything.
 void http_stop(struct server *srv) {
-  if (srv->d) MHD_stop_daemon(srv->d);
+  if (!srv->d) return;
+  MHD_socket fd = MHD_quiesce_daemon(srv->d);
+  if (fd != MHD_INVALID_SOCKET) close(fd);
+  for (double t0 = ferry_now_s();
+       atomic_load(&srv->active) > 0 && ferry_now_s() - t0 < STOP_GRACE_S;)
+    nanosleep(&(struct timespec){0, 10 * 1000000}, NULL);
+  MHD_stop_daemon(srv->d);
   srv->d = NULL;
 }

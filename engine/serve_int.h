@@ -92,6 +92,7 @@ struct server {
 
   pthread_mutex_t prep_mu;         // one request body is parsed and tokenized at a time
   atomic_uint_fast64_t body_bytes; // request bodies held in memory, at most body_cap
+  atomic_int active;               // requests being answered (for a graceful stop)
   uint64_t body_cap;
 
   pthread_mutex_t mmu; // metrics and the id/seed generator
