@@ -4,6 +4,7 @@
 #include "engine/serve.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -213,16 +214,23 @@ static void run_job(struct server *srv, struct job *j) {
 }
 
 // ---------------------------------------------------------------------------------------
-// signals: SIGINT/SIGTERM are blocked in every thread and taken by this one
+// signals: SIGINT/SIGTERM may land on any thread (the pool's workers exist before the
+// server), so the handler only writes the signal to a pipe; this thread does the rest.
+
+static int g_signal_pipe = -1; // write end
+
+static void on_signal(int sig) {
+  int e = errno;
+  unsigned char b = (unsigned char)sig;
+  if (write(g_signal_pipe, &b, 1) < 0) { // full or closed: a signal is already on its way
+  }
+  errno = e;
+}
 
 static void *signal_thread(void *arg) {
   struct server *srv = arg;
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  int sig = 0;
-  sigwait(&set, &sig);
+  unsigned char sig = 0;
+  while (read(srv->sig_pipe[0], &sig, 1) < 0 && errno == EINTR) {}
   log_info("serve: %s received, finishing the current token and closing",
            sig == SIGINT ? "SIGINT" : "SIGTERM");
   atomic_store(&srv->stopping, true);
@@ -283,6 +291,8 @@ static void describe_model(struct server *srv) {
 // ---------------------------------------------------------------------------------------
 
 static void server_free(struct server *srv) {
+  for (int i = 0; i < 2; i++)
+    if (srv->sig_pipe[i] >= 0) close(srv->sig_pipe[i]);
   free(srv->q);
   free(srv->pc_ids);
   pthread_mutex_destroy(&srv->qmu);
@@ -296,7 +306,7 @@ int serve_run(struct session *s, const struct run_opts *o, const struct serve_op
   struct server *srv = calloc(1, sizeof *srv);
   if (!srv) return ferry_fail(-ENOMEM, "out of memory");
   srv->s = s, srv->o = o, srv->so = *so;
-  srv->listen_fd = -1;
+  srv->sig_pipe[0] = srv->sig_pipe[1] = -1;
   srv->alias = so->alias;
   srv->n_ctx = model_n_ctx(session_model(s));
   srv->defaults = (struct serve_defaults){.n_ctx = srv->n_ctx,
@@ -323,29 +333,34 @@ int serve_run(struct session *s, const struct run_opts *o, const struct serve_op
   }
   describe_model(srv);
 
-  // Signals go to one thread; the HTTP threads inherit the mask and the unpinned affinity.
-  sigset_t set, old;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, &old);
-  signal(SIGPIPE, SIG_IGN);
+  // The HTTP threads get the affinity this thread had before the pool pinned it.
+  ferry_log_get_level(); // initialised before other threads log
+  json_object_seed(0);   // jansson's hash seed, before other threads create objects
   cpu_set_t pinned;
   bool repin = so->cpus && !pthread_getaffinity_np(pthread_self(), sizeof pinned, &pinned) &&
                !pthread_setaffinity_np(pthread_self(), sizeof *so->cpus, so->cpus);
   pthread_t sig_thread;
   int rc = http_start(srv);
-  bool sig_ok = !rc && !pthread_create(&sig_thread, NULL, signal_thread, srv);
+  bool sig_ok = !rc && !pipe2(srv->sig_pipe, O_CLOEXEC) &&
+                !fcntl(srv->sig_pipe[1], F_SETFL, O_NONBLOCK) &&
+                !pthread_create(&sig_thread, NULL, signal_thread, srv);
   if (repin) pthread_setaffinity_np(pthread_self(), sizeof pinned, &pinned);
   if (!rc && !sig_ok) {
     http_stop(srv);
     rc = ferry_fail(-EAGAIN, "cannot start the signal thread");
   }
   if (rc) {
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
     server_free(srv);
     return rc;
   }
+  // A handler also replaces SIG_IGN: shells start background jobs with SIGINT ignored, and
+  // `kill -INT` must still stop the server.
+  struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESTART}, old_int, old_term,
+                   old_pipe, ign = {.sa_handler = SIG_IGN};
+  g_signal_pipe = srv->sig_pipe[1];
+  sigaction(SIGINT, &sa, &old_int);
+  sigaction(SIGTERM, &sa, &old_term);
+  sigaction(SIGPIPE, &ign, &old_pipe);
   fprintf(stderr, "ferry serve: listening on http://%s:%d (model '%s', context %d, queue %d)\n",
           so->host, srv->port, srv->alias, srv->n_ctx, so->queue);
   fflush(stderr);
@@ -358,7 +373,10 @@ int serve_run(struct session *s, const struct run_opts *o, const struct serve_op
   queue_close(srv);
   http_stop(srv);
   pthread_join(sig_thread, NULL);
-  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  sigaction(SIGINT, &old_int, NULL);
+  sigaction(SIGTERM, &old_term, NULL);
+  sigaction(SIGPIPE, &old_pipe, NULL);
+  g_signal_pipe = -1;
   log_info("serve: stopped");
   server_free(srv);
   return 0;

@@ -79,7 +79,8 @@ struct server {
   const char *alias;
   struct serve_defaults defaults; // what requests leave out
   int n_ctx;
-  int listen_fd, port;
+  int port;
+  int sig_pipe[2]; // SIGINT/SIGTERM -> the signal thread
   struct MHD_Daemon *d;
 
   pthread_mutex_t qmu; // the queue
