@@ -82,7 +82,7 @@ serve_stop TERM
 run_case "exit 0" test $? -eq 0
 
 # --- SIGTERM during a generation, with a request waiting
-serve_start "$TMP/serve_t.log" -m "$M" -c 1024 || exit 1
+serve_start "$TMP/serve_t.log" -m "$M" -c 1024 -t 2 || exit 1 # a pool worker exists: signals may land on it
 req e "/v1/chat/completions" "$LONG,\"stream\":true}" &
 e_pid=$!
 run_case "streaming" wait_metric ferry_requests_generating 1
