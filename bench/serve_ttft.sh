@@ -99,6 +99,11 @@ for cache in on off; do
       body "$tmp/r.json" "$tmp/t1.sse" "Question $i: and the gulls?"
       turn "r$i" "$tmp/r.json"
     done >"$tmp/added.txt"
+    # the server's own share: request in -> engine starts ("queued": parse, tokenize, queue,
+    # wake-up) and engine's first token -> first byte handed to the socket
+    sleep 0.5 # a stream's line is logged when its connection is done with it
+    grep -o 'queued [0-9.]* ms, TTFT [0-9.]* ms, first byte [0-9.]*' "$tmp/serve.log" |
+      tail -n "$REPEAT" | awk '{ print $2, $9 }' >"$tmp/inside.txt" || true
   fi
   stop
 done
@@ -111,4 +116,13 @@ d = sorted(b - e for b, e, _, _ in rows)
 print("  first byte %s ms" % " ".join("%.1f" % r[0] for r in rows))
 print("  engine TTFT %s ms" % " ".join("%.1f" % r[1] for r in rows))
 print("  added: median %.2f ms, min %.2f, max %.2f" % (statistics.median(d), d[0], d[-1]))
+EOF
+echo "Inside the server (its log), the same requests:"
+python3 - "$tmp/inside.txt" <<'EOF'
+import statistics, sys
+rows = [list(map(float, l.split())) for l in open(sys.argv[1])]
+s = sorted(a + b for a, b in rows)
+print("  request in -> engine starts: %s ms" % " ".join("%.2f" % r[0] for r in rows))
+print("  first token -> first byte out: %s ms" % " ".join("%.2f" % r[1] for r in rows))
+print("  sum: median %.2f ms, min %.2f, max %.2f" % (statistics.median(s), s[0], s[-1]))
 EOF

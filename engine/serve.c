@@ -104,6 +104,8 @@ static bool peer_gone(int fd) {
   return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
 }
 
+enum { FIRST_HANDOFF_MS = 5 };
+
 // The loop's per-token callback: hands final text to the HTTP thread of a stream and says
 // whether to stop (client gone, shutting down). Allocates only when the pending buffer must
 // grow (the HTTP thread swaps buffers, so both keep their capacity).
@@ -125,6 +127,16 @@ static bool job_on_token(void *ctx, int32_t id, const char *text, size_t n) {
   }
   if (id >= 0) j->n_tokens++;
   if (id != GEN_ID_PREFILL) pthread_cond_broadcast(&j->cv);
+  // The first text of a stream: let the HTTP thread take it before the next token's forward
+  // pass occupies every core (up to FIRST_HANDOFF_MS): the client's first byte comes sooner.
+  if (j->req.stream && id >= 0 && j->pend_len && !j->first_handed) {
+    j->first_handed = true;
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_nsec += FIRST_HANDOFF_MS * 1000000l;
+    if (until.tv_nsec >= 1000000000l) until.tv_sec++, until.tv_nsec -= 1000000000l;
+    while (j->pend_len && !j->gone && pthread_cond_timedwait(&j->cv, &j->mu, &until) == 0) {}
+  }
   stop = stop || j->gone || atomic_load(&j->srv->stopping);
   pthread_mutex_unlock(&j->mu);
   if (!stop && id >= 0 && j->srv->pace_ms > 0)

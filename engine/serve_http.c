@@ -226,6 +226,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
     j->pend = st->text, j->pend_cap = st->tcap, j->pend_len = 0;
     st->text = t, st->tcap = tcap;
     bool done = j->done;
+    if (tlen) pthread_cond_broadcast(&j->cv); // the engine may wait for the first text
     pthread_mutex_unlock(&j->mu);
     if (stream_fill(st, tlen, done)) return MHD_CONTENT_READER_END_WITH_ERROR;
     st->ended = done;
@@ -257,7 +258,11 @@ static enum MHD_Result handle_generate(struct MHD_Connection *c, struct conn_req
   struct job *j = calloc(1, sizeof *j);
   if (!j) return reply_error(c, cr, 503, "out of memory");
   pthread_mutex_init(&j->mu, NULL);
-  pthread_cond_init(&j->cv, NULL);
+  pthread_condattr_t ca; // timed waits on the monotonic clock
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&j->cv, &ca);
+  pthread_condattr_destroy(&ca);
   j->refs = 1, j->srv = srv, j->api = api, j->sock = -1, j->t_recv = cr->t_recv;
   int status;
   pthread_mutex_lock(&srv->prep_mu);

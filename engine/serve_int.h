@@ -31,10 +31,11 @@ struct job {
   pthread_cond_t cv;
   char *pend; // streams: final text the HTTP thread has not taken yet
   size_t pend_len, pend_cap;
-  int n_tokens; // generated so far
-  bool started; // the engine took it
-  bool done;    // the engine is finished with it: status, err and r are set
-  bool gone;    // the client went away (HTTP side noticed)
+  int n_tokens;      // generated so far
+  bool started;      // the engine took it
+  bool done;         // the engine is finished with it: status, err and r are set
+  bool gone;         // the client went away (HTTP side noticed)
+  bool first_handed; // the engine waited for the HTTP thread to take the first text
   double t_start, t_done;
   int status; // when done: 0, or the HTTP status of the error in err
   char err[512];
