@@ -5,6 +5,7 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/base.h"
 #include "engine/cli.h"
@@ -159,8 +160,12 @@ int cmd_serve(int argc, char **argv) {
   cpu_set_t cpus; // the pool pins this thread; the HTTP threads get the original set
   so.cpus = sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? &cpus : NULL;
   o.prompt_cache = so.prompt_cache;
+  if ((rc = serve_listen(&so))) return rc;
   struct session *s;
-  if ((rc = session_open(&s, &o))) return rc;
+  if ((rc = session_open(&s, &o))) {
+    close(so.listen_fd);
+    return rc;
+  }
   rc = serve_run(s, &o, &so);
   session_close(s);
   return rc;

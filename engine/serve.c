@@ -340,6 +340,7 @@ int serve_run(struct session *s, const struct run_opts *o, const struct serve_op
   pthread_mutex_init(&srv->prep_mu, NULL);
   pthread_mutex_init(&srv->mmu, NULL);
   if (!srv->q || !srv->pc_ids) {
+    close(so->listen_fd);
     server_free(srv);
     return ferry_fail(-ENOMEM, "out of memory");
   }

@@ -21,8 +21,15 @@ struct serve_opts {
   bool n_predict_set;    // -n was given: the default max tokens per request (else: context)
   bool seed_set;         // --seed was given: the seed of requests without one (else: random)
   const cpu_set_t *cpus; // affinity for the HTTP threads (the engine's pool pins this thread)
+  int listen_fd;         // set by serve_listen
+  bool ipv6;
 };
 
-// Serves until a signal; 0 after a clean shutdown, or a negative code with a message when
-// the server cannot start (address in use, bad --host).
+// Opens the listening socket for so->host and so->port (before the model is loaded, so a
+// port in use fails at once); sets so->listen_fd and the bound so->port. 0, or a negative
+// code with a message (unknown host, address in use).
+int serve_listen(struct serve_opts *so);
+
+// Serves on so->listen_fd (which it closes) until a signal; 0 after a clean shutdown, or a
+// negative code with a message when the server cannot start.
 int serve_run(struct session *s, const struct run_opts *o, const struct serve_opts *so);

@@ -495,32 +495,39 @@ static void mhd_log(void *cls, const char *fmt, va_list ap) {
   log_debug("serve: libmicrohttpd: %s", buf);
 }
 
-int http_start(struct server *srv) {
+int serve_listen(struct serve_opts *so) {
   struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *ai = NULL;
   char port[16];
-  snprintf(port, sizeof port, "%d", srv->so.port);
-  int rc = getaddrinfo(srv->so.host, port, &hints, &ai);
+  snprintf(port, sizeof port, "%d", so->port);
+  int rc = getaddrinfo(so->host, port, &hints, &ai);
   if (rc)
-    return ferry_fail(-EINVAL, "--host '%s': %s", srv->so.host,
+    return ferry_fail(-EINVAL, "--host '%s': %s", so->host,
                       rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
   int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
-  int family = ai->ai_family;
+  so->ipv6 = ai->ai_family == AF_INET6;
   if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) ||
       bind(fd, ai->ai_addr, ai->ai_addrlen) || listen(fd, 128)) {
     int e = errno;
     freeaddrinfo(ai);
     if (fd >= 0) close(fd);
     return ferry_fail(-e, "cannot listen on %s port %d: %s (choose another --host or --port)",
-                      srv->so.host, srv->so.port, strerror(e));
+                      so->host, so->port, strerror(e));
   }
   freeaddrinfo(ai);
   struct sockaddr_storage ss;
   socklen_t sl = sizeof ss;
   getsockname(fd, (struct sockaddr *)&ss, &sl);
-  srv->port = ntohs(family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                       : ((struct sockaddr_in *)&ss)->sin_port);
+  so->port = ntohs(so->ipv6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                            : ((struct sockaddr_in *)&ss)->sin_port);
+  so->listen_fd = fd;
+  return 0;
+}
+
+int http_start(struct server *srv) {
+  int fd = srv->so.listen_fd;
+  srv->port = srv->so.port;
   unsigned flags = MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ITC |
-                   MHD_USE_ERROR_LOG | (family == AF_INET6 ? MHD_USE_IPv6 : 0);
+                   MHD_USE_ERROR_LOG | (srv->so.ipv6 ? MHD_USE_IPv6 : 0);
   srv->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_LISTEN_SOCKET, fd,
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)(srv->so.queue + 32),
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)IDLE_TIMEOUT_S,
