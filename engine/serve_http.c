@@ -252,18 +252,53 @@ static void stream_free(void *cls) {
   free(st);
 }
 
-static enum MHD_Result handle_generate(struct MHD_Connection *c, struct conn_req *cr,
-                                       enum serve_api api) {
-  struct server *srv = cr->srv;
+static struct job *job_new(struct server *srv, enum serve_api api, double t_recv) {
   struct job *j = calloc(1, sizeof *j);
-  if (!j) return reply_error(c, cr, 503, "out of memory");
+  if (!j) return NULL;
   pthread_mutex_init(&j->mu, NULL);
   pthread_condattr_t ca; // timed waits on the monotonic clock
   pthread_condattr_init(&ca);
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
   pthread_cond_init(&j->cv, &ca);
   pthread_condattr_destroy(&ca);
-  j->refs = 1, j->srv = srv, j->api = api, j->sock = -1, j->t_recv = cr->t_recv;
+  j->refs = 1, j->srv = srv, j->api = api, j->sock = -1, j->t_recv = t_recv;
+  return j;
+}
+
+// A queued job's answer: waits for its end (plain) or its first token (stream), then sends
+// the whole body, an error, or starts the stream (which then holds the reference: *jp = NULL).
+static enum MHD_Result reply_job(struct MHD_Connection *c, struct conn_req *cr, struct job **jp) {
+  struct job *j = *jp;
+  pthread_mutex_lock(&j->mu);
+  while (!j->done && !(j->req.stream && j->n_tokens > 0)) pthread_cond_wait(&j->cv, &j->mu);
+  bool done = j->done;
+  pthread_mutex_unlock(&j->mu);
+  if (done && j->status == 499) return MHD_NO; // the client is gone: close
+  if (done && j->status) return reply_error(c, cr, j->status, j->err);
+  if (!j->req.stream) {
+    enum MHD_Result ok = reply_json(c, cr, 200, fmt_response(j));
+    log_request(j, 0);
+    return ok;
+  }
+  struct stream *st = calloc(1, sizeof *st);
+  struct MHD_Response *resp = st ? MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK,
+                                                                     stream_read, st, stream_free)
+                                 : NULL;
+  if (!resp) {
+    free(st);
+    return MHD_NO;
+  }
+  st->j = j, st->sse = j->api == SERVE_OAI_CHAT || j->api == SERVE_OAI_COMPLETION;
+  *jp = NULL;
+  MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+  return send_response(c, cr, 200, resp, st->sse ? "text/event-stream" : "application/x-ndjson");
+}
+
+static enum MHD_Result handle_generate(struct MHD_Connection *c, struct conn_req *cr,
+                                       enum serve_api api) {
+  struct server *srv = cr->srv;
+  struct job *j = job_new(srv, api, cr->t_recv);
+  if (!j) return reply_error(c, cr, 503, "out of memory");
   int status;
   pthread_mutex_lock(&srv->prep_mu);
   int rc = job_prepare(srv, j, cr->body ? cr->body : "", cr->len, &status);
@@ -292,34 +327,7 @@ static enum MHD_Result handle_generate(struct MHD_Connection *c, struct conn_req
     } else if (rc) {
       ok = reply_error(c, cr, 503, "the server is shutting down");
     } else {
-      pthread_mutex_lock(&j->mu);
-      while (!j->done && !(j->req.stream && j->n_tokens > 0)) pthread_cond_wait(&j->cv, &j->mu);
-      bool done = j->done;
-      pthread_mutex_unlock(&j->mu);
-      if (done && j->status == 499) {
-        ok = MHD_NO; // the client is gone: close
-      } else if (done && j->status) {
-        ok = reply_error(c, cr, j->status, j->err);
-      } else if (!j->req.stream) {
-        ok = reply_json(c, cr, 200, fmt_response(j));
-        log_request(j, 0);
-      } else {
-        struct stream *st = calloc(1, sizeof *st);
-        struct MHD_Response *resp =
-            st ? MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK, stream_read, st,
-                                                   stream_free)
-               : NULL;
-        if (!resp) {
-          free(st);
-          ok = MHD_NO;
-        } else {
-          st->j = j, st->sse = api == SERVE_OAI_CHAT || api == SERVE_OAI_COMPLETION;
-          j = NULL; // the stream holds the HTTP thread's reference now
-          MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-          ok = send_response(c, cr, 200, resp,
-                             st->sse ? "text/event-stream" : "application/x-ndjson");
-        }
-      }
+      ok = reply_job(c, cr, &j);
     }
   }
   job_put(j);
@@ -395,6 +403,39 @@ static bool key_ok(const char *header, const char *key) {
   return !diff;
 }
 
+static enum MHD_Result reply_too_big(struct MHD_Connection *c, struct conn_req *cr) {
+  char msg[128];
+  snprintf(msg, sizeof msg, "the body is larger than the limit of %llu bytes (--max-body)",
+           (unsigned long long)cr->srv->so.max_body);
+  return reply_error(c, cr, 400, msg);
+}
+
+// Appends n bytes of the body, within --max-body and the server's budget for all bodies.
+static enum MHD_Result take_body(struct MHD_Connection *c, struct conn_req *cr, const char *upload,
+                                 size_t n) {
+  struct server *srv = cr->srv;
+  if (cr->len + n > srv->so.max_body) return reply_too_big(c, cr);
+  if (cr->len + n > cr->cap) {
+    size_t cap = cr->cap ? cr->cap : 4096;
+    while (cap < cr->len + n) cap *= 2;
+    if (cap > srv->so.max_body) cap = srv->so.max_body;
+    uint64_t more = cap - cr->held;
+    if (atomic_fetch_add(&srv->body_bytes, more) + more > srv->body_cap) {
+      atomic_fetch_sub(&srv->body_bytes, more);
+      return reply_error(c, cr, 503, "the server holds too many request bodies; try again");
+    }
+    char *p = realloc(cr->body, cap);
+    if (!p) {
+      atomic_fetch_sub(&srv->body_bytes, more);
+      return reply_error(c, cr, 503, "out of memory");
+    }
+    cr->body = p, cr->held = cr->cap = cap;
+  }
+  memcpy(cr->body + cr->len, upload, n);
+  cr->len += n;
+  return MHD_YES;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
                                   const char *method, const char *version, const char *upload,
                                   size_t *upload_size, void **con_cls) {
@@ -432,43 +473,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     const char *cl =
         MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-    if (cl && strtoull(cl, NULL, 10) > srv->so.max_body) {
-      char msg[128];
-      snprintf(msg, sizeof msg, "the body is larger than the limit of %llu bytes (--max-body)",
-               (unsigned long long)srv->so.max_body);
-      return reply_error(c, cr, 400, msg);
-    }
+    if (cl && strtoull(cl, NULL, 10) > srv->so.max_body) return reply_too_big(c, cr);
     if (!post) return handle(c, cr);
     return MHD_YES;
   }
   if (*upload_size) { // more of the body
     size_t n = *upload_size;
     *upload_size = 0;
-    if (cr->replied) return MHD_YES; // an error is on its way; the rest is dropped
-    if (cr->len + n > srv->so.max_body) {
-      char msg[128];
-      snprintf(msg, sizeof msg, "the body is larger than the limit of %llu bytes (--max-body)",
-               (unsigned long long)srv->so.max_body);
-      return reply_error(c, cr, 400, msg);
-    }
-    if (cr->len + n > cr->cap) {
-      size_t cap = cr->cap ? cr->cap : 4096;
-      while (cap < cr->len + n) cap *= 2;
-      if (cap > srv->so.max_body) cap = srv->so.max_body;
-      if (atomic_fetch_add(&srv->body_bytes, cap - cr->held) + (cap - cr->held) > srv->body_cap) {
-        atomic_fetch_sub(&srv->body_bytes, cap - cr->held);
-        return reply_error(c, cr, 503, "the server holds too many request bodies; try again");
-      }
-      char *p = realloc(cr->body, cap);
-      if (!p) {
-        atomic_fetch_sub(&srv->body_bytes, cap - cr->held);
-        return reply_error(c, cr, 503, "out of memory");
-      }
-      cr->body = p, cr->held = cr->cap = cap;
-    }
-    memcpy(cr->body + cr->len, upload, n);
-    cr->len += n;
-    return MHD_YES;
+    return cr->replied ? MHD_YES : take_body(c, cr, upload, n); // after an error: dropped
   }
   if (cr->replied) return MHD_YES;
   return handle(c, cr);
