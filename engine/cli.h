@@ -15,3 +15,4 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
 int cmd_cachesim(int argc, char **argv);
+int cmd_serve(int argc, char **argv);

@@ -104,10 +104,7 @@ void topk_logprobs(const double *lp, int n, int k, int32_t *ids, double *vals) {
   }
 }
 
-// Flags win; then the file's general.sampling.* recommendations; then the model card's
-// (temp 0.7, top-k 20, top-p 0.8, min-p 0 for the Qwen3 Instruct models).
-static void sampling_defaults(struct session *s, const struct run_opts *o,
-                              struct sampler_params *sp) {
+void gen_sampling_defaults(struct session *s, const struct run_opts *o, struct sampler_params *sp) {
   const struct gguf_file *f = session_gguf(s);
   sp->temp = o->temp, sp->top_k = o->top_k, sp->top_p = o->top_p, sp->min_p = o->min_p,
   sp->seed = o->seed;
@@ -122,15 +119,17 @@ static void sampling_defaults(struct session *s, const struct run_opts *o,
   ferry_clear_error(); // a mistyped recommendation is ignored, not fatal
 }
 
-// Appends decoded bytes to the result text (and stdout when out is set).
-static int emit(struct gen_result *r, size_t *cap, FILE *out, const char *bytes, size_t nb) {
-  if (!nb) return 0;
-  if (out) {
-    fwrite(bytes, 1, nb, out);
-    fflush(out);
-  }
-  while (r->text_len + nb + 1 > *cap) {
-    char *nt = realloc(r->text, *cap *= 2);
+// The generated text and how much of it the callback has been given.
+struct gen_text {
+  struct gen_result *r;
+  size_t cap, told;
+};
+
+// Appends decoded bytes to the result text.
+static int text_append(struct gen_text *g, const char *bytes, size_t nb) {
+  struct gen_result *r = g->r;
+  while (r->text_len + nb + 1 > g->cap) {
+    char *nt = realloc(r->text, g->cap *= 2);
     if (!nt) return ferry_fail(-ENOMEM, "out of memory");
     r->text = nt;
   }
@@ -140,8 +139,42 @@ static int emit(struct gen_result *r, size_t *cap, FILE *out, const char *bytes,
   return 0;
 }
 
-int gen_run(struct session *s, const struct run_opts *o, const int32_t *prompt, int n_prompt,
-            FILE *out, struct gen_result *r) {
+// After `added` new bytes: cuts the text at the first stop string that ends in them (true),
+// else returns in *hold how many trailing bytes might still begin one.
+static bool stop_check(const struct gen_params *p, struct gen_result *r, size_t added,
+                       size_t *hold) {
+  *hold = 0;
+  size_t len = r->text_len, cut = len + 1;
+  for (int i = 0; i < p->n_stop; i++) {
+    size_t sl = strlen(p->stop[i]);
+    size_t from =
+        len - added + 1 > sl ? len - added + 1 - sl : 0; // matches ending in the new bytes
+    const char *hit = len - from >= sl ? memmem(r->text + from, len - from, p->stop[i], sl) : NULL;
+    if (hit && (size_t)(hit - r->text) < cut) cut = (size_t)(hit - r->text);
+    for (size_t k = sl - 1 < len ? sl - 1 : len; k > *hold; k--)
+      if (r->text[len - k] == p->stop[i][0] && !memcmp(r->text + len - k, p->stop[i], k)) {
+        *hold = k;
+        break;
+      }
+  }
+  if (cut > len) return false;
+  r->text_len = cut;
+  r->text[cut] = 0;
+  return true;
+}
+
+// Gives the callback the text that is final now; true when it asks to stop.
+static bool tell(const struct gen_params *p, struct gen_text *g, int32_t id, size_t hold) {
+  size_t end = g->r->text_len - hold;
+  if (end < g->told) end = g->told; // a cut never goes below what was told (held back)
+  const char *t = g->r->text + g->told;
+  size_t n = end - g->told;
+  g->told = end;
+  return p->on_token && p->on_token(p->ctx, id, t, n);
+}
+
+int gen_generate(struct session *s, const struct gen_params *p, const int32_t *prompt, int n_prompt,
+                 struct gen_result *r) {
   memset(r, 0, sizeof *r);
   struct model *m = session_model(s);
   const struct tokenizer *tok = session_tokenizer(s);
@@ -150,44 +183,59 @@ int gen_run(struct session *s, const struct run_opts *o, const int32_t *prompt, 
   if (n_prompt > n_ctx)
     return ferry_fail(-EINVAL, "the prompt has %d tokens but the context is %d (raise -c)",
                       n_prompt, n_ctx);
-  int n_max = o->n_predict;
+  if (p->n_keep < 0 || p->n_keep >= n_prompt)
+    return ferry_fail(-EINVAL, "gen_generate: %d cached tokens for a prompt of %d", p->n_keep,
+                      n_prompt);
+  int n_max = p->n_predict;
   if (n_prompt + n_max > n_ctx) {
     log_warn("generation limited to %d tokens by the context of %d", n_ctx - n_prompt, n_ctx);
     n_max = n_ctx - n_prompt;
   }
-  struct sampler_params sp;
-  sampling_defaults(s, o, &sp);
   struct sampler *smp = NULL;
   struct tok_decoder *dec = NULL;
   float *logits = malloc(sizeof(float) * n_vocab);
   double *lp = malloc(sizeof(double) * n_vocab);
+  int chunk = p->n_batch > 0 ? p->n_batch : n_prompt;
+  bool *no_logits = calloc(chunk, sizeof(bool));
   r->prompt = malloc(sizeof(int32_t) * (n_prompt ? n_prompt : 1));
   r->tokens = malloc(sizeof(int32_t) * (n_max + 1));
-  r->k = o->logprobs;
+  r->k = p->logprobs;
   if (r->k > n_vocab) r->k = n_vocab;
   r->steps = calloc(n_max + 1, sizeof *r->steps);
   // per-step top-K storage is allocated once, not per generated token
   r->top_ids_all = malloc(sizeof(int32_t) * (size_t)(n_max + 1) * (r->k ? r->k : 1));
   r->top_lp_all = malloc(sizeof(double) * (size_t)(n_max + 1) * (r->k ? r->k : 1));
-  size_t text_cap = 4096;
-  r->text = malloc(text_cap);
+  struct gen_text g = {.r = r, .cap = 4096};
+  r->text = malloc(g.cap);
   int rc = 0;
-  if (!logits || !lp || !r->prompt || !r->tokens || !r->steps || !r->text || !r->top_ids_all ||
-      !r->top_lp_all) {
+  if (!logits || !lp || !no_logits || !r->prompt || !r->tokens || !r->steps || !r->text ||
+      !r->top_ids_all || !r->top_lp_all) {
     rc = ferry_fail(-ENOMEM, "out of memory");
     goto done;
   }
   r->text[0] = 0;
   memcpy(r->prompt, prompt, sizeof(int32_t) * n_prompt);
   r->n_prompt = n_prompt;
-  if ((rc = sampler_create(&smp, &sp, n_vocab)) || (rc = tok_decoder_create(&dec, tok, false)))
+  r->n_keep = p->n_keep;
+  r->finish = GEN_FINISH_LENGTH;
+  if ((rc = sampler_create(&smp, &p->sp, n_vocab)) || (rc = tok_decoder_create(&dec, tok, false)))
     goto done;
-  model_reset(m);
   double t0 = ferry_now_s();
-  if ((rc = model_forward(m, prompt, n_prompt, NULL, logits))) goto done;
+  if ((rc = model_rewind(m, p->n_keep))) goto done;
+  for (int i = p->n_keep; i < n_prompt; i += chunk) {
+    int T = n_prompt - i < chunk ? n_prompt - i : chunk;
+    bool last = i + T == n_prompt;
+    if ((rc = model_forward(m, prompt + i, T, last ? NULL : no_logits, logits))) goto done;
+    if (!last && p->on_token && p->on_token(p->ctx, GEN_ID_PREFILL, NULL, 0)) {
+      r->finish = GEN_FINISH_CANCELLED;
+      goto done;
+    }
+  }
+  if (p->checkpoint && (rc = model_checkpoint(m))) goto done;
   double t_prefill = ferry_now_s();
   r->st.prefill_s = t_prefill - t0;
   double t_first = 0;
+  bool stopped = false;
   for (int i = 0; i < n_max; i++) {
     int32_t id = sampler_sample(smp, logits);
     if (i == 0) t_first = ferry_now_s();
@@ -199,24 +247,30 @@ int gen_run(struct session *s, const struct run_opts *o, const int32_t *prompt, 
       topk_logprobs(lp, n_vocab, r->k, r->steps[i].top_ids, r->steps[i].top_lp);
     }
     r->tokens[r->n_generated++] = id;
-    if (tok_is_eog(tok, id)) break;
+    if (tok_is_eog(tok, id)) {
+      r->finish = GEN_FINISH_EOG;
+      break;
+    }
     const char *bytes;
-    size_t nb;
-    if ((rc = tok_decoder_push(dec, id, &bytes, &nb)) || (rc = emit(r, &text_cap, out, bytes, nb)))
+    size_t nb, hold = 0;
+    if ((rc = tok_decoder_push(dec, id, &bytes, &nb)) || (rc = text_append(&g, bytes, nb)))
       goto done;
-    if (i + 1 == n_max) break;
+    if (p->n_stop && (stopped = stop_check(p, r, nb, &hold))) r->finish = GEN_FINISH_STOP;
+    if (tell(p, &g, id, hold) && !stopped) {
+      r->finish = GEN_FINISH_CANCELLED;
+      break;
+    }
+    if (stopped || i + 1 == n_max) break;
     if ((rc = model_forward(m, &id, 1, NULL, logits))) goto done;
   }
-  {
+  if (!stopped) {
     const char *bytes;
-    size_t nb;
+    size_t nb, hold;
     tok_decoder_flush(dec, &bytes, &nb);
-    if ((rc = emit(r, &text_cap, out, bytes, nb))) goto done;
+    if ((rc = text_append(&g, bytes, nb))) goto done;
+    if (p->n_stop && stop_check(p, r, nb, &hold)) r->finish = GEN_FINISH_STOP;
   }
-  if (out) {
-    fputc('\n', out);
-    fflush(out);
-  }
+  tell(p, &g, GEN_ID_END, 0);
   double t_end = ferry_now_s();
   r->st.ttft_s = (t_first ? t_first : t_prefill) - t0;
   r->st.decode_s = t_end - (t_first ? t_first : t_prefill);
@@ -229,6 +283,30 @@ done:
   tok_decoder_destroy(dec);
   free(logits);
   free(lp);
+  free(no_logits);
+  return rc;
+}
+
+// ferry run's callback: the text goes to stdout as it becomes final.
+static bool print_text(void *ctx, int32_t id, const char *text, size_t n) {
+  FILE *out = ctx;
+  if (out && n) {
+    fwrite(text, 1, n, out);
+    fflush(out);
+  }
+  return false;
+}
+
+int gen_run(struct session *s, const struct run_opts *o, const int32_t *prompt, int n_prompt,
+            FILE *out, struct gen_result *r) {
+  struct gen_params p = {
+      .n_predict = o->n_predict, .logprobs = o->logprobs, .on_token = print_text, .ctx = out};
+  gen_sampling_defaults(s, o, &p.sp);
+  int rc = gen_generate(s, &p, prompt, n_prompt, r);
+  if (rc == 0 && out) {
+    fputc('\n', out);
+    fflush(out);
+  }
   return rc;
 }
 

@@ -1,11 +1,13 @@
 // engine/generate.h: the generate loop (prefill, then sample/decode until an
-// end-of-generation token or -n), with timing, optional per-step top-K log-probabilities,
-// and the --json / --stats reports.
+// end-of-generation token, a stop string or -n), with timing, optional per-step top-K
+// log-probabilities, and the --json / --stats reports. `ferry run` and `ferry serve` share
+// gen_generate; `ferry run` reaches it through gen_run.
 #pragma once
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 
+#include "engine/sampler.h"
 #include "engine/session.h"
 
 struct gen_step {
@@ -14,7 +16,33 @@ struct gen_step {
   double *top_lp;   // [K]
 };
 
+// The per-token callback. id >= 0: a token was generated (end-of-generation tokens are not
+// reported) and text[0..n) is what became final with it (may be empty: an incomplete UTF-8
+// character, or text that may be the start of a stop string, is held back).
+// GEN_ID_PREFILL: between prefill chunks, no text. GEN_ID_END: once after the last token, with
+// the text still held (a stop string and what follows it are cut); its return is ignored.
+// Returning true stops generation after this token (or before the next prefill chunk).
+enum { GEN_ID_PREFILL = -1, GEN_ID_END = -2 };
+typedef bool (*gen_token_fn)(void *ctx, int32_t id, const char *text, size_t n);
+
+struct gen_params {
+  struct sampler_params sp;
+  int n_predict;           // tokens to generate at most (also capped by the context)
+  int n_keep;              // prompt[0..n_keep) is in the model already (prompt cache); < n_prompt
+  int n_batch;             // prefill tokens between callbacks; 0: the whole prompt in one call
+  bool checkpoint;         // model_checkpoint after the prompt (recurrent state, prompt cache)
+  int logprobs;            // K > 0: record top-K log-probabilities per step
+  const char *const *stop; // [n_stop] non-empty stop strings
+  int n_stop;
+  gen_token_fn on_token; // may be NULL
+  void *ctx;
+};
+
+enum gen_finish { GEN_FINISH_EOG, GEN_FINISH_STOP, GEN_FINISH_LENGTH, GEN_FINISH_CANCELLED };
+
 struct gen_result {
+  enum gen_finish finish;
+  int n_keep; // prompt tokens that were not computed (p->n_keep)
   int32_t *prompt;
   int n_prompt;
   int32_t *tokens; // generated ids (an end-of-generation token, if any, is the last)
@@ -31,9 +59,20 @@ struct gen_result {
 // Builds the prompt ids from the options: -p/-f text, chat template unless --raw.
 // Fails on unreadable files, invalid UTF-8, or an empty prompt.
 int gen_prompt_ids(struct session *s, const struct run_opts *o, int32_t **ids, int *n);
-// Runs generation; streams decoded text to `out` when non-NULL.
+// The generate loop: moves the model back to p->n_keep (model_rewind), prefills the rest of
+// the prompt, then samples and decodes until an end-of-generation token, a stop string,
+// p->n_predict tokens, the context's end, or the callback says stop. Allocates its buffers
+// once per call, nothing per token. Fails (with a message) on a prompt longer than the
+// context, an unreachable n_keep or a forward-pass error; r holds what was generated so far.
+int gen_generate(struct session *s, const struct gen_params *p, const int32_t *prompt, int n_prompt,
+                 struct gen_result *r);
+// `ferry run`: gen_generate with the flags' sampling and length; streams decoded text to
+// `out` when non-NULL and ends it with a newline.
 int gen_run(struct session *s, const struct run_opts *o, const int32_t *prompt, int n_prompt,
             FILE *out, struct gen_result *r);
+// Sampling parameters: flags win; then the file's general.sampling.* recommendations; then
+// the Qwen3 Instruct model card's (temp 0.7, top-k 20, top-p 0.8, min-p 0).
+void gen_sampling_defaults(struct session *s, const struct run_opts *o, struct sampler_params *sp);
 void gen_result_free(struct gen_result *r);
 int gen_write_json(struct session *s, const struct run_opts *o, const struct gen_result *r,
                    const char *path);

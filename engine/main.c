@@ -10,6 +10,7 @@ static void usage(FILE *o) {
           "usage: ferry <command> [options]\n"
           "commands:\n"
           "  run       generate text from a prompt\n"
+          "  serve     OpenAI- and Ollama-compatible HTTP server that keeps the model loaded\n"
           "  score     teacher-forced log-probabilities of a token sequence\n"
           "  tokenize  print the token ids of a text\n"
           "  info      model dimensions, sizes and the placement plan\n"

@@ -748,6 +748,7 @@ int model_pos(const struct model *m) { return m->pos; }
 
 void model_reset(struct model *m) {
   m->pos = 0;
+  m->ckpt_pos = -1; // the positions it summarised are overwritten from here
   if (m->rec_bytes) {
     int rc = m->be->ops.memset0(m->be, m->rec_begin, m->rec_bytes, m->st);
     FERRY_ASSERT(rc == 0);
@@ -770,6 +771,7 @@ int model_rewind(struct model *m, int pos) {
   if (pos == m->pos) return 0;
   if (!m->rec_bytes || pos == 0) {
     if (pos == 0) model_reset(m);
+    if (pos < m->ckpt_pos) m->ckpt_pos = -1; // its positions are overwritten from here
     m->pos = pos;
     return 0;
   }

@@ -277,7 +277,7 @@ int run_opts_parse(struct run_opts *o, const char *cmd, int argc, char **argv) {
       return ferry_fail(
           -EINVAL, "missing --from N (the number of context tokens before the first scored one)");
     if (!o->json_path) return ferry_fail(-EINVAL, "missing --json PATH");
-  } else if (!bench) {
+  } else if (!bench && strcmp(cmd, "serve")) {
     if (o->prompt && o->prompt_file) return ferry_fail(-EINVAL, "give either -p or -f, not both");
     if (!o->prompt && !o->prompt_file) return ferry_fail(-EINVAL, "missing -p PROMPT or -f FILE");
   }
@@ -337,6 +337,7 @@ struct model_opts session_model_opts(const struct run_opts *o) {
                              .progress = !o->no_progress && isatty(2),
                              .prefetch = o->prefetch,
                              .predict_routes = o->routing_stats || o->trace_experts != NULL,
+                             .checkpoint = o->prompt_cache,
                              .no_graph = o->no_graph};
 }
 

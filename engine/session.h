@@ -42,6 +42,7 @@ struct run_opts {
   const char *trace_experts; // --trace-experts FILE
   bool routing_stats;        // --routing-stats
   double prefetch_cap;       // --prefetch-cap (0: ECACHE_PREFETCH_CAP; < 0: none)
+  bool prompt_cache; // serve: keep a checkpoint of the recurrent state (model_opts.checkpoint)
 };
 
 // Parses argv (argv[0] is the subcommand). `cmd` selects which flags are legal.
