@@ -76,6 +76,7 @@ struct model {
   const int32_t *res_experts;
   uint8_t *actq;
   uint64_t scratch_bytes;
+  bool check_finite; // FERRY_CHECK_FINITE=1 (read at load): check every layer's output
 };
 
 // ---------------------------------------------------------------------------------------
@@ -489,6 +490,8 @@ int model_load(struct model **out, const struct gguf_file *f, const struct model
   if (!m) return ferry_fail(-ENOMEM, "out of memory");
   m->f = f;
   m->o = *o;
+  const char *cf = getenv("FERRY_CHECK_FINITE");
+  m->check_finite = cf && *cf && strcmp(cf, "0");
   int rc = hparams_load(&m->hp, f);
   if (rc) goto fail;
   if (m->o.n_ctx <= 0) m->o.n_ctx = 4096;
@@ -887,6 +890,21 @@ static int moe(struct model *m, int l, int T) {
   return 0;
 }
 
+// With FERRY_CHECK_FINITE=1: fails at the first layer whose output x (the residual
+// stream of the chunk, T rows of n_embd) holds NaN or inf, naming the layer and position,
+// so a bad weight or an overflow is found where it starts rather than in the logits.
+static int check_finite(struct model *m, int layer, const float *x, int64_t n) {
+  if (!m->check_finite) return 0;
+  int64_t d = m->hp.n_embd;
+  for (int64_t i = 0; i < n; i++)
+    if (!isfinite(x[i]))
+      return ferry_fail(-ERANGE,
+                        "FERRY_CHECK_FINITE: the output of layer %d is not finite at position %lld "
+                        "(element %lld is %g); every earlier layer's output was finite",
+                        layer, (long long)(m->pos + i / d), (long long)(i % d), (double)x[i]);
+  return 0;
+}
+
 static int forward_chunk(struct model *m, const int32_t *tok, int T, const bool *want,
                          float *logits, int *n_out) {
   const struct model_hparams *hp = &m->hp;
@@ -903,6 +921,7 @@ static int forward_chunk(struct model *m, const int32_t *tok, int T, const bool 
     if (rc) return rc;
     cpu_rmsnorm_rows(m->a, m->x, L->ffn_norm.data, T, d, hp->eps);
     if ((rc = moe(m, (int)l, T))) return rc;
+    if ((rc = check_finite(m, (int)l, m->x, (int64_t)T * d))) return rc;
   }
   m->pos += T;
   // output head for the requested rows
