@@ -12,7 +12,7 @@
 // is shared: the second mode may load faster because the first one warmed it.
 //
 // Stream mode without --ram gets a budget that forces real streaming: dense weights +
-// KV/state + scratch + a quarter of the routed-expert bytes (at least the smallest
+// KV/state + scratch + the process and prompt + a quarter of the routed-expert bytes (at least the smallest
 // cache stream mode accepts), computed from the model with the same plan session_open
 // uses. --ram, when given, is the budget of stream and auto runs; full mode always gets
 // the default budget (available memory), since it is the reference.
@@ -107,6 +107,7 @@ static int default_stream_ram(const struct run_opts *o, uint64_t *out) {
   struct gguf_file *f = NULL;
   struct model_hparams hp;
   bool hp_ok = false;
+  uint64_t base = session_baseline_bytes(o); // what session_open charges besides the model
   int rc = gguf_open(&f, o->model);
   if (rc) goto done;
   if ((rc = hparams_load(&hp, f))) goto done;
@@ -124,7 +125,7 @@ static int default_stream_ram(const struct run_opts *o, uint64_t *out) {
   uint64_t experts = w_all > wd ? w_all - wd : 0;
   uint64_t cache = experts / 4, min_cache = stream_min_cache_bytes(f, &hp);
   if (cache < min_cache) cache = min_cache;
-  *out = wd + st + sc + cache;
+  *out = wd + st + sc + cache + base;
 done:
   if (hp_ok) hparams_free(&hp);
   gguf_close(f);
@@ -345,11 +346,16 @@ int cmd_bench(int argc, char **argv) {
   enum run_mode req[BENCH_MAX_MODES];
   int n = 0;
   if ((rc = parse_modes(o.modes ? o.modes : "full,stream", req, &n))) return rc;
+  char *text = NULL; // read once, before any mode loads the model (the children share it)
+  if ((rc = gen_read_prompt(&o, &text))) return rc;
   uint64_t stream_ram = o.ram;
   bool want_stream = false;
   for (int i = 0; i < n; i++) want_stream |= req[i] == MODE_STREAM;
   if (!stream_ram && want_stream) {
-    if ((rc = default_stream_ram(&o, &stream_ram))) return rc;
+    if ((rc = default_stream_ram(&o, &stream_ram))) {
+      free(text);
+      return rc;
+    }
     char b[32];
     ferry_format_size(stream_ram, b, sizeof b);
     log_info(
@@ -384,6 +390,7 @@ int cmd_bench(int argc, char **argv) {
     if (o.json_path) rc = write_json(o.json_path, &o, ms, n, identical);
   }
   for (int i = 0; i < n; i++) free(ms[i].prompt), free(ms[i].tokens);
+  free(text);
   if (!rc && !identical) return 3; // the table says why; a script must not miss it
   return rc;
 }

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "base/base.h"
+#include "base/files.h"
 #include "engine/json.h"
 #include "engine/sampler.h"
 
@@ -14,71 +15,65 @@ static bool utf8_valid(const char *s, size_t n, size_t *bad) {
   return *bad == n;
 }
 
-static int read_file(const char *path, char **out, size_t *n) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return ferry_fail(-errno, "cannot open prompt file '%s': %s", path, strerror(errno));
-  size_t cap = 1 << 16, len = 0;
-  char *buf = malloc(cap + 1);
-  if (!buf) {
-    fclose(f);
-    return ferry_fail(-ENOMEM, "out of memory");
+int gen_read_prompt(struct run_opts *o, char **owned) {
+  *owned = NULL;
+  char *text;
+  size_t len;
+  int rc;
+  const char *file = o->prompt_file;
+  if (file) {
+    if ((rc = ferry_read_file(file, GEN_PROMPT_MAX_BYTES, "prompt file", &text, &len))) return rc;
+  } else {
+    text = strdup(o->prompt ? o->prompt : "");
+    if (!text) return ferry_fail(-ENOMEM, "out of memory");
+    len = strlen(text);
   }
-  size_t r;
-  while ((r = fread(buf + len, 1, cap - len, f)) > 0) {
-    len += r;
-    if (len == cap) {
-      if (cap >= (1ull << 30)) {
-        free(buf), fclose(f);
-        return ferry_fail(-EFBIG, "prompt file '%s' is larger than 1 GiB", path);
-      }
-      char *nb = realloc(buf, 2 * cap + 1);
-      if (!nb) {
-        free(buf), fclose(f);
-        return ferry_fail(-ENOMEM, "out of memory");
-      }
-      buf = nb, cap *= 2;
-    }
+  const char *what = file ? "the prompt file" : "the prompt";
+  size_t bad;
+  if (!utf8_valid(text, len, &bad)) {
+    rc = ferry_fail(-EINVAL, "%s%s%s%s is not valid UTF-8 (at byte %zu)", what, file ? " '" : "",
+                    file ? file : "", file ? "'" : "", bad);
+    goto fail;
   }
-  bool err = ferror(f);
-  fclose(f);
-  if (err) {
-    free(buf);
-    return ferry_fail(-EIO, "cannot read prompt file '%s'", path);
+  // The chat template is text: a NUL would end the message there and drop the rest.
+  const char *nul = o->raw ? NULL : memchr(text, 0, len);
+  if (nul) {
+    rc =
+        ferry_fail(-EINVAL,
+                   "%s%s%s%s has a NUL byte at byte %zu, which a chat message cannot hold (use "
+                   "--raw to tokenize the bytes as they are)",
+                   what, file ? " '" : "", file ? file : "", file ? "'" : "", (size_t)(nul - text));
+    goto fail;
   }
-  buf[len] = 0;
-  *out = buf, *n = len;
+  if (o->system && !utf8_valid(o->system, strlen(o->system), &bad)) {
+    rc = ferry_fail(-EINVAL, "--system is not valid UTF-8 (at byte %zu)", bad);
+    goto fail;
+  }
+  o->prompt_text = text, o->prompt_len = len;
+  *owned = text;
   return 0;
+fail:
+  free(text);
+  return rc;
 }
 
 int gen_prompt_ids(struct session *s, const struct run_opts *o, int32_t **ids, int *n) {
-  char *text = NULL;
-  size_t len = 0;
+  char *owned = NULL, *full = NULL;
   int rc;
-  if (o->prompt_file) {
-    if ((rc = read_file(o->prompt_file, &text, &len))) return rc;
-  } else {
-    text = strdup(o->prompt ? o->prompt : "");
-    len = strlen(text);
-  }
-  size_t bad;
-  if (!utf8_valid(text, len, &bad)) {
-    free(text);
-    return ferry_fail(-EINVAL, "the prompt%s%s is not valid UTF-8 (at byte %zu)",
-                      o->prompt_file ? " file " : "", o->prompt_file ? o->prompt_file : "", bad);
-  }
-  if (o->system && !utf8_valid(o->system, strlen(o->system), &bad)) {
-    free(text);
-    return ferry_fail(-EINVAL, "--system is not valid UTF-8 (at byte %zu)", bad);
-  }
-  char *full = text;
+  struct run_opts ro = *o;
+  if (!ro.prompt_text && (rc = gen_read_prompt(&ro, &owned))) return rc;
+  const char *text = ro.prompt_text;
+  size_t len = ro.prompt_len;
   if (!o->raw) {
     rc = tok_render_chat(session_tokenizer(s), o->system, text, 0, &full);
-    free(text);
+    free(owned);
     if (rc) return rc;
-    len = strlen(full);
+    text = full, len = strlen(full);
+  } else {
+    full = owned;
   }
   size_t nn = 0;
-  rc = tok_encode(session_tokenizer(s), full, len, true, ids, &nn);
+  rc = tok_encode(session_tokenizer(s), text, len, true, ids, &nn);
   free(full);
   if (rc) return rc;
   if (nn == 0) {
@@ -111,6 +106,7 @@ static void sampling_defaults(struct session *s, const struct run_opts *o,
   const struct gguf_file *f = session_gguf(s);
   sp->temp = o->temp, sp->top_k = o->top_k, sp->top_p = o->top_p, sp->min_p = o->min_p,
   sp->seed = o->seed;
+  sp->bias = o->logit_bias, sp->n_bias = o->n_logit_bias;
   float v;
   uint32_t k;
   if (!o->temp_set && gguf_get_f32(f, "general.sampling.temp", &v) == 0 && v >= 0) sp->temp = v;
@@ -125,10 +121,9 @@ static void sampling_defaults(struct session *s, const struct run_opts *o,
 // Appends decoded bytes to the result text (and stdout when out is set).
 static int emit(struct gen_result *r, size_t *cap, FILE *out, const char *bytes, size_t nb) {
   if (!nb) return 0;
-  if (out) {
-    fwrite(bytes, 1, nb, out);
-    fflush(out);
-  }
+  if (out && (fwrite(bytes, 1, nb, out) != nb || fflush(out) != 0))
+    return ferry_fail(-(errno ? errno : EIO), "cannot write the generated text: %s",
+                      strerror(errno ? errno : EIO));
   while (r->text_len + nb + 1 > *cap) {
     char *nt = realloc(r->text, *cap *= 2);
     if (!nt) return ferry_fail(-ENOMEM, "out of memory");
@@ -189,6 +184,7 @@ int gen_run(struct session *s, const struct run_opts *o, const int32_t *prompt, 
   r->st.prefill_s = t_prefill - t0;
   double t_first = 0;
   for (int i = 0; i < n_max; i++) {
+    if ((rc = logits_check_finite(logits, n_vocab, n_prompt - 1 + i))) goto done;
     int32_t id = sampler_sample(smp, logits);
     if (i == 0) t_first = ferry_now_s();
     if (r->k > 0) {
@@ -213,9 +209,10 @@ int gen_run(struct session *s, const struct run_opts *o, const int32_t *prompt, 
     tok_decoder_flush(dec, &bytes, &nb);
     if ((rc = emit(r, &text_cap, out, bytes, nb))) goto done;
   }
-  if (out) {
-    fputc('\n', out);
-    fflush(out);
+  if (out && (fputc('\n', out) == EOF || fflush(out) != 0)) {
+    rc = ferry_fail(-(errno ? errno : EIO), "cannot write the generated text: %s",
+                    strerror(errno ? errno : EIO));
+    goto done;
   }
   double t_end = ferry_now_s();
   r->st.ttft_s = (t_first ? t_first : t_prefill) - t0;

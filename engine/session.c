@@ -3,13 +3,17 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "base/base.h"
+#include "base/files.h"
+#include "engine/cli.h"
 #include "engine/stream.h"
 #include "numa/pool.h"
+#include "numa/topo.h"
 #include "offload/budget.h"
 
 // ---------------------------------------------------------------------------------------
@@ -38,6 +42,7 @@ enum {
   OPT_MODES,
   OPT_NOPROG,
   OPT_PREFETCH,
+  OPT_LOGIT_BIAS,
   OPT_HELP,
 };
 
@@ -70,6 +75,7 @@ static const struct option k_opts[] = {{"model", required_argument, 0, 'm'},
                                        {"modes", required_argument, 0, OPT_MODES},
                                        {"no-progress", no_argument, 0, OPT_NOPROG},
                                        {"prefetch", no_argument, 0, OPT_PREFETCH},
+                                       {"logit-bias", required_argument, 0, OPT_LOGIT_BIAS},
                                        {"help", no_argument, 0, OPT_HELP},
                                        {0, 0, 0, 0}};
 
@@ -92,6 +98,38 @@ static int parse_float(const char *flag, const char *s, double lo, double hi, fl
   if (!(v >= lo && v <= hi))
     return ferry_fail(-EINVAL, "%s: %g is out of range [%g, %g]", flag, v, lo, hi);
   *out = (float)v;
+  return 0;
+}
+
+// --ram: a budget of at least one byte. "0" or "0.5" (which rounds to 0) would otherwise
+// mean "unset", i.e. all available memory: the opposite of what was asked for.
+static int parse_ram(const char *s, uint64_t *out) {
+  int rc = ferry_parse_size(s, out);
+  if (rc) return ferry_fail_ctx(rc, "--ram");
+  if (*out == 0)
+    return ferry_fail(-EINVAL,
+                      "--ram: '%s' is 0 bytes; give a budget such as 8G or 512M (without --ram "
+                      "the budget is the available memory)",
+                      s);
+  return 0;
+}
+
+// --seed: an unsigned integer, or -1 for a random seed (as llama.cpp), which is logged.
+static int parse_seed(const char *s, uint64_t *out) {
+  if (!strcmp(s, "-1")) {
+    uint64_t r = 0;
+    if (getentropy(&r, sizeof r) != 0) r = (uint64_t)(ferry_now_s() * 1e9) ^ (uint64_t)getpid();
+    *out = r;
+    log_info("--seed -1: random seed %llu", (unsigned long long)r);
+    return 0;
+  }
+  char *end;
+  errno = 0;
+  unsigned long long v = strtoull(s, &end, 10);
+  if (errno || end == s || *end || s[0] == '-' || s[0] == '+')
+    return ferry_fail(-EINVAL, "--seed: '%s' is not an unsigned integer (or -1 for a random seed)",
+                      s);
+  *out = v;
   return 0;
 }
 
@@ -123,7 +161,8 @@ static void usage(const char *cmd) {
         "                 [--temp T] [--top-k K] [--top-p P] [--min-p P] [--seed S] [-t THREADS] "
         "[-c CTX]\n"
         "                 [-b BATCH] [--mode auto|full|stream] [--ram SIZE] [--vram SIZE] [--cpu]\n"
-        "                 [--stats] [--json PATH] [--logprobs K] [--exact]\n"
+        "                 [--stats] [--json PATH] [--logprobs K] [--exact] [--logit-bias "
+        "ID(+|-)BIAS]\n"
         "                 [--cache-type-k f32|f16|q8_0] [--cache-type-v f32|f16|q8_0]\n");
 }
 
@@ -140,7 +179,6 @@ int run_opts_parse(struct run_opts *o, const char *cmd, int argc, char **argv) {
   optind = 1;
   opterr = 0;
   while ((c = getopt_long(argc, argv, ":m:p:f:n:t:c:b:h", k_opts, NULL)) != -1) {
-    const char *flag = argv[optind - 1];
     switch (c) {
       case 'm': o->model = optarg; break;
       case 'p': o->prompt = optarg; break;
@@ -160,14 +198,7 @@ int run_opts_parse(struct run_opts *o, const char *cmd, int argc, char **argv) {
       case OPT_MINP:
         rc = parse_float("--min-p", optarg, 0, 1, &o->min_p), o->min_p_set = true;
         break;
-      case OPT_SEED: {
-        char *end;
-        errno = 0;
-        o->seed = strtoull(optarg, &end, 10);
-        if (errno || end == optarg || *end)
-          rc = ferry_fail(-EINVAL, "--seed: '%s' is not an unsigned integer", optarg);
-        break;
-      }
+      case OPT_SEED: rc = parse_seed(optarg, &o->seed); break;
       case 't': rc = parse_int("-t", optarg, 0, 1024, &o->threads); break;
       case 'c': rc = parse_int("-c", optarg, 1, 1 << 24, &o->n_ctx); break;
       case 'b': rc = parse_int("-b", optarg, 1, 8192, &o->n_batch); break;
@@ -181,10 +212,7 @@ int run_opts_parse(struct run_opts *o, const char *cmd, int argc, char **argv) {
         else
           rc = ferry_fail(-EINVAL, "--mode: '%s' is not auto, full or stream", optarg);
         break;
-      case OPT_RAM:
-        rc = ferry_parse_size(optarg, &o->ram);
-        if (rc) ferry_fail_ctx(rc, "--ram");
-        break;
+      case OPT_RAM: rc = parse_ram(optarg, &o->ram); break;
       case OPT_VRAM:
         rc = ferry_parse_size(optarg, &o->vram);
         if (rc) ferry_fail_ctx(rc, "--vram");
@@ -201,10 +229,16 @@ int run_opts_parse(struct run_opts *o, const char *cmd, int argc, char **argv) {
       case OPT_MODES: o->modes = optarg; break;
       case OPT_NOPROG: o->no_progress = true; break;
       case OPT_PREFETCH: o->prefetch = true; break;
+      case OPT_LOGIT_BIAS:
+        if (o->n_logit_bias == RUN_MAX_LOGIT_BIAS)
+          rc = ferry_fail(-EINVAL, "--logit-bias: at most %d", RUN_MAX_LOGIT_BIAS);
+        else
+          rc = logit_bias_parse(optarg, &o->logit_bias[o->n_logit_bias++]);
+        break;
       case 'h':
       case OPT_HELP: usage(cmd); return 1;
-      case ':': return ferry_fail(-EINVAL, "option '%s' needs a value", flag);
-      default: return ferry_fail(-EINVAL, "unknown option '%s' (see ferry %s --help)", flag, cmd);
+      case ':':
+      case '?': return cli_bad_option(c, argv, cmd);
     }
     if (rc) return rc;
   }
@@ -224,6 +258,13 @@ int run_opts_parse(struct run_opts *o, const char *cmd, int argc, char **argv) {
   if (o->exact && !o->kv_set) o->kv_k = o->kv_v = FT_F32;
   if (o->kv_k != o->kv_v)
     return ferry_fail(-EINVAL, "--cache-type-k and --cache-type-v must be equal (for now)");
+  if (o->logprobs && !o->json_path && !score && !bench)
+    return ferry_fail(-EINVAL,
+                      "--logprobs needs --json PATH (the log-probabilities are written "
+                      "to the JSON report)");
+  // Outputs are checked now, not after a run of minutes: the path must be creatable and
+  // must not name a device, FIFO or directory.
+  if (o->json_path && (rc = ferry_outfile_check(o->json_path, "--json file"))) return rc;
   return 0;
 }
 
@@ -252,12 +293,31 @@ uint64_t session_default_ram(void) {
   return avail > 2 * margin ? avail - margin : avail / 2;
 }
 
+// What the budget must hold besides the model: the process itself and the prompt.
+// The process part is its resident set (VmRSS of /proc/self/status) when the session
+// starts, after the CPU topology the thread pool and scratch plan read has been loaded:
+// the binary and shared libraries' touched pages, the main stack, hwloc's topology (about
+// 3 MiB, kept for the process) and the prompt text the caller already holds (measured
+// 5.8-6.1 MiB on the development VM). The prompt adds SESSION_PROMPT_BYTES_PER_BYTE per
+// byte for what is made from it during the run. The sum is rounded up to 4 MiB: VmRSS
+// moves by ~0.3 MiB between runs of the same command (address layout), and the minimum
+// budget ferry names must not move with it.
+uint64_t session_baseline_bytes(const struct run_opts *o) {
+  (void)numa_topo_physical_cores(); // loads and caches the topology
+#ifdef __GLIBC__
+  malloc_trim(0); // freed heap pages (bench's parent parsed the file before forking) leave RSS
+#endif
+  uint64_t b = ferry_rss_bytes() + (uint64_t)SESSION_PROMPT_BYTES_PER_BYTE * o->prompt_len;
+  return ferry_align_up(b, 4ull << 20);
+}
+
 int session_open(struct session **out, const struct run_opts *o) {
   *out = NULL;
   struct session *s = calloc(1, sizeof *s);
   if (!s) return ferry_fail(-ENOMEM, "out of memory");
   s->o = *o;
   double t0 = ferry_now_s();
+  uint64_t base = session_baseline_bytes(o); // before the session allocates anything
   int rc = gguf_open(&s->f, o->model);
   if (rc) goto fail;
   if ((rc = tok_create(&s->tok, s->f))) goto fail;
@@ -277,13 +337,14 @@ int session_open(struct session **out, const struct run_opts *o) {
   uint64_t w = 0, st = 0, sc = 0;
   if ((rc = model_plan(s->f, &mo, &w, &st, &sc))) goto fail;
   uint64_t meta = model_meta_bytes(s->f); // included in model_plan's scratch
-  uint64_t need_full = w + st + sc;
-  char b1[32], b2[32], b3[32], b4[32], b5[32];
+  uint64_t need_full = w + st + sc + base;
+  char b1[32], b2[32], b3[32], b4[32], b5[32], b6[32];
   ferry_format_size(need_full, b1, sizeof b1);
   ferry_format_size(s->ram_budget, b2, sizeof b2);
   ferry_format_size(w, b3, sizeof b3);
   ferry_format_size(st, b4, sizeof b4);
   ferry_format_size(sc, b5, sizeof b5);
+  ferry_format_size(base, b6, sizeof b6);
   s->mode = o->mode;
   if (s->mode == MODE_AUTO) {
     s->mode = need_full <= s->ram_budget ? MODE_FULL : MODE_STREAM;
@@ -293,9 +354,9 @@ int session_open(struct session **out, const struct run_opts *o) {
   if (s->mode == MODE_FULL && need_full > s->ram_budget) {
     rc = ferry_fail(
         -ENOMEM,
-        "full mode needs %s of RAM (weights %s, KV/state %s, scratch %s) but the budget is %s; "
-        "use --mode stream or raise --ram",
-        b1, b3, b4, b5, b2);
+        "full mode needs %s of RAM (weights %s, KV/state %s, scratch %s, process and prompt %s) "
+        "but the budget is %s; use --mode stream or raise --ram",
+        b1, b3, b4, b5, b6, b2);
     goto fail;
   }
   if (s->mode == MODE_STREAM) {
@@ -307,21 +368,21 @@ int session_open(struct session **out, const struct run_opts *o) {
     uint64_t min_cache = stream_min_cache_bytes(s->f, &hp);
     uint32_t k = hp.n_expert_used;
     hparams_free(&hp);
-    if (wd + st + sc + min_cache > s->ram_budget) {
+    if (wd + st + sc + base + min_cache > s->ram_budget) {
       char c1[32], c2[32], c3[32];
-      ferry_format_size(wd + st + sc, c1, sizeof c1);
+      ferry_format_size(wd + st + sc + base, c1, sizeof c1);
       ferry_format_size(min_cache, c2, sizeof c2);
-      ferry_format_size(wd + st + sc + min_cache, c3, sizeof c3);
-      rc = ferry_fail(
-          -ENOMEM,
-          "RAM budget %s is too small for stream mode: dense weights, KV/state and scratch need %s "
-          "and "
-          "the smallest expert cache (%u experts of one layer) %s; use --ram %llu (%s) or more",
-          b2, c1, k, c2, (unsigned long long)(wd + st + sc + min_cache), c3);
+      ferry_format_size(wd + st + sc + base + min_cache, c3, sizeof c3);
+      rc = ferry_fail(-ENOMEM,
+                      "RAM budget %s is too small for stream mode: dense weights, KV/state, "
+                      "scratch, the process and the prompt need %s and the smallest expert cache "
+                      "(%u experts of one layer) %s; use --ram %llu (%s) or more",
+                      b2, c1, k, c2, (unsigned long long)(wd + st + sc + base + min_cache), c3);
       goto fail;
     }
   }
-  if ((rc = budget_create(&s->budget, s->ram_budget, o->vram ? o->vram : BUDGET_UNLIMITED)))
+  if ((rc = budget_create(&s->budget, s->ram_budget, o->vram ? o->vram : BUDGET_UNLIMITED)) ||
+      (rc = budget_charge(s->budget, BUDGET_HOST, BUDGET_SCRATCH, base))) // process + prompt
     goto fail;
   if ((rc = ferry_pool_create(&s->pool, o->threads))) goto fail;
   if ((rc = model_load(&s->m, s->f, &mo))) goto fail;

@@ -8,9 +8,12 @@
 
 #include "engine/gguf.h"
 #include "engine/model.h"
+#include "engine/sampler.h"
 #include "engine/tokenizer.h"
 
 enum run_mode { MODE_AUTO = 0, MODE_FULL, MODE_STREAM };
+
+#define RUN_MAX_LOGIT_BIAS 64
 
 struct run_opts {
   const char *model;
@@ -36,6 +39,12 @@ struct run_opts {
   bool kv_set;
   bool no_progress;
   bool prefetch;
+  // Filled by gen_read_prompt before the session opens: the prompt's bytes (charged to the
+  // RAM budget with the tokens made from them, see session_open).
+  const char *prompt_text;
+  size_t prompt_len;
+  struct logit_bias logit_bias[RUN_MAX_LOGIT_BIAS]; // --logit-bias ID(+|-)BIAS, repeatable
+  int n_logit_bias;
 };
 
 // Parses argv (argv[0] is the subcommand). `cmd` selects which flags are legal.
@@ -58,6 +67,12 @@ struct session;
 // The RAM budget when --ram is not given: available memory (host or memory cgroup, the
 // smaller) minus a margin of an eighth, clamped to [64 MiB, 512 MiB].
 uint64_t session_default_ram(void);
+
+// Bytes of the RAM budget the process and the prompt take before the model loads (see
+// session.c): VmRSS at the call plus SESSION_PROMPT_BYTES_PER_BYTE per prompt byte (a chat
+// rendering of the text, up to one 4-byte id per byte, and the result's copy of the ids).
+#define SESSION_PROMPT_BYTES_PER_BYTE 9
+uint64_t session_baseline_bytes(const struct run_opts *o);
 
 // Opens the model, plans memory against the budgets, picks the mode (printing the
 // choice for auto), and loads. Fails with one message (file errors, budget too small,
