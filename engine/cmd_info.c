@@ -9,6 +9,7 @@
 #include "engine/cli.h"
 #include "engine/gguf.h"
 #include "engine/model_info.h"
+#include "engine/session.h"
 #include "kernels/types.h"
 
 int cmd_info(int argc, char **argv) {
@@ -41,10 +42,13 @@ int cmd_info(int argc, char **argv) {
   }
   if (optind < argc) return ferry_fail(-EINVAL, "unexpected argument '%s'", argv[optind]);
   if (!path) return ferry_fail(-EINVAL, "missing -m MODEL.gguf");
+  // what a session would charge for the process, measured before the file is parsed
+  struct run_opts none = {0};
+  uint64_t base = session_baseline_bytes(&none);
   struct gguf_file *f;
   int rc = gguf_open(&f, path);
   if (rc) return rc;
-  rc = model_info_print(f, stdout, ram, vram, json);
+  rc = model_info_print(f, stdout, ram, vram, json, base);
   gguf_close(f);
   return rc;
 }

@@ -27,13 +27,14 @@ void model_info_split_bytes(const struct gguf_file *f, uint64_t *dense, uint64_t
 // mode splits the RAM budget between resident dense weights, state, scratch and the
 // expert cache.
 static int print_plan(const struct gguf_file *f, FILE *o, const struct model_hparams *hp,
-                      uint64_t ram, uint64_t vram) {
+                      uint64_t ram, uint64_t vram, uint64_t base) {
   struct model_opts mo = {.n_ctx = 4096, .n_batch = 256, .kv_k = FT_F16, .kv_v = FT_F16};
   uint64_t w, st, sc, wd;
   int rc = model_plan(f, &mo, &w, &st, &sc);
   if (rc) return rc;
   mo.dense_only = true;
   if ((rc = model_plan(f, &mo, &wd, &st, &sc))) return rc;
+  sc += base; // the process and the prompt, as session_open charges them (scratch)
   bool ram_given = ram != 0;
   if (!ram) {
     ram = session_default_ram();
@@ -49,10 +50,11 @@ static int print_plan(const struct gguf_file *f, FILE *o, const struct model_hpa
   ferry_format_size(dense_total + min_cache, b[6], 32);
   fprintf(o, "plan         RAM budget %s%s, context %d, prefill batch %d, KV f16\n", b[0],
           ram_given ? "" : " (available memory minus a margin)", mo.n_ctx, mo.n_batch);
-  fprintf(o, "  full       needs %s: weights %s + KV/state %s + scratch %s -> %s\n", b[1], b[2],
-          b[3], b[4], w + st + sc <= ram ? "fits" : "does not fit");
+  fprintf(o, "  full       needs %s: weights %s + KV/state %s + scratch and process %s -> %s\n",
+          b[1], b[2], b[3], b[4], w + st + sc <= ram ? "fits" : "does not fit");
   fprintf(o,
-          "  stream     dense weights %s + KV/state %s + scratch %s resident; minimum --ram %s "
+          "  stream     dense weights %s + KV/state %s + scratch and process %s resident; minimum "
+          "--ram %s "
           "(%llu)\n",
           b[5], b[3], b[4], b[6], (unsigned long long)(dense_total + min_cache));
   if (dense_total + min_cache <= ram) {
@@ -87,7 +89,8 @@ static int print_plan(const struct gguf_file *f, FILE *o, const struct model_hpa
   return 0;
 }
 
-int model_info_print(const struct gguf_file *f, FILE *o, uint64_t ram, uint64_t vram, bool json) {
+int model_info_print(const struct gguf_file *f, FILE *o, uint64_t ram, uint64_t vram, bool json,
+                     uint64_t base) {
   struct model_hparams hp;
   int rc = hparams_load(&hp, f);
   if (rc) return rc;
@@ -158,7 +161,7 @@ int model_info_print(const struct gguf_file *f, FILE *o, uint64_t ram, uint64_t 
             (unsigned long long)part[1], (unsigned long long)part[2],
             (unsigned long long)(part[0] + part[1] + part[2]));
   }
-  rc = print_plan(f, o, &hp, ram, vram);
+  rc = print_plan(f, o, &hp, ram, vram, base);
   char topo[512];
   if (numa_topo_describe(topo, sizeof topo) >= 0) fprintf(o, "topology     %s\n", topo);
   (void)json;

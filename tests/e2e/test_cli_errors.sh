@@ -134,4 +134,15 @@ json_atomic() {
     python3 -c "import json,sys; sys.exit('generated_tokens' not in json.load(open(sys.argv[1])))" "$TMP/keep.json"
 }
 run_case "--json: atomic replace, failed write keeps the old file" json_atomic
+
+# `ferry info`'s plan names the same stream minimum as a run (both charge the process)
+same_minimum() {
+  local a b
+  a=$($F info -m "$M" | sed -n 's/.*minimum --ram .*(\([0-9]*\)).*/\1/p')
+  b=$($F score -m "$M" --ids "1 2" --from 1 --json "$TMP/o.json" --mode stream --ram 1 2>&1 |
+      sed -n 's/.*use --ram \([0-9]*\).*/\1/p')
+  echo "info $a, score $b"
+  [ -n "$a" ] && [ "$a" = "$b" ]
+}
+run_case "info and run name the same stream minimum" same_minimum
 finish

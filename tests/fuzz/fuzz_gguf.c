@@ -103,7 +103,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     tok_destroy(t);
   }
 
-  check_failed(model_info_print(f, g_null, 64u << 20, 0, (data[size - 1] & 1) != 0));
+  check_failed(model_info_print(f, g_null, 64u << 20, 0, (data[size - 1] & 1) != 0, 8u << 20));
   gguf_close(f);
   return 0;
 }
