@@ -9,7 +9,7 @@ source "$(dirname "$0")/lib.sh"
 # Sanitizer builds inflate RSS (shadow memory, quarantine): the RSS bounds are checked in
 # the Release pass (scripts/test.sh runs both).
 SAN=0
-grep -qa AddressSanitizer "$FERRY_BIN" && SAN=1
+grep -qa __asan_init "$FERRY_BIN" && SAN=1
 
 check_bench_json() { # check_bench_json JSON N_PREDICT CHECK_RSS(0/1)
   python3 - "$1" "$2" "$3" "$SAN" <<'EOF'

@@ -4,6 +4,10 @@
 # mode (smallest expert cache, and a small batch). Every step within 1e-3 of the reference,
 # same argmax. A forward pass that loses the chunk offset of the rows whose logits are
 # wanted fails every step here (NOTES.md, "tests that can fail").
+# ctest-labels: slow
+# (Release pass only: 6 min under ASan, and pub-qwen3next-tiny-F32's long sequence is
+#  chaotic (fixtures README §4.1): a -O0 build's other rounding moves its last steps by up
+#  to 2.3e-3 at -b 7, where the Release build is within 1.3e-5.)
 source "$(dirname "$0")/lib.sh"
 LONG=(pub-qwen3moe-tiny-F32 pub-qwen3moe-kq-Q4_K_M pub-qwen3next-tiny-F32)
 for m in "${LONG[@]}"; do

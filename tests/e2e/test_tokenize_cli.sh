@@ -93,7 +93,7 @@ expect_error "unknown letter in a cluster" -m "$M" -p hi -zq
 # the OOM killer ended it). The address-space limit keeps a regression from taking the
 # machine's memory; sanitizer builds reserve terabytes of address space, so not there.
 lim=unlimited
-grep -qa AddressSanitizer "$BIN" || lim=4000000 # KiB
+grep -qa __asan_init "$BIN" || lim=4000000 # KiB
 (ulimit -v $lim; expect_error "endless -f /dev/zero" -m "$M" -f /dev/zero; exit $fail) || fail=1
 if ! grep -q "larger than 1.00 GiB" "$TMP/err"; then echo "FAIL: /dev/zero: $(cat "$TMP/err")"; fail=1; fi
 if ! grep -q "unknown option '-z'" <("$BIN" tokenize -m "$M" -p hi -zq 2>&1); then
