@@ -9,6 +9,13 @@
 #include <time.h>
 
 static int g_level = -1;
+
+// A message is one line: names and strings quoted from a file (a tensor name, an
+// architecture) may hold control bytes, which are shown as '?'.
+static void one_line(char *s) {
+  for (; *s; s++)
+    if ((unsigned char)*s < 0x20 || *s == 0x7f) *s = '?';
+}
 static const char *const k_level_names[] = {"error", "warn", "info", "debug"};
 
 void ferry_log_set_level(enum ferry_log_level lvl) { g_level = (int)lvl; }
@@ -30,6 +37,7 @@ void ferry_log(enum ferry_log_level lvl, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(buf, sizeof buf, fmt, ap);
   va_end(ap);
+  one_line(buf);
   fprintf(stderr, "ferry: %s%s\n",
           lvl == FERRY_LOG_ERROR  ? "error: "
           : lvl == FERRY_LOG_WARN ? "warning: "
@@ -44,6 +52,7 @@ int ferry_fail(int code, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(t_err, sizeof t_err, fmt, ap);
   va_end(ap);
+  one_line(t_err);
   return code;
 }
 
@@ -59,6 +68,7 @@ int ferry_fail_ctx(int code, const char *fmt, ...) {
   int n = snprintf(t_err, sizeof t_err, "%.500s: ", ctx);
   if (n > 0 && (size_t)n < sizeof t_err)
     snprintf(t_err + n, sizeof t_err - (size_t)n, "%.500s", rest);
+  one_line(t_err);
   return code;
 }
 
@@ -131,6 +141,7 @@ static uint64_t read_status_kb(const char *path, const char *key) {
 }
 
 uint64_t ferry_peak_rss_bytes(void) { return read_status_kb("/proc/self/status", "VmHWM:"); }
+uint64_t ferry_rss_bytes(void) { return read_status_kb("/proc/self/status", "VmRSS:"); }
 static uint64_t read_u64_file(const char *path, bool *ok) {
   FILE *f = fopen(path, "r");
   *ok = false;

@@ -58,6 +58,7 @@ double ferry_now_s(void); // monotonic seconds
 int ferry_parse_size(const char *s, uint64_t *out);
 void ferry_format_size(uint64_t bytes, char *buf, size_t n); // "1.23 GiB"
 uint64_t ferry_peak_rss_bytes(void);                         // VmHWM of this process
+uint64_t ferry_rss_bytes(void);                              // VmRSS of this process
 uint64_t ferry_mem_available_bytes(void); // min(MemAvailable, what the memory cgroup allows)
 // Aligned allocation that never returns NULL silently: returns NULL and sets the error.
 void *ferry_alloc_aligned(size_t align, size_t size);

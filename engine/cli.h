@@ -16,3 +16,9 @@ int cmd_bench(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
 int cmd_cachesim(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
+
+// The error for getopt_long's '?' (unknown option) or ':' (missing value, when the option
+// string starts with ':'), naming the option as the user typed it: "-z" for an unknown
+// letter even inside a cluster like -zq, "--frob" for an unknown long option. Call it
+// right after getopt_long returned c. Always returns -EINVAL.
+int cli_bad_option(int c, char **argv, const char *cmd);

@@ -12,7 +12,7 @@
 // is shared: the second mode may load faster because the first one warmed it.
 //
 // Stream mode without --ram gets a budget that forces real streaming: dense weights +
-// KV/state + scratch + a quarter of the routed-expert bytes (at least the smallest
+// KV/state + scratch + the process and prompt + a quarter of the routed-expert bytes (at least the smallest
 // cache stream mode accepts), computed from the model with the same plan session_open
 // uses. --ram, when given, is the budget of stream and auto runs; full mode always gets
 // the default budget (available memory), since it is the reference.
@@ -114,7 +114,8 @@ static int default_stream_ram(const struct run_opts *o, uint64_t *out) {
   struct plan plan;
   struct run_opts so = *o;
   so.mode = MODE_STREAM;
-  rc = session_plan(f, &so, FERRY_BACKEND_CPU, UINT64_MAX / 4, 0, &need, &plan);
+  rc = session_plan(f, &so, FERRY_BACKEND_CPU, UINT64_MAX / 4, 0, session_baseline_bytes(o), &need,
+                    &plan);
   if (!rc) {
     uint64_t cache = need.all_experts / 4;
     if (cache < need.min_cache) cache = need.min_cache;
@@ -371,11 +372,16 @@ int cmd_bench(int argc, char **argv) {
   enum run_mode req[BENCH_MAX_MODES];
   int n = 0;
   if ((rc = parse_modes(o.modes ? o.modes : "full,stream", req, &n))) return rc;
+  char *text = NULL; // read once, before any mode loads the model (the children share it)
+  if ((rc = gen_read_prompt(&o, &text))) return rc;
   uint64_t stream_ram = o.ram;
   bool want_stream = false;
   for (int i = 0; i < n; i++) want_stream |= req[i] == MODE_STREAM;
   if (!stream_ram && want_stream) {
-    if ((rc = default_stream_ram(&o, &stream_ram))) return rc;
+    if ((rc = default_stream_ram(&o, &stream_ram))) {
+      free(text);
+      return rc;
+    }
     char b[32];
     ferry_format_size(stream_ram, b, sizeof b);
     log_info(
@@ -415,6 +421,7 @@ int cmd_bench(int argc, char **argv) {
     if (o.json_path) rc = write_json(o.json_path, &o, ms, n, identical);
   }
   for (int i = 0; i < n; i++) free(ms[i].prompt), free(ms[i].tokens);
+  free(text);
   if (!rc && !identical) return 3; // the table says why; a script must not miss it
   return rc;
 }

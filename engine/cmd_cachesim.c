@@ -102,8 +102,8 @@ static int budget_capacity(const struct gguf_file *f, uint64_t ram, uint64_t vra
                        .routing_stats = true}; // a traced run computes predictions
   struct plan_need need;
   struct plan plan;
-  int rc =
-      session_plan(f, &o, vram ? FERRY_BACKEND_CUDA : FERRY_BACKEND_CPU, ram, vram, &need, &plan);
+  int rc = session_plan(f, &o, vram ? FERRY_BACKEND_CUDA : FERRY_BACKEND_CPU, ram, vram,
+                        session_baseline_bytes(&o), &need, &plan);
   if (rc) return rc;
   *out = plan.host_cache + plan.vram_cache;
   return 0;

@@ -9,6 +9,7 @@
 #include "engine/cli.h"
 #include "engine/gguf.h"
 #include "engine/model_info.h"
+#include "engine/session.h"
 #include "kernels/types.h"
 
 int cmd_info(int argc, char **argv) {
@@ -22,28 +23,32 @@ int cmd_info(int argc, char **argv) {
   int c;
   optind = 1;
   opterr = 0;
-  while ((c = getopt_long(argc, argv, "m:h", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, ":m:h", opts, NULL)) != -1) {
     switch (c) {
       case 'm': path = optarg; break;
       case 'r':
         if (ferry_parse_size(optarg, &ram)) return ferry_fail_ctx(-EINVAL, "--ram");
+        if (!ram)
+          return ferry_fail(-EINVAL, "--ram: '%s' is 0 bytes; give a budget such as 8G or 512M",
+                            optarg);
         break;
       case 'v':
         if (ferry_parse_size(optarg, &vram)) return ferry_fail_ctx(-EINVAL, "--vram");
         break;
       case 'j': json = true; break;
       case 'h': printf("usage: ferry info -m MODEL.gguf [--ram SIZE] [--vram SIZE]\n"); return 0;
-      default:
-        return ferry_fail(-EINVAL, "unknown or incomplete option '%s' (see ferry info --help)",
-                          argv[optind - 1]);
+      default: return cli_bad_option(c, argv, "info");
     }
   }
   if (optind < argc) return ferry_fail(-EINVAL, "unexpected argument '%s'", argv[optind]);
   if (!path) return ferry_fail(-EINVAL, "missing -m MODEL.gguf");
+  // what a session would charge for the process, measured before the file is parsed
+  struct run_opts none = {0};
+  uint64_t base = session_baseline_bytes(&none);
   struct gguf_file *f;
   int rc = gguf_open(&f, path);
   if (rc) return rc;
-  rc = model_info_print(f, stdout, ram, vram, json);
+  rc = model_info_print(f, stdout, ram, vram, json, base);
   gguf_close(f);
   return rc;
 }

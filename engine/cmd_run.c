@@ -10,8 +10,13 @@ int cmd_run(int argc, char **argv) {
   struct run_opts o;
   int rc = run_opts_parse(&o, "run", argc, argv);
   if (rc) return rc > 0 ? 0 : rc;
+  char *text = NULL; // the prompt is read and checked before the model loads
+  if ((rc = gen_read_prompt(&o, &text))) return rc;
   struct session *s;
-  if ((rc = session_open(&s, &o))) return rc;
+  if ((rc = session_open(&s, &o))) {
+    free(text);
+    return rc;
+  }
   int32_t *ids = NULL;
   int n = 0;
   struct gen_result r = {0};
@@ -22,6 +27,7 @@ int cmd_run(int argc, char **argv) {
 done:
   gen_result_free(&r);
   free(ids);
+  free(text);
   session_close(s);
   return rc;
 }

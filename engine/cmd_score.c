@@ -87,6 +87,9 @@ int cmd_score(int argc, char **argv) {
   double t0 = ferry_now_s();
   model_reset(m);
   if ((rc = model_forward(m, ids, n_in, want, logits))) goto done;
+  for (int j = 0; j < n_steps; j++)
+    if ((rc = logits_check_finite(logits + (size_t)j * n_vocab, n_vocab, o.from - 1 + j)))
+      goto done;
   double dt = ferry_now_s() - t0;
   struct run_stats st = {0};
   st.n_prompt = n_in;

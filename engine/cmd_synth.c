@@ -9,6 +9,7 @@
 #include <strings.h>
 
 #include "base/base.h"
+#include "base/files.h"
 #include "engine/cli.h"
 #include "engine/synth.h"
 #include "kernels/types.h"
@@ -18,6 +19,7 @@ static void synth_usage(FILE *o) {
           "usage: ferry synth (--arch qwen3moe|qwen3next | --preset NAME) --quant f32|q8_0|q4_k_m\n"
           "                   [dims] [--layout split|legacy] [--vocab-from FILE.gguf] [--seed S]\n"
           "                   [--routing random|real] [-t THREADS] -o OUT.gguf\n"
+          "       ferry synth --vocab-only --vocab-from FILE.gguf [--name TEXT] -o OUT.gguf\n"
           "presets: qwen3-30b-a3b (qwen3moe), qwen3-next-80b-a3b (qwen3next, split layout)\n"
           "  without a preset the dims default to the fixtures' tiny models\n"
           "dims (override the preset):\n"
@@ -37,7 +39,11 @@ static void synth_usage(FILE *o) {
           "--routing real constructs the weights so that the model's own router reproduces the\n"
           "  routing statistics of real Qwen3 MoE models (expert reuse between tokens, stale-gate\n"
           "  predictability, popularity skew growing with depth; NOTES.md). Needs --embd >= 512.\n"
-          "  --routing-knobs k=v,... overrides its constants (experiments). Default: random.\n");
+          "  --routing-knobs k=v,... overrides its constants (experiments). Default: random.\n"
+          "--vocab-only writes no weights: only the tokenizer of --vocab-from (a GGUF with no\n"
+          "  tensors, usable by ferry tokenize and as --vocab-from).\n"
+          "-o OUT.gguf is written under a temporary name and renamed when complete; an OUT\n"
+          "  that exists and is not a regular file is refused.\n");
 }
 
 static int parse_u32(const char *flag, const char *s, uint32_t lo, uint32_t hi, uint32_t *out) {
@@ -81,6 +87,7 @@ enum {
   O_EXACT,
   O_ROUTING,
   O_KNOBS,
+  O_VOCAB_ONLY,
 };
 
 int cmd_synth(int argc, char **argv) {
@@ -114,6 +121,7 @@ int cmd_synth(int argc, char **argv) {
                                        {"exact-quant", no_argument, 0, O_EXACT},
                                        {"routing", required_argument, 0, O_ROUTING},
                                        {"routing-knobs", required_argument, 0, O_KNOBS},
+                                       {"vocab-only", no_argument, 0, O_VOCAB_ONLY},
                                        {"threads", required_argument, 0, 't'},
                                        {"output", required_argument, 0, 'o'},
                                        {"help", no_argument, 0, 'h'},
@@ -121,25 +129,43 @@ int cmd_synth(int argc, char **argv) {
   // Two passes: the first finds --arch/--preset (which reset every dimension), the second
   // applies the explicit dims on top, whatever the order on the command line.
   const char *arch = NULL, *preset = NULL, *out = NULL, *quant = NULL, *layout = NULL;
+  const char *vocab_from = NULL, *name = NULL;
+  bool vocab_only = false;
   int c;
   optind = 1;
   opterr = 0;
-  while ((c = getopt_long(argc, argv, "o:t:h", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, ":o:t:h", opts, NULL)) != -1) {
     switch (c) {
       case O_ARCH: arch = optarg; break;
       case O_PRESET: preset = optarg; break;
+      case O_VOCAB_ONLY: vocab_only = true; break;
+      case O_VOCAB_FROM: vocab_from = optarg; break;
+      case O_NAME: name = optarg; break;
+      case O_QUANT: quant = optarg; break;
+      case 'o': out = optarg; break;
       case 'h': synth_usage(stdout); return 0;
       case '?':
-      case ':':
-        return ferry_fail(-EINVAL, "unknown or incomplete option '%s' (see ferry synth --help)",
-                          argv[optind - 1]);
+      case ':': return cli_bad_option(c, argv, "synth");
       default: break;
     }
   }
   if (optind < argc)
     return ferry_fail(-EINVAL, "unexpected argument '%s' (see ferry synth --help)", argv[optind]);
-  struct synth_params p;
   int rc;
+  if (vocab_only) {
+    if (arch || preset || quant)
+      return ferry_fail(-EINVAL,
+                        "--vocab-only writes no weights: drop --arch, --preset and --quant");
+    if (!vocab_from) return ferry_fail(-EINVAL, "--vocab-only needs --vocab-from FILE.gguf");
+    if (!out) return ferry_fail(-EINVAL, "missing -o OUT.gguf");
+    if ((rc = ferry_outfile_check(out, "output file"))) return rc;
+    uint32_t n_tok = 0;
+    if ((rc = synth_write_vocab(vocab_from, out, name, &n_tok))) return rc;
+    printf("wrote %s: vocabulary of %u tokens from %s, no tensors\n", out, n_tok, vocab_from);
+    return 0;
+  }
+  quant = NULL, out = NULL; // read again below with the other flags
+  struct synth_params p;
   if (preset) {
     synth_params_default(&p, SYNTH_QWEN3MOE);
     if ((rc = synth_params_preset(&p, preset))) return rc;
@@ -246,6 +272,7 @@ int cmd_synth(int argc, char **argv) {
   if (p.routing_knobs && p.routing != SYNTH_ROUTING_REAL)
     return ferry_fail(-EINVAL, "--routing-knobs needs --routing real");
   if ((rc = synth_params_validate(&p))) return rc;
+  if ((rc = ferry_outfile_check(out, "output file"))) return rc; // before any work
 
   struct synth_stats st;
   rc = synth_write(&p, out, &st);

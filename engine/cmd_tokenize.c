@@ -11,9 +11,13 @@
 #include <string.h>
 
 #include "base/base.h"
+#include "base/files.h"
 #include "engine/cli.h"
 #include "engine/gguf.h"
 #include "engine/tokenizer.h"
+
+// Reading stops here: /dev/zero or an endless pipe must not take all memory.
+#define TOKENIZE_MAX_BYTES (1ull << 30)
 
 static void tokenize_usage(FILE *o) {
   fprintf(
@@ -21,7 +25,7 @@ static void tokenize_usage(FILE *o) {
       "usage: ferry tokenize -m MODEL.gguf (-p TEXT | -f FILE) [options]\n"
       "  -m, --model PATH   GGUF file whose tokenizer is used\n"
       "  -p, --prompt TEXT  text to tokenize\n"
-      "  -f, --file PATH    read the text from a file ('-' = stdin)\n"
+      "  -f, --file PATH    read the text from a file ('-' = stdin; at most 1 GiB)\n"
       "      --pieces       one line per token: id, tab, the token's bytes as a C string\n"
       "      --no-special   treat control-token texts (<|im_start|> ...) as plain text\n"
       "      --chat         wrap the text in the ChatML prompt (user turn + generation prompt)\n"
@@ -29,44 +33,6 @@ static void tokenize_usage(FILE *o) {
       "      --no-think     with --chat on a hybrid (thinking) template: empty think block\n"
       "      --count        print only the number of tokens\n"
       "Special tokens in the text are parsed by default, as for a rendered prompt.\n");
-}
-
-static int read_all(const char *path, char **out, size_t *len) {
-  FILE *fp = strcmp(path, "-") ? fopen(path, "rb") : stdin;
-  if (!fp) return ferry_fail(-errno, "%s: %s", path, strerror(errno));
-  size_t cap = 1 << 16, n = 0;
-  char *b = malloc(cap);
-  int rc = 0;
-  if (!b) rc = ferry_fail(-ENOMEM, "%s: out of memory", path);
-  while (!rc) {
-    if (n + 1 >= cap) {
-      char *nb = realloc(b, cap * 2);
-      if (!nb) {
-        rc = ferry_fail(-ENOMEM, "%s: out of memory", path);
-        break;
-      }
-      b = nb;
-      cap *= 2;
-    }
-    errno = 0;
-    size_t r = fread(b + n, 1, cap - 1 - n, fp);
-    n += r;
-    if (r == 0) {
-      if (ferror(fp))
-        rc = ferry_fail(errno ? -errno : -EIO, "%s: %s", path,
-                        errno ? strerror(errno) : "read error");
-      break;
-    }
-  }
-  if (fp != stdin) fclose(fp);
-  if (rc) {
-    free(b);
-    return rc;
-  }
-  b[n] = 0;
-  *out = b;
-  *len = n;
-  return 0;
 }
 
 static void print_piece(const char *b, size_t n) {
@@ -117,7 +83,7 @@ int cmd_tokenize(int argc, char **argv) {
   int c;
   optind = 1;
   opterr = 0;
-  while ((c = getopt_long(argc, argv, "m:p:f:h", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, ":m:p:f:h", opts, NULL)) != -1) {
     switch (c) {
       case 'm': model = optarg; break;
       case 'p': prompt = optarg; break;
@@ -129,9 +95,7 @@ int cmd_tokenize(int argc, char **argv) {
       case O_NO_THINK: no_think = true; break;
       case O_COUNT: count = true; break;
       case 'h': tokenize_usage(stdout); return 0;
-      default:
-        return ferry_fail(-EINVAL, "unknown or incomplete option '%s' (see ferry tokenize --help)",
-                          argv[optind - 1]);
+      default: return cli_bad_option(c, argv, "tokenize");
     }
   }
   if (optind < argc) return ferry_fail(-EINVAL, "unexpected argument '%s'", argv[optind]);
@@ -145,7 +109,7 @@ int cmd_tokenize(int argc, char **argv) {
   size_t len = 0;
   int rc;
   if (file) {
-    if ((rc = read_all(file, &text, &len))) return rc;
+    if ((rc = ferry_read_file(file, TOKENIZE_MAX_BYTES, "input file", &text, &len))) return rc;
   } else {
     len = strlen(prompt);
   }
@@ -196,7 +160,9 @@ int cmd_tokenize(int argc, char **argv) {
     for (size_t i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
     putchar('\n');
   }
-  if (fflush(stdout)) rc = ferry_fail(-EIO, "writing to stdout failed");
+  if (fflush(stdout))
+    rc = ferry_fail(-(errno ? errno : EIO), "cannot write to standard output: %s",
+                    strerror(errno ? errno : EIO));
 
 done:
   free(ids);

@@ -482,10 +482,11 @@ static int check_finite(struct model *m, int l, int T) {
     for (int64_t i = 0; i < cnt; i++)
       if (!isfinite(p[i])) {
         const int64_t t = (i0 + i) / m->hp.n_embd;
-        return ferry_fail(-EDOM,
-                          "non-finite value (%g) in the output of layer %d at position %lld "
-                          "(FERRY_CHECK_FINITE)",
-                          (double)p[i], l, (long long)(m->pos + t));
+        return ferry_fail(-ERANGE,
+                          "FERRY_CHECK_FINITE: the output of layer %d is not finite at position "
+                          "%lld (element %lld is %g); every earlier layer's output was finite",
+                          l, (long long)(m->pos + t), (long long)((i0 + i) % m->hp.n_embd),
+                          (double)p[i]);
       }
   }
   return 0;

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "base/base.h"
+#include "base/files.h"
 #include "engine/json.h"
 #include "engine/sampler.h"
 
@@ -14,71 +15,65 @@ static bool utf8_valid(const char *s, size_t n, size_t *bad) {
   return *bad == n;
 }
 
-static int read_file(const char *path, char **out, size_t *n) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return ferry_fail(-errno, "cannot open prompt file '%s': %s", path, strerror(errno));
-  size_t cap = 1 << 16, len = 0;
-  char *buf = malloc(cap + 1);
-  if (!buf) {
-    fclose(f);
-    return ferry_fail(-ENOMEM, "out of memory");
+int gen_read_prompt(struct run_opts *o, char **owned) {
+  *owned = NULL;
+  char *text;
+  size_t len;
+  int rc;
+  const char *file = o->prompt_file;
+  if (file) {
+    if ((rc = ferry_read_file(file, GEN_PROMPT_MAX_BYTES, "prompt file", &text, &len))) return rc;
+  } else {
+    text = strdup(o->prompt ? o->prompt : "");
+    if (!text) return ferry_fail(-ENOMEM, "out of memory");
+    len = strlen(text);
   }
-  size_t r;
-  while ((r = fread(buf + len, 1, cap - len, f)) > 0) {
-    len += r;
-    if (len == cap) {
-      if (cap >= (1ull << 30)) {
-        free(buf), fclose(f);
-        return ferry_fail(-EFBIG, "prompt file '%s' is larger than 1 GiB", path);
-      }
-      char *nb = realloc(buf, 2 * cap + 1);
-      if (!nb) {
-        free(buf), fclose(f);
-        return ferry_fail(-ENOMEM, "out of memory");
-      }
-      buf = nb, cap *= 2;
-    }
+  const char *what = file ? "the prompt file" : "the prompt";
+  size_t bad;
+  if (!utf8_valid(text, len, &bad)) {
+    rc = ferry_fail(-EINVAL, "%s%s%s%s is not valid UTF-8 (at byte %zu)", what, file ? " '" : "",
+                    file ? file : "", file ? "'" : "", bad);
+    goto fail;
   }
-  bool err = ferror(f);
-  fclose(f);
-  if (err) {
-    free(buf);
-    return ferry_fail(-EIO, "cannot read prompt file '%s'", path);
+  // The chat template is text: a NUL would end the message there and drop the rest.
+  const char *nul = o->raw ? NULL : memchr(text, 0, len);
+  if (nul) {
+    rc =
+        ferry_fail(-EINVAL,
+                   "%s%s%s%s has a NUL byte at byte %zu, which a chat message cannot hold (use "
+                   "--raw to tokenize the bytes as they are)",
+                   what, file ? " '" : "", file ? file : "", file ? "'" : "", (size_t)(nul - text));
+    goto fail;
   }
-  buf[len] = 0;
-  *out = buf, *n = len;
+  if (o->system && !utf8_valid(o->system, strlen(o->system), &bad)) {
+    rc = ferry_fail(-EINVAL, "--system is not valid UTF-8 (at byte %zu)", bad);
+    goto fail;
+  }
+  o->prompt_text = text, o->prompt_len = len;
+  *owned = text;
   return 0;
+fail:
+  free(text);
+  return rc;
 }
 
 int gen_prompt_ids(struct session *s, const struct run_opts *o, int32_t **ids, int *n) {
-  char *text = NULL;
-  size_t len = 0;
+  char *owned = NULL, *full = NULL;
   int rc;
-  if (o->prompt_file) {
-    if ((rc = read_file(o->prompt_file, &text, &len))) return rc;
-  } else {
-    text = strdup(o->prompt ? o->prompt : "");
-    len = strlen(text);
-  }
-  size_t bad;
-  if (!utf8_valid(text, len, &bad)) {
-    free(text);
-    return ferry_fail(-EINVAL, "the prompt%s%s is not valid UTF-8 (at byte %zu)",
-                      o->prompt_file ? " file " : "", o->prompt_file ? o->prompt_file : "", bad);
-  }
-  if (o->system && !utf8_valid(o->system, strlen(o->system), &bad)) {
-    free(text);
-    return ferry_fail(-EINVAL, "--system is not valid UTF-8 (at byte %zu)", bad);
-  }
-  char *full = text;
+  struct run_opts ro = *o;
+  if (!ro.prompt_text && (rc = gen_read_prompt(&ro, &owned))) return rc;
+  const char *text = ro.prompt_text;
+  size_t len = ro.prompt_len;
   if (!o->raw) {
     rc = tok_render_chat(session_tokenizer(s), o->system, text, 0, &full);
-    free(text);
+    free(owned);
     if (rc) return rc;
-    len = strlen(full);
+    text = full, len = strlen(full);
+  } else {
+    full = owned;
   }
   size_t nn = 0;
-  rc = tok_encode(session_tokenizer(s), full, len, true, ids, &nn);
+  rc = tok_encode(session_tokenizer(s), text, len, true, ids, &nn);
   free(full);
   if (rc) return rc;
   if (nn == 0) {
@@ -108,6 +103,7 @@ void gen_sampling_defaults(struct session *s, const struct run_opts *o, struct s
   const struct gguf_file *f = session_gguf(s);
   sp->temp = o->temp, sp->top_k = o->top_k, sp->top_p = o->top_p, sp->min_p = o->min_p,
   sp->seed = o->seed;
+  sp->bias = o->logit_bias, sp->n_bias = o->n_logit_bias;
   float v;
   uint32_t k;
   if (!o->temp_set && gguf_get_f32(f, "general.sampling.temp", &v) == 0 && v >= 0) sp->temp = v;
@@ -237,6 +233,7 @@ int gen_generate(struct session *s, const struct gen_params *p, const int32_t *p
   double t_first = 0;
   bool stopped = false;
   for (int i = 0; i < n_max; i++) {
+    if ((rc = logits_check_finite(logits, n_vocab, n_prompt - 1 + i))) goto done;
     int32_t id = sampler_sample(smp, logits);
     if (i == 0) t_first = ferry_now_s();
     if (r->k > 0) {
@@ -287,26 +284,32 @@ done:
   return rc;
 }
 
-// ferry run's callback: the text goes to stdout as it becomes final.
+// ferry run's callback: the text goes to stdout as it becomes final. A failed write (a
+// full disk, a closed pipe, /dev/full) stops the generation and becomes the run's error.
+struct print_ctx {
+  FILE *out;
+  int err; // errno of the first failed write
+};
 static bool print_text(void *ctx, int32_t id, const char *text, size_t n) {
-  FILE *out = ctx;
-  if (out && n) {
-    fwrite(text, 1, n, out);
-    fflush(out);
+  struct print_ctx *pc = ctx;
+  if (pc->out && n && (fwrite(text, 1, n, pc->out) != n || fflush(pc->out) != 0)) {
+    pc->err = errno ? errno : EIO;
+    return true;
   }
   return false;
 }
 
 int gen_run(struct session *s, const struct run_opts *o, const int32_t *prompt, int n_prompt,
             FILE *out, struct gen_result *r) {
+  struct print_ctx pc = {.out = out};
   struct gen_params p = {
-      .n_predict = o->n_predict, .logprobs = o->logprobs, .on_token = print_text, .ctx = out};
+      .n_predict = o->n_predict, .logprobs = o->logprobs, .on_token = print_text, .ctx = &pc};
   gen_sampling_defaults(s, o, &p.sp);
   int rc = gen_generate(s, &p, prompt, n_prompt, r);
-  if (rc == 0 && out) {
-    fputc('\n', out);
-    fflush(out);
-  }
+  if (rc == 0 && out && !pc.err && (fputc('\n', out) == EOF || fflush(out) != 0))
+    pc.err = errno ? errno : EIO;
+  if (rc == 0 && pc.err)
+    rc = ferry_fail(-pc.err, "cannot write the generated text: %s", strerror(pc.err));
   return rc;
 }
 

@@ -56,8 +56,16 @@ struct gen_result {
   struct run_stats st;
 };
 
-// Builds the prompt ids from the options: -p/-f text, chat template unless --raw.
-// Fails on unreadable files, invalid UTF-8, or an empty prompt.
+// The largest prompt file read (-f); reading stops there (a /dev/zero prompt costs 1 GiB).
+#define GEN_PROMPT_MAX_BYTES (1ull << 30)
+
+// Reads and checks the prompt before anything is loaded: -p, or -f FILE ('-' = stdin, at
+// most GEN_PROMPT_MAX_BYTES), valid UTF-8, no NUL byte unless --raw (the chat template is
+// text), --system valid UTF-8. Sets o->prompt_text / prompt_len to the text, which the
+// caller frees through *owned after the run.
+int gen_read_prompt(struct run_opts *o, char **owned);
+// Builds the prompt ids from the options: the text gen_read_prompt read (or reads now),
+// chat template unless --raw. Fails on unreadable files, invalid UTF-8, or an empty prompt.
 int gen_prompt_ids(struct session *s, const struct run_opts *o, int32_t **ids, int *n);
 // The generate loop: moves the model back to p->n_keep (model_rewind), prefills the rest of
 // the prompt, then samples and decodes until an end-of-generation token, a stop string,

@@ -353,7 +353,9 @@ int gguf_open(struct gguf_file **out, const char *path) {
   }
   f->fd = -1;
   f->path = strdup(path);
-  f->fd = open(path, O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer; what is not a
+  // regular file is refused right after. Reads of regular files ignore the flag.
+  f->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (f->fd < 0) {
     rc = ferry_fail(-errno, "%s: cannot open: %s", path, strerror(errno));
     goto fail;
@@ -363,6 +365,7 @@ int gguf_open(struct gguf_file **out, const char *path) {
     rc = ferry_fail(-EINVAL, "%s: not a regular file", path);
     goto fail;
   }
+  fcntl(f->fd, F_SETFL, fcntl(f->fd, F_GETFL) & ~O_NONBLOCK);
   f->size = (uint64_t)st.st_size;
   c->f = f;
 
@@ -454,11 +457,12 @@ int gguf_open(struct gguf_file **out, const char *path) {
     uint64_t end;
     if (ferry_add_u64(f->data_offset, t->offset, &t->abs_offset) ||
         ferry_add_u64(t->abs_offset, t->nbytes, &end) || end > f->size) {
+      // the data-relative offset as stored: data_offset + offset may not fit in 64 bits
       rc = ferry_fail(-EINVAL,
-                      "%s: tensor '%s' (%llu bytes at offset %llu) extends past the end of the "
-                      "file (%llu bytes)",
-                      path, t->name, (unsigned long long)t->nbytes,
-                      (unsigned long long)t->abs_offset, (unsigned long long)f->size);
+                      "%s: tensor '%s' (%llu bytes at offset %llu of the data section, which "
+                      "starts at %llu) extends past the end of the file (%llu bytes)",
+                      path, t->name, (unsigned long long)t->nbytes, (unsigned long long)t->offset,
+                      (unsigned long long)f->data_offset, (unsigned long long)f->size);
       goto fail;
     }
   }

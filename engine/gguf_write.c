@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "base/base.h"
+#include "base/files.h"
 #include "kernels/types.h"
 
 #define GW_MAGIC        0x46554747u
@@ -36,8 +37,9 @@ struct gw_tensor {
 enum gw_state { GW_DECLARE, GW_DATA, GW_DONE, GW_FAILED };
 
 struct gguf_writer {
-  char *path, *tmp_path;
-  int fd;
+  char *path;
+  struct ferry_outfile out; // the temporary file, renamed over path by finish
+  int fd;                   // out.fd while open
   uint32_t alignment;
   enum gw_state state;
   // serialized kv pairs
@@ -336,8 +338,7 @@ static int gw_io_wait(struct gguf_writer *w) {
   }
   int err = w->io_err;
   pthread_mutex_unlock(&w->mu);
-  if (err)
-    return gw_failed(w, ferry_fail(-err, "%s: write failed: %s", w->tmp_path, strerror(err)));
+  if (err) return gw_failed(w, ferry_fail(-err, "%s: write failed: %s", w->out.tmp, strerror(err)));
   return 0;
 }
 
@@ -401,7 +402,7 @@ static int gw_drain(struct gguf_writer *w) {
   int rc = gw_io_wait(w);
   if (rc) return rc;
   if (w->direct && ftruncate(w->fd, (off_t)w->written) != 0)
-    return gw_failed(w, ferry_fail(-errno, "%s: ftruncate: %s", w->tmp_path, strerror(errno)));
+    return gw_failed(w, ferry_fail(-errno, "%s: ftruncate: %s", w->out.tmp, strerror(errno)));
   return 0;
 }
 
@@ -416,32 +417,25 @@ int gguf_writer_create(struct gguf_writer **out, const char *path, uint32_t alig
   w->fd = -1;
   w->alignment = alignment;
   w->path = strdup(path);
-  size_t n = strlen(path) + 5;
-  w->tmp_path = malloc(n);
   w->bufs[0] = ferry_alloc_aligned(GW_DIRECT_ALIGN, GW_BUF_BYTES);
   w->bufs[1] = ferry_alloc_aligned(GW_DIRECT_ALIGN, GW_BUF_BYTES);
   pthread_mutex_init(&w->mu, NULL);
   pthread_cond_init(&w->cv, NULL);
-  if (!w->path || !w->tmp_path || !w->bufs[0] || !w->bufs[1]) {
+  if (!w->path || !w->bufs[0] || !w->bufs[1]) {
     gguf_writer_destroy(w);
     return ferry_fail(-ENOMEM, "gguf writer: out of memory");
   }
-  snprintf(w->tmp_path, n, "%s.tmp", path);
-  // O_DIRECT where the filesystem supports it (tmpfs does not: EINVAL); FERRY_NO_DIRECT=1
-  // forces buffered writes.
+  // O_DIRECT where the filesystem supports it (tmpfs may not); FERRY_NO_DIRECT=1 forces
+  // buffered writes. The temporary name is new (never an existing file) and removed on
+  // failure or SIGINT/SIGTERM (base/files.h).
   const char *nd = getenv("FERRY_NO_DIRECT");
-  if (!(nd && *nd && strcmp(nd, "0"))) {
-    w->fd = open(w->tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_DIRECT, 0644);
-    w->direct = w->fd >= 0;
-  }
-  if (w->fd < 0) w->fd = open(w->tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (w->fd < 0) {
-    int e = errno;
-    int rc = ferry_fail(-e, "%s: cannot create: %s", w->tmp_path, strerror(e));
-    w->state = GW_DONE; // nothing to unlink
+  int rc = ferry_outfile_open(&w->out, path, nd && *nd && strcmp(nd, "0") ? 0 : O_DIRECT,
+                              "output file", &w->direct);
+  if (rc) {
     gguf_writer_destroy(w);
     return rc;
   }
+  w->fd = w->out.fd;
   int prc = pthread_create(&w->io_th, NULL, gw_io_main, w);
   if (prc) {
     gguf_writer_destroy(w);
@@ -449,7 +443,7 @@ int gguf_writer_create(struct gguf_writer **out, const char *path, uint32_t alig
   }
   w->io_started = true;
   if (alignment != 32) {
-    int rc = gguf_writer_add_u32(w, "general.alignment", alignment);
+    rc = gguf_writer_add_u32(w, "general.alignment", alignment);
     if (rc) {
       gguf_writer_destroy(w);
       return rc;
@@ -470,8 +464,7 @@ void gguf_writer_destroy(struct gguf_writer *w) {
   }
   pthread_mutex_destroy(&w->mu); // initialized before any path that reaches destroy
   pthread_cond_destroy(&w->cv);
-  if (w->fd >= 0) close(w->fd);
-  if (w->state != GW_DONE && w->tmp_path) unlink(w->tmp_path);
+  ferry_outfile_discard(&w->out); // no-op after a successful finish
   for (uint64_t i = 0; i < w->n_kv; i++) free(w->keys[i]);
   for (int64_t i = 0; i < w->n_t; i++) free(w->t[i].name);
   free(w->keys);
@@ -480,7 +473,6 @@ void gguf_writer_destroy(struct gguf_writer *w) {
   ferry_free_aligned(w->bufs[0]);
   ferry_free_aligned(w->bufs[1]);
   free(w->path);
-  free(w->tmp_path);
   free(w);
 }
 
@@ -557,18 +549,11 @@ int gguf_writer_finish(struct gguf_writer *w) {
                       (unsigned long long)w->cur_done, (unsigned long long)w->t[w->cur].nbytes));
   int rc = gw_drain(w);
   if (rc) return rc;
-  if (fdatasync(w->fd) != 0 && errno != EINVAL && errno != EROFS)
-    return gw_failed(w, ferry_fail(-errno, "%s: fdatasync: %s", w->tmp_path, strerror(errno)));
-  if (close(w->fd) != 0) {
-    w->fd = -1;
-    return gw_failed(w, ferry_fail(-errno, "%s: close: %s", w->tmp_path, strerror(errno)));
-  }
-  w->fd = -1;
   log_debug("gguf writer: %s: %llu bytes, %s, caller waited %.2f s for the disk", w->path,
             (unsigned long long)w->written, w->direct ? "O_DIRECT" : "buffered", w->wait_s);
-  if (rename(w->tmp_path, w->path) != 0)
-    return gw_failed(
-        w, ferry_fail(-errno, "cannot rename %s to %s: %s", w->tmp_path, w->path, strerror(errno)));
+  rc = ferry_outfile_commit(&w->out, "output file"); // fdatasync, close, rename
+  w->fd = -1;
+  if (rc) return gw_failed(w, rc);
   w->state = GW_DONE;
   return 0;
 }

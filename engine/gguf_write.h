@@ -3,8 +3,10 @@
 // largest), then streams each tensor's bytes in the declared order. Memory is bounded by
 // the metadata plus two 32 MiB I/O buffers (O_DIRECT where possible, written by a background
 // thread while the caller fills the other); tensor data passes through and is never
-// held whole. The file is written under "<path>.tmp" and renamed to <path> by
-// gguf_writer_finish, so a failed or abandoned write never leaves a plausible-looking file.
+// held whole. The file is written under a new temporary name beside <path> and renamed to
+// <path> by gguf_writer_finish, so a failed, abandoned or interrupted (SIGINT/SIGTERM) write
+// never leaves a plausible-looking file; a <path> that exists and is not a regular file is
+// refused (base/files.h).
 //
 // One thread uses a writer at a time. Every function returns 0 or a negative errno-style
 // code with the message set; after a failure the writer only accepts destroy.
@@ -20,7 +22,7 @@ extern "C" {
 
 struct gguf_writer;
 
-// Creates "<path>.tmp" for writing. alignment 0 means the GGUF default 32; any other value
+// Creates the temporary file for <path>. alignment 0 means the GGUF default 32; any other value
 // must be a power of two and is recorded as general.alignment (u32) automatically.
 int gguf_writer_create(struct gguf_writer **out, const char *path, uint32_t alignment);
 // Closes the writer; unless gguf_writer_finish succeeded, removes the temporary file.

@@ -39,9 +39,24 @@ void hparams_free(struct model_hparams *hp) {
   hp->recurrent = NULL;
 }
 
+static int load(struct model_hparams *hp, const struct gguf_file *f);
+
+// On failure nothing stays allocated: callers (the plan, bench, the session's stream
+// check) return at once and must not leak the layer pattern.
 int hparams_load(struct model_hparams *hp, const struct gguf_file *f) {
+  int rc = load(hp, f);
+  if (rc) hparams_free(hp);
+  return rc;
+}
+
+static int load(struct model_hparams *hp, const struct gguf_file *f) {
   memset(hp, 0, sizeof *hp);
   const char *path = gguf_path(f);
+  if (gguf_n_tensors(f) == 0) {
+    const char *type = gguf_get_str(f, "general.type");
+    return ferry_fail(-EINVAL, "%s: the file has no tensors%s%s%s: it is not a model", path,
+                      type ? " (general.type '" : "", type ? type : "", type ? "')" : "");
+  }
   const char *arch = gguf_get_str(f, "general.architecture");
   if (!arch) return ferry_fail(-EINVAL, "%s: missing metadata 'general.architecture'", path);
   if (!strcmp(arch, "qwen3moe"))
@@ -71,6 +86,14 @@ int hparams_load(struct model_hparams *hp, const struct gguf_file *f) {
     return rc;
   if (hp->n_head == 0 || hp->n_embd == 0 || hp->n_layer_file == 0)
     return ferry_fail(-EINVAL, "%s: zero embedding length, head count or block count", path);
+  // Every block has at least three tensors of its own (norms, router, experts); a larger
+  // count is corrupt metadata, refused before anything is sized by it.
+  if (hp->n_layer_file > (uint64_t)gguf_n_tensors(f))
+    return ferry_fail(-EINVAL, "%s: %s.block_count %u is larger than the file's %lld tensors allow",
+                      path, arch, hp->n_layer_file, (long long)gguf_n_tensors(f));
+  if (hp->n_ctx_train == 0)
+    return ferry_fail(-EINVAL, "%s: %s.context_length is 0 (the model declares no context)", path,
+                      arch);
   if (!key_len) key_len = hp->n_embd / hp->n_head;
   if (!val_len) val_len = key_len;
   if (key_len != val_len)

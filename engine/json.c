@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <math.h>
 #include <string.h>
+#include <unistd.h>
 
 void jw_init(struct jw *w, FILE *f) {
   w->f = f;
@@ -117,17 +118,41 @@ void jw_null(struct jw *w) {
 }
 
 int jw_open(struct jw *w, const char *path) {
-  FILE *f = fopen(path, "w");
-  if (!f) return ferry_fail(-errno, "cannot write --json file '%s': %s", path, strerror(errno));
+  int rc = ferry_outfile_open(&w->out, path, 0, "--json file", NULL);
+  if (rc) return rc;
+  FILE *f = fdopen(w->out.fd, "w");
+  if (!f) {
+    rc = ferry_fail(-errno, "cannot write --json file '%s': %s", path, strerror(errno));
+    ferry_outfile_discard(&w->out);
+    return rc;
+  }
   jw_init(w, f);
   return 0;
 }
 
 int jw_close(struct jw *w, const char *path) {
   fputc('\n', w->f);
-  bool bad = ferror(w->f);
-  if (fclose(w->f) || bad) return ferry_fail(-EIO, "cannot write --json file '%s'", path);
-  return 0;
+  bool bad = fflush(w->f) != 0 || ferror(w->f);
+  int err = bad ? errno : 0;
+  if (!bad && fdatasync(fileno(w->f)) != 0 && errno != EINVAL && errno != EROFS)
+    bad = true, err = errno;
+  if (fclose(w->f) != 0 && !bad) bad = true, err = errno;
+  w->f = NULL;
+  w->out.fd = -1; // closed with the FILE
+  if (bad) {
+    int rc = ferry_fail(err ? -err : -EIO, "cannot write --json file '%s': %s", path,
+                        err ? strerror(err) : "write error");
+    ferry_outfile_discard(&w->out);
+    return rc;
+  }
+  return ferry_outfile_commit(&w->out, "--json file");
+}
+
+void jw_abort(struct jw *w) {
+  if (w->f) fclose(w->f);
+  w->f = NULL;
+  w->out.fd = -1;
+  ferry_outfile_discard(&w->out);
 }
 
 void jw_top(struct jw *w, const int32_t *ids, const double *logprobs, int k) {

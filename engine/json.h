@@ -5,18 +5,25 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "base/files.h"
+
 struct jw {
   FILE *f;
+  struct ferry_outfile out; // jw_open: the temporary file behind f
   int depth;
   bool first[32]; // no element written yet at this depth
   bool after_key;
 };
 
 void jw_init(struct jw *w, FILE *f);
-// Opens path for a --json report (0, or -errno with "cannot write --json file" set) and
-// closes it with a final newline, reporting a failed write.
+// Opens a --json report for path (0, or -errno with the message set) and closes it with a
+// final newline. The report is written to a temporary file beside path and renamed over it
+// by jw_close only if every write succeeded, so path is never left truncated or half
+// written; a path that exists and is not a regular file is refused (base/files.h).
+// jw_abort drops an opened report.
 int jw_open(struct jw *w, const char *path);
 int jw_close(struct jw *w, const char *path);
+void jw_abort(struct jw *w);
 // [{"id", "logprob"} x k], the top-K list of --logprobs and ferry score.
 void jw_top(struct jw *w, const int32_t *ids, const double *logprobs, int k);
 void jw_obj(struct jw *w);     // {

@@ -1,8 +1,12 @@
 // engine/main.c: the `ferry` command line. Dispatches subcommands; only this file exits.
+// A command's output on stdout is part of its result: if it cannot be written (a full
+// disk, /dev/full, a closed pipe reader that ignores SIGPIPE), the command fails.
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "base/base.h"
+#include "base/files.h"
 #include "engine/cli.h"
 
 static void usage(FILE *o) {
@@ -30,11 +34,18 @@ int main(int argc, char **argv) {
     usage(stdout);
     return 0;
   }
+  ferry_outfile_cleanup_on_signals(); // SIGINT/SIGTERM remove half-written outputs
   for (const struct ferry_cmd *c = ferry_cmds; c->name; c++)
     if (!strcmp(c->name, cmd)) {
       int rc = c->fn(argc - 1, argv + 1);
       if (rc < 0) {
         fprintf(stderr, "ferry %s: error: %s\n", cmd, ferry_errmsg());
+        return 1;
+      }
+      errno = 0;
+      if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "ferry %s: error: cannot write to standard output: %s\n", cmd,
+                errno ? strerror(errno) : "write error");
         return 1;
       }
       return rc;

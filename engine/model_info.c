@@ -25,7 +25,8 @@ void model_info_split_bytes(const struct gguf_file *f, uint64_t *dense, uint64_t
 
 // The placement plan for the default run options (session_plan, as `ferry run` makes it):
 // on the CPU without --vram, on a device with it.
-static int print_plan(const struct gguf_file *f, FILE *o, uint64_t ram, uint64_t vram) {
+static int print_plan(const struct gguf_file *f, FILE *o, uint64_t ram, uint64_t vram,
+                      uint64_t base) {
   struct run_opts ro = {.n_ctx = 4096, .n_batch = 256, .kv_k = FT_F16, .kv_v = FT_F16};
   const bool ram_given = ram != 0;
   if (!ram) ram = session_default_ram();
@@ -39,7 +40,7 @@ static int print_plan(const struct gguf_file *f, FILE *o, uint64_t ram, uint64_t
   fprintf(o, ", context %d, prefill batch %d, KV f16\n", ro.n_ctx, ro.n_batch);
   struct plan_need need;
   struct plan plan;
-  int rc = session_plan(f, &ro, kind, ram, vram, &need, &plan);
+  int rc = session_plan(f, &ro, kind, ram, vram, base, &need, &plan);
   if (rc && !need.n_layer) return rc; // the model itself could not be planned
   plan_print(&plan, &need, o);
   if (rc) {
@@ -49,7 +50,8 @@ static int print_plan(const struct gguf_file *f, FILE *o, uint64_t ram, uint64_t
   return 0;
 }
 
-int model_info_print(const struct gguf_file *f, FILE *o, uint64_t ram, uint64_t vram, bool json) {
+int model_info_print(const struct gguf_file *f, FILE *o, uint64_t ram, uint64_t vram, bool json,
+                     uint64_t base) {
   struct model_hparams hp;
   int rc = hparams_load(&hp, f);
   if (rc) return rc;
@@ -138,7 +140,7 @@ int model_info_print(const struct gguf_file *f, FILE *o, uint64_t ram, uint64_t 
             (unsigned long long)part[1], (unsigned long long)part[2],
             (unsigned long long)(part[0] + part[1] + part[2]));
   }
-  rc = print_plan(f, o, ram, vram);
+  rc = print_plan(f, o, ram, vram, base);
   char topo[512];
   if (numa_topo_describe(topo, sizeof topo) >= 0) fprintf(o, "topology     %s\n", topo);
   (void)json;

@@ -3,15 +3,19 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "base/base.h"
+#include "base/files.h"
+#include "engine/cli.h"
 #include "engine/routing.h"
 #include "engine/stream.h"
 #include "kernels/backend.h"
 #include "numa/pool.h"
+#include "numa/topo.h"
 #include "offload/budget.h"
 #include "offload/plan.h"
 
@@ -47,6 +51,7 @@ enum {
   OPT_TRACE,
   OPT_RSTATS,
   OPT_PFCAP,
+  OPT_LOGIT_BIAS,
   OPT_HELP,
 };
 
@@ -85,6 +90,7 @@ static const struct option k_opts[] = {{"model", required_argument, 0, 'm'},
                                        {"trace-experts", required_argument, 0, OPT_TRACE},
                                        {"routing-stats", no_argument, 0, OPT_RSTATS},
                                        {"prefetch-cap", required_argument, 0, OPT_PFCAP},
+                                       {"logit-bias", required_argument, 0, OPT_LOGIT_BIAS},
                                        {"help", no_argument, 0, OPT_HELP},
                                        {0, 0, 0, 0}};
 
@@ -107,6 +113,38 @@ static int parse_float(const char *flag, const char *s, double lo, double hi, fl
   if (!(v >= lo && v <= hi))
     return ferry_fail(-EINVAL, "%s: %g is out of range [%g, %g]", flag, v, lo, hi);
   *out = (float)v;
+  return 0;
+}
+
+// --ram: a budget of at least one byte. "0" or "0.5" (which rounds to 0) would otherwise
+// mean "unset", i.e. all available memory: the opposite of what was asked for.
+static int parse_ram(const char *s, uint64_t *out) {
+  int rc = ferry_parse_size(s, out);
+  if (rc) return ferry_fail_ctx(rc, "--ram");
+  if (*out == 0)
+    return ferry_fail(-EINVAL,
+                      "--ram: '%s' is 0 bytes; give a budget such as 8G or 512M (without --ram "
+                      "the budget is the available memory)",
+                      s);
+  return 0;
+}
+
+// --seed: an unsigned integer, or -1 for a random seed (as llama.cpp), which is logged.
+static int parse_seed(const char *s, uint64_t *out) {
+  if (!strcmp(s, "-1")) {
+    uint64_t r = 0;
+    if (getentropy(&r, sizeof r) != 0) r = (uint64_t)(ferry_now_s() * 1e9) ^ (uint64_t)getpid();
+    *out = r;
+    log_info("--seed -1: random seed %llu", (unsigned long long)r);
+    return 0;
+  }
+  char *end;
+  errno = 0;
+  unsigned long long v = strtoull(s, &end, 10);
+  if (errno || end == s || *end || s[0] == '-' || s[0] == '+')
+    return ferry_fail(-EINVAL, "--seed: '%s' is not an unsigned integer (or -1 for a random seed)",
+                      s);
+  *out = v;
   return 0;
 }
 
@@ -144,7 +182,8 @@ static void usage(const char *cmd) {
         "                 [-b BATCH] [--mode auto|full|stream] [--ram SIZE] [--vram SIZE]\n"
         "                 [--backend auto|cpu|cuda|sim] [--cpu] [--no-graph]\n"
         "                 [--expert-compute auto|cpu|gpu]\n"
-        "                 [--stats] [--json PATH] [--logprobs K] [--exact]\n"
+        "                 [--stats] [--json PATH] [--logprobs K] [--exact] [--logit-bias "
+        "ID(+|-)BIAS]\n"
         "                 [--cache-type-k f32|f16|q8_0] [--cache-type-v f32|f16|q8_0]\n"
         "                 [--prefetch] [--prefetch-cap F] [--trace-experts FILE] "
         "[--routing-stats]\n");
@@ -163,7 +202,6 @@ int run_opts_parse(struct run_opts *o, const char *cmd, int argc, char **argv) {
   optind = 1;
   opterr = 0;
   while ((c = getopt_long(argc, argv, ":m:p:f:n:t:c:b:h", k_opts, NULL)) != -1) {
-    const char *flag = argv[optind - 1];
     switch (c) {
       case 'm': o->model = optarg; break;
       case 'p': o->prompt = optarg; break;
@@ -183,14 +221,7 @@ int run_opts_parse(struct run_opts *o, const char *cmd, int argc, char **argv) {
       case OPT_MINP:
         rc = parse_float("--min-p", optarg, 0, 1, &o->min_p), o->min_p_set = true;
         break;
-      case OPT_SEED: {
-        char *end;
-        errno = 0;
-        o->seed = strtoull(optarg, &end, 10);
-        if (errno || end == optarg || *end)
-          rc = ferry_fail(-EINVAL, "--seed: '%s' is not an unsigned integer", optarg);
-        break;
-      }
+      case OPT_SEED: rc = parse_seed(optarg, &o->seed); break;
       case 't': rc = parse_int("-t", optarg, 0, 1024, &o->threads); break;
       case 'c': rc = parse_int("-c", optarg, 1, 1 << 24, &o->n_ctx); break;
       case 'b': rc = parse_int("-b", optarg, 1, 8192, &o->n_batch); break;
@@ -204,10 +235,7 @@ int run_opts_parse(struct run_opts *o, const char *cmd, int argc, char **argv) {
         else
           rc = ferry_fail(-EINVAL, "--mode: '%s' is not auto, full or stream", optarg);
         break;
-      case OPT_RAM:
-        rc = ferry_parse_size(optarg, &o->ram);
-        if (rc) ferry_fail_ctx(rc, "--ram");
-        break;
+      case OPT_RAM: rc = parse_ram(optarg, &o->ram); break;
       case OPT_VRAM:
         rc = ferry_parse_size(optarg, &o->vram);
         if (rc) ferry_fail_ctx(rc, "--vram");
@@ -261,10 +289,16 @@ int run_opts_parse(struct run_opts *o, const char *cmd, int argc, char **argv) {
         if (score) return ferry_fail(-EINVAL, "--routing-stats is for run and bench, not score");
         o->routing_stats = true;
         break;
+      case OPT_LOGIT_BIAS:
+        if (o->n_logit_bias == RUN_MAX_LOGIT_BIAS)
+          rc = ferry_fail(-EINVAL, "--logit-bias: at most %d", RUN_MAX_LOGIT_BIAS);
+        else
+          rc = logit_bias_parse(optarg, &o->logit_bias[o->n_logit_bias++]);
+        break;
       case 'h':
       case OPT_HELP: usage(cmd); return 1;
-      case ':': return ferry_fail(-EINVAL, "option '%s' needs a value", flag);
-      default: return ferry_fail(-EINVAL, "unknown option '%s' (see ferry %s --help)", flag, cmd);
+      case ':':
+      case '?': return cli_bad_option(c, argv, cmd);
     }
     if (rc) return rc;
   }
@@ -284,6 +318,13 @@ int run_opts_parse(struct run_opts *o, const char *cmd, int argc, char **argv) {
   if (o->exact && !o->kv_set) o->kv_k = o->kv_v = FT_F32;
   if (o->kv_k != o->kv_v)
     return ferry_fail(-EINVAL, "--cache-type-k and --cache-type-v must be equal (for now)");
+  if (o->logprobs && !o->json_path && !score && !bench)
+    return ferry_fail(-EINVAL,
+                      "--logprobs needs --json PATH (the log-probabilities are written "
+                      "to the JSON report)");
+  // Outputs are checked now, not after a run of minutes: the path must be creatable and
+  // must not name a device, FIFO or directory.
+  if (o->json_path && (rc = ferry_outfile_check(o->json_path, "--json file"))) return rc;
   return 0;
 }
 
@@ -342,7 +383,8 @@ struct model_opts session_model_opts(const struct run_opts *o) {
 }
 
 int session_plan(const struct gguf_file *f, const struct run_opts *o, enum ferry_backend_kind kind,
-                 uint64_t ram, uint64_t vram, struct plan_need *need, struct plan *out) {
+                 uint64_t ram, uint64_t vram, uint64_t base, struct plan_need *need,
+                 struct plan *out) {
   memset(need, 0, sizeof *need);
   memset(out, 0, sizeof *out);
   struct model_opts mo = session_model_opts(o);
@@ -357,11 +399,11 @@ int session_plan(const struct gguf_file *f, const struct run_opts *o, enum ferry
                              .experts = full.experts,
                              .state = full.state,
                              .scratch = full.scratch,
-                             .host = full.host,
+                             .host = full.host + base,
                              .s_dense = str.dense,
                              .s_state = str.state,
                              .s_scratch = str.scratch,
-                             .s_host = str.host,
+                             .s_host = str.host + base,
                              .min_cache = stream_min_cache_bytes(f, &hp),
                              .n_layer = hp.n_layer,
                              .n_expert = hp.n_expert};
@@ -380,12 +422,47 @@ int session_plan(const struct gguf_file *f, const struct run_opts *o, enum ferry
   return plan_make(need, &req, out);
 }
 
+// What the budget must hold besides the model: the process itself and the prompt.
+// The process part is its resident set (VmRSS of /proc/self/status) when the session
+// starts, after the CPU topology the thread pool and scratch plan read has been loaded:
+// the binary and shared libraries' touched pages, the main stack, hwloc's topology (about
+// 3 MiB, kept for the process) and the prompt text the caller already holds (measured
+// 5.8-6.1 MiB on the development VM). The prompt adds SESSION_PROMPT_BYTES_PER_BYTE per
+// byte for what is made from it during the run. The sum is rounded up to 4 MiB: VmRSS
+// moves by ~0.3 MiB between runs of the same command (address layout), and the minimum
+// budget ferry names must not move with it.
+#if defined(__SANITIZE_ADDRESS__)
+#define SESSION_SANITIZER_BUILD 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SESSION_SANITIZER_BUILD 1
+#endif
+#endif
+
+uint64_t session_baseline_bytes(const struct run_opts *o) {
+  uint64_t prompt = (uint64_t)SESSION_PROMPT_BYTES_PER_BYTE * o->prompt_len;
+#ifdef SESSION_SANITIZER_BUILD
+  // Under ASan, VmRSS is mostly the sanitizer's shadow memory and its quarantine of freed
+  // blocks (which differs from process to process: bench's children inherit the parent's),
+  // not the process's own baseline; charge what a Release build measures instead, so the
+  // minimum budget stays one number (RSS bounds are checked in Release builds only).
+  return ferry_align_up((6ull << 20) + prompt, 4ull << 20);
+#else
+  (void)numa_topo_physical_cores(); // loads and caches the topology
+#ifdef __GLIBC__
+  malloc_trim(0); // freed heap pages (bench's parent parsed the file before forking) leave RSS
+#endif
+  return ferry_align_up(ferry_rss_bytes() + prompt, 4ull << 20);
+#endif
+}
+
 int session_open(struct session **out, const struct run_opts *o) {
   *out = NULL;
   struct session *s = calloc(1, sizeof *s);
   if (!s) return ferry_fail(-ENOMEM, "out of memory");
   s->o = *o;
   const double t0 = ferry_now_s();
+  const uint64_t base = session_baseline_bytes(o); // before the session allocates anything
   int rc = gguf_open(&s->f, o->model);
   if (rc) goto fail;
   if ((rc = tok_create(&s->tok, s->f))) goto fail;
@@ -403,7 +480,7 @@ int session_open(struct session **out, const struct run_opts *o) {
   const uint64_t ram = o->ram ? o->ram : session_default_ram();
   const uint64_t vram = !device ? 0 : o->vram ? o->vram : default_vram(s->be);
   struct plan_need need;
-  if ((rc = session_plan(s->f, o, s->be->kind, ram, vram, &need, &s->plan))) goto fail;
+  if ((rc = session_plan(s->f, o, s->be->kind, ram, vram, base, &need, &s->plan))) goto fail;
   const bool stream = s->plan.mode == PLAN_STREAM;
   if (o->mode == MODE_AUTO)
     log_info("mode auto -> %s on %s (%s)", plan_mode_name(s->plan.mode), s->be->name, s->device);

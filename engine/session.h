@@ -8,10 +8,13 @@
 
 #include "engine/gguf.h"
 #include "engine/model.h"
+#include "engine/sampler.h"
 #include "engine/tokenizer.h"
 #include "offload/plan.h"
 
 enum run_mode { MODE_AUTO = 0, MODE_FULL, MODE_STREAM };
+
+#define RUN_MAX_LOGIT_BIAS 64
 
 struct run_opts {
   const char *model;
@@ -43,6 +46,12 @@ struct run_opts {
   bool routing_stats;        // --routing-stats
   double prefetch_cap;       // --prefetch-cap (0: ECACHE_PREFETCH_CAP; < 0: none)
   bool prompt_cache; // serve: keep a checkpoint of the recurrent state (model_opts.checkpoint)
+  // Filled by gen_read_prompt before the session opens: the prompt's bytes (charged to the
+  // RAM budget with the tokens made from them, see session_open).
+  const char *prompt_text;
+  size_t prompt_len;
+  struct logit_bias logit_bias[RUN_MAX_LOGIT_BIAS]; // --logit-bias ID(+|-)BIAS, repeatable
+  int n_logit_bias;
 };
 
 // Parses argv (argv[0] is the subcommand). `cmd` selects which flags are legal.
@@ -81,6 +90,12 @@ struct session;
 // smaller) minus a margin of an eighth, clamped to [64 MiB, 512 MiB].
 uint64_t session_default_ram(void);
 
+// Bytes of the RAM budget the process and the prompt take before the model loads (see
+// session.c): VmRSS at the call plus SESSION_PROMPT_BYTES_PER_BYTE per prompt byte (a chat
+// rendering of the text, up to one 4-byte id per byte, and the result's copy of the ids).
+#define SESSION_PROMPT_BYTES_PER_BYTE 9
+uint64_t session_baseline_bytes(const struct run_opts *o);
+
 // Opens the model, plans memory against the budgets, picks the mode (printing the
 // choice for auto), and loads. Fails with one message (file errors, budget too small,
 // unsupported model).
@@ -99,7 +114,9 @@ struct model_opts session_model_opts(const struct run_opts *o);
 // session_open loads, what `ferry info` and `ferry bench` print. need receives the byte
 // counts it was made from (filled even when it fails). Fails with the plan's one message
 // when nothing fits.
+// base: what the process itself and the prompt take (session_baseline_bytes), host memory.
 int session_plan(const struct gguf_file *f, const struct run_opts *o, enum ferry_backend_kind kind,
-                 uint64_t ram, uint64_t vram, struct plan_need *need, struct plan *out);
+                 uint64_t ram, uint64_t vram, uint64_t base, struct plan_need *need,
+                 struct plan *out);
 // Flushes the expert trace (if any); reports a failed write.
 int session_flush(struct session *s);

@@ -1164,7 +1164,9 @@ int synth_write(const struct synth_params *p, const char *path, struct synth_sta
         char a[32], b[32];
         ferry_format_size(total, a, sizeof a);
         ferry_format_size(avail, b, sizeof b);
-        rc = ferry_fail(-ENOSPC, "synth: the model needs %s but only %s are free in %s", a, b, dir);
+        rc = ferry_fail(
+            -ENOSPC, "synth: the model needs %s plus a 1.00 GiB reserve but only %s are free in %s",
+            a, b, dir);
         goto out;
       }
     }

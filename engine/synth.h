@@ -83,11 +83,16 @@ struct synth_stats {
 // Estimates the file size for p without writing (needs vocab_from readable when set).
 int synth_estimate_bytes(const struct synth_params *p, uint64_t *out);
 
-// Writes the model to path (via path.tmp, renamed at the end). Blocks; uses a thread pool
+// Writes the model to path (via a temporary file beside it, renamed at the end). Blocks; uses a thread pool
 // of p->n_threads for generation and quantization and writes sequentially. Memory stays
 // bounded (about 32 MiB of row buffers plus the metadata) whatever the model size.
 // Returns 0 or a negative code with the message set; st may be NULL.
 int synth_write(const struct synth_params *p, const char *path, struct synth_stats *st);
+
+// Writes a vocabulary-only GGUF (no tensors) to path: general.architecture and every
+// tokenizer.* key of the GGUF at src_path, general.type "vocab", general.name = name
+// (NULL: "<source name> vocabulary"). *n_tokens (may be NULL) gets the vocabulary size.
+int synth_write_vocab(const char *src_path, const char *path, const char *name, uint32_t *n_tokens);
 
 #ifdef __cplusplus
 }

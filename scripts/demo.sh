@@ -10,9 +10,7 @@ cd "$(dirname "$0")/.."
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$(nproc)"
 model=${FERRY_DEMO_MODEL:-build/demo-qwen3moe-2l.gguf}
-vocab=()
-[ -f ../shared/fixtures/models/qwen3moe-tiny-Q8_0.gguf ] &&
-  vocab=(--vocab-from ../shared/fixtures/models/qwen3moe-tiny-Q8_0.gguf)
+vocab=(--vocab-from tests/fixtures/models/qwen3-vocab.gguf)
 if [ ! -f "$model" ]; then
   ./build/ferry synth --preset qwen3-30b-a3b --layers 2 --quant q4_k_m "${vocab[@]}" -o "$model"
 fi

@@ -8,9 +8,14 @@
       quantized: median d <= 0.15, p90 <= 0.75, agreement >= 80%), or, --rule reduced, rule 3:
       <model>.exact.ref.json with median d <= 0.15, p90 <= 1.0, agreement >= 80% (engines
       whose fast path keeps F32 or F16 activations).
+  fixture_check.py long MODEL_NAME [--extra ARGS]
+      rule 1 on <model>.long.exact.ref.json (§4.1: one 600-id teacher-forced sequence, prompt
+      560, longer than two prefill batches of 256): every d_k <= 1e-3 and agreement.
   fixture_check.py greedy MODEL_NAME --golden kvf32|golden [--mode M] [--extra ARGS]
-      free-running greedy `ferry run --raw` on each prompt; tokens must equal the golden's
-      (all of them, or up to the first step whose golden gap < 0.5 with --until-gap).
+      free-running greedy `ferry run --raw` on each prompt; tokens must equal the golden's:
+      all of them, or with --until-gap up to the first difference, which is allowed only at
+      a step whose golden top-1/top-2 gap is < --max-gap (default 0.5; a near-tie: the
+      sequences diverge there). --min-compared N fails when fewer than N were compared.
   fixture_check.py same MODEL_NAME --extra-a ARGS --extra-b ARGS
       two score runs must give bit-identical JSON steps (stream == full).
 Env: FERRY_BIN, FERRY_FIXTURES. Prints one summary line per prompt; exits 1 on failure.
@@ -18,7 +23,7 @@ Env: FERRY_BIN, FERRY_FIXTURES. Prints one summary line per prompt; exits 1 on f
 import json, os, subprocess, sys, tempfile, argparse, statistics
 
 BIN = os.environ.get("FERRY_BIN", "build/ferry")
-FIX = os.environ.get("FERRY_FIXTURES", os.path.join(os.path.dirname(__file__), "../../../shared/fixtures"))
+FIX = os.environ.get("FERRY_FIXTURES", os.path.join(os.path.dirname(os.path.abspath(__file__)), "../fixtures"))
 
 
 def load(p):
@@ -122,6 +127,7 @@ def cmd_greedy(a):
     gold = load(os.path.join(FIX, "golden", name + (".kvf32.golden.json" if a.golden == "kvf32" else ".golden.json")))
     extra = a.extra.split() if a.extra else []
     ok = True
+    compared = 0
     for gp in gold["prompts"]:
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as t:
             out = t.name
@@ -141,17 +147,70 @@ def cmd_greedy(a):
         want = gp["generated_token_ids"]
         got = j["generated_tokens"]
         n = len(want)
-        if a.until_gap:
-            for k, st in enumerate(gp["steps"]):
-                t5 = st["top5"]
-                if t5[0]["logprob"] - t5[1]["logprob"] < 0.5:
-                    n = k  # the token at the near-tie itself may differ; compare those before it
-                    break
         same = got[:n] == want[:n]
+        if a.until_gap:
+            # Compare token by token while the two agree; the first difference must come at
+            # a near-tie of the golden (gap < 0.5), after which the contexts differ and
+            # nothing more can be compared.
+            n, same = 0, True
+            for k, st in enumerate(gp["steps"]):
+                if k >= len(got):
+                    same = False
+                    break
+                if got[k] != want[k]:
+                    t5 = st["top5"]
+                    gap = t5[0]["logprob"] - t5[1]["logprob"]
+                    same = gap < a.max_gap
+                    if not same:
+                        print("  step %d: got %d, golden %d with gap %.3f >= %g" % (k, got[k], want[k], gap, a.max_gap))
+                    break
+                n += 1
+        compared += n
         print("%s greedy prompt=%s compared=%d identical=%s" % (name, gp["id"], n, same))
         if not same:
             ok = False
-            print("  want", want[:n], "\n  got ", got[:n])
+            print("  want", want[:n + 1], "\n  got ", got[:n + 1])
+    if compared < a.min_compared:
+        ok = False
+        print("FAIL: only %d tokens compared, fewer than --min-compared %d" % (compared, a.min_compared))
+    print("%s greedy: %d tokens compared" % (name, compared))
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+def cmd_long(a):
+    name = a.model
+    model = os.path.join(FIX, "models", name + ".gguf")
+    ref = load(os.path.join(FIX, "golden", name + ".long.exact.ref.json"))
+    extra = a.extra.split() if a.extra else []
+    ok = True
+    for rp in ref["prompts"]:
+        prompt, tf = rp["prompt_token_ids"], rp["teacher_forced_token_ids"]
+        j = run_score(model, prompt + tf, len(prompt), extra)
+        steps = j["steps"]
+        if len(steps) != len(tf):
+            print("FAIL: %d steps, want %d" % (len(steps), len(tf)))
+            return 1
+        ds, agrees = [], 0
+        for k, (st, rs) in enumerate(zip(steps, rp["steps"])):
+            mine = {e["id"]: e["logprob"] for e in st["top"]}
+            reft = rs["top5"]
+            missing = [e["id"] for e in reft if e["id"] not in mine]
+            if missing or st["target"] != rs["teacher_forced_token"]:
+                print("FAIL: step %d: reference ids %s not in ferry's top-%d (or target differs)" % (k, missing, len(st["top"])))
+                ok = False
+                continue
+            d = max(abs(mine[e["id"]] - e["logprob"]) for e in reft)
+            d = max(d, abs(st["logprob_target"] - rs["logprob_teacher_forced_token"]))
+            gap = reft[0]["logprob"] - reft[1]["logprob"]
+            agree = st["top"][0]["id"] == reft[0]["id"]
+            ds.append(d)
+            agrees += agree
+            if d > 1e-3 or (not agree and gap >= 2e-3):
+                ok = False
+                print("FAIL: %s/long step %d (pos %d): d=%.2e agree=%s gap=%.4f" % (name, k, st["pos"], d, agree, gap))
+        print("%s long [%s] prompt=%d steps=%d max_d=%.2e median_d=%.2e agree=%d/%d" % (
+            name, a.extra, len(prompt), len(ds), max(ds) if ds else 0, statistics.median(ds) if ds else 0, agrees, len(ds)))
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 
@@ -205,13 +264,16 @@ def main():
     sub = p.add_subparsers(dest="cmd")
     s = sub.add_parser("score"); s.add_argument("model"); s.add_argument("--rule", default="exact"); s.add_argument("--extra", default="")
     g = sub.add_parser("greedy"); g.add_argument("model"); g.add_argument("--golden", default="kvf32"); g.add_argument("--extra", default="")
-    g.add_argument("--until-gap", action="store_true")
+    g.add_argument("--until-gap", action="store_true"); g.add_argument("--min-compared", type=int, default=0)
+    g.add_argument("--max-gap", type=float, default=0.5)  # with --until-gap
+    lg = sub.add_parser("long"); lg.add_argument("model"); lg.add_argument("--extra", default="")
     m = sub.add_parser("same"); m.add_argument("model"); m.add_argument("--extra-a", default=""); m.add_argument("--extra-b", default="")
     r = sub.add_parser("same-run"); r.add_argument("model"); r.add_argument("--extra-a", default="")
     r.add_argument("--extra-b", default=""); r.add_argument("--prompt", default="Tell me a story about a ferry.")
     r.add_argument("-n", type=int, default=16); r.add_argument("--sampling", default="--temp 0.8 --top-k 40")
     a = p.parse_args()
-    return {"score": cmd_score, "greedy": cmd_greedy, "same": cmd_same, "same-run": cmd_same_run}[a.cmd](a)
+    return {"score": cmd_score, "greedy": cmd_greedy, "long": cmd_long, "same": cmd_same,
+            "same-run": cmd_same_run}[a.cmd](a)
 
 
 if __name__ == "__main__":

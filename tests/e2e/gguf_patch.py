@@ -4,9 +4,13 @@
   gguf_patch.py IN OUT rename-tensor OLD NEW      (NEW must have the same length)
   gguf_patch.py IN OUT set-dim TENSOR AXIS VALUE  (rewrite one ne[] entry)
   gguf_patch.py IN OUT set-str KEY VALUE          (same length as the old value)
+  gguf_patch.py IN OUT rename-key OLD NEW         (NEW must have the same length)
   gguf_patch.py IN OUT set-u32 KEY VALUE
   gguf_patch.py IN OUT add-u32 KEY VALUE          (append a new u32 metadata pair)
-Only the header changes; tensor data is copied as is (re-padded to the alignment).
+  gguf_patch.py IN OUT set-offset TENSOR VALUE    (rewrite a tensor's data offset)
+  gguf_patch.py IN OUT set-f32 TENSOR INDEX VALUE (element INDEX of an F32 tensor; nan, inf ok)
+Only the header changes (set-f32: one element of the data); tensor data is otherwise copied
+as is (re-padded to the alignment).
 """
 import struct, sys
 
@@ -46,8 +50,10 @@ def main():
     nt, nkv = r.u64(), r.u64()
     kv = {}
     kv_count_at = 16
+    key_at = {}
     for _ in range(nkv):
-        k, _, _ = r.s()
+        k, kat, kn = r.s()
+        key_at[k] = (kat, kn)
         t = r.u32()
         kv[k] = (t, r.p)
         r.skip(t)
@@ -58,8 +64,10 @@ def main():
         nd = r.u32()
         dims_at = r.p
         r.p += 8 * nd
-        r.u32(); r.u64()
-        tensors[name] = (at, n, nd, dims_at)
+        ttype = r.u32()
+        off_at = r.p
+        toff = r.u64()
+        tensors[name] = (at, n, nd, dims_at, ttype, off_at, toff)
     infos_end = r.p
     align = 32
     if "general.alignment" in kv:
@@ -67,12 +75,12 @@ def main():
     data_at = (infos_end + align - 1) // align * align
     if op == "rename-tensor":
         old, new = sys.argv[4], sys.argv[5]
-        at, n, _, _ = tensors[old]
+        at, n = tensors[old][:2]
         assert len(new.encode()) == n
         b[at:at + n] = new.encode()
     elif op == "set-dim":
         name, axis, val = sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
-        _, _, nd, dims_at = tensors[name]
+        nd, dims_at = tensors[name][2:4]
         assert axis < nd
         struct.pack_into("<Q", b, dims_at + 8 * axis, val)
     elif op == "set-str":
@@ -94,6 +102,19 @@ def main():
         struct.pack_into("<Q", head, kv_count_at, nkv + 1)
         pad = (-len(head)) % align
         b = head + bytes(pad) + b[data_at:]
+    elif op == "rename-key":
+        old, new = sys.argv[4], sys.argv[5].encode()
+        at, n = key_at[old]
+        assert len(new) == n
+        b[at:at + n] = new
+    elif op == "set-offset":
+        name, val = sys.argv[4], int(sys.argv[5])
+        struct.pack_into("<Q", b, tensors[name][5], val)
+    elif op == "set-f32":
+        name, idx, val = sys.argv[4], int(sys.argv[5]), float(sys.argv[6])
+        ttype, toff = tensors[name][4], tensors[name][6]
+        assert ttype == 0, "F32 tensors only"
+        struct.pack_into("<f", b, data_at + toff + 4 * idx, val)
     else:
         sys.exit("unknown op " + op)
     open(dst, "wb").write(b)

@@ -6,11 +6,17 @@
 # one clear error.
 source "$(dirname "$0")/lib.sh"
 
+# Sanitizer builds inflate RSS (shadow memory, quarantine): the RSS bounds are checked in
+# the Release pass (scripts/test.sh runs both).
+SAN=0
+grep -qa __asan_init "$FERRY_BIN" && SAN=1
+
 check_bench_json() { # check_bench_json JSON N_PREDICT CHECK_RSS(0/1)
-  python3 - "$1" "$2" "$3" <<'EOF'
+  python3 - "$1" "$2" "$3" "$SAN" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
 n = int(sys.argv[2])
+san = sys.argv[4] == "1"
 def need(c, what):
     if not c:
         sys.exit("bad bench json: " + what)
@@ -43,11 +49,17 @@ need(stream["io"]["bytes_read"] > 0 and stream["io"]["reads"] > 0, "stream mode 
 c = stream["expert_cache"]["host"]
 need(c["capacity"] > 0 and c["misses"] > 0, "stream cache unused")
 need(stream["generated_tokens"] == full["generated_tokens"], "tokens differ")
-# The budget contract (peak RSS <= --ram + 64 MiB); and on these small fixtures, whose
+# The budget contract: peak RSS within --ram, with nothing added. The process itself
+# (binary, libraries, topology) and the prompt are charged to the budget (issue 15), and
+# bench's default stream budget is tight (dense + state + scratch + a quarter of the
+# experts), so the bound is close to the RSS it checks. And on these small fixtures, whose
 # experts are a small share of the bytes, stream may not cost meaningfully more than full.
-need(stream["peak_rss_bytes"] <= stream["ram_budget_bytes"] + (64 << 20), "stream peak RSS %d over its budget %d"
+need(san or stream["peak_rss_bytes"] <= stream["ram_budget_bytes"], "stream peak RSS %d over its budget %d"
      % (stream["peak_rss_bytes"], stream["ram_budget_bytes"]))
-need(sys.argv[3] == "0" or stream["peak_rss_bytes"] < full["peak_rss_bytes"] + (8 << 20),
+need(san or sys.argv[3] == "0" or stream["peak_rss_bytes"] >= stream["ram_budget_bytes"] // 3,
+     "stream budget %d is not close to its peak RSS %d"
+     % (stream["ram_budget_bytes"], stream["peak_rss_bytes"]))
+need(san or sys.argv[3] == "0" or stream["peak_rss_bytes"] < full["peak_rss_bytes"] + (8 << 20),
      "stream peak RSS %d more than 8 MiB above full %d" % (stream["peak_rss_bytes"], full["peak_rss_bytes"]))
 EOF
 }
@@ -64,18 +76,29 @@ check_table() { # check_table OUT N_MODES
   awk '$1 == "reads" { exit !($2 == 0 && $3 > 0) }' "$1" || { echo "reads row"; cat "$1"; return 1; }
 }
 
-bench_case() { # bench_case MODEL N CHECK_RSS [extra flags]
+bench_case() { # bench_case MODEL N CHECK_RSS [extra flags]   (MODEL: a fixture name or a path without .gguf)
   local m=$1 n=$2 rss=$3; shift 3
+  local path=$FERRY_FIXTURES/models/$m.gguf
+  case $m in /*) path=$m.gguf; m=$(basename "$m") ;; esac
   local out=$TMP/$m.out json=$TMP/$m.json
-  "$FERRY_BIN" bench -m "$FERRY_FIXTURES/models/$m.gguf" -n "$n" -t 2 --json "$json" "$@" >"$out" 2>"$TMP/$m.err" ||
+  "$FERRY_BIN" bench -m "$path" -n "$n" -t 2 --json "$json" "$@" >"$out" 2>"$TMP/$m.err" ||
     { echo "ferry bench failed"; cat "$TMP/$m.err"; return 1; }
   check_table "$out" && check_bench_json "$json" "$n" "$rss"
 }
 
-for m in qwen3moe-tiny-Q8_0 qwen3next-tiny-Q8_0; do
+for m in pub-qwen3moe-tiny-F32 pub-qwen3next-kq-Q4_K_M; do
   run_case "$m bench default prompt" bench_case "$m" 12 1
   run_case "$m bench -p, --seed, --temp 0" bench_case "$m" 6 1 -p "Name three colours." --seed 7 --temp 0
 done
+# the real vocabulary (151,936 rows of embeddings and output, 20 MiB of dense weights
+# against 0.4 MiB of experts): a model synthesized from the vocabulary-only fixture
+"$FERRY_BIN" synth --arch qwen3moe --quant q8_0 --vocab-from "$VOCAB" -o "$TMP/full-vocab.gguf" >/dev/null 2>"$TMP/synth.err" ||
+  { FAILS=$((FAILS + 1)); echo "FAIL synth full-vocab model: $(cat "$TMP/synth.err")"; }
+run_case "full-vocabulary model bench" bench_case "$TMP/full-vocab" 8 1
+# at the smallest budget stream mode accepts (issue 15: peak RSS was 5-6 MiB over it here)
+min=$("$FERRY_BIN" score -m "$TMP/full-vocab.gguf" --ids "1 2" --from 1 --json "$TMP/x.json" --mode stream \
+      --ram 1 2>&1 | sed -n 's/.*use --ram \([0-9]*\).*/\1/p')
+run_case "full-vocabulary model bench at the minimum --ram ${min:-?}" bench_case "$TMP/full-vocab" 8 0 --ram "${min:-0}" -t 1
 # a file prompt and an explicit stream budget
 printf 'Write one sentence about ferries.' >"$TMP/prompt.txt"
 run_case "qwen3moe bench -f --ram" bench_case pub-qwen3moe-kq-Q4_K_M 5 0 -f "$TMP/prompt.txt" --ram 64M
@@ -83,12 +106,12 @@ run_case "qwen3moe bench -f --ram" bench_case pub-qwen3moe-kq-Q4_K_M 5 0 -f "$TM
 # (with --ram the stream cache takes the whole budget, so its RSS may exceed full's)
 # no --json: the table alone, default -n 32 (32 tokens unless an end token comes first)
 default_n() {
-  "$FERRY_BIN" bench -m "$FERRY_FIXTURES/models/qwen3moe-tiny-Q8_0.gguf" -t 2 --temp 0 >"$TMP/d.out" 2>/dev/null &&
+  "$FERRY_BIN" bench -m "$FERRY_FIXTURES/models/pub-qwen3moe-tiny-F32.gguf" -t 2 --temp 0 >"$TMP/d.out" 2>/dev/null &&
     check_table "$TMP/d.out" 2 && awk '$1 == "generated" { exit !($3 == 32 && $4 == 32) }' "$TMP/d.out"
 }
 run_case "bench default -n 32" default_n
 
-M=$FERRY_FIXTURES/models/qwen3moe-tiny-Q8_0.gguf
+M=$FERRY_FIXTURES/models/pub-qwen3moe-tiny-F32.gguf
 expect_error "bad --modes value" "--modes: 'fast' is not full, stream or auto" \
   "$FERRY_BIN" bench -m "$M" --modes full,fast
 expect_error "empty --modes entry" "--modes: '' is not full, stream or auto" "$FERRY_BIN" bench -m "$M" --modes stream,

@@ -51,7 +51,7 @@ score_json() { # score_json MODEL NAME MODE_FLAGS K
   $SCHEMA score "$TMP/$name.json" --ids "$ids" --from 3 --logprobs "$k"
 }
 
-for m in qwen3moe-tiny-Q8_0 pub-qwen3next-kq-Q4_K_M; do
+for m in pub-qwen3moe-kq-Q4_K_M pub-qwen3next-kq-Q4_K_M; do
   for mode in full stream; do
     flags="--mode full"
     [ $mode = stream ] && flags=$STREAM
@@ -64,7 +64,7 @@ for m in qwen3moe-tiny-Q8_0 pub-qwen3next-kq-Q4_K_M; do
 done
 
 # The validator must reject what breaks the contract (so the checks above can fail).
-J=$TMP/qwen3moe-tiny-Q8_0-full-lp.json
+J=$TMP/pub-qwen3moe-kq-Q4_K_M-full-lp.json
 broken() { # broken NAME PYTHON-EDIT [schema args]: the edited report must be rejected
   local name=$1 edit=$2; shift 2
   python3 -c "import json,sys; d=json.load(open(sys.argv[1])); $edit; json.dump(d, open(sys.argv[2],'w'))" \

@@ -52,7 +52,7 @@ st = [sum(ov(by[p, l]["experts"], by[p, l]["pred"]) for p in range(npos)) / (npo
       for l in range(1, layers)]
 assert abs(sum(lag) / layers - rt["lag1_reuse"]) < 1e-6, (lag, rt)
 assert abs(sum(st) / len(st) - rt["stale_gate_accuracy"]) < 1e-6, (st, rt)
-n_exp = 16 if run["arch"] == "qwen3moe" else 32
+n_exp = 16 if run["arch"] == "qwen3moe" else 12  # pub-qwen3moe-kq / pub-qwen3next-kq
 cov = []
 for l in range(layers):
     cnt = {}
@@ -106,10 +106,10 @@ replay_case() { # MODEL NAME [--prefetch]
   same_counts "$TMP/$name.json" "$TMP/$name.sim.json"
 }
 
-run_case "qwen3moe: trace, stats, cachesim == run" replay_case qwen3moe-tiny-Q8_0 moe
-run_case "qwen3moe --prefetch: cachesim == run" replay_case qwen3moe-tiny-Q8_0 moepf --prefetch
-run_case "qwen3next: trace, stats, cachesim == run" replay_case qwen3next-tiny-Q8_0 next
-run_case "qwen3next --prefetch: cachesim == run" replay_case qwen3next-tiny-Q8_0 nextpf --prefetch
+run_case "qwen3moe: trace, stats, cachesim == run" replay_case pub-qwen3moe-kq-Q4_K_M moe
+run_case "qwen3moe --prefetch: cachesim == run" replay_case pub-qwen3moe-kq-Q4_K_M moepf --prefetch
+run_case "qwen3next: trace, stats, cachesim == run" replay_case pub-qwen3next-kq-Q4_K_M next
+run_case "qwen3next --prefetch: cachesim == run" replay_case pub-qwen3next-kq-Q4_K_M nextpf --prefetch
 
 # Every policy, scope and size runs, and more slots never hit less under LRU.
 policies() {
@@ -133,14 +133,14 @@ run_case "cachesim: policies, scopes, sizes" policies
 
 # bench writes one trace per mode
 bench_trace() {
-  "$F" bench -m "$FERRY_FIXTURES/models/qwen3moe-tiny-Q8_0.gguf" -n 4 -t 2 --modes full,stream \
+  "$F" bench -m "$FERRY_FIXTURES/models/pub-qwen3moe-kq-Q4_K_M.gguf" -n 4 -t 2 --modes full,stream \
     --trace-experts "$TMP/b.jsonl" --routing-stats >"$TMP/b.out" 2>/dev/null || return 1
   cmp "$TMP/b.jsonl.full" "$TMP/b.jsonl.stream" && grep -q "stale-gate acc" "$TMP/b.out"
 }
 run_case "bench: a trace per mode, identical routing" bench_trace
 
 # bad input: one clear error line each
-M=$FERRY_FIXTURES/models/qwen3moe-tiny-Q8_0.gguf
+M=$FERRY_FIXTURES/models/pub-qwen3moe-kq-Q4_K_M.gguf
 printf '{"pos": 0, "layer": 0, "experts": [1, 2, 3, 4]}\nnot json\n' >"$TMP/bad1.jsonl"
 printf '{"pos": 0, "layer": 0, "experts": [1, 2, 3, 4]}\n{"pos": 1, "layer": 0, "experts": [1, 2]}\n' >"$TMP/bad2.jsonl"
 printf '{"pos": 0, "layer": 0, "experts": [1, 2, 3, 99]}\n' >"$TMP/bad3.jsonl"

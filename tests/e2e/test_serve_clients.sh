@@ -9,7 +9,10 @@ if [ ! -d "$CLIENTS/node_modules/openai" ] || [ ! -d "$CLIENTS/node_modules/olla
   echo "FAIL: the npm clients are not installed: run scripts/setup.sh (npm ci in tests/serve)"
   exit 1
 fi
-M=$FERRY_FIXTURES/models/qwen3moe-tiny-Q8_0.gguf # the real Qwen3 vocabulary
+# a tiny model with the real Qwen3 vocabulary (the clients send chat text)
+M=$TMP/full-vocab.gguf
+"$FERRY_BIN" synth --arch qwen3moe --quant q8_0 --vocab-from "$VOCAB" -o "$M" >/dev/null 2>&1 ||
+  { echo "FAIL: cannot synthesize the test model"; exit 1; }
 $FERRY_BIN run -m "$M" -t 1 -c 256 -p "Tell me about ferries." -n 16 --temp 0 --json "$TMP/ref.json" \
   >/dev/null 2>&1
 serve_start "$TMP/serve.log" -m "$M" -c 256 --api-key k3y --alias qwen3-tiny || exit 1

@@ -8,7 +8,7 @@ source "$(dirname "$0")/lib.sh"
 F=$FERRY_BIN
 PROMPT="Tell me a story about a ferry."
 
-for m in qwen3moe-tiny-Q8_0 qwen3next-tiny-Q8_0; do
+for m in pub-qwen3moe-kq-Q4_K_M pub-qwen3next-kq-Q4_K_M; do
   M=$FERRY_FIXTURES/models/$m.gguf
   min=$("$F" score -m "$M" --ids "1 2" --from 1 --json "$TMP/x.json" --mode stream --ram 1 2>&1 |
     sed -n 's/.*use --ram \([0-9]*\).*/\1/p')

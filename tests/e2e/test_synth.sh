@@ -2,12 +2,17 @@
 # tests/e2e/test_synth.sh: `ferry synth` writes small models of both architectures, every
 # recipe and both qwen3next layouts that `ferry info` reads back with the intended shape;
 # with the fixtures' dims and vocabulary it reproduces the fixtures' tensor types and exact
-# file sizes; output is deterministic (seed, thread count); bad flags fail cleanly.
+# file sizes; with the real Qwen3 vocabulary (the vocabulary-only GGUF) it writes a model
+# that tokenizes like the vocabulary; --vocab-only writes that kind of file; output is
+# deterministic (seed, thread count); bad flags fail cleanly. The output file is written
+# whole or not at all: a FIFO, directory or device as -o is refused and left alone, an
+# existing OUT.tmp is not touched, and SIGINT/SIGTERM remove the temporary file.
 set -u
 BIN=${FERRY_BIN:-./build/ferry}
-FIX=${FERRY_FIXTURES:-/work/shared/fixtures}
+FIX=${FERRY_FIXTURES:-$(dirname "$0")/../fixtures}
 M=$FIX/models
-[ -x "$BIN" ] || { echo "SKIP: no ferry binary at $BIN"; exit 77; }
+[ -x "$BIN" ] || { echo "FAIL: no ferry binary at $BIN"; exit 1; }
+[ -f "$M/qwen3-vocab.gguf" ] || { echo "FAIL: no fixtures at $M (tests/fixtures is part of the repository)"; exit 1; }
 T=$(mktemp -d /tmp/ferry_synth_XXXXXX)
 trap 'rm -rf "$T"' EXIT
 fails=0
@@ -57,28 +62,54 @@ grep -q "bf16" "$T/tiny-legacy-q8_0.info" || fail "legacy layout lacks the BF16 
 # 2. fixture dims + fixture vocabulary reproduce the fixtures' types and sizes exactly
 check_like() { # name fixture
   local a=$T/$1.gguf b=$M/$2
-  [ -f "$b" ] || { echo "note: $b missing, comparison skipped"; return; }
+  [ -f "$b" ] || { fail "fixture $b is missing"; return; }
   "$BIN" info -m "$b" >"$T/$1.fixinfo" 2>/dev/null || { fail "ferry info $2"; return; }
   [ "$(stat -c %s "$a")" = "$(stat -c %s "$b")" ] || fail "$1: $(stat -c %s "$a") bytes, $2 has $(stat -c %s "$b")"
   for f in "tensor types" bytes layers vocab attention experts; do
     [ "$(grep -E "^$f " "$T/$1.info")" = "$(grep -E "^$f " "$T/$1.fixinfo")" ] || fail "$1 vs $2: '$f' differs"
   done
 }
-if [ -d "$M" ]; then
+{
   # shellcheck disable=SC2086
   synth kq-moe --arch qwen3moe $KQ_MOE --name "pub-qwen3moe-kq (random weights)" --quant q4_k_m --vocab-from "$M/pub-qwen3moe-kq-Q4_K_M.gguf" && check_like kq-moe pub-qwen3moe-kq-Q4_K_M.gguf
+  # (the Q8_0 twin of that fixture is not in the repository, tests/fixtures/README.md: its
+  #  size, 16,572,544 bytes, and types, q8_0 x30 + f32 x21, are checked from the README)
   # shellcheck disable=SC2086
-  synth kq-moe8 --arch qwen3moe $KQ_MOE --name "pub-qwen3moe-kq (random weights)" --quant q8_0 --vocab-from "$M/pub-qwen3moe-kq-Q4_K_M.gguf" && check_like kq-moe8 pub-qwen3moe-kq-Q8_0.gguf
+  synth kq-moe8 --arch qwen3moe $KQ_MOE --name "pub-qwen3moe-kq (random weights)" --quant q8_0 --vocab-from "$M/pub-qwen3moe-kq-Q4_K_M.gguf" && {
+    [ "$(stat -c %s "$T/kq-moe8.gguf")" = 16572544 ] || fail "kq-moe8: $(stat -c %s "$T/kq-moe8.gguf") bytes, the fixture has 16572544"
+    grep -qE "^tensor types +f32: 21 .* q8_0: 30 " "$T/kq-moe8.info" || fail "kq-moe8 types: $(grep '^tensor types' "$T/kq-moe8.info")"
+  }
   # shellcheck disable=SC2086
   synth kq-next --arch qwen3next $KQ_NEXT --name "pub-qwen3next-kq (random weights)" --quant q4_k_m --vocab-from "$M/pub-qwen3next-kq-Q4_K_M.gguf" && check_like kq-next pub-qwen3next-kq-Q4_K_M.gguf
   # shellcheck disable=SC2086
   synth kq-legacy --arch qwen3next --layout legacy $KQ_NEXT --name "pub-qwen3next-legacy-kq (random weights)" --quant q4_k_m --vocab-from "$M/pub-qwen3next-kq-Q4_K_M.gguf" && check_like kq-legacy pub-qwen3next-legacy-kq-Q4_K_M.gguf
   synth tiny-moe-vocab --arch qwen3moe --name "pub-qwen3moe-tiny (random weights)" --quant f32 --vocab-from "$M/pub-qwen3moe-tiny-F32.gguf" && check_like tiny-moe-vocab pub-qwen3moe-tiny-F32.gguf
   synth tiny-next-vocab --arch qwen3next --name "pub-qwen3next-tiny (random weights)" --quant f32 --vocab-from "$M/pub-qwen3next-tiny-F32.gguf" && check_like tiny-next-vocab pub-qwen3next-tiny-F32.gguf
-  synth full-vocab --arch qwen3moe --name "qwen3moe-tiny (random weights)" --quant q8_0 --vocab-from "$M/qwen3moe-tiny-Q8_0.gguf" && check_like full-vocab qwen3moe-tiny-Q8_0.gguf
-else
-  echo "note: no fixtures at $M; fixture comparisons skipped"
-fi
+  # the real vocabulary: the 27,123,456-byte full-vocabulary fixture model, rebuilt from the
+  # vocabulary-only GGUF (its weights differ: not in the repository), tokenizes as the
+  # vocabulary does
+  synth full-vocab --arch qwen3moe --name "qwen3moe-tiny (random weights)" --quant q8_0 --vocab-from "$M/qwen3-vocab.gguf" && {
+    [ "$(stat -c %s "$T/full-vocab.gguf")" = 27123456 ] || fail "full-vocab: $(stat -c %s "$T/full-vocab.gguf") bytes, the fixture has 27123456"
+    [ "$(info_field full-vocab vocab)" = 151936 ] || fail "full-vocab: vocab $(info_field full-vocab vocab)"
+    t1=$("$BIN" tokenize -m "$T/full-vocab.gguf" -p "Hello world, 你好 <|im_start|>" 2>&1)
+    t2=$("$BIN" tokenize -m "$M/qwen3-vocab.gguf" -p "Hello world, 你好 <|im_start|>" 2>&1)
+    [ "$t1" = "$t2" ] && [ "$t2" = "9707 1879 11 220 108386 220 151644" ] || fail "full-vocab tokenizes '$t1', vocab '$t2'"
+  }
+  # --vocab-only: no tensors, the source's tokenizer keys, usable as --vocab-from again
+  if "$BIN" synth --vocab-only --vocab-from "$M/pub-qwen3moe-tiny-F32.gguf" -o "$T/v.gguf" >"$T/v.out" 2>&1; then
+    "$BIN" info -m "$T/v.gguf" >"$T/v.info" 2>&1 && fail "info on a vocabulary-only file must refuse"
+    grep -q "no tensors (general.type 'vocab')" "$T/v.info" || fail "vocab-only info: $(cat "$T/v.info")"
+    [ "$("$BIN" tokenize -m "$T/v.gguf" -p "The quick brown fox")" = "$("$BIN" tokenize -m "$M/pub-qwen3moe-tiny-F32.gguf" -p "The quick brown fox")" ] ||
+      fail "vocab-only file tokenizes differently"
+    synth from-vocab-only --arch qwen3moe --name "pub-qwen3moe-tiny (random weights)" --quant f32 --vocab-from "$T/v.gguf" &&
+      check_like from-vocab-only pub-qwen3moe-tiny-F32.gguf
+  else
+    fail "--vocab-only: $(cat "$T/v.out")"
+  fi
+  # the committed vocabulary is what --vocab-only makes of it (a round trip is byte-exact)
+  "$BIN" synth --vocab-only --vocab-from "$M/qwen3-vocab.gguf" --name "Qwen3 vocabulary (151,936 tokens)" -o "$T/v2.gguf" >/dev/null 2>&1 &&
+    cmp -s "$T/v2.gguf" "$M/qwen3-vocab.gguf" || fail "--vocab-only of qwen3-vocab.gguf is not byte-identical to it"
+}
 
 # 3. determinism: same seed -> same bytes whatever the thread count; other seed -> other bytes
 # shellcheck disable=SC2086
@@ -88,8 +119,8 @@ synth det1 --arch qwen3next $KQ_NEXT --quant q4_k_m --seed 7 -t 1 &&
   cmp -s "$T/det1.gguf" "$T/det2.gguf" || fail "same seed, different thread count: files differ"
   cmp -s "$T/det1.gguf" "$T/det3.gguf" && fail "different seeds gave identical files"
 }
-# shellcheck disable=SC2086
-synth exact --arch qwen3moe $KQ_MOE --quant q4_k_m --exact-quant || true
+# (--exact-quant is checked by tests/unit/test_synth.c: its rows are the quantized values
+#  of the F32 recipe's rows, the block bank's are not)
 
 # 4. bad flags: one clear error, non-zero exit (not a crash), no output file left behind
 bad() { # description, args...
@@ -130,6 +161,58 @@ O="-o $T/bad.gguf"
   bad "unwritable output" --arch qwen3moe --quant f32 -o /nonexistent-dir/x.gguf
 }
 "$BIN" synth --help >/dev/null || fail "--help"
+bad "vocab-only without --vocab-from" --vocab-only $O
+bad "vocab-only with --quant" --vocab-only --vocab-from "$M/qwen3-vocab.gguf" --quant f32 $O
+
+# 5. outputs: written whole or not at all (issue 15)
+refused() { # refused DESC TARGET: synth -o TARGET fails with one line and leaves TARGET as it was
+  local before; before=$(stat -c '%F %i' "$2" 2>&1)
+  "$BIN" synth --arch qwen3moe --quant f32 -o "$2" >"$T/r.out" 2>"$T/r.err" && fail "$1: synth succeeded"
+  grep -q "refusing to write output file" "$T/r.err" && [ "$(wc -l <"$T/r.err")" = 1 ] || fail "$1: $(cat "$T/r.err")"
+  [ "$(stat -c '%F %i' "$2" 2>&1)" = "$before" ] || fail "$1: target changed from '$before' to '$(stat -c '%F %i' "$2")'"
+}
+mkfifo "$T/fifo.gguf"
+mkdir "$T/dir.gguf"
+ln -s "$T/tiny-moe-f32.gguf" "$T/link.gguf"
+refused "FIFO as -o" "$T/fifo.gguf"
+refused "directory as -o" "$T/dir.gguf"
+refused "symlink as -o" "$T/link.gguf"
+if [ "$(id -u)" = 0 ] && mknod "$T/null.gguf" c 1 3 2>/dev/null; then # a character device
+  refused "device node as -o (root)" "$T/null.gguf"
+else
+  echo "note: not root, device-node case left out (the FIFO case covers the same check)"
+fi
+printf 'not ours\n' >"$T/keep.gguf.tmp"
+"$BIN" synth --arch qwen3moe --quant f32 -o "$T/keep.gguf" >/dev/null 2>&1 || fail "synth next to an existing .tmp"
+[ "$(cat "$T/keep.gguf.tmp")" = "not ours" ] || fail "an existing OUT.tmp was overwritten"
+"$BIN" info -m "$T/keep.gguf" >/dev/null 2>&1 || fail "keep.gguf unreadable"
+ls "$T" | grep -qE '^keep\.gguf\..*\.tmp$' && fail "temporary file left after success"
+# the free-space check names its 1 GiB reserve (only where the target's free space is
+# below the 80B preset's ~45 GB: /dev/shm, a RAM disk, on the development VM)
+shm=/dev/shm
+if [ -d $shm ] && [ -w $shm ] && [ "$(df -Pk $shm | awk 'NR==2 {print $4}')" -lt 40000000 ]; then
+  "$BIN" synth --preset qwen3-next-80b-a3b --quant q4_k_m -o $shm/ferry_synth_$$.gguf >/dev/null 2>"$T/space.err" &&
+    { rm -f $shm/ferry_synth_$$.gguf; fail "an 80B model fit in $shm"; }
+  grep -q "plus a 1.00 GiB reserve" "$T/space.err" || fail "free-space message: $(cat "$T/space.err")"
+else
+  echo "note: no small RAM disk: the free-space message is not checked"
+fi
+# SIGINT / SIGTERM while writing: the temporary file is removed, no output appears
+for sig in INT TERM; do
+  # (a background job of a script starts with SIGINT ignored, which ferry respects: start
+  #  it with the default disposition, as from an interactive shell)
+  python3 -c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])' \
+    "$BIN" synth --preset qwen3-30b-a3b --layers 2 --quant q8_0 -t 1 -o "$T/big-$sig.gguf" >/dev/null 2>&1 &
+  pid=$!
+  for _ in $(seq 1 600); do ls "$T" | grep -qE "^big-$sig\.gguf\..*\.tmp$" && break; sleep 0.05; done
+  ls "$T" | grep -qE "^big-$sig\.gguf\..*\.tmp$" || fail "SIG$sig: no temporary file appeared"
+  kill -$sig $pid
+  wait $pid
+  rc=$?
+  [ $rc -gt 128 ] || fail "SIG$sig: synth exited $rc, not by the signal"
+  left=$(ls "$T" | grep -E "^big-$sig\.gguf" || true)
+  [ -z "$left" ] || fail "SIG$sig left: $left"
+done
 
 if [ $fails -ne 0 ]; then echo "$fails failure(s)"; exit 1; fi
 echo "test_synth: all passed"

@@ -8,7 +8,7 @@
 // an accepted request has a NUL-free prompt (or is a load request), at most SERVE_MAX_STOP
 // non-empty stop strings of at most SERVE_MAX_STOP_LEN bytes, sampling values in their
 // ranges, and generation parameters that fit the context.
-// Model for the tokenizer: $FERRY_FUZZ_MODEL, else $FERRY_FIXTURES/models/qwen3moe-tiny-Q8_0.gguf.
+// Model for the tokenizer: $FERRY_FUZZ_MODEL, else $FERRY_FIXTURES/models/qwen3-vocab.gguf.
 // Corpus and running: see NOTES.md (Serving).
 #include "engine/serve_req.c"
 
@@ -27,8 +27,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   if (m)
     snprintf(path, sizeof path, "%s", m);
   else
-    snprintf(path, sizeof path, "%s/models/qwen3moe-tiny-Q8_0.gguf",
-             fx ? fx : "../shared/fixtures");
+    snprintf(path, sizeof path, "%s/models/qwen3-vocab.gguf", fx ? fx : "../shared/fixtures");
   struct gguf_file *f;
   if (gguf_open(&f, path) || tok_create(&g_tok, f)) {
     fprintf(stderr, "fuzz_serve_params: cannot load %s: %s (set FERRY_FUZZ_MODEL)\n", path,

@@ -11,8 +11,9 @@
 //   - re-encoding the decoded text gives the same ids (NFC and the pre-tokenizer are stable);
 //   - if no byte is >= 0xCC (so NFC cannot apply), decode(encode(s)) == s byte for byte,
 //     invalid UTF-8 included.
-// Model: $FERRY_FUZZ_MODEL, else $FERRY_FIXTURES/models/qwen3moe-tiny-Q8_0.gguf, else the
-// shared fixtures next to this checkout. Running it: see NOTES.md (fuzzing).
+// Vocabulary: $FERRY_FUZZ_MODEL, else $FERRY_FIXTURES/models/qwen3-vocab.gguf, else the
+// repository's tests/fixtures (the vocabulary-only GGUF of the real Qwen3 tokenizer).
+// Seeds: tests/fuzz/corpus/fuzz_tokenizer. Running it: see NOTES.md (fuzzing).
 #include "engine/tokenizer.c"
 
 #include <stdio.h>
@@ -29,14 +30,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   if (m)
     snprintf(path, sizeof path, "%s", m);
   else if (fx)
-    snprintf(path, sizeof path, "%s/models/qwen3moe-tiny-Q8_0.gguf", fx);
-  else { // <repo>/tests/fuzz/fuzz_tokenizer.c -> <repo>/../shared/fixtures
+    snprintf(path, sizeof path, "%s/models/qwen3-vocab.gguf", fx);
+  else { // <repo>/tests/fuzz/fuzz_tokenizer.c -> <repo>/tests/fixtures
     char dir[4096];
     snprintf(dir, sizeof dir, "%s", __FILE__);
     char *slash = strrchr(dir, '/');
     if (slash) *slash = 0;
-    snprintf(path, sizeof path, "%s/../../../shared/fixtures/models/qwen3moe-tiny-Q8_0.gguf",
-             slash ? dir : ".");
+    snprintf(path, sizeof path, "%s/../fixtures/models/qwen3-vocab.gguf", slash ? dir : ".");
   }
   struct gguf_file *f;
   if (gguf_open(&f, path) || tok_create(&g_tok, f)) {

@@ -474,7 +474,8 @@ int main(void) {
   const char *paths[] = {"base", "avx2", "avx512"};
   for (int pi = 0; pi < 3; pi++) {
     if (cpu_delta_force(paths[pi]) != 0) {
-      fprintf(stderr, "deltanet path %s not available here: not tested\n", paths[pi]);
+      fprintf(stderr, "SKIP: deltanet path %s is not supported by this CPU: not tested\n",
+              paths[pi]);
       continue;
     }
     test_conv();

@@ -3,6 +3,7 @@
 // tensor infos, offsets and alignment padding, and the tensor bytes (random, streamed in
 // uneven chunks). Misuse (duplicate keys, bad shapes, too many bytes, unfinished tensors)
 // fails cleanly and leaves no output file.
+#include <dirent.h>
 #include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -247,6 +248,67 @@ static void check_copy(const char *src, const char *dst) {
   gguf_close(f);
 }
 
+static int count_files(const char *dir) {
+  DIR *d = opendir(dir);
+  int n = 0;
+  for (struct dirent *e; d && (e = readdir(d));)
+    if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) n++;
+  if (d) closedir(d);
+  return n;
+}
+
+static int write_tiny(const char *path) {
+  struct gguf_writer *w;
+  uint64_t ne[2] = {32, 1};
+  static char zero[128];
+  int rc = gguf_writer_create(&w, path, 0);
+  if (rc) return rc;
+  if (!(rc = gguf_writer_add_tensor(w, "a", 2, ne, FT_F32)) && !(rc = gguf_writer_begin_data(w)) &&
+      !(rc = gguf_writer_write(w, zero, sizeof zero)))
+    rc = gguf_writer_finish(w);
+  gguf_writer_destroy(w);
+  return rc;
+}
+
+// The output rules of base/files.h, through the writer: a target that is a FIFO, a
+// directory or a symbolic link is refused and left as it was; an existing regular file is
+// replaced whole; "<target>.tmp" (the temporary name of earlier versions) is never touched.
+static void check_outputs(const char *dir) {
+  char fifo[300], sub[300], link[300], reg[300], tmp[310];
+  snprintf(fifo, sizeof fifo, "%s/fifo.gguf", dir);
+  snprintf(sub, sizeof sub, "%s/dir.gguf", dir);
+  snprintf(link, sizeof link, "%s/link.gguf", dir);
+  snprintf(reg, sizeof reg, "%s/reg.gguf", dir);
+  snprintf(tmp, sizeof tmp, "%s.tmp", reg);
+  CHECK_EQ(mkfifo(fifo, 0644), 0);
+  CHECK_EQ(mkdir(sub, 0755), 0);
+  CHECK_EQ(symlink(reg, link), 0);
+  FILE *f = fopen(tmp, "w");
+  CHECK(f != NULL);
+  if (f) fputs("someone else's file", f), fclose(f);
+  const char *bad[] = {fifo, sub, link};
+  for (int i = 0; i < 3; i++) {
+    CHECK(write_tiny(bad[i]) == -EEXIST);
+    CHECK(strstr(ferry_errmsg(), "refusing to write") != NULL);
+    ferry_clear_error();
+  }
+  struct stat st;
+  CHECK(stat(fifo, &st) == 0 && S_ISFIFO(st.st_mode));
+  CHECK(stat(sub, &st) == 0 && S_ISDIR(st.st_mode));
+  CHECK(lstat(link, &st) == 0 && S_ISLNK(st.st_mode));
+  f = fopen(reg, "w");
+  CHECK(f != NULL);
+  if (f) fputs("old", f), fclose(f);
+  CHECK_EQ(write_tiny(reg), 0);
+  CHECK(stat(reg, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 100);
+  char buf[32] = {0};
+  f = fopen(tmp, "r");
+  CHECK(f && fgets(buf, sizeof buf, f) && !strcmp(buf, "someone else's file"));
+  if (f) fclose(f);
+  CHECK_EQ(count_files(dir), 7); // the five above, tmp, and a/b from main
+  unlink(fifo), rmdir(sub), unlink(link), unlink(reg), unlink(tmp);
+}
+
 int main(void) {
   char dir[] = "/tmp/ferry_gw_XXXXXX";
   if (!mkdtemp(dir)) SKIP("no temp dir");
@@ -285,22 +347,21 @@ int main(void) {
   CHECK(gguf_writer_finish(w) < 0);
   gguf_writer_destroy(w);
   CHECK(!file_exists(p3));
-  char tmp[300];
-  snprintf(tmp, sizeof tmp, "%s.tmp", p3);
-  CHECK(!file_exists(tmp));
+  CHECK_EQ(count_files(dir), 2); // a.gguf and b.gguf: no temporary file is left
   ferry_clear_error();
 
-  // Copy a real fixture's metadata (tokenizer arrays included) when available.
+  check_outputs(dir);
+
+  // Copy a real fixture's metadata (tokenizer arrays included).
   const char *fx = getenv("FERRY_FIXTURES");
   char src[512];
   snprintf(src, sizeof src, "%s/models/pub-qwen3next-tiny-F32.gguf",
-           fx ? fx : "/work/shared/fixtures");
-  if (file_exists(src))
-    check_copy(src, p4);
-  else
-    fprintf(stderr, "note: %s missing, copy test skipped\n", src);
+           fx ? fx : FERRY_SOURCE_FIXTURES);
+  CHECK(file_exists(src));
+  if (file_exists(src)) check_copy(src, p4);
 
   unlink(p1), unlink(p2), unlink(p3), unlink(p4);
+  CHECK_EQ(count_files(dir), 0);
   rmdir(dir);
   CHECK_DONE();
 }

@@ -402,57 +402,75 @@ static int gg_load(const char *path, struct gg_file *g) {
   return 0;
 }
 
+// Real llama.cpp-quantized data: every Q4_K / Q6_K tensor of pub-qwen3moe-kq-Q4_K_M.
+// (1) Dequantized, each tensor has the spread its generator gave it (fixtures README §1.1:
+//     std 1/sqrt(fan_in) for matrices, 0.5 for token_embd, 3/sqrt(n_embd) for output),
+//     within 4% (quantization adds about 1%): a wrong scale, sign or nibble order in the
+//     block decoding does not. (2) Ferry's quantizer, given those dequantized values (which
+//     lie on llama.cpp's grid), gives back nearly the same values. (3) Every fast dot equals
+//     the reference dot on real rows. The Q8_0 twin of this model that this test used to
+//     compare against is not in the repository (tests/fixtures/README.md).
 static void test_fixture_models(void) {
   const char *dir = getenv("FERRY_FIXTURES");
-  char pk[512], p8[512];
+  char pk[512];
   snprintf(pk, sizeof pk, "%s/models/pub-qwen3moe-kq-Q4_K_M.gguf",
-           dir ? dir : "../shared/fixtures");
-  snprintf(p8, sizeof p8, "%s/models/pub-qwen3moe-kq-Q8_0.gguf", dir ? dir : "../shared/fixtures");
-  struct gg_file *gk = calloc(1, sizeof *gk), *g8 = calloc(1, sizeof *g8);
-  if (gg_load(pk, gk) || gg_load(p8, g8)) {
-    fprintf(stderr,
-            "fixture models not found (set FERRY_FIXTURES): skipping the real-data check\n");
-    free(gk->buf), free(g8->buf), free(gk), free(g8);
+           dir ? dir : FERRY_SOURCE_FIXTURES);
+  struct gg_file *gk = calloc(1, sizeof *gk);
+  if (gg_load(pk, gk)) {
+    fprintf(stderr, "FAIL: fixture model %s not found or unreadable\n", pk);
+    CHECK(!"fixture model readable");
+    free(gk->buf), free(gk);
     return;
   }
+  struct ferry_rng r;
+  ferry_rng_seed(&r, 4242);
   int compared = 0;
+  double worst_std = 0, worst_re = 0;
   for (int i = 0; i < gk->nt; i++) {
     struct gg_tensor *a = &gk->t[i];
     if (a->type != FT_Q4_K && a->type != FT_Q6_K) continue;
-    struct gg_tensor *b = NULL;
-    for (int j = 0; j < g8->nt; j++)
-      if (!strcmp(g8->t[j].name, a->name)) b = &g8->t[j];
-    if (!b || b->type != FT_Q8_0 || b->nel != a->nel) continue;
-    float *ya = xmalloc(a->nel * 4), *yb = xmalloc(a->nel * 4), *yc = xmalloc(a->nel * 4);
+    float *ya = xmalloc(a->nel * 4), *yc = xmalloc(a->nel * 4);
     uint8_t *q = xmalloc(a->nel);
     cpu_dequant_row(a->type, a->data, ya, (int64_t)a->nel);
-    cpu_dequant_row(FT_Q8_0, b->data, yb, (int64_t)b->nel);
-    cpu_quantize_row(a->type, yb, q, (int64_t)a->nel);
+    double ss = 0;
+    for (uint64_t k = 0; k < a->nel; k++) ss += (double)ya[k] * ya[k];
+    double sd = sqrt(ss / (double)a->nel);
+    double want = !strcmp(a->name, "token_embd.weight") ? 0.5
+                  : !strcmp(a->name, "output.weight")   ? 3.0 / sqrt((double)a->ne0)
+                                                        : 1.0 / sqrt((double)a->ne0);
+    double e_std = fabs(sd / want - 1);
+    cpu_quantize_row(a->type, ya, q, (int64_t)a->nel);
     cpu_dequant_row(a->type, q, yc, (int64_t)a->nel);
-    double e_llama = rel_rms(yb, ya, (int64_t)a->nel), e_ferry = rel_rms(yb, yc, (int64_t)a->nel);
-    double bound = a->type == FT_Q4_K ? 0.12 : 0.04;
-    if (compared < 4 || e_llama > bound || e_ferry > 1.1 * e_llama + 2e-3)
-      fprintf(stderr, "fixture %-28s %-4s llama.cpp rel err %.4f, ferry requantized %.4f\n",
-              a->name, ferry_type_info(a->type)->name, e_llama, e_ferry);
-    CHECK(e_llama <= bound);
-    CHECK(e_ferry <= 1.1 * e_llama + 2e-3);
+    double e_re = rel_rms(ya, yc, (int64_t)a->nel);
+    const double bound = 0.005; // measured 3.3e-4 at worst
+    if (compared < 4 || e_std > 0.04 || e_re > bound)
+      fprintf(stderr,
+              "fixture %-28s %-4s std %.4f (generator %.4f), ferry requantized rel err %.5f\n",
+              a->name, ferry_type_info(a->type)->name, sd, want, e_re);
+    CHECK(e_std <= 0.04);
+    CHECK(e_re <= bound);
+    if (e_std > worst_std) worst_std = e_std;
+    if (e_re > worst_re) worst_re = e_re;
     // Fast dots on real rows agree with the reference.
     int64_t n = (int64_t)a->ne0;
     size_t rb = ferry_row_bytes(ferry_type_info(a->type), n);
+    float *x = xmalloc((size_t)n * 4);
+    for (int64_t k = 0; k < n; k++) x[k] = ferry_rng_normal(&r);
     block_q8_K *xq = xmalloc((size_t)n / 256 * sizeof(block_q8_K));
-    cpu_quantize_act(FT_Q8_K, yb, xq, n);
-    for (int64_t r = 0; r < 8 && (uint64_t)(r + 1) * n <= a->nel; r++) {
-      float ref = cpu_vec_dot_ref(a->type, n, a->data + r * rb, xq);
+    cpu_quantize_act(FT_Q8_K, x, xq, n);
+    for (int64_t row = 0; row < 8 && (uint64_t)(row + 1) * n <= a->nel; row++) {
+      float ref = cpu_vec_dot_ref(a->type, n, a->data + row * rb, xq);
       double mag = 0;
-      for (int64_t k = 0; k < n; k++) mag += fabs((double)ya[r * n + k] * yb[k]);
-      CHECK(fabs(cpu_vec_dot(a->type, n, a->data + r * rb, xq) - ref) <= 1e-5 * mag);
+      for (int64_t k = 0; k < n; k++) mag += fabs((double)ya[row * n + k] * x[k]);
+      CHECK(fabs(cpu_vec_dot(a->type, n, a->data + row * rb, xq) - ref) <= 1e-5 * mag);
     }
-    free(ya), free(yb), free(yc), free(q), free(xq);
+    free(ya), free(yc), free(q), free(xq), free(x);
     compared++;
   }
-  fprintf(stderr, "fixture tensors compared: %d\n", compared);
+  fprintf(stderr, "fixture tensors compared: %d (worst std deviation %.4f, requantized %.5f)\n",
+          compared, worst_std, worst_re);
   CHECK(compared >= 20);
-  free(gk->buf), free(g8->buf), free(gk), free(g8);
+  free(gk->buf), free(gk);
 }
 
 // A force to an unknown path is refused and leaves the dispatch working.
@@ -465,7 +483,20 @@ static void test_force(void) {
           cpu_vec_dot_path(FT_Q6_K), cpu_vec_dot_path(FT_Q8_0), cpu_vec_dot_path(FT_F16));
 }
 
+// Paths the CPU cannot run are left out of the dot tests below; say so once, so a run on an
+// older CPU does not look like a full pass.
+static void report_paths(void) {
+  const char *paths[] = {"avx2", "avx512"};
+  for (int p = 0; p < 2; p++)
+    if (cpu_vec_dot_force(paths[p]) != 0)
+      fprintf(stderr, "SKIP: the %s dot products are not supported by this CPU: not tested\n",
+              paths[p]);
+  cpu_vec_dot_force("auto");
+  ferry_clear_error();
+}
+
 int main(void) {
+  report_paths();
   test_vectors();
   test_roundtrip();
   test_act_rules();

@@ -2,7 +2,10 @@
 // ids with parse_special true and false, pieces, round trip), the golden prompts, the ChatML
 // rendering, the EOG set, NFC, streaming decode, invalid UTF-8 and empty input, an
 // independent naive BPE on random words, and decode(encode(s)) == NFC(s) on thousands of
-// random mixed-script strings. Needs $FERRY_FIXTURES (skips without it).
+// random mixed-script strings. The full vocabulary is the vocabulary-only GGUF of the real
+// Qwen3 tokenizer (tests/fixtures/models/qwen3-vocab.gguf, written by `ferry synth
+// --vocab-only` from the 27 MB full-vocabulary fixture model). Fixtures: $FERRY_FIXTURES,
+// else the repository's tests/fixtures; missing fixtures fail the test.
 #include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -195,6 +198,7 @@ static bool load_json(const char *path, struct jval *v) {
 // ---- helpers ----------------------------------------------------------------------------
 
 static const char *g_fix;
+#define FULL_VOCAB "qwen3-vocab" // the real Qwen3 tokenizer, 151,936 ids, no tensors
 
 static struct tokenizer *load_tok(const char *model) {
   char path[4096];
@@ -292,8 +296,9 @@ static void check_fixture_file(const char *json, const char *model) {
 }
 
 static void check_golden_prompts(void) {
+  // golden file -> the GGUF holding its tokenizer
   static const char *const models[] = {"qwen3moe-tiny-Q8_0", "qwen3next-tiny-Q8_0",
-                                       "pub-qwen3moe-tiny-F32", "pub-qwen3moe-kq-Q8_0",
+                                       "pub-qwen3moe-tiny-F32", "pub-qwen3moe-kq-Q4_K_M",
                                        "pub-qwen3next-legacy-kq-Q4_K_M"};
   int n_prompts = 0;
   for (size_t m = 0; m < sizeof models / sizeof *models; m++) {
@@ -301,7 +306,7 @@ static void check_golden_prompts(void) {
     snprintf(path, sizeof path, "%s/golden/%s.golden.json", g_fix, models[m]);
     struct jval root;
     CHECK(load_json(path, &root));
-    snprintf(gg, sizeof gg, "%s.gguf", models[m]);
+    snprintf(gg, sizeof gg, "%s.gguf", strncmp(models[m], "pub-", 4) ? FULL_VOCAB : models[m]);
     struct tokenizer *t = load_tok(gg);
     CHECK(t != NULL);
     const struct jval *ps = jget(&root, "prompts");
@@ -341,7 +346,7 @@ static void check_golden_prompts(void) {
 }
 
 static void check_eog_and_misc(void) {
-  struct tokenizer *t = load_tok("qwen3moe-tiny-Q8_0.gguf");
+  struct tokenizer *t = load_tok(FULL_VOCAB ".gguf");
   CHECK(t != NULL);
   if (!t) return;
   CHECK_EQ(tok_n_vocab(t), 151936);
@@ -684,7 +689,7 @@ static void check_roundtrip(const char *model, int iters) {
 // Invalid UTF-8: never fails; each invalid byte becomes its byte token; the round trip is
 // exact (nothing here is changed by NFC).
 static void check_invalid_utf8(void) {
-  struct tokenizer *t = load_tok("qwen3moe-tiny-Q8_0.gguf");
+  struct tokenizer *t = load_tok(FULL_VOCAB ".gguf");
   CHECK(t != NULL);
   if (!t) return;
   static const char *const parts[] = {
@@ -774,7 +779,7 @@ static int32_t naive_rank(const struct naive *nv, const int32_t *order, const ch
 
 static void check_naive_bpe(void) {
   char path[4096];
-  snprintf(path, sizeof path, "%s/models/qwen3moe-tiny-Q8_0.gguf", g_fix);
+  snprintf(path, sizeof path, "%s/models/" FULL_VOCAB ".gguf", g_fix);
   struct gguf_file *f;
   if (gguf_open(&f, path)) {
     CHECK(!"open");
@@ -892,7 +897,7 @@ static void *thr_main(void *p) {
 }
 
 static void check_threads(void) {
-  struct tokenizer *t = load_tok("qwen3moe-tiny-Q8_0.gguf");
+  struct tokenizer *t = load_tok(FULL_VOCAB ".gguf");
   CHECK(t != NULL);
   if (!t) return;
   struct ferry_rng r;
@@ -922,15 +927,17 @@ static void check_threads(void) {
 
 int main(void) {
   g_fix = getenv("FERRY_FIXTURES");
-  if (!g_fix) SKIP("FERRY_FIXTURES not set");
+  if (!g_fix) g_fix = FERRY_SOURCE_FIXTURES;
   char probe[4096];
   snprintf(probe, sizeof probe, "%s/tokenizer/tokenization.json", g_fix);
   FILE *fp = fopen(probe, "rb");
-  if (!fp) SKIP("no fixtures at %s", g_fix);
+  if (!fp) {
+    fprintf(stderr, "FAIL: no fixtures at %s (tests/fixtures is part of the repository)\n", g_fix);
+    return 1;
+  }
   fclose(fp);
 
-  check_fixture_file("tokenization.json", "qwen3moe-tiny-Q8_0.gguf");
-  check_fixture_file("tokenization.json", "qwen3next-tiny-Q8_0.gguf");
+  check_fixture_file("tokenization.json", FULL_VOCAB ".gguf");
   check_fixture_file("tokenization_reduced4096.json", "pub-qwen3moe-tiny-F32.gguf");
   check_fixture_file("tokenization_reduced4096.json", "pub-qwen3next-legacy-kq-Q4_K_M.gguf");
   check_golden_prompts();
@@ -938,7 +945,7 @@ int main(void) {
   check_invalid_utf8();
   check_naive_bpe();
   check_threads();
-  check_roundtrip("qwen3moe-tiny-Q8_0.gguf", 3000);
+  check_roundtrip(FULL_VOCAB ".gguf", 3000);
   check_roundtrip("pub-qwen3moe-tiny-F32.gguf", 2000);
   CHECK_DONE();
 }
