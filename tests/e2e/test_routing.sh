@@ -11,7 +11,7 @@ PROMPT="Tell me about the sea and the ships that sail on it, and the harbours th
 
 # The smallest --ram stream mode accepts, from its own error, plus a few slots' worth.
 min_ram() { # MODEL -> bytes
-  "$F" run -m "$1" -p x -n 1 --mode stream --ram 1M --trace-experts "$TMP/none.jsonl" 2>&1 |
+  "$F" run -m "$1" -p x -n 1 -t 2 -b 8 --mode stream --ram 1M --trace-experts "$TMP/none.jsonl" 2>&1 |
     sed -n 's/.*use --ram \([0-9]*\) .*/\1/p'
 }
 
@@ -94,7 +94,7 @@ replay_case() { # MODEL NAME [--prefetch]
   local m=$FERRY_FIXTURES/models/$1.gguf name=$2 pf=${3:-}
   local base; base=$(min_ram "$m")
   [ -n "$base" ] || { echo "no minimum --ram in the error"; return 1; }
-  local ram=$((base + 200000)) # a few slots more than the minimum: hits and misses
+  local ram=$((base + 300000)) # a few slots (~120 KiB each) more than the minimum
   "$F" run -m "$m" -p "$PROMPT" -n 24 -t 2 -b 8 --mode stream --ram "$ram" $pf --routing-stats \
     --trace-experts "$TMP/$name.jsonl" --json "$TMP/$name.json" --stats >/dev/null 2>"$TMP/$name.err" ||
     { cat "$TMP/$name.err"; return 1; }
