@@ -231,11 +231,15 @@ int gen_generate(struct session *s, const struct gen_params *p, const int32_t *p
   double t_prefill = ferry_now_s();
   r->st.prefill_s = t_prefill - t0;
   double t_first = 0;
+  struct run_stats at_first = {0};
   bool stopped = false;
   for (int i = 0; i < n_max; i++) {
     if ((rc = logits_check_finite(logits, n_vocab, n_prompt - 1 + i))) goto done;
     int32_t id = sampler_sample(smp, logits);
-    if (i == 0) t_first = ferry_now_s();
+    if (i == 0) {
+      t_first = ferry_now_s();
+      session_fill_stats(s, &at_first); // the decode phase's counters start here
+    }
     if (r->k > 0) {
       logsoftmax(logits, n_vocab, lp);
       r->steps[i].id = id;
@@ -274,6 +278,20 @@ int gen_generate(struct session *s, const struct gen_params *p, const int32_t *p
   r->st.n_prompt = n_prompt;
   r->st.n_generated = r->n_generated;
   session_fill_stats(s, &r->st);
+  if (t_first) {
+    const struct run_stats *a = &at_first, *b = &r->st;
+    r->st.decode = (struct run_traffic){.io_bytes = b->io_bytes - a->io_bytes,
+                                        .h2d_bytes = b->h2d_bytes - a->h2d_bytes,
+                                        .vram_hits = b->dev_hits - a->dev_hits,
+                                        .vram_misses = b->dev_misses - a->dev_misses,
+                                        .host_hits = b->host_hits - a->host_hits,
+                                        .host_misses = b->host_misses - a->host_misses,
+                                        .experts_gpu = b->experts_gpu - a->experts_gpu,
+                                        .experts_cpu = b->experts_cpu - a->experts_cpu,
+                                        .disk_wait_s = b->disk_wait_s - a->disk_wait_s,
+                                        .copy_wait_s = b->copy_wait_s - a->copy_wait_s,
+                                        .cpu_expert_s = b->cpu_expert_s - a->cpu_expert_s};
+  }
   rc = session_flush(s);
 done:
   sampler_destroy(smp);
@@ -383,6 +401,20 @@ void gen_json_stats(struct jw *w, const struct run_stats *st) {
   jw_key(w, "copy"), jw_num(w, st->copy_wait_s / nt);
   jw_obj_end(w);
   jw_key(w, "cpu_expert_s"), jw_num(w, st->cpu_expert_s);
+  const struct run_traffic *dt = &st->decode;
+  jw_key(w, "decode_traffic"), jw_obj(w);
+  jw_key(w, "io_bytes"), jw_uint(w, dt->io_bytes);
+  jw_key(w, "h2d_bytes"), jw_uint(w, dt->h2d_bytes);
+  jw_key(w, "vram_hits"), jw_uint(w, dt->vram_hits);
+  jw_key(w, "vram_misses"), jw_uint(w, dt->vram_misses);
+  jw_key(w, "host_hits"), jw_uint(w, dt->host_hits);
+  jw_key(w, "host_misses"), jw_uint(w, dt->host_misses);
+  jw_key(w, "experts_gpu"), jw_uint(w, dt->experts_gpu);
+  jw_key(w, "experts_cpu"), jw_uint(w, dt->experts_cpu);
+  jw_key(w, "disk_wait_s"), jw_num(w, dt->disk_wait_s);
+  jw_key(w, "copy_wait_s"), jw_num(w, dt->copy_wait_s);
+  jw_key(w, "cpu_expert_s"), jw_num(w, dt->cpu_expert_s);
+  jw_obj_end(w);
   if (st->has_routing) {
     jw_key(w, "routing"), jw_obj(w);
     jw_key(w, "lag1_reuse"), st->lag1_reuse >= 0 ? jw_num(w, st->lag1_reuse) : jw_null(w);

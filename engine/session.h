@@ -58,6 +58,15 @@ struct run_opts {
 // Returns 0, 1 after printing --help, or a negative code with a message.
 int run_opts_parse(struct run_opts *o, const char *cmd, int argc, char **argv);
 
+// What the expert tiers did: the counters of a whole run, and of its decode phase alone
+// (from the first generated token on: what a projection of decode speed needs).
+struct run_traffic {
+  uint64_t io_bytes, h2d_bytes;
+  uint64_t vram_hits, vram_misses, host_hits, host_misses;
+  uint64_t experts_gpu, experts_cpu;
+  double disk_wait_s, copy_wait_s, cpu_expert_s;
+};
+
 struct run_stats {
   const char *backend; // "cpu", "cuda" (session_fill_stats)
   const char *device;  // the device (or CPU) it ran on
@@ -82,6 +91,7 @@ struct run_stats {
   // --routing-stats (engine/routing.h); -1 where undefined
   bool has_routing;
   double lag1_reuse, stale_gate_accuracy, coverage90;
+  struct run_traffic decode; // the decode phase's share of the counters above
 };
 
 struct session;

@@ -19,6 +19,6 @@ cmake --build build-asan -j"$jobs"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
    ctest --output-on-failure -j"$jobs" -L 'unit|e2e' -LE 'slow|nosan')
 CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DFERRY_FUZZ=ON -DFERRY_CUDA=OFF
-cmake --build build-fuzz -j"$jobs" --target fuzz_gguf fuzz_tokenizer
+cmake --build build-fuzz -j"$jobs" --target fuzz_gguf fuzz_tokenizer fuzz_serve_params
 (cd build-fuzz && ctest --output-on-failure -j"$jobs" -L fuzz)
 echo "ferry: all test suites passed"

@@ -83,8 +83,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                               .n_threads = 1,
                               .kv_k = FT_F16,
                               .kv_v = FT_F16};
-      uint64_t w = 0, st = 0, sc = 0;
-      check_failed(model_plan(f, &mo, &w, &st, &sc));
+      struct model_mem mm;
+      check_failed(model_plan(f, &mo, dense ? FERRY_BACKEND_CUDA : FERRY_BACKEND_CPU, &mm));
     }
   } else {
     FERRY_ASSERT(hp.recurrent == NULL); // a failed load leaves nothing allocated
