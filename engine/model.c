@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "base/base.h"
 #include "engine/model_impl.h"
@@ -553,6 +554,14 @@ static int load_weights(struct model *m) {
   }
   m->wmem = (uint8_t *)ferry_align_up((uintptr_t)m->wmem_alloc, IO_ALIGN);
   m->wmem_bytes = bytes + IO_ALIGN;
+  // Weights in host memory: transparent huge pages, far fewer TLB misses over gigabytes
+  // (decode 10 -> 16 tok/s on the 12-layer 30B file when introduced). Only the weights: the
+  // scratch advised too made prefill 20% slower (2 MiB pages zeroed at first touch).
+  if (m->host_mem && bytes >= (2u << 20)) {
+    const uintptr_t a0 = ferry_align_up((uintptr_t)m->wmem, 2u << 20);
+    const uintptr_t a1 = ((uintptr_t)m->wmem + bytes) & ~(uintptr_t)((2u << 20) - 1);
+    if (a1 > a0) madvise((void *)a0, a1 - a0, MADV_HUGEPAGE);
+  }
   if (!(rc = load_regions(m, reg, n_reg))) {
     struct weight *ws[4096];
     const int nw = weight_views(m, ws, 4096);
