@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "base/base.h"
+#include "offload/lru.h"
 
 #define DC_ALIGN 256 // each matrix of a slot starts at a multiple of this
 
@@ -16,8 +17,7 @@ struct dslot {
   uint32_t cls;
   int32_t layer, expert; // -1 when empty
   uint32_t pins;
-  bool in_lru;
-  int32_t prev, next;         // LRU links (prev towards most recently used)
+  struct lru_link link;
   struct ferry_event *filled; // recorded on the copy stream after the last fill
   struct ferry_event *used;   // the caller's event after the last use (may be NULL)
 };
@@ -26,7 +26,7 @@ struct dclass {
   uint64_t slot_bytes;
   uint32_t first, n_slots, n_layers;
   uint8_t *mem;
-  int32_t mru, lru;
+  struct lru_list list;
 };
 
 struct dcache {
@@ -56,31 +56,12 @@ static uint64_t slot_bytes_of(const struct dcache_layer *L) { return part_off(L,
 
 // ---- LRU ----
 static void lru_remove(struct dcache *c, struct dslot *s) {
-  if (!s->in_lru) return;
-  struct dclass *k = &c->cls[s->cls];
-  if (s->prev >= 0)
-    c->slots[s->prev].next = s->next;
-  else
-    k->mru = s->next;
-  if (s->next >= 0)
-    c->slots[s->next].prev = s->prev;
-  else
-    k->lru = s->prev;
-  s->prev = s->next = -1;
-  s->in_lru = false;
+  lru_unlink(&c->cls[s->cls].list, &c->slots[0].link, sizeof *c->slots, (int32_t)(s - c->slots));
 }
 static void lru_push_mru(struct dcache *c, struct dslot *s) {
-  FERRY_ASSERT(!s->in_lru && !s->pins);
-  struct dclass *k = &c->cls[s->cls];
-  const int32_t id = (int32_t)(s - c->slots);
-  s->prev = -1;
-  s->next = k->mru;
-  if (k->mru >= 0)
-    c->slots[k->mru].prev = id;
-  else
-    k->lru = id;
-  k->mru = id;
-  s->in_lru = true;
+  FERRY_ASSERT(!s->link.in && !s->pins);
+  lru_insert_at(&c->cls[s->cls].list, &c->slots[0].link, sizeof *c->slots,
+                (int32_t)(s - c->slots), false);
 }
 
 // Classes: one per distinct slot size, in order of first appearance. Returns the count;
@@ -179,7 +160,7 @@ int dcache_create(struct dcache **out, const struct dcache_params *p) {
     }
     K->first = c->n_slots;
     K->n_slots = (uint32_t)n;
-    K->mru = K->lru = -1;
+    lru_list_init(&K->list);
     c->n_slots += (uint32_t)n;
     c->capacity += n * K->slot_bytes;
   }
@@ -204,7 +185,7 @@ int dcache_create(struct dcache **out, const struct dcache_params *p) {
       s->d = K->mem + (uint64_t)i * K->slot_bytes;
       s->cls = k;
       s->layer = s->expert = -1;
-      s->prev = s->next = -1;
+      lru_link_init(&s->link);
       if ((rc = c->be->ops.event_create(c->be, &s->filled))) goto fail;
       lru_push_mru(c, s);
     }
@@ -265,10 +246,10 @@ int dcache_fill(struct dcache *c, uint32_t layer, int32_t expert, const void *co
   FERRY_ASSERT(layer < c->n_layers && c->layer_cls[layer] != UINT32_MAX);
   FERRY_ASSERT(*where_of(c, layer, expert) < 0);
   struct dclass *K = &c->cls[c->layer_cls[layer]];
-  if (K->lru < 0)
+  if (K->list.lru < 0)
     return ferry_fail(-ENOSPC, "VRAM expert tier: all %u slots of layer %u's size are pinned",
                       K->n_slots, layer);
-  struct dslot *s = &c->slots[K->lru];
+  struct dslot *s = &c->slots[K->list.lru];
   lru_remove(c, s);
   if (s->layer >= 0) {
     *where_of(c, (uint32_t)s->layer, s->expert) = -1;

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "base/base.h"
+#include "offload/lru.h"
 
 enum slot_state { SLOT_EMPTY = 0, SLOT_LOADING, SLOT_READY, SLOT_FAILED };
 
@@ -27,10 +28,9 @@ struct slot {
   int32_t layer, expert; // -1 when empty
   uint32_t pins;
   uint8_t state;
-  bool in_lru;
   bool spec;          // loaded by prefetch, not yet claimed by an acquire (in c->spec)
   bool deferred;      // spec whose reads are not handed to the reader yet
-  int32_t prev, next; // LRU links (prev towards most recently used)
+  struct lru_link link;
   struct io_req req[ECACHE_N_PARTS];
 };
 
@@ -38,8 +38,7 @@ struct eclass {
   uint64_t slot_bytes;
   uint32_t first, n_slots, n_layers;
   uint8_t *slab;
-  int32_t mru, lru; // list ends; victims come from lru
-  uint32_t lru_count;
+  struct lru_list list;
 };
 
 struct ecache {
@@ -75,45 +74,14 @@ static const char *const k_part[ECACHE_N_PARTS] = {"gate", "up", "down"};
 
 // ---- LRU list ----
 static void lru_remove(struct ecache *c, struct slot *s) {
-  if (!s->in_lru) return;
-  struct eclass *k = &c->cls[s->cls];
-  if (s->prev >= 0)
-    c->slots[s->prev].next = s->next;
-  else
-    k->mru = s->next;
-  if (s->next >= 0)
-    c->slots[s->next].prev = s->prev;
-  else
-    k->lru = s->prev;
-  s->prev = s->next = -1;
-  s->in_lru = false;
-  k->lru_count--;
+  lru_unlink(&c->cls[s->cls].list, &c->slots[0].link, sizeof *c->slots, (int32_t)(s - c->slots));
 }
 
 // at_lru_end: empty slots go to the victim end so they are reused before any data.
 static void lru_insert(struct ecache *c, struct slot *s, bool at_lru_end) {
-  FERRY_ASSERT(!s->in_lru && !s->pins && (s->state == SLOT_EMPTY || s->state == SLOT_READY));
-  struct eclass *k = &c->cls[s->cls];
-  int32_t id = (int32_t)(s - c->slots);
-  if (at_lru_end) {
-    s->next = -1;
-    s->prev = k->lru;
-    if (k->lru >= 0)
-      c->slots[k->lru].next = id;
-    else
-      k->mru = id;
-    k->lru = id;
-  } else {
-    s->prev = -1;
-    s->next = k->mru;
-    if (k->mru >= 0)
-      c->slots[k->mru].prev = id;
-    else
-      k->lru = id;
-    k->mru = id;
-  }
-  s->in_lru = true;
-  k->lru_count++;
+  FERRY_ASSERT(!s->link.in && !s->pins && (s->state == SLOT_EMPTY || s->state == SLOT_READY));
+  lru_insert_at(&c->cls[s->cls].list, &c->slots[0].link, sizeof *c->slots,
+                (int32_t)(s - c->slots), at_lru_end);
 }
 
 // ---- slot state ----
@@ -239,21 +207,21 @@ static uint32_t class_available(struct ecache *c, uint32_t cls, uint32_t *loadin
       if (s->state == SLOT_LOADING) (*loading)++;
     }
   }
-  return k->lru_count;
+  return k->list.count;
 }
 
 // Takes the least recently used reusable slot of a class, evicting its expert. With
 // may_wait, waits for an unpinned load when the list is empty. Returns NULL if none.
 static struct slot *take_victim(struct ecache *c, uint32_t cls, bool may_wait) {
   struct eclass *k = &c->cls[cls];
-  if (k->lru < 0 && may_wait) {
-    for (uint32_t i = k->first; i < k->first + k->n_slots && k->lru < 0; i++) {
+  if (k->list.lru < 0 && may_wait) {
+    for (uint32_t i = k->first; i < k->first + k->n_slots && k->list.lru < 0; i++) {
       struct slot *s = &c->slots[i];
       if (s->state == SLOT_LOADING && !s->pins && !s->spec) slot_drain(c, s);
     }
   }
-  if (k->lru < 0) return NULL;
-  struct slot *s = &c->slots[k->lru];
+  if (k->list.lru < 0) return NULL;
+  struct slot *s = &c->slots[k->list.lru];
   if (c->reader && slot_busy(s)) // a dropped prefetch still reading into it
     for (int p = 0; p < ECACHE_N_PARTS; p++)
       if (s->req[p].state == IO_REQ_QUEUED || s->req[p].state == IO_REQ_INFLIGHT)
@@ -459,10 +427,10 @@ int ecache_create(struct ecache **out, const struct ecache_params *p) {
   if (!c->reader) { // simulation: slots without memory
     for (uint32_t k = 0; k < c->n_cls; k++) {
       struct eclass *K = &c->cls[k];
-      K->mru = K->lru = -1;
+      lru_list_init(&K->list);
       for (uint32_t i = 0; i < K->n_slots; i++) {
         struct slot *s = &c->slots[K->first + i];
-        s->cls = k, s->layer = s->expert = -1, s->prev = s->next = -1, s->buf_index = -1;
+        s->cls = k, s->layer = s->expert = -1, lru_link_init(&s->link), s->buf_index = -1;
         lru_insert(c, s, true);
       }
     }
@@ -487,7 +455,7 @@ int ecache_create(struct ecache **out, const struct ecache_params *p) {
   n_iov = 0;
   for (uint32_t k = 0; k < c->n_cls; k++) {
     struct eclass *K = &c->cls[k];
-    K->mru = K->lru = -1;
+    lru_list_init(&K->list);
     uint64_t bytes = (uint64_t)K->n_slots * K->slot_bytes;
     K->slab = c->host_alloc(bytes, c->alloc_ctx);
     if (!K->slab || (uintptr_t)K->slab % IO_ALIGN) {
@@ -506,7 +474,7 @@ int ecache_create(struct ecache **out, const struct ecache_params *p) {
       s->h = K->slab + (uint64_t)i * K->slot_bytes;
       s->cls = k;
       s->layer = s->expert = -1;
-      s->prev = s->next = -1;
+      lru_link_init(&s->link);
       if (i % per == 0) {
         uint64_t n = K->n_slots - i < per ? K->n_slots - i : per;
         iov[n_iov++] = (struct iovec){s->h, n * K->slot_bytes};
@@ -585,7 +553,7 @@ static void slot_unpin(struct ecache *c, struct slot *s) {
   if (--s->pins) return;
   slot_poll(c, s); // a finished load that nobody waited for
   if (s->state == SLOT_READY) {
-    if (!s->in_lru) lru_insert(c, s, false);
+    if (!s->link.in) lru_insert(c, s, false);
   } else if (s->state == SLOT_FAILED) {
     slot_unmap(c, s);
     lru_insert(c, s, true);
@@ -628,7 +596,7 @@ static void resolve_spec(struct ecache *c, uint32_t layer, uint32_t n, const int
   bool queued = false;
   for (uint32_t i = 0; i < c->n_spec; i++) {
     struct slot *s = &c->slots[c->spec[i]];
-    FERRY_ASSERT(s->spec && !s->pins && !s->in_lru);
+    FERRY_ASSERT(s->spec && !s->pins && !s->link.in);
     uint32_t L = (uint32_t)s->layer;
     uint64_t b = slot_bytes_of(c, s);
     s->spec = false;
@@ -700,7 +668,7 @@ int ecache_acquire(struct ecache *c, uint32_t layer, uint32_t n, const int32_t *
   }
 
   // 2. Enough reusable slots for the misses? Otherwise fail with nothing changed.
-  uint32_t loading = 0, avail = c->cls[cls].lru_count;
+  uint32_t loading = 0, avail = c->cls[cls].list.count;
   if (need > avail) avail = class_available(c, cls, &loading); // O(slots): only when short
   if (need > avail + loading) {
     for (uint32_t i = 0; i < n; i++)
@@ -881,37 +849,37 @@ void ecache_check(const struct ecache *c) {
     bytes += (uint64_t)K->n_slots * K->slot_bytes;
     uint32_t cnt = 0;
     int32_t prev = -1;
-    for (int32_t id = K->mru; id >= 0; id = c->slots[id].next) {
+    for (int32_t id = K->list.mru; id >= 0; id = c->slots[id].link.next) {
       const struct slot *s = &c->slots[id];
-      FERRY_ASSERT(s->in_lru && s->cls == k && s->prev == prev && !s->pins);
+      FERRY_ASSERT(s->link.in && s->cls == k && s->link.prev == prev && !s->pins);
       FERRY_ASSERT(s->state == SLOT_EMPTY || s->state == SLOT_READY);
       FERRY_ASSERT(++cnt <= K->n_slots);
       prev = id;
     }
-    FERRY_ASSERT(prev == K->lru && cnt == K->lru_count);
+    FERRY_ASSERT(prev == K->list.lru && cnt == K->list.count);
   }
   FERRY_ASSERT(bytes == c->capacity_bytes);
   uint32_t in_lru = 0;
   for (uint32_t i = 0; i < c->n_slots; i++) {
     const struct slot *s = &c->slots[i];
-    in_lru += s->in_lru;
+    in_lru += s->link.in;
     if (s->state == SLOT_EMPTY) {
       FERRY_ASSERT(s->layer < 0 && !s->pins);
     } else {
       FERRY_ASSERT(s->layer >= 0 && (uint32_t)s->layer < c->n_layers);
       FERRY_ASSERT(c->layer_cls[s->layer] == s->cls);
       FERRY_ASSERT(c->where[c->map_base[s->layer] + (uint64_t)s->expert] == (int32_t)i);
-      if (s->state == SLOT_LOADING || s->state == SLOT_FAILED) FERRY_ASSERT(!s->in_lru);
+      if (s->state == SLOT_LOADING || s->state == SLOT_FAILED) FERRY_ASSERT(!s->link.in);
       if (s->state == SLOT_FAILED) FERRY_ASSERT(s->pins > 0 || s->spec);
     }
     if (s->spec) {
-      FERRY_ASSERT(!s->pins && !s->in_lru && s->state != SLOT_EMPTY);
+      FERRY_ASSERT(!s->pins && !s->link.in && s->state != SLOT_EMPTY);
       uint32_t j = 0;
       while (j < c->n_spec && c->spec[j] != (int32_t)i) j++;
       FERRY_ASSERT(j < c->n_spec);
     }
     FERRY_ASSERT(!s->deferred || (s->spec && s->state == SLOT_LOADING));
-    if (s->state == SLOT_READY && !s->spec) FERRY_ASSERT(s->in_lru == (s->pins == 0));
+    if (s->state == SLOT_READY && !s->spec) FERRY_ASSERT(s->link.in == (s->pins == 0));
   }
   uint32_t mapped = 0;
   for (uint32_t l = 0; l < c->n_layers; l++)
