@@ -24,14 +24,6 @@
 #include "base/base.h"
 #include "engine/model_impl.h"
 
-#define CK(e)            \
-  do {                   \
-    int rc_ = (e);       \
-    if (rc_) return rc_; \
-  } while (0)
-// An op of the model's backend on the model's stream.
-#define OP(name, ...) m->be->ops.name(m->be, __VA_ARGS__, m->st)
-
 // ---------------------------------------------------------------------------------------
 // FERRY_PROFILE=1: where a forward pass spends its time, by section (embedding, attention,
 // DeltaNet, router, experts, shared expert, head). Marks are events on the compute stream

@@ -130,6 +130,15 @@ int fwd_attention(struct model *m, int l, int T);
 int fwd_moe(struct model *m, int l, int T);
 // Measures the cost model's rates (stream mode on a device with a CPU backend).
 int fwd_calibrate(struct model *m);
+// In forward.c and the layer files: return a non-zero status at once; an op of the model's
+// backend on the model's stream.
+#define CK(e)            \
+  do {                   \
+    int rc_ = (e);       \
+    if (rc_) return rc_; \
+  } while (0)
+#define OP(name, ...) m->be->ops.name(m->be, __VA_ARGS__, m->st)
+
 // qwen3moe.c / qwen3next.c: one transformer layer.
 int qwen3moe_layer(struct model *m, int l, int T);
 int qwen3next_layer(struct model *m, int l, int T);

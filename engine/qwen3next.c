@@ -6,12 +6,6 @@
 
 #include "engine/model_impl.h"
 
-#define CK(e)            \
-  do {                   \
-    int rc_ = (e);       \
-    if (rc_) return rc_; \
-  } while (0)
-#define OP(name, ...) m->be->ops.name(m->be, __VA_ARGS__, m->st)
 
 // Gated DeltaNet mixer on b.xn, added to b.x (§5.6). The decode step and short chunks run
 // the exact recurrence, longer prefill chunks the chunked form (the backend chooses).
