@@ -6,7 +6,6 @@
 
 #include "engine/model_impl.h"
 
-
 // Gated DeltaNet mixer on b.xn, added to b.x (§5.6). The decode step and short chunks run
 // the exact recurrence, longer prefill chunks the chunked form (the backend chooses).
 static int deltanet(struct model *m, int l, int T) {

@@ -60,8 +60,8 @@ static void lru_remove(struct dcache *c, struct dslot *s) {
 }
 static void lru_push_mru(struct dcache *c, struct dslot *s) {
   FERRY_ASSERT(!s->link.in && !s->pins);
-  lru_insert_at(&c->cls[s->cls].list, &c->slots[0].link, sizeof *c->slots,
-                (int32_t)(s - c->slots), false);
+  lru_insert_at(&c->cls[s->cls].list, &c->slots[0].link, sizeof *c->slots, (int32_t)(s - c->slots),
+                false);
 }
 
 // Classes: one per distinct slot size, in order of first appearance. Returns the count;

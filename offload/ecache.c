@@ -28,8 +28,8 @@ struct slot {
   int32_t layer, expert; // -1 when empty
   uint32_t pins;
   uint8_t state;
-  bool spec;          // loaded by prefetch, not yet claimed by an acquire (in c->spec)
-  bool deferred;      // spec whose reads are not handed to the reader yet
+  bool spec;     // loaded by prefetch, not yet claimed by an acquire (in c->spec)
+  bool deferred; // spec whose reads are not handed to the reader yet
   struct lru_link link;
   struct io_req req[ECACHE_N_PARTS];
 };
@@ -80,8 +80,8 @@ static void lru_remove(struct ecache *c, struct slot *s) {
 // at_lru_end: empty slots go to the victim end so they are reused before any data.
 static void lru_insert(struct ecache *c, struct slot *s, bool at_lru_end) {
   FERRY_ASSERT(!s->link.in && !s->pins && (s->state == SLOT_EMPTY || s->state == SLOT_READY));
-  lru_insert_at(&c->cls[s->cls].list, &c->slots[0].link, sizeof *c->slots,
-                (int32_t)(s - c->slots), at_lru_end);
+  lru_insert_at(&c->cls[s->cls].list, &c->slots[0].link, sizeof *c->slots, (int32_t)(s - c->slots),
+                at_lru_end);
 }
 
 // ---- slot state ----
