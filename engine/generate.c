@@ -231,14 +231,14 @@ int gen_generate(struct session *s, const struct gen_params *p, const int32_t *p
   double t_prefill = ferry_now_s();
   r->st.prefill_s = t_prefill - t0;
   double t_first = 0;
-  struct run_stats at_first = {0};
+  struct run_traffic at_first = {0};
   bool stopped = false;
   for (int i = 0; i < n_max; i++) {
     if ((rc = logits_check_finite(logits, n_vocab, n_prompt - 1 + i))) goto done;
     int32_t id = sampler_sample(smp, logits);
     if (i == 0) {
       t_first = ferry_now_s();
-      session_fill_stats(s, &at_first); // the decode phase's counters start here
+      session_traffic(s, &at_first); // the decode phase's counters start here
     }
     if (r->k > 0) {
       logsoftmax(logits, n_vocab, lp);
@@ -279,18 +279,9 @@ int gen_generate(struct session *s, const struct gen_params *p, const int32_t *p
   r->st.n_generated = r->n_generated;
   session_fill_stats(s, &r->st);
   if (t_first) {
-    const struct run_stats *a = &at_first, *b = &r->st;
-    r->st.decode = (struct run_traffic){.io_bytes = b->io_bytes - a->io_bytes,
-                                        .h2d_bytes = b->h2d_bytes - a->h2d_bytes,
-                                        .vram_hits = b->dev_hits - a->dev_hits,
-                                        .vram_misses = b->dev_misses - a->dev_misses,
-                                        .host_hits = b->host_hits - a->host_hits,
-                                        .host_misses = b->host_misses - a->host_misses,
-                                        .experts_gpu = b->experts_gpu - a->experts_gpu,
-                                        .experts_cpu = b->experts_cpu - a->experts_cpu,
-                                        .disk_wait_s = b->disk_wait_s - a->disk_wait_s,
-                                        .copy_wait_s = b->copy_wait_s - a->copy_wait_s,
-                                        .cpu_expert_s = b->cpu_expert_s - a->cpu_expert_s};
+    struct run_traffic now;
+    session_traffic(s, &now);
+    run_traffic_since(&r->st.decode, &now, &at_first);
   }
   rc = session_flush(s);
 done:

@@ -564,14 +564,9 @@ const char *session_mode_name(const struct session *s) { return plan_mode_name(s
 const char *session_backend_name(const struct session *s) { return s->be->name; }
 const char *session_device(const struct session *s) { return s->device; }
 
-void session_fill_stats(struct session *s, struct run_stats *st) {
-  st->backend = s->be->name;
-  st->device = s->device;
-  st->load_s = s->load_s;
-  st->peak_rss = ferry_peak_rss_bytes();
-  st->ram_budget = s->plan.ram;
-  st->vram_budget = s->plan.vram;
-  st->peak_vram = budget_peak_total(s->budget, BUDGET_DEVICE);
+// The expert tiers' counters alone (no RSS read, no routing summary): cheap enough to take
+// inside the timed decode phase.
+static void tier_counters(struct session *s, struct run_stats *st) {
   st->io_direct = false;
   if (s->stream) stream_fill_stats(s->stream, st);
   if (s->m) {
@@ -584,6 +579,48 @@ void session_fill_stats(struct session *s, struct run_stats *st) {
     st->copy_wait_s += ec.copy_wait_s;
     st->cpu_expert_s = ec.cpu_s;
   }
+}
+
+void session_traffic(struct session *s, struct run_traffic *t) {
+  struct run_stats st = {0};
+  tier_counters(s, &st);
+  *t = (struct run_traffic){.io_bytes = st.io_bytes,
+                            .h2d_bytes = st.h2d_bytes,
+                            .vram_hits = st.dev_hits,
+                            .vram_misses = st.dev_misses,
+                            .host_hits = st.host_hits,
+                            .host_misses = st.host_misses,
+                            .experts_gpu = st.experts_gpu,
+                            .experts_cpu = st.experts_cpu,
+                            .disk_wait_s = st.disk_wait_s,
+                            .copy_wait_s = st.copy_wait_s,
+                            .cpu_expert_s = st.cpu_expert_s};
+}
+
+void run_traffic_since(struct run_traffic *d, const struct run_traffic *now,
+                       const struct run_traffic *then) {
+  *d = (struct run_traffic){.io_bytes = now->io_bytes - then->io_bytes,
+                            .h2d_bytes = now->h2d_bytes - then->h2d_bytes,
+                            .vram_hits = now->vram_hits - then->vram_hits,
+                            .vram_misses = now->vram_misses - then->vram_misses,
+                            .host_hits = now->host_hits - then->host_hits,
+                            .host_misses = now->host_misses - then->host_misses,
+                            .experts_gpu = now->experts_gpu - then->experts_gpu,
+                            .experts_cpu = now->experts_cpu - then->experts_cpu,
+                            .disk_wait_s = now->disk_wait_s - then->disk_wait_s,
+                            .copy_wait_s = now->copy_wait_s - then->copy_wait_s,
+                            .cpu_expert_s = now->cpu_expert_s - then->cpu_expert_s};
+}
+
+void session_fill_stats(struct session *s, struct run_stats *st) {
+  st->backend = s->be->name;
+  st->device = s->device;
+  st->load_s = s->load_s;
+  st->peak_rss = ferry_peak_rss_bytes();
+  st->ram_budget = s->plan.ram;
+  st->vram_budget = s->plan.vram;
+  st->peak_vram = budget_peak_total(s->budget, BUDGET_DEVICE);
+  tier_counters(s, st);
   st->prefetch = s->stream && s->o.prefetch;
   st->has_routing = false;
   st->lag1_reuse = st->stale_gate_accuracy = st->coverage90 = -1;

@@ -116,6 +116,11 @@ const struct gguf_file *session_gguf(struct session *s);
 const struct tokenizer *session_tokenizer(struct session *s);
 const char *session_mode_name(const struct session *s);
 void session_fill_stats(struct session *s, struct run_stats *st);
+// The tier counters so far (a subset of session_fill_stats, without its RSS read and routing
+// summary), and the difference of two such snapshots.
+void session_traffic(struct session *s, struct run_traffic *t);
+void run_traffic_since(struct run_traffic *d, const struct run_traffic *now,
+                       const struct run_traffic *then);
 const char *session_backend_name(const struct session *s); // "cpu", "cuda"
 const char *session_device(const struct session *s); // "NVIDIA H200 (sm_90, ...)", "CPU (...)"
 // The model options a run's flags give.

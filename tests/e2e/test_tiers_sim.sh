@@ -68,7 +68,15 @@ assert v["capacity"] > 0 and v["hits"] > 0 and v["misses"] > 0, v
 assert h["capacity"] > 0 and h["misses"] > 0, h
 assert x["gpu"] > 0 and x["gpu"] + x["cpu"] >= v["hits"], x
 assert d["h2d_bytes"] > 0 and d["backend"] == "sim", d
-print("vram", v, "host", h, "computed", x)
+# decode_traffic: the decode phase's share, every decode acquisition computed somewhere,
+# the same number of expert slots for every decode token
+t, n = d["decode_traffic"], d["n_generated"] - 1
+acq = t["vram_hits"] + t["vram_misses"]
+assert n > 0 and 0 < acq == t["experts_gpu"] + t["experts_cpu"] and acq % n == 0, t
+assert t["vram_hits"] <= v["hits"] and t["vram_misses"] <= v["misses"], t
+assert t["host_hits"] + t["host_misses"] == t["vram_misses"] <= h["hits"] + h["misses"], t
+assert t["h2d_bytes"] <= d["h2d_bytes"] and t["io_bytes"] <= d["io"]["bytes_read"], t
+print("vram", v, "host", h, "computed", x, "decode", t)
 EOF
 else
   FAILS=$((FAILS + 1)); echo "FAIL $m tier run: $(tail -1 "$TMP/err")"
