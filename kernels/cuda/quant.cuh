@@ -166,6 +166,20 @@ __host__ __device__ __forceinline__ float sum4(float4 x, float acc) {
 
 // ---- K-quants, 256 elements per block ----
 
+// The end of a Q4_K/Q5_K unit: sub-blocks sb0 and sb0 + 1 (the low and high nibbles of the
+// same bytes) scaled and offset by their 6-bit scales and mins. al, ah: the unit's dots
+// with the quants; sl, sh: the sums of the matching activations.
+template <int A>
+__host__ __device__ __forceinline__ float k4_unit(const uint8_t *b, int sb0, float al, float ah,
+                                                  float sl, float sh) {
+  const uint32_t s0 = ld32<A>(b + 4), s1 = ld32<A>(b + 8), s2 = ld32<A>(b + 12);
+  float sc0, m0, sc1, m1;
+  scale_min_k4w(s0, s1, s2, sb0, &sc0, &m0);
+  scale_min_k4w(s0, s1, s2, sb0 + 1, &sc1, &m1);
+  const float d = ldh<A>(b), dm = ldh<A>(b + 2);
+  return d * (sc0 * al + sc1 * ah) - dm * (m0 * sl + m1 * sh);
+}
+
 struct t_q4_k {
   static constexpr int QK = 256, BYTES = 144, PL = 16, ALIGN = 16, UPB = 8;
   template <int A>
@@ -196,12 +210,7 @@ struct t_q4_k {
       sl = sum4(x0, sl);
       sh = sum4(x1, sh);
     }
-    const uint32_t s0 = ld32<A>(b + 4), s1 = ld32<A>(b + 8), s2 = ld32<A>(b + 12);
-    float sc0, m0, sc1, m1;
-    scale_min_k4w(s0, s1, s2, 2 * jj, &sc0, &m0);
-    scale_min_k4w(s0, s1, s2, 2 * jj + 1, &sc1, &m1);
-    const float d = ldh<A>(b), dm = ldh<A>(b + 2);
-    return d * (sc0 * al + sc1 * ah) - dm * (m0 * sl + m1 * sh);
+    return k4_unit<A>(b, 2 * jj, al, ah, sl, sh);
   }
 };
 
@@ -240,12 +249,7 @@ struct t_q5_k {
       sl = sum4(x0, sl);
       sh = sum4(x1, sh);
     }
-    const uint32_t s0 = ld32<A>(b + 4), s1 = ld32<A>(b + 8), s2 = ld32<A>(b + 12);
-    float sc0, m0, sc1, m1;
-    scale_min_k4w(s0, s1, s2, sb0, &sc0, &m0);
-    scale_min_k4w(s0, s1, s2, sb1, &sc1, &m1);
-    const float d = ldh<A>(b), dm = ldh<A>(b + 2);
-    return d * (sc0 * al + sc1 * ah) - dm * (m0 * sl + m1 * sh);
+    return k4_unit<A>(b, sb0, al, ah, sl, sh);
   }
 };
 
