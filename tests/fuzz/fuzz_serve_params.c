@@ -8,9 +8,11 @@
 // an accepted request has a NUL-free prompt (or is a load request), at most SERVE_MAX_STOP
 // non-empty stop strings of at most SERVE_MAX_STOP_LEN bytes, sampling values in their
 // ranges, and generation parameters that fit the context.
-// Model for the tokenizer: $FERRY_FUZZ_MODEL, else $FERRY_FIXTURES/models/qwen3-vocab.gguf.
+// Model for the tokenizer: tests/fuzz/fuzz_vocab.h.
 // Corpus and running: see NOTES.md (Serving).
 #include "engine/serve_req.c"
+
+#include "tests/fuzz/fuzz_vocab.h"
 
 #include <stdio.h>
 
@@ -22,19 +24,7 @@ static struct tokenizer *g_tok;
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc;
   (void)argv;
-  char path[4096];
-  const char *m = getenv("FERRY_FUZZ_MODEL"), *fx = getenv("FERRY_FIXTURES");
-  if (m)
-    snprintf(path, sizeof path, "%s", m);
-  else
-    snprintf(path, sizeof path, "%s/models/qwen3-vocab.gguf", fx ? fx : "../shared/fixtures");
-  struct gguf_file *f;
-  if (gguf_open(&f, path) || tok_create(&g_tok, f)) {
-    fprintf(stderr, "fuzz_serve_params: cannot load %s: %s (set FERRY_FUZZ_MODEL)\n", path,
-            ferry_errmsg());
-    abort();
-  }
-  gguf_close(f);
+  g_tok = fuzz_load_vocab("fuzz_serve_params");
   return 0;
 }
 

@@ -11,10 +11,11 @@
 //   - re-encoding the decoded text gives the same ids (NFC and the pre-tokenizer are stable);
 //   - if no byte is >= 0xCC (so NFC cannot apply), decode(encode(s)) == s byte for byte,
 //     invalid UTF-8 included.
-// Vocabulary: $FERRY_FUZZ_MODEL, else $FERRY_FIXTURES/models/qwen3-vocab.gguf, else the
-// repository's tests/fixtures (the vocabulary-only GGUF of the real Qwen3 tokenizer).
+// Vocabulary: tests/fuzz/fuzz_vocab.h (the vocabulary-only GGUF of the real Qwen3 tokenizer).
 // Seeds: tests/fuzz/corpus/fuzz_tokenizer. Running it: see NOTES.md (fuzzing).
 #include "engine/tokenizer.c"
+
+#include "tests/fuzz/fuzz_vocab.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,26 +26,7 @@ static struct tokenizer *g_tok;
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc;
   (void)argv;
-  char path[4096];
-  const char *m = getenv("FERRY_FUZZ_MODEL"), *fx = getenv("FERRY_FIXTURES");
-  if (m)
-    snprintf(path, sizeof path, "%s", m);
-  else if (fx)
-    snprintf(path, sizeof path, "%s/models/qwen3-vocab.gguf", fx);
-  else { // <repo>/tests/fuzz/fuzz_tokenizer.c -> <repo>/tests/fixtures
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", __FILE__);
-    char *slash = strrchr(dir, '/');
-    if (slash) *slash = 0;
-    snprintf(path, sizeof path, "%s/../fixtures/models/qwen3-vocab.gguf", slash ? dir : ".");
-  }
-  struct gguf_file *f;
-  if (gguf_open(&f, path) || tok_create(&g_tok, f)) {
-    fprintf(stderr, "fuzz_tokenizer: cannot load %s: %s (set FERRY_FUZZ_MODEL)\n", path,
-            ferry_errmsg());
-    abort();
-  }
-  gguf_close(f);
+  g_tok = fuzz_load_vocab("fuzz_tokenizer");
   return 0;
 }
 
