@@ -469,12 +469,15 @@ int session_open(struct session **out, const struct run_opts *o) {
   if ((rc = ferry_pool_create(&s->pool, o->threads))) goto fail;
   if ((rc = ferry_backend_create(&s->be, o->backend ? o->backend : "auto", s->pool, 0))) goto fail;
   ferry_backend_describe(s->be, s->device, sizeof s->device);
-  if (s->be->kind == FERRY_BACKEND_CUDA && (o->kv_k == FT_Q8_0 || o->kv_v == FT_Q8_0)) {
-    // its store kernel fails the op test on the H200 (bench/results/gpu-full.md)
-    rc = ferry_fail(-ENOTSUP,
-                    "the q8_0 KV cache is not supported on the cuda backend yet; use "
-                    "--cache-type-k/v f16 or f32, or --backend cpu");
-    goto fail;
+  for (int i = 0; i < 2; i++) {
+    const enum ferry_type t = i ? o->kv_v : o->kv_k;
+    if (!(s->be->kv_types >> t & 1)) {
+      rc = ferry_fail(-ENOTSUP,
+                      "the %s KV cache is not supported on the %s backend yet; use "
+                      "--cache-type-k/v f16 or f32, or --backend cpu",
+                      ferry_type_info(t)->name, s->be->name);
+      goto fail;
+    }
   }
   const bool device = s->be->kind != FERRY_BACKEND_CPU;
   const uint64_t ram = o->ram ? o->ram : session_default_ram();

@@ -301,7 +301,8 @@ struct ferry_backend {
   const char *name; // "cpu", "ref", "sim" or "cuda"
   enum ferry_backend_kind kind;
   struct ferry_backend_ops ops;
-  void *impl; // private
+  uint32_t kv_types; // KV cache types kv_store and attn take: bit 1u << enum ferry_type
+  void *impl;        // private
 };
 
 #undef be_t

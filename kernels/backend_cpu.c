@@ -1160,6 +1160,7 @@ int cpu_backend_init(struct ferry_backend *be, struct ferry_pool *pool, enum cpu
   be->name = fl == CPU_REF ? "ref" : fl == CPU_SIM ? "sim" : "cpu";
   be->kind = fl == CPU_SIM ? FERRY_BACKEND_SIM : FERRY_BACKEND_CPU;
   be->ops = fl == CPU_REF ? ferry_ref_ops : fl == CPU_SIM ? ferry_sim_ops : ferry_cpu_ops;
+  be->kv_types = 1u << FT_F32 | 1u << FT_F16 | 1u << FT_Q8_0;
   be->impl = c;
   if (c->sim) {
     pthread_mutex_init(&c->sim_mu, NULL);
