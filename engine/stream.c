@@ -46,14 +46,17 @@ int stream_expert_layout(const struct gguf_file *f, const struct model_hparams *
   return 0;
 }
 
+// Bytes of one host slot of a layer: each matrix read as its own O_DIRECT span.
+static uint64_t host_slot_bytes(const struct ecache_layer *L) {
+  uint64_t slot = 0;
+  for (int q = 0; q < 3; q++) slot += io_span_max(L->part[q].len);
+  return slot;
+}
+
 uint64_t stream_cache_bytes(const struct ecache_layer *layers, uint32_t n_layer, uint64_t left) {
   // No more slots than there are experts: a cache larger than all of them is wasted RAM.
   uint64_t all = 0;
-  for (uint32_t l = 0; l < n_layer; l++) {
-    uint64_t slot = 0;
-    for (int q = 0; q < 3; q++) slot += io_span_max(layers[l].part[q].len);
-    all += slot * layers[l].n_experts;
-  }
+  for (uint32_t l = 0; l < n_layer; l++) all += host_slot_bytes(&layers[l]) * layers[l].n_experts;
   return left < all ? left : all;
 }
 
@@ -76,11 +79,17 @@ void stream_expert_slot_bytes(const struct gguf_file *f, const struct model_hpar
       ferry_clear_error();
       continue;
     }
-    uint64_t slot = 0;
-    for (int q = 0; q < 3; q++) slot += io_span_max(L.part[q].len);
+    const uint64_t slot = host_slot_bytes(&L);
     *one_per_layer += slot;
     *all += slot * L.n_experts;
   }
+}
+
+// The VRAM tier's view of a layer: its expert count and matrix sizes.
+static struct dcache_layer vram_layer(const struct ecache_layer *L) {
+  struct dcache_layer d = {.n_experts = L->n_experts};
+  for (int q = 0; q < 3; q++) d.len[q] = L->part[q].len;
+  return d;
 }
 
 static bool vram_layers(const struct gguf_file *f, const struct model_hparams *hp,
@@ -91,8 +100,7 @@ static bool vram_layers(const struct gguf_file *f, const struct model_hparams *h
       ferry_clear_error();
       return false;
     }
-    dl[l].n_experts = L.n_experts;
-    for (int q = 0; q < 3; q++) dl[l].len[q] = L.part[q].len;
+    dl[l] = vram_layer(&L);
   }
   return true;
 }
@@ -172,7 +180,8 @@ int stream_create(struct stream **out, const struct gguf_file *f, const struct m
   }
   for (uint32_t l = 0; l < hp->n_layer; l++)
     if ((rc = layer_layout(f, l, &s->layers[l]))) goto fail;
-  const uint64_t min = stream_min_cache_bytes(f, hp), left = budget_left(b, BUDGET_HOST);
+  const uint64_t min = ecache_min_host_bytes(s->layers, hp->n_layer, hp->n_expert_used),
+                 left = budget_left(b, BUDGET_HOST);
   if (left < min) { // the plan checked this: a failure here is a planning bug
     rc = ferry_fail(-ENOMEM, "expert cache: %llu bytes of RAM budget left, %llu needed",
                     (unsigned long long)left, (unsigned long long)min);
@@ -194,11 +203,11 @@ int stream_create(struct stream **out, const struct gguf_file *f, const struct m
   if ((rc = ecache_create(&s->cache, &p))) goto fail;
   if (vram_bytes && be && be->kind != FERRY_BACKEND_CPU) {
     struct dcache_layer *dl = calloc(hp->n_layer, sizeof *dl);
-    if (!dl || !vram_layers(f, hp, dl)) {
-      free(dl);
+    if (!dl) {
       rc = ferry_fail(-ENOMEM, "out of memory");
       goto fail;
     }
+    for (uint32_t l = 0; l < hp->n_layer; l++) dl[l] = vram_layer(&s->layers[l]);
     if (!(rc = be->ops.stream_create(be, &s->copy))) {
       struct dcache_params dp = {.n_layers = hp->n_layer,
                                  .layers = dl,
